@@ -1,0 +1,55 @@
+# andon: two commands for a new user (README.md):
+#   make run    set everything up, then stream this machine's events (andon events)
+#   make test   set everything up, then run the whole test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUILD := build
+CLANG ?= clang
+BPF_SRCS := $(wildcard bpf/*/*.bpf.c)
+BPF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
+BPF_HDRS := $(wildcard bpf/include/*.h bpf/abi/*.h)
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+.PHONY: setup deps venv bpf run test test-unit test-kernel bench clean
+
+setup: deps venv bpf
+
+# system packages (apt) and kernel mounts; idempotent, skipped quickly when present
+deps:
+	@bash scripts/setup.sh
+
+$(BIN)/andon: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/andon
+
+$(BUILD)/include/vmlinux.h:
+	@mkdir -p $(dir $@)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/include/vmlinux.h
+	@mkdir -p $(dir $@)
+	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Wno-unused-function \
+		-I$(BUILD)/include -Ibpf/include -c $< -o $@
+
+bpf: $(BPF_OBJS)
+
+run: setup
+	$(BIN)/andon events
+
+test: setup
+	$(BIN)/pytest -q tests
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * One program on raw_tp/sys_exit for every traced syscall, filtered in the kernel by
+ * syscall number. At sys_exit the saved pt_regs still hold the six arguments (the
+ * syscall did not clobber them: x86_64 passes them by value), and user buffers such as
+ * paths are still mapped, so one hook gives arguments and result together and we need
+ * no per-thread enter/exit map. What to copy for each syscall comes from the map
+ * sc_specs, filled by the loader from src/andon/events/syscalls.py.
+ */
+#include "../include/andon.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ANDON_NR_MAX);
+	__type(key, __u32);
+	__type(value, struct andon_sc_spec);
+} sc_specs SEC(".maps");
+
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+#define NR_EXECVE 59
+#define NR_EXECVEAT 322
+
+static __always_inline __u64 reg_arg(struct pt_regs *r, int i)
+{
+	switch (i) {
+	case 0: return r->di;
+	case 1: return r->si;
+	case 2: return r->dx;
+	case 3: return r->r10;
+	case 4: return r->r8;
+	case 5: return r->r9;
+	}
+	return 0;
+}
+
+/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
+static __always_inline struct socket *fd_socket(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+
+	if (fd < 0 || fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return (struct socket *)BPF_CORE_READ(f, private_data);
+}
+
+static __always_inline void sock_tuple(struct socket *so, struct andon_sock *t)
+{
+	struct sock *sk = BPF_CORE_READ(so, sk);
+
+	t->type = BPF_CORE_READ(so, type);
+	if (!sk)
+		return;
+	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->proto = BPF_CORE_READ(sk, sk_protocol);
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t->family == AF_INET) {
+		bpf_probe_read_kernel(t->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_probe_read_kernel(t->daddr, 4, &sk->__sk_common.skc_daddr);
+	} else if (t->family == AF_INET6) {
+		bpf_probe_read_kernel(t->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(t->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
+/*
+ * A struct sockaddr from user memory: an inet peer fills the tuple's remote side (it is
+ * the only peer an unconnected UDP sendto has); a unix path is appended as a string.
+ */
+static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct andon_sock *t,
+					  const void *uaddr, __u32 len)
+{
+	__u16 family = 0;
+
+	if (!uaddr || len < 2)
+		return off;
+	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	if (family == AF_INET && len >= 8) {
+		struct sockaddr_in sin = {};
+		bpf_probe_read_user(&sin, sizeof(sin), uaddr);
+		t->dport = bpf_ntohs(sin.sin_port);
+		__builtin_memset(t->daddr, 0, 16);
+		__builtin_memcpy(t->daddr, &sin.sin_addr, 4);
+		t->from_arg = 1;
+		if (!t->family)
+			t->family = AF_INET;
+	} else if (family == AF_INET6 && len >= 24) {
+		struct sockaddr_in6 sin6 = {};
+		bpf_probe_read_user(&sin6, sizeof(sin6), uaddr);
+		t->dport = bpf_ntohs(sin6.sin6_port);
+		__builtin_memcpy(t->daddr, &sin6.sin6_addr, 16);
+		t->from_arg = 1;
+		if (!t->family)
+			t->family = AF_INET6;
+	} else if (family == AF_UNIX) {
+		if (!t->family)
+			t->family = AF_UNIX;
+		t->from_arg = 1;
+		char first = 0;
+		bpf_probe_read_user(&first, 1, uaddr + 2);
+		if (first == 0 && len > 3 && off <= DATA_OFF_MASK) {
+			/* abstract socket: shown as @name, as ss and Falco do */
+			s->ev.data[BOUND(off, DATA_OFF_MASK)] = '@';
+			long n = bpf_probe_read_user_str(&s->ev.data[BOUND(off + 1, DATA_OFF_MASK)], 108, uaddr + 3);
+			s->ev.nstr++;
+			return off + 1 + (n > 0 ? n : 1);
+		}
+		return andon__put_user_str(s, off, uaddr + 2);
+	}
+	return off;
+}
+
+SEC("raw_tp/sys_exit")
+int sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long ret = ctx->args[1];
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (nr < 0 || nr >= ANDON_NR_MAX)
+		return 0;
+	__u32 key = nr;
+	struct andon_sc_spec *sp = bpf_map_lookup_elem(&sc_specs, &key);
+	if (!sp || !sp->enabled)
+		return 0;
+	/* a successful exec is reported by sched_process_exec; its old arguments are gone */
+	if ((nr == NR_EXECVE || nr == NR_EXECVEAT) && ret == 0)
+		return 0;
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == cfg.self_tgid)
+		return 0;
+
+	struct scratch *s = andon__scratch();
+	if (!s)
+		return 0;
+	struct pt_regs r;
+	bpf_probe_read_kernel(&r, sizeof(r), regs);
+
+	andon__header(&s->ev, ANDON_EV_SYSCALL, nr);
+	s->ev.ret = ret;
+	s->ev.args[0] = r.di;
+	s->ev.args[1] = r.si;
+	s->ev.args[2] = r.dx;
+	s->ev.args[3] = r.r10;
+	s->ev.args[4] = r.r8;
+	s->ev.args[5] = r.r9;
+
+	__u32 off = 0;
+	struct andon_sock *t = (struct andon_sock *)s->ev.data;
+	if (sp->sock_fd != ANDON_ARG_NONE || sp->sa != ANDON_ARG_NONE || sp->msghdr != ANDON_ARG_NONE) {
+		__builtin_memset(t, 0, sizeof(*t));
+		s->ev.flags |= ANDON_F_SOCK;
+		off = sizeof(*t);
+		if (sp->sock_fd != ANDON_ARG_NONE) {
+			long fd = sp->sock_fd == ANDON_ARG_RET ? ret : (long)(int)reg_arg(&r, sp->sock_fd);
+			struct socket *so = fd_socket(fd);
+			if (so)
+				sock_tuple(so, t);
+		}
+		if (sp->sa != ANDON_ARG_NONE) {
+			__u32 len = sp->salen != ANDON_ARG_NONE ? reg_arg(&r, sp->salen) : 128;
+			off = put_sockaddr(s, off, t, (void *)reg_arg(&r, sp->sa), len);
+		} else if (sp->msghdr != ANDON_ARG_NONE) {
+			struct user_msghdr mh = {};
+			bpf_probe_read_user(&mh, sizeof(mh), (void *)reg_arg(&r, sp->msghdr));
+			off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen);
+		}
+	}
+	if (sp->how != ANDON_ARG_NONE) {
+		/* openat2: flags, mode and resolve live in struct open_how; they replace args 2..4 */
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)reg_arg(&r, sp->how));
+		s->ev.args[2] = how.flags;
+		s->ev.args[3] = how.mode;
+		s->ev.args[4] = how.resolve;
+	}
+	if (sp->fdpair != ANDON_ARG_NONE && ret == 0) {
+		int fds[2] = {-1, -1};
+		bpf_probe_read_user(fds, sizeof(fds), (void *)reg_arg(&r, sp->fdpair));
+		s->ev.args[4] = (__u32)fds[0];
+		s->ev.args[5] = (__u32)fds[1];
+	}
+	if (sp->str0 != ANDON_ARG_NONE)
+		off = andon__put_user_str(s, off, (void *)reg_arg(&r, sp->str0));
+	if (sp->str1 != ANDON_ARG_NONE)
+		off = andon__put_user_str(s, off, (void *)reg_arg(&r, sp->str1));
+	andon__emit(s, off);
+	return 0;
+}
