@@ -124,7 +124,8 @@ struct andon_sc_spec {
 	__u8 msghdr;      /* index of a struct msghdr * argument (sendmsg) */
 	__u8 how;         /* index of a struct open_how * argument (openat2) */
 	__u8 fdpair;      /* index of an int[2] out-argument (pipe, socketpair): into args[4..5] */
-	__u8 pad[7];
+	__u8 sa_local;    /* 1: the sockaddr names our own side (bind), not the peer */
+	__u8 pad[6];
 };
 
 /* Load-time settings (.rodata of each object). */

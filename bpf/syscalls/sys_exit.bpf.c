@@ -80,31 +80,38 @@ static __always_inline void sock_tuple(struct socket *so, struct andon_sock *t)
 }
 
 /*
- * A struct sockaddr from user memory: an inet peer fills the tuple's remote side (it is
- * the only peer an unconnected UDP sendto has); a unix path is appended as a string.
+ * A struct sockaddr from user memory: an inet address fills the tuple's remote side (it
+ * is the only peer an unconnected UDP sendto has), or the local side for bind; a unix
+ * path is appended as a string.
  */
 static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct andon_sock *t,
-					  const void *uaddr, __u32 len)
+					  const void *uaddr, __u32 len, int local)
 {
 	__u16 family = 0;
+	__u16 *port = local ? &t->sport : &t->dport;
+	__u8 *addr = local ? t->saddr : t->daddr;
 
 	if (!uaddr || len < 2)
 		return off;
 	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	/* bind: the kernel socket, read first, already holds the bound address and the port
+	 * it chose for port 0; the argument only stands in when that read found nothing */
+	if (local && t->family && family != AF_UNIX)
+		return off;
 	if (family == AF_INET && len >= 8) {
 		struct sockaddr_in sin = {};
 		bpf_probe_read_user(&sin, sizeof(sin), uaddr);
-		t->dport = bpf_ntohs(sin.sin_port);
-		__builtin_memset(t->daddr, 0, 16);
-		__builtin_memcpy(t->daddr, &sin.sin_addr, 4);
+		*port = bpf_ntohs(sin.sin_port);
+		__builtin_memset(addr, 0, 16);
+		__builtin_memcpy(addr, &sin.sin_addr, 4);
 		t->from_arg = 1;
 		if (!t->family)
 			t->family = AF_INET;
 	} else if (family == AF_INET6 && len >= 24) {
 		struct sockaddr_in6 sin6 = {};
 		bpf_probe_read_user(&sin6, sizeof(sin6), uaddr);
-		t->dport = bpf_ntohs(sin6.sin6_port);
-		__builtin_memcpy(t->daddr, &sin6.sin6_addr, 16);
+		*port = bpf_ntohs(sin6.sin6_port);
+		__builtin_memcpy(addr, &sin6.sin6_addr, 16);
 		t->from_arg = 1;
 		if (!t->family)
 			t->family = AF_INET6;
@@ -174,11 +181,11 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		}
 		if (sp->sa != ANDON_ARG_NONE) {
 			__u32 len = sp->salen != ANDON_ARG_NONE ? reg_arg(&r, sp->salen) : 128;
-			off = put_sockaddr(s, off, t, (void *)reg_arg(&r, sp->sa), len);
+			off = put_sockaddr(s, off, t, (void *)reg_arg(&r, sp->sa), len, sp->sa_local);
 		} else if (sp->msghdr != ANDON_ARG_NONE) {
 			struct user_msghdr mh = {};
 			bpf_probe_read_user(&mh, sizeof(mh), (void *)reg_arg(&r, sp->msghdr));
-			off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen);
+			off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen, 0);
 		}
 	}
 	if (sp->how != ANDON_ARG_NONE) {

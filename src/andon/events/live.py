@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,12 +151,25 @@ class LiveSource:
         if self.reader.wait(timeout):
             yield from self.reader.read()
 
-    def read(self, timeout: float = 0.1) -> Iterator[Event]:
+    def read(self, timeout: float = 0.1, mask: Any = None, counts: Any = None) -> Iterator[Event]:
+        """Decoded events. ``mask(records) -> bool array`` drops records before decoding;
+        ``counts.seen`` (if given) counts every record read, kept or not."""
         for arr, big in self.read_raw(timeout):
             if arr is not None:
+                if counts is not None:
+                    counts.seen += len(arr)
+                if mask is not None:
+                    arr = arr[mask(arr)]
                 yield from decode_batch(arr, self.boot_offset)
             else:
-                yield decode_record(big, self.boot_offset)
+                if counts is not None:
+                    counts.seen += 1
+                ev = decode_record(big, self.boot_offset)
+                if mask is not None:
+                    hdr = np.frombuffer(big[:248].ljust(248, b"\0"), dtype=EVENT_DTYPE)
+                    if not mask(hdr)[0]:
+                        continue
+                yield ev
 
     def stats(self) -> dict[str, int]:
         """Kernel-side counters summed over CPUs: events sent, drops (ring full), ..."""

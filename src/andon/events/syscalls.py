@@ -34,6 +34,7 @@ class SyscallSpec:
     msghdr: int | None = None  # raw arg index of a struct msghdr *
     how: int | None = None  # raw arg index of a struct open_how * (openat2)
     fdpair: int | None = None  # raw arg index of an int[2] filled by the call
+    sa_local: bool = False  # the sockaddr is our own address (bind), not the peer
     returns_fd: bool = False  # a non-negative return value is a new fd
     nr: int = field(init=False)
 
@@ -47,7 +48,7 @@ class SyscallSpec:
             return NONE if v is None else v
 
         return struct.pack(
-            "<9B7x",
+            "<10B6x",
             1 if enabled else 0,
             b(self.str0),
             b(self.str1),
@@ -57,6 +58,7 @@ class SyscallSpec:
             b(self.msghdr),
             b(self.how),
             b(self.fdpair),
+            1 if self.sa_local else 0,
         )
 
     @property
@@ -125,7 +127,7 @@ SPECS: tuple[SyscallSpec, ...] = (
     S("connect", "net", ("fd", "addr", "addrlen"), sock_fd=0, sa=1, salen=2),
     S("accept", "net", ("fd", "addr", "addrlen"), sock_fd=RET, returns_fd=True),
     S("accept4", "net", ("fd", "addr", "addrlen", "flags"), sock_fd=RET, returns_fd=True),
-    S("bind", "net", ("fd", "addr", "addrlen"), sock_fd=0, sa=1, salen=2),
+    S("bind", "net", ("fd", "addr", "addrlen"), sock_fd=0, sa=1, salen=2, sa_local=True),
     S("listen", "net", ("fd", "backlog"), sock_fd=0),
     S("sendto", "net", ("fd", "data", "size", "flags", "addr", "addrlen"), sock_fd=0, sa=4, salen=5),
     S("sendmsg", "net", ("fd", "msg", "flags"), sock_fd=0, msghdr=1),
