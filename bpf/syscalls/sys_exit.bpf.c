@@ -21,6 +21,12 @@ struct {
 #define AF_INET6 10
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
+#define UNIX_PATH_MAX 108
+
+/* Wire structs used here only through casts get no BTF of their own; these anchors put
+ * them in the object's BTF for tests/unit/test_abi.py. libbpf skips the unknown section,
+ * so nothing is loaded for them. */
+struct andon_sock __andon_btf_sock SEC(".andon.btf") __attribute__((used));
 
 #define NR_EXECVE 59
 #define NR_EXECVEAT 322
@@ -119,16 +125,31 @@ static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct a
 		if (!t->family)
 			t->family = AF_UNIX;
 		t->from_arg = 1;
+		/* sun_path is the len - 2 bytes the caller passed, and neither kind of name needs
+		 * a NUL inside them (unix(7)): never read past len, or we copy the caller's stack */
+		__u32 plen = len - 2;
+		if (plen > UNIX_PATH_MAX)
+			plen = UNIX_PATH_MAX;
+		if (off > DATA_OFF_MASK)
+			return off;
 		char first = 0;
 		bpf_probe_read_user(&first, 1, uaddr + 2);
-		if (first == 0 && len > 3 && off <= DATA_OFF_MASK) {
-			/* abstract socket: shown as @name, as ss and Falco do */
+		long n;
+		if (first == 0 && plen > 1) {
+			/* abstract socket: shown as @name, as ss and Falco do; an embedded NUL ends it */
 			s->ev.data[BOUND(off, DATA_OFF_MASK)] = '@';
-			long n = bpf_probe_read_user_str(&s->ev.data[BOUND(off + 1, DATA_OFF_MASK)], 108, uaddr + 3);
-			s->ev.nstr++;
-			return off + 1 + (n > 0 ? n : 1);
+			off += 1;
+			n = bpf_probe_read_user_str(&s->ev.data[BOUND(off, DATA_OFF_MASK)], BOUND(plen - 1, 127) + 1, uaddr + 3);
+		} else {
+			n = bpf_probe_read_user_str(&s->ev.data[BOUND(off, DATA_OFF_MASK)], BOUND(plen, 127) + 1, uaddr + 2);
 		}
-		return andon__put_user_str(s, off, uaddr + 2);
+		if (n <= 0) {
+			s->ev.data[BOUND(off, DATA_OFF_MASK)] = 0;
+			n = 1;
+			andon__count(ANDON_STAT_ERRORS);
+		}
+		s->ev.nstr++;
+		return off + n;
 	}
 	return off;
 }
