@@ -70,18 +70,36 @@ static __always_inline struct scratch *andon__scratch(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
+/*
+ * ANDON_BTF: the object is built for tp_btf, where kernel pointers the verifier knows
+ * by BTF can be read with plain loads (BPF_PROBE_MEM, inlined) instead of one
+ * bpf_probe_read_kernel() helper call per field. The same source also builds for
+ * raw_tp, the fallback where tp_btf cannot load.
+ */
+#ifdef ANDON_BTF
+#define andon__current_task() bpf_get_current_task_btf()
+#else
+#define andon__current_task() ((struct task_struct *)bpf_get_current_task())
+#endif
+
 /* Fill the fields every record carries. uid/gid are the effective ids, as Falco's user.uid. */
 static __always_inline void andon__header(struct andon_event *e, __u16 type, __u16 nr)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = andon__current_task();
 
 	e->ts = bpf_ktime_get_boot_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
+#ifdef ANDON_BTF
+	const struct cred *cred = task->cred;
+	e->uid = cred->euid.val;
+	e->gid = cred->egid.val;
+#else
 	e->uid = BPF_CORE_READ(task, cred, euid.val);
 	e->gid = BPF_CORE_READ(task, cred, egid.val);
+#endif
 	e->type = type;
 	e->nr = nr;
 	e->nstr = 0;

@@ -6,6 +6,9 @@
  * paths are still mapped, so one hook gives arguments and result together and we need
  * no per-thread enter/exit map. What to copy for each syscall comes from the map
  * sc_specs, filled by the loader from src/andon/events/syscalls.py.
+ *
+ * Built twice: sys_exit.bpf.o (raw_tp, works wherever raw tracepoints do) and
+ * sys_exit_btf.bpf.o (tp_btf, cheaper reads); the loader tries tp_btf first.
  */
 #include "../include/andon.h"
 
@@ -154,12 +157,18 @@ static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct a
 	return off;
 }
 
+#ifdef ANDON_BTF
+SEC("tp_btf/sys_exit")
+#else
 SEC("raw_tp/sys_exit")
-int sys_exit(struct bpf_raw_tracepoint_args *ctx)
+#endif
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	long ret = ctx->args[1];
+#ifdef ANDON_BTF
+	long nr = regs->orig_ax;
+#else
 	long nr = BPF_CORE_READ(regs, orig_ax);
+#endif
 
 	if (nr < 0 || nr >= ANDON_NR_MAX)
 		return 0;
@@ -177,7 +186,16 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!s)
 		return 0;
 	struct pt_regs r;
+#ifdef ANDON_BTF
+	r.di = regs->di;
+	r.si = regs->si;
+	r.dx = regs->dx;
+	r.r10 = regs->r10;
+	r.r8 = regs->r8;
+	r.r9 = regs->r9;
+#else
 	bpf_probe_read_kernel(&r, sizeof(r), regs);
+#endif
 
 	andon__header(&s->ev, ANDON_EV_SYSCALL, nr);
 	s->ev.ret = ret;

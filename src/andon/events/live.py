@@ -8,6 +8,7 @@ stream is in commit order across both.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ import numpy as np
 
 from ..bpf.object import BpfObject, Link
 from ..bpf.ringbuf import RingReader, page_aligned_size
-from ..errors import NotSupported, PermissionDenied
+from ..errors import BpfError, NotSupported, PermissionDenied
 from .schema import EVENT_DTYPE, Event, decode_batch, decode_record, pack_config
 from .syscalls import BY_NAME, PROCESS_TYPES, SPECS
+
+log = logging.getLogger("andon.sensor")
 
 STAT_NAMES = ("events", "drops", "truncated", "read_errors")
 
@@ -92,6 +95,7 @@ class LiveSource:
         self._ncpu = possible_cpus()
         self.enabled_syscalls: list[str] = []
         self.enabled_process: list[str] = []
+        self.syscall_hook = ""
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -110,8 +114,7 @@ class LiveSource:
                     obj.program(prog).autoload = t in types
                 self._load(obj, shared)
             if self.enabled_syscalls:
-                obj = self._open("syscalls/sys_exit.bpf.o", ring, cfg, shared)
-                self._load(obj, shared)
+                obj = self._load_syscalls(ring, cfg, shared)
                 specs = obj.map("sc_specs")
                 for spec in SPECS:
                     if spec.name in types:
@@ -135,6 +138,22 @@ class LiveSource:
             obj.reuse_map("stats", shared["stats"])
         else:
             obj.set_max_entries("events", ring)
+        return obj
+
+    def _load_syscalls(self, ring: int, cfg: bytes, shared: dict[str, int]) -> BpfObject:
+        """tp_btf first (plain loads, cheaper per event), raw_tp where tp_btf cannot load."""
+        obj = self._open("syscalls/sys_exit_btf.bpf.o", ring, cfg, shared)
+        try:
+            self._load(obj, shared)
+            self.syscall_hook = "tp_btf/sys_exit"
+            return obj
+        except (BpfError, NotSupported) as e:
+            log.info("tp_btf/sys_exit unavailable (%s); using raw_tp/sys_exit", e)
+            self._objs.remove(obj)
+            obj.close()
+        obj = self._open("syscalls/sys_exit.bpf.o", ring, cfg, shared)
+        self._load(obj, shared)
+        self.syscall_hook = "raw_tp/sys_exit"
         return obj
 
     def _load(self, obj: BpfObject, shared: dict[str, int]) -> None:
