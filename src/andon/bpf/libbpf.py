@@ -143,6 +143,9 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_tc_hook_destroy": (c_int, [ctypes.POINTER(bpf_tc_hook)]),
     "bpf_tc_attach": (c_int, [ctypes.POINTER(bpf_tc_hook), ctypes.POINTER(bpf_tc_opts)]),
     "bpf_tc_detach": (c_int, [ctypes.POINTER(bpf_tc_hook), ctypes.POINTER(bpf_tc_opts)]),
+    "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),
+    "bpf_program__set_attach_target": (c_int, [c_void_p, c_int, c_char_p]),
+    "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t, c_void_p]),
 }
 
 
