@@ -2,7 +2,7 @@
 
 ``EVENT_DTYPE`` is the numpy view of one ring slot (the 8-byte ring header plus
 ``struct andon_event``); :class:`Event` is what consumers see. The field names are the
-C names; ``tests/kernel/test_abi.py`` checks every offset and size here against the BTF
+C names; ``tests/unit/test_abi.py`` checks every offset and size here against the BTF
 of the built objects, so C and Python cannot drift apart unnoticed.
 """
 
