@@ -17,6 +17,7 @@ import pytest
 from andon.events.schema import Event, EventType, ExecInfo
 from andon.events.syscalls import BY_NAME
 from andon.state.container import ContainerInfo, ContainerRegistry, ContainerSettings
+from andon.state.fd import FdInfo
 from andon.state.process import Process, ProcessTable, StateSettings
 
 CID = "a" * 12 + "0123456789abcdef" * 3 + "b" * 4
@@ -414,3 +415,26 @@ def test_temp_files_are_files():
         me = t.load_pid(os.getpid())
         fi = me.fds.get(tf.fileno())
         assert fi.type == "file" and fi.name.endswith("(deleted)")
+
+
+def test_events_older_than_the_proc_read_are_already_in_it(clk):
+    # the agent starts the sensor, then reads /proc: ring events from before the read must
+    # not be applied a second time on top of what /proc already showed
+    t = ProcessTable(offline())
+    p = Process(60)
+    p.name, p.exe, p.cwd = "nginx", "nginx", "/"
+    p.proc_ts = clk.now + 10_000
+    p.fds.add(FdInfo(0, "file", "/dev/null"))
+    t.procs[60] = p
+    t.apply(sc(clk, "dup2", 60, 0, 9, 0))  # before the read: fd 9 was already closed by then
+    t.apply(exec_ev(clk, 60, ["/usr/sbin/nginx.old"]))
+    assert t.fd_info(60, 0).name == "/dev/null" and p.name == "nginx"
+    clk.tick(20_000)  # after the read: applied
+    t.apply(sc(clk, "openat", 60, 4, 2**64 - 100, 0, 0, strings=("/etc/nginx.conf",)))
+    assert t.fd_info(60, 4).name == "/etc/nginx.conf"
+    # a fork event for a child that /proc already showed keeps the /proc entry
+    q = Process(61)
+    q.name, q.ppid, q.proc_ts, q.start_time = "worker", 60, clk.now + 10_000, 61_000 + 3_000_000
+    t.procs[61] = q
+    t.apply(fork_ev(clk, 60, 61))
+    assert t.get(61) is q and t.stats["stale_replaced"] == 0

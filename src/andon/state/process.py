@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ class Process:
         "exit_ts",
         "exit_status",
         "last_seen",
+        "proc_ts",
     )
 
     def __init__(self, pid: int, name: str = "", max_fds: int = 4096) -> None:
@@ -157,6 +159,7 @@ class Process:
         self.exit_ts = 0  # ns since epoch when the last thread exited; 0 alive
         self.exit_status = 0  # raw wait status
         self.last_seen = 0
+        self.proc_ts = 0  # when /proc was read for it (ns since epoch); older events are in it
 
     # -- Falco's derived fields ------------------------------------------------------
     @property
@@ -213,7 +216,7 @@ class Process:
         "pid", "ppid", "name", "exe", "exepath", "cwd", "uid", "gid", "ruid", "rgid", "loginuid", "tty",
         "sid", "vpid", "pidns", "mntns", "netns", "cap_effective", "cap_permitted", "start_time",
         "exe_ctime", "exe_mtime", "exe_flags", "container", "runtime", "cgroup", "cgroup_id",
-        "subreaper", "kthread", "exit_ts", "exit_status", "last_seen",
+        "subreaper", "kthread", "exit_ts", "exit_status", "last_seen", "proc_ts",
     )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,6 +393,8 @@ class ProcessTable:
                 p = self.exited.get(ev.pid) or self._missing(ev)
                 if p is None:
                     return
+            if ev.ts < p.proc_ts:
+                return  # /proc was read after this event: what it did is already here
             p.last_seen = ev.ts
             h(p, ev)
         elif t == _EXEC:
@@ -423,8 +428,8 @@ class ProcessTable:
         self._expire(ev.ts)
         old = self.procs.get(child_pid)
         if old is not None:
-            if old.start_time == start and start:
-                return  # already known (seeded from /proc while the event was in flight)
+            if old.proc_ts > ev.ts or (start and abs(old.start_time - start) <= _TICK_NS):
+                return  # already known: read from /proc while the event was in flight
             self._drop(old)
             self.stats["stale_replaced"] += 1
         self.exited.pop(child_pid, None)  # pid reused: the old one is gone for good
@@ -457,8 +462,13 @@ class ProcessTable:
             self.exited.pop(pid, None)
             p = Process(pid, ev.comm, self.settings.max_fds_per_process)
             if self.settings.proc_root and self.settings.proc_fallback:
-                self._load_fds(p)  # an exec of a process we never saw: its fds from /proc
+                # an exec of a process we never saw (its fork was not traced): the image is
+                # the event's, the fds /proc's, and events older than that read are in them
+                p.proc_ts = time.time_ns()
+                self._load_fds(p)
             self._insert(p)
+        elif ev.ts < p.proc_ts:
+            return  # /proc was read after this exec
         else:
             if p.threads:  # de_thread: every other thread is gone
                 for t in p.threads:
@@ -739,10 +749,12 @@ class ProcessTable:
         if not root:
             return None
         base = f"{root}/{pid}"
+        t_read = time.time_ns()
         stat = _read(base + "/stat")
         if stat is None:
             return None
         p = Process(pid, max_fds=self.settings.max_fds_per_process)
+        p.proc_ts = p.last_seen = t_read
         try:
             lp, rp = stat.index("("), stat.rindex(")")
             p.name = stat[lp + 1 : rp]
@@ -962,6 +974,7 @@ try:
     _CLK_TCK = os.sysconf("SC_CLK_TCK") or 100
 except (ValueError, OSError):
     _CLK_TCK = 100
+_TICK_NS = 2 * 1_000_000_000 // _CLK_TCK  # /proc start times have clock-tick resolution
 
 
 def _read(path: str) -> str | None:
@@ -1083,9 +1096,8 @@ class _SocketIndex:
             fi.sip, fi.sport = lip, lport
             fi.name = f"{lip}:{lport}"
             return fi
-        if rport == 0:  # unconnected UDP (or a bound-only socket)
-            fi.sip, fi.sport = lip, lport
-            fi.role = "server" if lport else ""
+        if rport == 0:  # unconnected UDP: no peer, and no way to tell client from server
+            fi.cip, fi.cport = lip, lport
             fi.name = f"{lip}:{lport}"
             return fi
         from .fd import set_inet_tuple
