@@ -93,7 +93,8 @@ def sensor() -> Iterator[LiveSource]:
     src.close()
 
 
-def read_until(src: LiveSource, done: Callable[[Event], bool], sink: Callable[[Event], None], timeout: float = 20) -> Event:
+def read_until(src: LiveSource, done: Callable[[Event], bool], sink: Callable[[Event], None],
+               timeout: float = 20) -> Event:  # fmt: skip
     """Feed every event to ``sink`` until one satisfies ``done``; return it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -119,9 +120,10 @@ def test_exec_in_container_names_podmans_container(sensor, podman):
         # TRIGGER
         t0 = time.time_ns()
         name, cid = podman(cmd=["/bin/sh", "-c", "exec /bin/true"])
-        true_exec = read_until(
-            sensor, lambda e: e.type == EventType.EXEC and e.exec.argv == ["/bin/true"] and "libpod-" in e.exec.cgroup2, sink
-        )
+        def is_true_exec(e: Event) -> bool:
+            return e.type == EventType.EXEC and e.exec.argv == ["/bin/true"] and "libpod-" in e.exec.cgroup2
+
+        true_exec = read_until(sensor, is_true_exec, sink)
         # the exit of /bin/true follows its exec
         read_until(sensor, lambda e: e.type == EventType.EXIT and e.pid == true_exec.pid and e.args[0] == 1, sink)
 
@@ -132,7 +134,9 @@ def test_exec_in_container_names_podmans_container(sensor, podman):
         if x.cgroup:  # a v1 hierarchy is mounted here too
             assert container_id_from_cgroup(x.cgroup) == cid[:12]
         assert x.vpid == 1  # the shell was the container's init and exec'd /bin/true in place
-        sh_exec = next(e for e in events if e.type == EventType.EXEC and e.pid == true_exec.pid and e.exec.argv[:1] == ["/bin/sh"])
+        sh_exec = next(
+            e for e in events if e.type == EventType.EXEC and e.pid == true_exec.pid and e.exec.argv[:1] == ["/bin/sh"]
+        )
         assert sh_exec.exec.argv == ["/bin/sh", "-c", "exec /bin/true"]
 
         # ASSERT: the process table put it in the container (it has exited: the grace list has it)

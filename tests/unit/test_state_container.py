@@ -35,7 +35,7 @@ CID = "f75f8025ce36280c95d8cb56d17a528eeaf3670fa1e4d5843eb1400099ec284f"
         (f"docker-{CID}.scope", "docker"),
         (f"/docker/{CID}", "docker"),
         (f"/system.slice/containerd.service/kubepods-besteffort-pod1.slice:cri-containerd:{CID}", "containerd"),
-        (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{CID}.scope", "containerd"),
+        (f"/kubepods.slice/kubepods-burstable-pod1.slice/cri-containerd-{CID}.scope", "containerd"),
         (f"/kubepods/besteffort/pod0b6b9b8e-1c33-4f0e-9b8e-000000000000/{CID}", "cri"),
         (f"/kubepods.slice/kubepods-pod1.slice/crio-{CID}.scope", "cri-o"),
         (f"/crio-{CID}", "cri-o"),
@@ -124,8 +124,10 @@ def test_info_from_podman():
 
 
 def test_info_from_docker_defaults_tag():
-    i = info_from_docker({"Id": CID, "Name": "/db", "Image": "sha256:1", "Config": {"Image": "postgres"},
-                          "HostConfig": {"Privileged": False}, "State": {"StartedAt": "2024-01-01T00:00:00Z"}})  # fmt: skip
+    i = info_from_docker({
+        "Id": CID, "Name": "/db", "Image": "sha256:1", "Config": {"Image": "postgres"},
+        "HostConfig": {"Privileged": False}, "State": {"StartedAt": "2024-01-01T00:00:00Z"},
+    })  # fmt: skip
     assert (i.name, i.image_repository, i.image_tag, i.privileged) == ("db", "postgres", "latest", False)
 
 
@@ -235,3 +237,52 @@ def test_container_root_names(tmp_path):
         container = CID
 
     assert db.for_process(P()) == ("/proc/1234/root", CID)
+
+
+def test_docker_api_over_its_unix_socket(tmp_path):
+    import http.server
+    import socketserver
+    import threading
+
+    from andon.state.container import docker_inspect
+
+    body = json.dumps({"Id": CID, "Name": "/api", "Image": "sha256:2", "Config": {"Image": "nginx:1.25"},
+                       "HostConfig": {"Privileged": True}, "State": {"StartedAt": "2024-01-01T00:00:00Z"}})  # fmt: skip
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            ok = self.path == f"/containers/{CID}/json"
+            data = body.encode() if ok else b'{"message":"No such container"}'
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def address_string(self):
+            return "unix"
+
+        def log_message(self, *a):
+            pass
+
+    path = str(tmp_path / "docker.sock")
+    srv = socketserver.UnixStreamServer(path, Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        info = docker_inspect(CID, path, timeout=2)
+        assert (info.runtime, info.name, info.image_repository, info.image_tag, info.privileged) == (
+            "docker", "api", "nginx", "1.25", True,
+        )  # fmt: skip
+        assert docker_inspect("0" * 64, path, timeout=2) is None
+        assert seen == [f"/containers/{CID}/json", f"/containers/{'0' * 64}/json"]
+        # the registry falls back to docker when podman does not know the id
+        reg = ContainerRegistry(ContainerSettings(podman=str(tmp_path / "no-podman"), docker_socket=path))
+        try:
+            assert reg.resolve(CID, timeout=5).name == "api"
+        finally:
+            reg.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

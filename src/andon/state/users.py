@@ -89,7 +89,10 @@ class UserDb:
         k = key or root
         f = self._roots.get(k)
         if f is None:
-            f = (_IdFile(os.path.join(root, "etc/passwd"), self.recheck), _IdFile(os.path.join(root, "etc/group"), self.recheck))
+            f = (
+                _IdFile(os.path.join(root, "etc/passwd"), self.recheck),
+                _IdFile(os.path.join(root, "etc/group"), self.recheck),
+            )
             self._roots[k] = f
             while len(self._roots) > self.max_roots:
                 self._roots.popitem(last=False)
