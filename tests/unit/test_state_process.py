@@ -444,3 +444,20 @@ def test_events_older_than_the_proc_read_are_already_in_it(clk):
     t.procs[61] = q
     t.apply(fork_ev(clk, 60, 61))
     assert t.get(61) is q and t.stats["stale_replaced"] == 0
+
+
+def test_zombies_are_not_loaded():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "child did not become a zombie"
+            time.sleep(0.01)
+        t = ProcessTable(StateSettings())
+        assert t.load_pid(pid) is None
+        t.seed_from_proc()
+        assert pid not in t and os.getpid() in t
+    finally:
+        os.waitpid(pid, 0)

@@ -412,7 +412,7 @@ class ProcessTable:
     # -- process lifecycle ---------------------------------------------------------------
     def _on_fork(self, ev: Event) -> None:
         child_tid, child_pid, start = int(ev.args[0]), int(ev.args[1]), int(ev.args[2])
-        parent = self.procs.get(ev.pid) or self._missing(ev)
+        parent = self.procs.get(ev.pid) or self.exited.get(ev.pid) or self._missing(ev)
         if parent is None:
             return
         parent.last_seen = ev.ts
@@ -759,6 +759,8 @@ class ProcessTable:
             lp, rp = stat.index("("), stat.rindex(")")
             p.name = stat[lp + 1 : rp]
             f = stat[rp + 2 :].split()
+            if f[0] in ("Z", "X"):
+                return None  # exited, not yet reaped: its exit is (or was) an event, not a process
             # fields after comm, from field 3 (state): ppid=4, session=6, tty_nr=7, starttime=22
             p.ppid = int(f[1])
             p.sid = int(f[3])
