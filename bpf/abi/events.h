@@ -8,7 +8,7 @@
  * stride fixed lets the consumer decode a run of one-slot records as one numpy array.
  *
  * src/andon/events/schema.py mirrors these structs field by field; tests/kernel
- * compares that mirror with the BTF of the built objects (tests/kernel/test_abi.py).
+ * compares that mirror with the BTF of the built objects (tests/unit/test_abi.py).
  */
 #ifndef ANDON_ABI_EVENTS_H
 #define ANDON_ABI_EVENTS_H

@@ -112,14 +112,16 @@ static __always_inline __u32 andon__put_user_str(struct scratch *s, __u32 off, c
 {
 	if (off > DATA_OFF_MASK)
 		return off;
-	long n = bpf_probe_read_user_str(&s->ev.data[BOUND(off, DATA_OFF_MASK)], ANDON_STR_MAX, src);
+	/* one byte past PATH_MAX: a 4095-character path (legal) fits whole, and only a
+	 * string that fills all of it was really cut */
+	long n = bpf_probe_read_user_str(&s->ev.data[BOUND(off, DATA_OFF_MASK)], ANDON_STR_MAX + 1, src);
 	if (n <= 0) {
 		/* unreadable or NULL pointer: an empty string keeps the string count right */
 		s->ev.data[BOUND(off, DATA_OFF_MASK)] = 0;
 		n = 1;
 		if (src)
 			andon__count(ANDON_STAT_ERRORS);
-	} else if (n == ANDON_STR_MAX) {
+	} else if (n == ANDON_STR_MAX + 1) {
 		s->ev.flags |= ANDON_F_TRUNCATED;
 	}
 	s->ev.nstr++;
@@ -162,8 +164,10 @@ static __always_inline void andon__emit(struct scratch *s, __u32 data_len)
 		__builtin_memcpy(r, &s->ev, ANDON_REC_SMALL);
 		bpf_ringbuf_submit(r, flags);
 	} else {
-		if (data_len > ANDON_DATA_MAX)
+		if (data_len > ANDON_DATA_MAX) {
 			data_len = ANDON_DATA_MAX;
+			s->ev.flags |= ANDON_F_TRUNCATED;
+		}
 		/* a whole number of slots, less the ring's own 8-byte header */
 		__u32 size = ((ANDON_HDR_SIZE + data_len + 8 + ANDON_SLOT - 1) & ~(ANDON_SLOT - 1)) - 8;
 		size &= 0x3fff; /* a no-op (size <= ANDON_REC_MAX) that shows the verifier the bound */
@@ -209,7 +213,7 @@ static long andon__path_step(__u32 i, struct path_walk *w)
 		return 1;
 	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
 	struct dentry *parent = BPF_CORE_READ(d, d_parent);
-	if (d == mnt_root || d == parent) {
+	if (d == mnt_root) {
 		struct mount *mp = BPF_CORE_READ(mnt, mnt_parent);
 		if (mp == mnt || !mp)
 			return 1; /* the root of this mount namespace */
@@ -232,6 +236,10 @@ static long andon__path_step(__u32 i, struct path_walk *w)
 	s->path[pos & 4095] = '/';
 	w->pos = pos;
 	w->d = parent;
+	/* a dentry that is its own parent without being a mount root belongs to a pseudo
+	 * filesystem (memfd, pipe, anon inode): its name is the whole path */
+	if (d == parent)
+		return 1;
 	if (i == PATH_COMPONENTS - 1)
 		w->truncated = 1;
 	return 0;

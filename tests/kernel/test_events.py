@@ -186,12 +186,6 @@ def test_exec_from_memfd_is_flagged(sensor, collect, run_py):
     assert x.argv == ["andon-memfd", "arg1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bpf/include/andon.h andon__path_step treats a pseudo dentry (d == d_parent, not the "
-    "mount root: memfd, pipe, anon inode) as a mount root and never prepends its name, so the "
-    "exepath of a memfd exec is '/'",
-)
 def test_exec_from_memfd_exepath_names_the_memfd(sensor, collect, run_py):
     src = sensor(["execve"])
 
@@ -1003,13 +997,13 @@ def test_path_beyond_path_max_is_truncated_and_counted(sensor, collect, run_py):
     ch = run_py(f"out(sc('openat', AT_FDCWD, {path!r}, os.O_RDONLY, 0))")
     assert ch.values() == [-errno.ENAMETOOLONG]
 
-    # ASSERT: the first PATH_MAX - 1 bytes, the flag, and the counter
+    # ASSERT: the first PATH_MAX bytes (one more than any legal path), the flag, and the counter
     evs = [e for e in calls(collect(src, ch.pid), "openat") if e.strings and e.strings[0].startswith("/andon-long-")]
     assert len(evs) == 1
     ev = evs[0]
     assert ev.ret == -errno.ENAMETOOLONG
     assert ev.truncated
-    assert ev.strings == (path[:4095],)
+    assert ev.strings == (path[:4096],)
     assert src.stats()["truncated"] >= before + 1
 
 
@@ -1026,11 +1020,6 @@ def test_longest_legal_path_is_not_flagged_truncated(sensor, collect, run_py):
     assert not ev.truncated
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bpf/include/andon.h andon__put_user_str flags truncation when bpf_probe_read_user_str "
-    "returns ANDON_STR_MAX (4096), which a 4095-byte string (the longest legal path) also returns",
-)
 def test_path_of_exactly_path_max_minus_one_is_not_flagged_truncated(sensor, collect, run_py):
     src = sensor(["openat"])
     path = _long_path(4095, "andon-max-")  # 4095 bytes + NUL == PATH_MAX: the longest legal path

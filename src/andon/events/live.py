@@ -142,15 +142,15 @@ class LiveSource:
 
     def _load_syscalls(self, ring: int, cfg: bytes, shared: dict[str, int]) -> BpfObject:
         """tp_btf first (plain loads, cheaper per event), raw_tp where tp_btf cannot load."""
-        obj = self._open("syscalls/sys_exit_btf.bpf.o", ring, cfg, shared)
         try:
+            obj = self._open("syscalls/sys_exit_btf.bpf.o", ring, cfg, shared)
             self._load(obj, shared)
             self.syscall_hook = "tp_btf/sys_exit"
             return obj
-        except (BpfError, NotSupported) as e:
+        except (BpfError, NotSupported, FileNotFoundError) as e:
             log.info("tp_btf/sys_exit unavailable (%s); using raw_tp/sys_exit", e)
-            self._objs.remove(obj)
-            obj.close()
+            if self._objs and self._objs[-1].path.name == "sys_exit_btf.bpf.o":
+                self._objs.pop().close()
         obj = self._open("syscalls/sys_exit.bpf.o", ring, cfg, shared)
         self._load(obj, shared)
         self.syscall_hook = "raw_tp/sys_exit"
