@@ -16,7 +16,7 @@ def make(i, path):
 
 def write(tmp_path, evs, boot=500):
     p = tmp_path / "c.andoncap"
-    hdr = CaptureHeader(boot_offset=boot, types=["openat"], processes=[{"pid": 1, "comm": "init"}])
+    hdr = CaptureHeader(boot_offset=boot, types=["openat"], state={"processes": [{"pid": 1, "comm": "init"}]})
     with CaptureWriter(p, hdr) as w:
         small = [e for e in evs if len(encode_record(e, boot)) == 248]
         w.write_batch(np.frombuffer(b"".join(encode_record(e, boot) for e in small), dtype=EVENT_DTYPE))
@@ -31,7 +31,7 @@ def test_round_trip(tmp_path):
     p, order = write(tmp_path, evs)
     with CaptureReader(p) as r:
         assert r.header.boot_offset == 500
-        assert r.header.processes == [{"pid": 1, "comm": "init"}]
+        assert r.header.state == {"processes": [{"pid": 1, "comm": "init"}]}
         got = list(r.events())
         assert got == order
         assert not r.truncated

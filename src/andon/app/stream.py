@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events.capture import CaptureHeader, CaptureReader, CaptureWriter
+from .enrich import Tracker
 from ..events.live import LiveSource, SensorSettings
 import numpy as np
 
@@ -88,7 +89,7 @@ class EventFilter:
             return False
         if self.containers:
             cid = getattr(proc, "container_id", None) or "host"
-            name = getattr(proc, "container_name", None) or ""
+            name = (getattr(proc, "container_name", None) or "") if not self.containers & {cid} else ""
             if not any(
                 c == cid or (len(c) >= 3 and cid.startswith(c)) or (name and c == name) for c in self.containers
             ):
@@ -132,16 +133,10 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def make_state(seed: bool, snapshot: list[dict[str, Any]] | None = None) -> Any:
-    """The process/fd/container tables, seeded from /proc (live) or a capture's snapshot."""
-    from ..state.process import ProcessTable
-
-    table = ProcessTable()
-    if snapshot is not None:
-        table.restore(snapshot)
-    elif seed:
-        table.seed_from_proc()
-    return table
+def make_state(*, boot_offset: int = 0, snapshot: dict[str, Any] | None = None, offline: bool = False) -> Tracker:
+    """The process/fd/container/user tables: empty for live use (seed after the sensor is
+    attached), or restored from a capture's snapshot for replay."""
+    return Tracker(boot_offset=boot_offset, snapshot=snapshot, offline=offline)
 
 
 def run_live(
@@ -151,7 +146,7 @@ def run_live(
     duration: float | None = None,
     count: int | None = None,
     ring_bytes: int = 64 << 20,
-    state: Any = None,
+    state: Tracker | None = None,
 ) -> Counts:
     """Stream live events through state and filter into sink until a stop rule fires."""
     counts = Counts()
@@ -163,6 +158,9 @@ def run_live(
     with StopFlag() as stop:
         src.start()
         try:
+            if state is not None:
+                state.table.boot_offset = src.boot_offset
+                state.seed()  # after attach: what /proc misses, the ring has
             while not stop.stop:
                 timeout = 0.2
                 if deadline is not None:
@@ -171,7 +169,7 @@ def run_live(
                         break
                     timeout = min(timeout, left)
                 for ev in src.read(timeout, pre, counts):
-                    proc = state.apply(ev) if state is not None else None
+                    proc = state(ev) if state is not None else None
                     if flt.match(ev, proc):
                         sink(ev, proc)
                         counts.shown += 1
@@ -191,17 +189,17 @@ def run_replay(
     sink: Callable[[Event, Any], None],
     *,
     count: int | None = None,
-    state_factory: Callable[[list[dict[str, Any]]], Any] | None = None,
+    state_factory: Callable[[dict[str, Any]], Tracker] | None = None,
 ) -> tuple[Counts, CaptureReader]:
     counts = Counts()
     reader = CaptureReader(path)
-    state = state_factory(reader.header.processes) if state_factory else None
+    state = state_factory(reader.header.state) if state_factory else None
     with reader, StopFlag() as stop:
         for ev in reader.events():
             if stop.stop:
                 break
             counts.seen += 1
-            proc = state.apply(ev) if state is not None else None
+            proc = state(ev) if state is not None else None
             if ev.truncated:
                 counts.truncated += 1
             if flt.match(ev, proc):
@@ -219,19 +217,22 @@ def run_capture(
     duration: float | None = None,
     count: int | None = None,
     ring_bytes: int = 64 << 20,
-    snapshot: list[dict[str, Any]] | None = None,
     progress: Callable[[Counts], None] | None = None,
 ) -> Counts:
-    """Write the live stream, as raw records, to a capture file."""
+    """Write the live stream, as raw records, to a capture file whose header carries the
+    process table as /proc showed it right after the sensor attached."""
     counts = Counts()
     ktypes = kernel_types(frozenset(types))
     src = LiveSource(SensorSettings(types=ktypes, ring_bytes=ring_bytes))
-    header = CaptureHeader(boot_offset=src.boot_offset, types=sorted(ktypes), processes=snapshot or [])
     deadline = time.monotonic() + duration if duration else None
     last_progress = time.monotonic()
-    with StopFlag() as stop, CaptureWriter(path, header) as w:
+    with StopFlag() as stop:
         src.start()
+        tracker = Tracker(boot_offset=src.boot_offset, container_lookups=False)
         try:
+            tracker.seed()
+            header = CaptureHeader(boot_offset=src.boot_offset, types=sorted(ktypes), state=tracker.snapshot())
+            w = CaptureWriter(path, header)
             while not stop.stop:
                 timeout = 0.2
                 if deadline is not None:
@@ -260,6 +261,9 @@ def run_capture(
             st = src.stats()
             counts.lost, counts.truncated, counts.read_errors = st["drops"], st["truncated"], st["read_errors"]
             src.close()
+            tracker.close()
+            if "w" in locals():
+                w.close()
     counts.shown = counts.seen
     return counts
 

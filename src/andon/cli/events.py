@@ -82,9 +82,12 @@ def _clock(ts: int) -> str:
     return _dt.datetime.fromtimestamp(sec).strftime("%H:%M:%S") + f".{ns // 1000:06d}"
 
 
-def _container(proc: Any) -> str:
-    cid = getattr(proc, "container_id", None)
-    return cid[:12] if cid and cid != "host" else "host"
+def _container(ctx: Any) -> str:
+    cid = getattr(ctx, "container_id", None)
+    if not cid or cid == "host":
+        return "host"
+    name = getattr(ctx, "container_name", None)
+    return f"{cid[:12]}({name})" if name else cid[:12]
 
 
 def event_json(ev: Event, proc: Any) -> dict[str, Any]:
@@ -113,7 +116,8 @@ def event_json(ev: Event, proc: Any) -> dict[str, Any]:
 
 def _proc_json(proc: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("ppid", "exepath", "cmdline", "cwd", "user", "container_id", "container_name", "container_image"):
+    for key in ("ppid", "exepath", "cmdline", "cwd", "user", "container_id", "container_name", "container_image",
+                "fd_name"):
         v = getattr(proc, key, None)
         if callable(v):
             v = v()
@@ -132,6 +136,13 @@ def _fmt_val(v: Any) -> str:
 
 def event_text(ev: Event, proc: Any) -> str:
     args = event_args(ev)
+    fd = getattr(proc, "fd", None)
+    if fd is not None and fd.name:
+        # sysdig's habit: fd=3(<f>/etc/passwd), the fd's type char then its name
+        for key in ("fd", "oldfd"):
+            if key in args:
+                args[key] = f"{args[key]}(<{fd.typechar}>{fd.name})"
+                break
     parts = [f"{k}={_fmt_val(v)}" for k, v in args.items()]
     res = ""
     if ev.type == EventType.SYSCALL:
@@ -169,7 +180,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     flt = make_filter(args)
     printer = Printer(args.output)
     if args.read:
-        factory = None if args.no_state else (lambda snap: make_state(seed=False, snapshot=snap))
+        factory = None if args.no_state else (lambda snap: make_state(snapshot=snap, offline=True))
         counts, reader = run_replay(args.read, flt, printer, count=args.count, state_factory=factory)
         sys.stdout.flush()
         print(closing_line(counts), file=sys.stderr)
@@ -177,8 +188,13 @@ def cmd_events(args: argparse.Namespace) -> int:
             print(f"andon: {args.read} ends inside a record (cut short); {reader.records} whole records read",
                   file=sys.stderr)
         return 0
-    state = None if args.no_state else make_state(seed=True)
-    counts = run_live(flt, printer, duration=args.duration, count=args.count, ring_bytes=args.ring_mb << 20, state=state)
+    state = None if args.no_state else make_state()
+    try:
+        counts = run_live(flt, printer, duration=args.duration, count=args.count, ring_bytes=args.ring_mb << 20,
+                          state=state)
+    finally:
+        if state is not None:
+            state.close()
     sys.stdout.flush()
     print(closing_line(counts), file=sys.stderr)
     return 0
@@ -187,11 +203,6 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     words = list(iter_types(args.type))
     types = expand_types(words) if words else set(ALL_TYPES)
-    snapshot = None
-    try:
-        snapshot = make_state(seed=True).snapshot()
-    except ImportError:
-        snapshot = []
     tty = sys.stderr.isatty()
 
     def progress(c: Counts) -> None:
@@ -200,7 +211,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
                   end="", file=sys.stderr, flush=True)
 
     counts = run_capture(args.write, types, duration=args.duration, count=args.count,
-                         ring_bytes=args.ring_mb << 20, snapshot=snapshot, progress=progress)
+                         ring_bytes=args.ring_mb << 20, progress=progress)
     if tty:
         print(file=sys.stderr)
     print(closing_line(counts, "events written to " + args.write), file=sys.stderr)

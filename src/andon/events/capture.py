@@ -5,7 +5,7 @@ Layout (little endian)::
     magic    8 bytes  b"ANDONCAP"
     version  u32      1
     hlen     u32      length of the JSON header that follows
-    header   hlen     JSON: host, kernel, boot_offset, started, types, process snapshot
+    header   hlen     JSON: host, kernel, boot_offset, started, types, state snapshot
     records  ...      repeated: u32 length, then that many bytes of struct andon_event
 
 Records are stored exactly as the kernel wrote them, so a capture replays through the
@@ -47,7 +47,7 @@ class CaptureHeader:
     kernel: str = field(default_factory=lambda: os.uname().release)
     started: int = field(default_factory=time.time_ns)
     types: list[str] = field(default_factory=list)
-    processes: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # the process table at the start
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()

@@ -157,7 +157,6 @@ SPECS: tuple[SyscallSpec, ...] = (
     S("tgkill", "process", ("tgid", "tid", "sig")),
     S("bpf", "process", ("cmd", "attr", "size")),
     S("seccomp", "process", ("op", "flags", "args")),
-    S("mprotect", "process", ("addr", "length", "prot")),
 )
 del S
 
