@@ -12,7 +12,7 @@ BPF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS := $(wildcard bpf/include/*.h bpf/abi/*.h)
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: setup deps venv bpf run test test-unit test-kernel bench clean
+.PHONY: setup deps venv bpf test-image run test test-unit bench clean
 
 setup: deps venv bpf
 
@@ -39,10 +39,14 @@ $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/include/vmlinux.h
 
 bpf: $(BPF_OBJS)
 
+# the minimal Debian image the container tests run (debootstrap + podman import, once)
+test-image: deps
+	@bash scripts/build-test-image.sh
+
 run: setup
 	$(BIN)/andon events
 
-test: setup
+test: setup test-image
 	$(BIN)/pytest -q tests
 
 test-unit: venv
