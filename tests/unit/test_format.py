@@ -24,7 +24,7 @@ def test_open_flags():
 def test_openat_args_by_falco_name():
     e = sc("openat", [2**64 - 100, 0, 0o1101, 0o640], ret=-13, strings=("/etc/shadow",))
     assert event_args(e) == {"dirfd": -100, "name": "/etc/shadow", "flags": "O_WRONLY|O_CREAT|O_TRUNC",
-                             "mode": "0o640"}
+                             "mode": "0640"}
     assert result(e) == "EACCES"
 
 

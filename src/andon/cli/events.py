@@ -147,9 +147,8 @@ def event_text(ev: Event, proc: Any) -> str:
     res = ""
     if ev.type == EventType.SYSCALL:
         res = f" res={ev.ret}" if ev.ret >= 0 else f" res={result(ev)}"
-    ppid = getattr(proc, "ppid", None)
     who = f"{ev.comm}[{ev.pid}" + (f":{ev.tid}" if ev.tid != ev.pid else "") + "]"
-    extra = f" ppid={ppid}" if ppid is not None and ev.type == EventType.EXEC else ""
+    extra = ""
     trunc = " (truncated)" if ev.truncated else ""
     return f"{_clock(ev.ts)} {ev.name:<12} {who:<24} uid={ev.uid} {_container(proc)}{res}{extra} {' '.join(parts)}{trunc}"
 

@@ -104,7 +104,8 @@ def _arg_value(name: str, raw: int, ev: Event) -> Any:
     if name == "flags" and ev.name in ("unshare",):
         return _flags(raw, _CLONE_NS, "0")
     if name == "mode":
-        return oct(raw & 0o7777)
+        m = raw & 0o7777
+        return f"0{m:o}" if m else "0"
     if name == "domain":
         return _DOMAINS.get(raw, str(raw))
     if name == "type" and ev.name in ("socket", "socketpair"):
