@@ -165,9 +165,12 @@ class Printer:
             self.out.write(event_text(ev, proc) + "\n")
 
 
-def closing_line(c: Counts, what: str = "events") -> str:
+def closing_line(c: Counts, written_to: str | None = None) -> str:
     rate = c.seen / c.elapsed if c.elapsed > 0 else 0.0
-    line = f"andon: {c.shown} {what} shown, {c.seen} seen, {c.lost} lost"
+    if written_to:
+        line = f"andon: {c.seen} events written to {written_to}, {c.lost} lost"
+    else:
+        line = f"andon: {c.shown} events shown, {c.seen} seen, {c.lost} lost"
     if c.truncated:
         line += f", {c.truncated} truncated"
     if c.read_errors:
@@ -213,5 +216,5 @@ def cmd_capture(args: argparse.Namespace) -> int:
                          ring_bytes=args.ring_mb << 20, progress=progress)
     if tty:
         print(file=sys.stderr)
-    print(closing_line(counts, "events written to " + args.write), file=sys.stderr)
+    print(closing_line(counts, args.write), file=sys.stderr)
     return 0
