@@ -153,3 +153,32 @@ def test_unknown_type_is_a_usage_error():
     r = subprocess.run(ANDON + ["events", "-t", "opne"], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert r.returncode == 2
     assert "unknown event type 'opne'" in r.stderr
+
+
+def test_container_filter_shows_only_that_container():
+    image = os.environ.get("ANDON_TEST_IMAGE", "localhost/andon-test:bookworm")
+    if subprocess.run(["podman", "image", "exists", image], capture_output=True).returncode != 0:
+        pytest.skip(f"test image {image} is missing: run scripts/build-test-image.sh")
+    name = f"andon-f-{uuid.uuid4().hex[:8]}"
+    run = ["podman", "run", "--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096",
+           "--network", "none", "-d", "--name", name, image, "sleep", "30"]
+    cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        p = start(["events", "-o", "json", "-t", "exec", "--container", cid[:12], "--duration", "6"])
+        try:
+            wait_attached()
+            # TRIGGER: one exec inside the container, one on the host
+            subprocess.run(["podman", "exec", name, "cat", "/etc/debian_version"], capture_output=True, check=True)
+            subprocess.run(["cat", "/etc/hostname"], capture_output=True, check=True)
+        finally:
+            out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        evs = [json.loads(line) for line in out.splitlines()]
+        # ASSERT: the container's cat, and nothing from the host
+        cats = [e for e in evs if e["args"].get("args") == ["/etc/debian_version"]]
+        assert len(cats) == 1
+        assert cats[0]["proc"]["container_id"] == cid[:12]
+        assert all(e["proc"]["container_id"] == cid[:12] for e in evs)
+        assert not [e for e in evs if e["args"].get("args") == ["/etc/hostname"]]
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True)
