@@ -36,6 +36,8 @@ enum andon_event_type {
 #define ANDON_F_TRUNCATED 0x01   /* a string or argv was cut at its bound */
 #define ANDON_F_SOCK 0x02        /* data[] starts with a struct andon_sock */
 #define ANDON_F_EXEC_INFO 0x04   /* data[] starts with a struct andon_exec_info */
+#define ANDON_F_IA32 0x08        /* an i386 syscall (int $0x80) from a 64-bit task; `nr` is
+                                  * already the x86_64 number of the same call */
 
 struct andon_event {
 	/* field 0: ts (u64) boot-time ns, bpf_ktime_get_boot_ns() */

@@ -19,6 +19,16 @@ struct {
 	__type(value, struct andon_sc_spec);
 } sc_specs SEC(".maps");
 
+/* i386 syscall number -> x86_64 number + 1 (0: not traced), filled by the loader */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ANDON_NR_MAX);
+	__type(key, __u32);
+	__type(value, __u16);
+} sc_ia32 SEC(".maps");
+
+#define TS_COMPAT 0x0002 /* arch/x86/include/asm/thread_info.h: 32-bit syscall active */
+
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
@@ -172,6 +182,21 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 
 	if (nr < 0 || nr >= ANDON_NR_MAX)
 		return 0;
+	/* int $0x80 from a 64-bit task: same registers, i386 numbers. Without this a
+	 * process could hide an open() from us by making it the 32-bit way. */
+	struct task_struct *cur = andon__current_task();
+#ifdef ANDON_BTF
+	int ia32 = cur->thread_info.status & TS_COMPAT;
+#else
+	int ia32 = BPF_CORE_READ(cur, thread_info.status) & TS_COMPAT;
+#endif
+	if (ia32) {
+		__u32 k32 = nr;
+		__u16 *m = bpf_map_lookup_elem(&sc_ia32, &k32);
+		if (!m || !*m)
+			return 0;
+		nr = *m - 1;
+	}
 	__u32 key = nr;
 	struct andon_sc_spec *sp = bpf_map_lookup_elem(&sc_specs, &key);
 	if (!sp || !sp->enabled)
@@ -193,11 +218,29 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	r.r10 = regs->r10;
 	r.r8 = regs->r8;
 	r.r9 = regs->r9;
+	if (ia32) {
+		r.bx = regs->bx;
+		r.cx = regs->cx;
+		r.bp = regs->bp;
+	}
 #else
 	bpf_probe_read_kernel(&r, sizeof(r), regs);
 #endif
+	if (ia32) {
+		/* i386 passes args in ebx, ecx, edx, esi, edi, ebp; the kernel uses the low 32 bits */
+		__u64 a0 = (__u32)r.bx, a1 = (__u32)r.cx, a2 = (__u32)r.dx;
+		__u64 a3 = (__u32)r.si, a4 = (__u32)r.di, a5 = (__u32)r.bp;
+		r.di = a0;
+		r.si = a1;
+		r.dx = a2;
+		r.r10 = a3;
+		r.r8 = a4;
+		r.r9 = a5;
+	}
 
 	andon__header(&s->ev, ANDON_EV_SYSCALL, nr);
+	if (ia32)
+		s->ev.flags |= ANDON_F_IA32;
 	s->ev.ret = ret;
 	s->ev.args[0] = r.di;
 	s->ev.args[1] = r.si;
@@ -222,9 +265,17 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 			__u32 len = sp->salen != ANDON_ARG_NONE ? reg_arg(&r, sp->salen) : 128;
 			off = put_sockaddr(s, off, t, (void *)reg_arg(&r, sp->sa), len, sp->sa_local);
 		} else if (sp->msghdr != ANDON_ARG_NONE) {
-			struct user_msghdr mh = {};
-			bpf_probe_read_user(&mh, sizeof(mh), (void *)reg_arg(&r, sp->msghdr));
-			off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen, 0);
+			void *mp = (void *)reg_arg(&r, sp->msghdr);
+			if (ia32) {
+				/* struct compat_msghdr: a 32-bit msg_name, then msg_namelen */
+				__u32 cm[2] = {};
+				bpf_probe_read_user(cm, sizeof(cm), mp);
+				off = put_sockaddr(s, off, t, (void *)(unsigned long)cm[0], cm[1], 0);
+			} else {
+				struct user_msghdr mh = {};
+				bpf_probe_read_user(&mh, sizeof(mh), mp);
+				off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen, 0);
+			}
 		}
 	}
 	if (sp->how != ANDON_ARG_NONE) {

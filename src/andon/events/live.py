@@ -22,7 +22,7 @@ from ..bpf.object import BpfObject, Link
 from ..bpf.ringbuf import RingReader, page_aligned_size
 from ..errors import BpfError, NotSupported, PermissionDenied
 from .schema import EVENT_DTYPE, Event, decode_batch, decode_record, pack_config
-from .syscalls import BY_NAME, PROCESS_TYPES, SPECS
+from .syscalls import BY_NAME, BY_NR, IA32_TO_X86_64, PROCESS_TYPES, SPECS
 
 log = logging.getLogger("andon.sensor")
 
@@ -119,6 +119,10 @@ class LiveSource:
                 for spec in SPECS:
                     if spec.name in types:
                         specs.update(spec.nr.to_bytes(4, "little"), spec.pack(True))
+                ia32 = obj.map("sc_ia32")
+                for nr32, nr64 in IA32_TO_X86_64.items():
+                    if BY_NR[nr64].name in types:
+                        ia32.update(nr32.to_bytes(4, "little"), (nr64 + 1).to_bytes(2, "little"))
             if not self._objs:
                 raise NotSupported("event selection", "no event type selected")
             # attach last, after every map is filled: no event sees a half-set filter

@@ -35,6 +35,7 @@ class EventType(enum.IntEnum):
 F_TRUNCATED = 0x01
 F_SOCK = 0x02
 F_EXEC_INFO = 0x04
+F_IA32 = 0x08  # made through int $0x80 by a 64-bit task; nr is the x86_64 equivalent
 
 EXE_FROM_MEMFD = 0x1
 EXE_UPPER_LAYER = 0x2

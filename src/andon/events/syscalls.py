@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .nr_ia32 import IA32_SYSCALL_NAMES
 from .nr_x86_64 import SYSCALL_NAMES, SYSCALL_NUMBERS
 
 NONE = 0xFF
@@ -183,6 +184,24 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 ALL_TYPES: tuple[str, ...] = tuple(dict.fromkeys(PROCESS_TYPES + tuple(BY_NAME)))
+
+
+def _ia32_map() -> dict[int, int]:
+    """i386 syscall number -> x86_64 number, for the syscalls andon traces. The 32-bit
+    uid calls (``setuid32``...) and ``fcntl64`` are the same calls with wider types; the
+    old 16-bit ``setuid`` etc. map to the same syscall too."""
+    out: dict[int, int] = {}
+    for nr32, name in IA32_SYSCALL_NAMES.items():
+        base = name
+        for suffix in ("32", "64"):
+            if base.endswith(suffix) and base[: -len(suffix)] in BY_NAME:
+                base = base[: -len(suffix)]
+        if base in BY_NAME:
+            out[nr32] = BY_NAME[base].nr
+    return out
+
+
+IA32_TO_X86_64: dict[int, int] = _ia32_map()
 
 
 def expand_types(words: list[str] | tuple[str, ...]) -> set[str]:
