@@ -151,8 +151,12 @@ static __always_inline void andon__emit(struct scratch *s, __u32 data_len)
 	__u64 flags = 0;
 
 	if (cfg.wakeup_bytes) {
+		/* wake the consumer once, when the backlog crosses the mark; forcing a wake-up
+		 * on every record past it would cost an irq_work per event until the next read.
+		 * The consumer also polls on a timer, so a mark jumped over is not a stall. */
 		__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-		flags = pending >= cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+		flags = pending >= cfg.wakeup_bytes && pending < cfg.wakeup_bytes + ANDON_SLOT ? BPF_RB_FORCE_WAKEUP
+											       : BPF_RB_NO_WAKEUP;
 	}
 	if (data_len <= ANDON_DATA_SMALL) {
 		s->ev.size = ANDON_REC_SMALL;
