@@ -10,13 +10,15 @@ Part 1, timings (interleaved, as overhead.py; ratio to the baseline of this run)
                           is built and committed, the consumer is woken once (it never
                           catches up again, so no further wake-ups). BPF side, no Python.
     andon-skip            a consumer that moves the ring's consumer position over whatever
-                          is there without reading it: it keeps up, so the kernel wakes it
-                          for nearly every event; no per-event Python work.
+                          is pending each time RingReader.wait() returns, without reading
+                          it: the ring's consumer side with no per-event Python work.
     andon-raw             the product path: numpy batches from read_raw (as overhead.py)
     andon-raw-rawtp       the same with the raw_tp/sys_exit object (BPF_CORE_READ probe
                           reads) instead of tp_btf/sys_exit (plain loads)
     andon-raw-nolinger    the same with the reader reading as soon as anything is pending
-                          (RingReader's 2 ms linger for a fuller batch switched off)
+                          (RingReader's 2 ms linger for a fuller batch switched off): the
+                          consumer keeps catching up, and each commit that finds it caught
+                          up queues a wake-up (irq_work) in the traced task's syscall
     andon-raw-wakeup      SensorSettings.wakeup_bytes = 256 KiB: the BPF side asks for a
                           wake-up only when that much is pending
     andon-raw-nowakeup    wakeup_bytes = 4 GiB - 1, more than any ring holds: no submit
@@ -27,13 +29,17 @@ Part 1, timings (interleaved, as overhead.py; ratio to the baseline of this run)
     bpftrace-sys_exit     the raw_syscalls:sys_exit tracepoint with a filter on the syscall
                           number, counting: andon's hook design without emitting
 
-Part 2, BPF run time per invocation (one run each, with kernel BPF stats switched on
+Part 2, BPF run time per invocation (interleaved runs, with kernel BPF stats switched on
 through bpf(BPF_ENABLE_STATS), the fd form of ``sysctl kernel.bpf_stats_enabled=1``):
-run_time_ns / run_cnt of every program the tracer holds, and BPF time per loop iteration.
+run_time_ns / run_cnt of every program the tracer holds, and BPF time per loop iteration;
+then the same for the exec path (execloop under andon: sched_process_exec and sys_exit).
 The stats add two clock reads to every program run, so Part 1 runs without them.
 
     .venv/bin/python bench/cost.py                  # 1M iterations, 5 repetitions
     .venv/bin/python bench/cost.py --perf           # also a perf profile of the workload under andon-raw
+    .venv/bin/python bench/cost.py --variant direct=build/bench/exp-direct \
+        --configs andon-ring-only,andon-ring-only@direct,andon-raw,andon-raw@direct
+                                                    # a candidate BPF change against the current objects
 """
 
 from __future__ import annotations
@@ -59,7 +65,10 @@ NEVER = 0xFFFFFFFF
 RING_ONLY_BYTES = 1 << 30
 
 
-def workload(n: int) -> Workload:
+def workload(n: int, variants: dict[str, Path] | None = None, only: set[str] | None = None) -> Workload:
+    """The configurations above; ``variants`` (name -> a directory of BPF objects laid out as
+    build/bpf) add ``andon-ring-only@name`` and ``andon-raw@name``; ``only`` keeps just those
+    names (and the baseline)."""
     comm = workloads.comm("openclose")
     w = Workload("openclose", [n], comm, {"openat": n, "close": n})
     tc = "openat,close"
@@ -70,7 +79,7 @@ def workload(n: int) -> Workload:
                expected={}),
         Config("andon-ring-only", lambda: AndonTracer(tc, "idle", comm, ring_bytes=RING_ONLY_BYTES),
                "emitted, never read, 1 wake-up"),
-        Config("andon-skip", lambda: AndonTracer(tc, "skip", comm), "wake-ups, no per-event Python"),
+        Config("andon-skip", lambda: AndonTracer(tc, "skip", comm), "consumer side, no per-event Python"),
         Config("andon-raw", lambda: AndonTracer(tc, "raw", comm), "the product path: read_raw, numpy batches"),
         Config("andon-raw-rawtp", lambda: AndonTracer(tc, "raw", comm, bpf_dir=raw_tp),
                "same, raw_tp/sys_exit hook (probe reads) instead of tp_btf"),
@@ -89,10 +98,20 @@ def workload(n: int) -> Workload:
             body=f"/args->id == {NR_OPENAT} || args->id == {NR_CLOSE}/ {{ @[args->id] = count(); }}"),
             "one hook on every syscall, filter by nr, count"),
     ]
+    for vname, vdir in (variants or {}).items():
+        at = [c.name for c in w.configs].index("andon-raw-rawtp")
+        w.configs[at:at] = [
+            Config(f"andon-ring-only@{vname}", lambda d=vdir: AndonTracer(tc, "idle", comm, ring_bytes=RING_ONLY_BYTES,
+                                                                        bpf_dir=d), f"ring-only, objects from {vdir}"),
+            Config(f"andon-raw@{vname}", lambda d=vdir: AndonTracer(tc, "raw", comm, bpf_dir=d),
+                   f"the product path, objects from {vdir}"),
+        ]
+    if only:
+        w.configs = [c for c in w.configs if c.name == "baseline" or c.name in only]
     return w
 
 
-def stats_configs(w: Workload) -> list[Config]:
+def stats_configs(w: Workload, only: set[str] | None = None) -> list[Config]:
     """The configurations whose BPF run time is measured: the timed ones that run BPF, and a few
     more that only this table needs (the raw_tp hook without a consumer, opensnoop)."""
     comm, tc, raw_tp = w.comm, "openat,close", snapshot.RAW_TP_DIR
@@ -110,18 +129,19 @@ def stats_configs(w: Workload) -> list[Config]:
             ["tracepoint:syscalls:sys_enter_openat", "tracepoint:syscalls:sys_enter_close"], name="bpftrace-empty",
             body="{ }")),
     }
-    names = ["andon-filter-only", "andon-filter-only-rawtp", "andon-ring-only", "andon-ring-only-rawtp", "andon-raw",
+    variants = [c.name for c in w.configs if "@" in c.name]
+    names = variants + ["andon-filter-only", "andon-filter-only-rawtp", "andon-ring-only", "andon-ring-only-rawtp", "andon-raw",
              "andon-raw-rawtp", "andon-raw-nolinger", "andon-raw-wakeup", "andon-raw-nowakeup", "bpftrace-empty",
              "bpftrace", "bpftrace-sys_exit", "opensnoop"]
-    return [by_name.get(n) or extra[n] for n in names]
+    return [by_name.get(n) or extra[n] for n in names if n in by_name or (n in extra and not only)]
 
 
-def bpf_cost(w: Workload, repeat: int = 3, log=print) -> list[dict]:
+def bpf_cost(w: Workload, repeat: int = 3, only: set[str] | None = None, log=print) -> list[dict]:
     """``repeat`` interleaved runs per tracer with BPF stats on: ns per program run and BPF ns
     per loop iteration, medians over the runs."""
     samples: dict[tuple[str, str], list[dict]] = {}
     per_iter: dict[str, list[float]] = {}
-    cfgs = stats_configs(w)
+    cfgs = stats_configs(w, only)
     with tracers.BpfStats():
         for r in range(repeat):
             for cfg in cfgs[r % len(cfgs):] + cfgs[: r % len(cfgs)]:
@@ -143,6 +163,28 @@ def bpf_cost(w: Workload, repeat: int = 3, log=print) -> list[dict]:
     order = [c.name for c in cfgs]
     out.sort(key=lambda x: (order.index(x["config"]), x["prog"]))
     return out
+
+
+def exec_cost(n: int, repeat: int, log=print) -> list[dict]:
+    """BPF ns per run of the exec path: execloop under andon (execve selected), stats on."""
+    from overhead import execloop
+
+    w = execloop(n)
+    cfg = next(c for c in w.configs if c.name == "andon-raw")
+    samples: dict[str, list[dict]] = {}
+    with tracers.BpfStats():
+        for _ in range(repeat):
+            run = run_once(w, cfg, bpf_stats=True)
+            for d in run["bpf"].values():
+                if d["run_cnt"]:
+                    samples.setdefault(d["name"], []).append(d)
+                    log(f"  execloop {n} andon-raw {d['name']:<18} runs {d['run_cnt']:>8}  "
+                        f"{d['run_time_ns'] / d['run_cnt']:7.0f} ns/run")
+    return [{"config": f"andon-raw (execloop {n})", "prog": prog, "run_cnt": report.summary([d["run_cnt"] for d in ds]),
+             "ns_per_run": report.summary([d["run_time_ns"] / d["run_cnt"] for d in ds]),
+             "bpf_ns_per_iteration_all_progs": report.summary(
+                 [sum(d["run_time_ns"] for d in ds2) / n for ds2 in zip(*samples.values())])}
+            for prog, ds in samples.items()]
 
 
 def perf_profile(w: Workload, seconds_note: str = "") -> str:
@@ -174,6 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--n", type=int, default=1_000_000, help="openclose iterations (2 events each)")
     ap.add_argument("--stats-repeat", type=int, default=3, help="runs per tracer with BPF stats on")
+    ap.add_argument("--exec-n", type=int, default=2000, help="execloop iterations for the exec path's BPF cost")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also measure BPF objects built into DIR (laid out as build/bpf), e.g. a candidate change")
+    ap.add_argument("--configs", default="", help="comma-separated configuration names to run (baseline always)")
     ap.add_argument("--perf", action="store_true", help="also profile one andon-raw run with perf record -a")
     ap.add_argument("--no-build", action="store_true", help="use the workloads and the code snapshot already in build/bench")
     args = ap.parse_args(argv)
@@ -183,8 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
         workloads.build()
         snapshot.freeze()
     code = snapshot.info()
-    w = workload(args.n)
-    data: dict = {"kind": "cost", "machine": report.machine(), "notes": notes, "code": code, "repeat": args.repeat, "n": args.n}
+    variants = {}
+    for v in args.variant:
+        name, _, d = v.partition("=")
+        if not (Path(d) / "syscalls").is_dir():
+            ap.error(f"--variant {v}: {d} has no syscalls/ objects")
+        variants[name] = Path(d).resolve()
+    only = set(filter(None, args.configs.split(","))) or None
+    w = workload(args.n, variants, only)
+    data: dict = {"kind": "cost", "machine": report.machine(), "notes": notes, "code": code, "repeat": args.repeat, "n": args.n,
+                  "variants": {k: str(v) for k, v in variants.items()}}
 
     report.console.print(f"[bold]where the cost is: openclose {args.n} x {args.repeat}, interleaved[/]")
     runs = measure(w, args.repeat)
@@ -208,8 +262,11 @@ def main(argv: list[str] | None = None) -> dict:
     data["runs"] = runs
     data["markdown"] = report.markdown_table(cols, rows)
 
-    report.console.print("[bold]BPF run time per program invocation (BPF stats on, one run each)[/]")
-    costs = bpf_cost(w, args.stats_repeat)
+    report.console.print(f"[bold]BPF run time per program invocation (BPF stats on, {args.stats_repeat} interleaved "
+                         f"runs per tracer)[/]")
+    costs = bpf_cost(w, args.stats_repeat, only)
+    if not only:
+        costs += exec_cost(args.exec_n, args.stats_repeat)
     cols2 = ["config", "program", "runs per run", "ns/run (median)", "min", "max", "BPF ns per iteration (all progs)"]
     rows2 = [[c["config"], c["prog"], f"{c['run_cnt']['median']:.0f}", f"{c['ns_per_run']['median']:.0f}",
               f"{c['ns_per_run']['min']:.0f}", f"{c['ns_per_run']['max']:.0f}",
@@ -220,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     data["bpf_markdown"] = report.markdown_table(cols2, rows2)
 
     if args.perf:
-        prof = perf_profile(w)
+        prof = perf_profile(workload(args.n))
         report.console.print(prof)
         data["perf"] = prof
     path = report.write_json("cost", data)

@@ -38,7 +38,8 @@ def machine() -> dict[str, object]:
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
 
-    virt = cmd("systemd-detect-virt")
+    # --vm: the hypervisor (a container runtime inside the VM would otherwise win)
+    virt = cmd("systemd-detect-virt", "--vm")
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "kernel": platform.release(),
@@ -46,7 +47,8 @@ def machine() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "cpu_model": first("/proc/cpuinfo", "model name"),
         "mem_total": first("/proc/meminfo", "MemTotal"),
-        "virtualization": virt if virt != "?" else ("vm" if "hypervisor" in first("/proc/cpuinfo", "flags") else "?"),
+        "virtualization": virt if virt not in ("?", "none") else ("vm" if "hypervisor" in first("/proc/cpuinfo", "flags") else virt),
+        "clocksource": first_line("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "python": platform.python_version(),
         "bpftrace": cmd("bpftrace", "--version"),

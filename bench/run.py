@@ -51,7 +51,7 @@ def main() -> int:
     if "throughput" not in skip:
         throughput.main(["--no-build"] + (["--seconds", "3"] if args.quick else []))
     if "cost" not in skip:
-        cost.main(["--no-build", "--repeat", str(repeat), "--perf"] + (["--n", "100000", "--stats-repeat", "1"] if args.quick else []))
+        cost.main(["--no-build", "--repeat", str(repeat), "--perf"] + (["--n", "100000", "--stats-repeat", "1", "--exec-n", "300"] if args.quick else []))
     report.console.print(f"all benchmarks done in {time.monotonic() - t0:.0f} s; JSON in {report.RESULTS}")
     return 0
 
