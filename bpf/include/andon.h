@@ -89,7 +89,13 @@ static __always_inline void andon__header(struct andon_event *e, __u16 type, __u
 	struct task_struct *task = andon__current_task();
 
 	e->ts = bpf_ktime_get_boot_ns();
+#ifdef ANDON_BTF
+	/* plain loads through the task's BTF pointer instead of a helper call: the cgroup v2
+	 * id is the kernfs id of the default hierarchy's cgroup (what the helper returns) */
+	e->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+#else
 	e->cgroup_id = bpf_get_current_cgroup_id();
+#endif
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 #ifdef ANDON_BTF
@@ -104,7 +110,12 @@ static __always_inline void andon__header(struct andon_event *e, __u16 type, __u
 	e->nr = nr;
 	e->nstr = 0;
 	e->flags = 0;
+#ifdef ANDON_BTF
+	/* two 8-byte loads instead of bpf_get_current_comm()'s strscpy_pad */
+	__builtin_memcpy(e->comm, task->comm, sizeof(e->comm));
+#else
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+#endif
 }
 
 /* Append a user-space string at data[off]; returns the new offset. */
@@ -146,18 +157,22 @@ static __always_inline __u32 andon__put_kernel_str(struct scratch *s, __u32 off,
  * reserved slot; a longer one goes out as a whole number of slots, so the 256-byte
  * stride of the ring holds. A full ring is counted, never silent.
  */
+static __always_inline __u64 andon__wakeup_flags(void)
+{
+	if (!cfg.wakeup_bytes)
+		return 0; /* the kernel's adaptive wake-up: only when the reader had caught up */
+	/* wake the consumer once, when the backlog crosses the mark; forcing a wake-up
+	 * on every record past it would cost an irq_work per event until the next read.
+	 * The consumer also polls on a timer, so a mark jumped over is not a stall. */
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return pending >= cfg.wakeup_bytes && pending < cfg.wakeup_bytes + ANDON_SLOT ? BPF_RB_FORCE_WAKEUP
+										       : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void andon__emit(struct scratch *s, __u32 data_len)
 {
-	__u64 flags = 0;
+	__u64 flags = andon__wakeup_flags();
 
-	if (cfg.wakeup_bytes) {
-		/* wake the consumer once, when the backlog crosses the mark; forcing a wake-up
-		 * on every record past it would cost an irq_work per event until the next read.
-		 * The consumer also polls on a timer, so a mark jumped over is not a stall. */
-		__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-		flags = pending >= cfg.wakeup_bytes && pending < cfg.wakeup_bytes + ANDON_SLOT ? BPF_RB_FORCE_WAKEUP
-											       : BPF_RB_NO_WAKEUP;
-	}
 	if (data_len <= ANDON_DATA_SMALL) {
 		s->ev.size = ANDON_REC_SMALL;
 		struct andon_event *r = bpf_ringbuf_reserve(&events, ANDON_REC_SMALL, 0);

@@ -167,6 +167,36 @@ static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct a
 	return off;
 }
 
+/* Header, arguments and the small per-syscall extras, into a record in the ring or in scratch. */
+static __always_inline void fill_syscall(struct andon_event *e, struct pt_regs *r, struct andon_sc_spec *sp,
+					 long nr, long ret, int ia32)
+{
+	andon__header(e, ANDON_EV_SYSCALL, nr);
+	if (ia32)
+		e->flags |= ANDON_F_IA32;
+	e->ret = ret;
+	e->args[0] = r->di;
+	e->args[1] = r->si;
+	e->args[2] = r->dx;
+	e->args[3] = r->r10;
+	e->args[4] = r->r8;
+	e->args[5] = r->r9;
+	if (sp->how != ANDON_ARG_NONE) {
+		/* openat2: flags, mode and resolve live in struct open_how; they replace args 2..4 */
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)reg_arg(r, sp->how));
+		e->args[2] = how.flags;
+		e->args[3] = how.mode;
+		e->args[4] = how.resolve;
+	}
+	if (sp->fdpair != ANDON_ARG_NONE && ret == 0) {
+		int fds[2] = {-1, -1};
+		bpf_probe_read_user(fds, sizeof(fds), (void *)reg_arg(r, sp->fdpair));
+		e->args[4] = (__u32)fds[0];
+		e->args[5] = (__u32)fds[1];
+	}
+}
+
 #ifdef ANDON_BTF
 SEC("tp_btf/sys_exit")
 #else
@@ -207,9 +237,6 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == cfg.self_tgid)
 		return 0;
 
-	struct scratch *s = andon__scratch();
-	if (!s)
-		return 0;
 	struct pt_regs r;
 #ifdef ANDON_BTF
 	r.di = regs->di;
@@ -238,16 +265,45 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		r.r9 = a5;
 	}
 
-	andon__header(&s->ev, ANDON_EV_SYSCALL, nr);
-	if (ia32)
-		s->ev.flags |= ANDON_F_IA32;
-	s->ev.ret = ret;
-	s->ev.args[0] = r.di;
-	s->ev.args[1] = r.si;
-	s->ev.args[2] = r.dx;
-	s->ev.args[3] = r.r10;
-	s->ev.args[4] = r.r8;
-	s->ev.args[5] = r.r9;
+	/*
+	 * Fast path, for the records that are nearly all of them (at most one path, no
+	 * socket): build straight into a reserved one-slot record. A path that may not
+	 * fit the slot discards it and goes the long way, through the scratch record.
+	 */
+	if (sp->sock_fd == ANDON_ARG_NONE && sp->sa == ANDON_ARG_NONE && sp->msghdr == ANDON_ARG_NONE &&
+	    sp->str1 == ANDON_ARG_NONE) {
+		struct andon_event *e = bpf_ringbuf_reserve(&events, ANDON_REC_SMALL, 0);
+		if (!e) {
+			andon__count(ANDON_STAT_DROPS);
+			return 0;
+		}
+		fill_syscall(e, &r, sp, nr, ret, ia32);
+		e->size = ANDON_REC_SMALL;
+		if (sp->str0 != ANDON_ARG_NONE) {
+			const void *src = (const void *)reg_arg(&r, sp->str0);
+			long n = bpf_probe_read_user_str(e->data, ANDON_DATA_SMALL, src);
+			if (n == ANDON_DATA_SMALL) {
+				/* filled the slot: maybe longer than it; a discarded record costs the
+				 * reader nothing but a skip */
+				bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+				goto slow;
+			}
+			if (n <= 0) {
+				e->data[0] = 0;
+				if (src)
+					andon__count(ANDON_STAT_ERRORS);
+			}
+			e->nstr = 1;
+		}
+		bpf_ringbuf_submit(e, andon__wakeup_flags());
+		andon__count(ANDON_STAT_EVENTS);
+		return 0;
+	}
+slow:;
+	struct scratch *s = andon__scratch();
+	if (!s)
+		return 0;
+	fill_syscall(&s->ev, &r, sp, nr, ret, ia32);
 
 	__u32 off = 0;
 	struct andon_sock *t = (struct andon_sock *)s->ev.data;
@@ -277,20 +333,6 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 				off = put_sockaddr(s, off, t, mh.msg_name, mh.msg_namelen, 0);
 			}
 		}
-	}
-	if (sp->how != ANDON_ARG_NONE) {
-		/* openat2: flags, mode and resolve live in struct open_how; they replace args 2..4 */
-		struct open_how how = {};
-		bpf_probe_read_user(&how, sizeof(how), (void *)reg_arg(&r, sp->how));
-		s->ev.args[2] = how.flags;
-		s->ev.args[3] = how.mode;
-		s->ev.args[4] = how.resolve;
-	}
-	if (sp->fdpair != ANDON_ARG_NONE && ret == 0) {
-		int fds[2] = {-1, -1};
-		bpf_probe_read_user(fds, sizeof(fds), (void *)reg_arg(&r, sp->fdpair));
-		s->ev.args[4] = (__u32)fds[0];
-		s->ev.args[5] = (__u32)fds[1];
 	}
 	if (sp->str0 != ANDON_ARG_NONE)
 		off = andon__put_user_str(s, off, (void *)reg_arg(&r, sp->str0));
