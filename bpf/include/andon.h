@@ -83,11 +83,8 @@ static __always_inline struct scratch *andon__scratch(void)
 #endif
 
 /* Fill the fields every record carries. uid/gid are the effective ids, as Falco's user.uid. */
-static __always_inline void andon__header(struct andon_event *e, __u16 type, __u16 nr)
+static __always_inline void andon__header_of(struct andon_event *e, struct task_struct *task, __u16 type, __u16 nr)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct task_struct *task = andon__current_task();
-
 	e->ts = bpf_ktime_get_boot_ns();
 #ifdef ANDON_BTF
 	/* plain loads through the task's BTF pointer instead of a helper call: the cgroup v2
@@ -96,13 +93,16 @@ static __always_inline void andon__header(struct andon_event *e, __u16 type, __u
 #else
 	e->cgroup_id = bpf_get_current_cgroup_id();
 #endif
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
 #ifdef ANDON_BTF
+	e->pid = task->tgid;
+	e->tid = task->pid;
 	const struct cred *cred = task->cred;
 	e->uid = cred->euid.val;
 	e->gid = cred->egid.val;
 #else
+	__u64 id = bpf_get_current_pid_tgid();
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
 	e->uid = BPF_CORE_READ(task, cred, euid.val);
 	e->gid = BPF_CORE_READ(task, cred, egid.val);
 #endif
@@ -116,6 +116,11 @@ static __always_inline void andon__header(struct andon_event *e, __u16 type, __u
 #else
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 #endif
+}
+
+static __always_inline void andon__header(struct andon_event *e, __u16 type, __u16 nr)
+{
+	andon__header_of(e, andon__current_task(), type, nr);
 }
 
 /* Append a user-space string at data[off]; returns the new offset. */

@@ -168,10 +168,10 @@ static __always_inline __u32 put_sockaddr(struct scratch *s, __u32 off, struct a
 }
 
 /* Header, arguments and the small per-syscall extras, into a record in the ring or in scratch. */
-static __always_inline void fill_syscall(struct andon_event *e, struct pt_regs *r, struct andon_sc_spec *sp,
-					 long nr, long ret, int ia32)
+static __always_inline void fill_syscall(struct andon_event *e, struct task_struct *task, struct pt_regs *r,
+					 struct andon_sc_spec *sp, long nr, long ret, int ia32)
 {
-	andon__header(e, ANDON_EV_SYSCALL, nr);
+	andon__header_of(e, task, ANDON_EV_SYSCALL, nr);
 	if (ia32)
 		e->flags |= ANDON_F_IA32;
 	e->ret = ret;
@@ -234,8 +234,13 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	/* a successful exec is reported by sched_process_exec; its old arguments are gone */
 	if ((nr == NR_EXECVE || nr == NR_EXECVEAT) && ret == 0)
 		return 0;
+#ifdef ANDON_BTF
+	if ((__u32)cur->tgid == cfg.self_tgid)
+		return 0;
+#else
 	if ((__u32)(bpf_get_current_pid_tgid() >> 32) == cfg.self_tgid)
 		return 0;
+#endif
 
 	struct pt_regs r;
 #ifdef ANDON_BTF
@@ -277,7 +282,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 			andon__count(ANDON_STAT_DROPS);
 			return 0;
 		}
-		fill_syscall(e, &r, sp, nr, ret, ia32);
+		fill_syscall(e, cur, &r, sp, nr, ret, ia32);
 		e->size = ANDON_REC_SMALL;
 		if (sp->str0 != ANDON_ARG_NONE) {
 			const void *src = (const void *)reg_arg(&r, sp->str0);
@@ -303,7 +308,7 @@ slow:;
 	struct scratch *s = andon__scratch();
 	if (!s)
 		return 0;
-	fill_syscall(&s->ev, &r, sp, nr, ret, ia32);
+	fill_syscall(&s->ev, cur, &r, sp, nr, ret, ia32);
 
 	__u32 off = 0;
 	struct andon_sock *t = (struct andon_sock *)s->ev.data;
