@@ -133,6 +133,18 @@ class StopFlag:
             signal.signal(sig, old)
 
 
+def polls(stop: StopFlag, deadline: float | None, every: float = 0.2) -> Iterator[float]:
+    """The wait for each read of a stream loop, until Ctrl-C/SIGTERM or the deadline."""
+    while not stop.stop:
+        timeout = every
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            timeout = min(timeout, left)
+        yield timeout
+
+
 def make_state(*, boot_offset: int = 0, snapshot: dict[str, Any] | None = None, offline: bool = False) -> Tracker:
     """The process/fd/container/user tables: empty for live use (seed after the sensor is
     attached), or restored from a capture's snapshot for replay."""
@@ -161,13 +173,7 @@ def run_live(
             if state is not None:
                 state.table.boot_offset = src.boot_offset
                 state.seed()  # after attach: what /proc misses, the ring has
-            while not stop.stop:
-                timeout = 0.2
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    timeout = min(timeout, left)
+            for timeout in polls(stop, deadline):
                 for ev in src.read(timeout, pre, counts):
                     proc = state(ev) if state is not None else None
                     if flt.match(ev, proc):
@@ -233,13 +239,7 @@ def run_capture(
             tracker.seed()
             header = CaptureHeader(boot_offset=src.boot_offset, types=sorted(ktypes), state=tracker.snapshot())
             w = CaptureWriter(path, header)
-            while not stop.stop:
-                timeout = 0.2
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    timeout = min(timeout, left)
+            for timeout in polls(stop, deadline):
                 for arr, big in src.read_raw(timeout):
                     if arr is not None:
                         if count is not None:
