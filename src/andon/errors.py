@@ -9,7 +9,13 @@ Leaves also derive from the builtin a caller would naturally catch, so code that
     ├── BpfError(AndonError, OSError)          a libbpf call failed (errno kept)
     │   └── VerifierError                      the verifier rejected a program; carries its log
     ├── CaptureError(AndonError, ValueError)   a capture file is not ours, or is damaged
-    └── UsageError(AndonError, ValueError)     bad arguments from the command line or config
+    ├── UsageError(AndonError, ValueError)     bad arguments from the command line or config
+    └── RuleError(AndonError, ValueError)      a rules file, condition or output format is wrong
+        ├── RuleSyntaxError                    a condition or output does not parse (``pos``)
+        ├── UnknownFieldError                  no such field (``evt.nope``)
+        ├── FieldArgError                      a field's argument is missing, not allowed or bad
+        ├── UndefinedMacroError                an identifier is neither a macro nor a field
+        └── MacroCycleError                    macros that use each other in a loop
 """
 
 from __future__ import annotations
@@ -66,3 +72,32 @@ class CaptureError(AndonError, ValueError):
 
 class UsageError(AndonError, ValueError):
     """Bad arguments or configuration from the user."""
+
+
+class RuleError(AndonError, ValueError):
+    """Something in a rules file is wrong. ``pos`` is an offset into the text it came from, if known."""
+
+    def __init__(self, message: str, pos: int | None = None) -> None:
+        self.message = message
+        self.pos = pos
+        super().__init__(message)
+
+
+class RuleSyntaxError(RuleError):
+    """A condition or output string does not parse."""
+
+
+class UnknownFieldError(RuleError):
+    """A field name andon does not know."""
+
+
+class FieldArgError(RuleError):
+    """A field argument is missing where required, given where not allowed, or malformed."""
+
+
+class UndefinedMacroError(RuleError):
+    """A bare identifier in a condition is not a defined macro."""
+
+
+class MacroCycleError(RuleError):
+    """Macros refer to each other in a loop."""

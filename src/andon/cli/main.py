@@ -35,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         doctor_cmd = None
     if doctor_cmd is not None:
         doctor_cmd.add_parser(sub)
+    import importlib
+
+    for mod in ("rules", "run"):  # runtime security front ends: `andon rules ...`, `andon run`
+        try:
+            m = importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise
+            continue
+        m.add_parser(sub)
     return p
 
 
