@@ -96,6 +96,7 @@ class LiveSource:
         self.enabled_syscalls: list[str] = []
         self.enabled_process: list[str] = []
         self.syscall_hook = ""
+        self._sc_obj: BpfObject | None = None
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -114,15 +115,8 @@ class LiveSource:
                     obj.program(prog).autoload = t in types
                 self._load(obj, shared)
             if self.enabled_syscalls:
-                obj = self._load_syscalls(ring, cfg, shared)
-                specs = obj.map("sc_specs")
-                for spec in SPECS:
-                    if spec.name in types:
-                        specs.update(spec.nr.to_bytes(4, "little"), spec.pack(True))
-                ia32 = obj.map("sc_ia32")
-                for nr32, nr64 in IA32_TO_X86_64.items():
-                    if BY_NR[nr64].name in types:
-                        ia32.update(nr32.to_bytes(4, "little"), (nr64 + 1).to_bytes(2, "little"))
+                self._sc_obj = self._load_syscalls(ring, cfg, shared)
+                self._select(types)
             if not self._objs:
                 raise NotSupported("event selection", "no event type selected")
             # attach last, after every map is filled: no event sees a half-set filter
@@ -132,6 +126,33 @@ class LiveSource:
         except BaseException:
             self.close()
             raise
+
+    def _select(self, types: frozenset[str], before: frozenset[str] = frozenset()) -> None:
+        """Fill the per-syscall selection maps: entries for ``types`` on, the rest of
+        ``before`` off. Each entry is one map update, read by the next syscall."""
+        assert self._sc_obj is not None
+        specs = self._sc_obj.map("sc_specs")
+        for spec in SPECS:
+            if spec.name in types:
+                specs.update(spec.nr.to_bytes(4, "little"), spec.pack(True))
+            elif spec.name in before:
+                specs.update(spec.nr.to_bytes(4, "little"), spec.pack(False))
+        ia32 = self._sc_obj.map("sc_ia32")
+        for nr32, nr64 in IA32_TO_X86_64.items():
+            name = BY_NR[nr64].name
+            if name in types:
+                ia32.update(nr32.to_bytes(4, "little"), (nr64 + 1).to_bytes(2, "little"))
+            elif name in before:
+                ia32.update(nr32.to_bytes(4, "little"), (0).to_bytes(2, "little"))
+
+    def set_types(self, types: frozenset[str]) -> None:
+        """Change the syscall selection of a running sensor (rules reloaded). Process
+        events (exec, fork, exit) stay as loaded: state tracking always needs them."""
+        if self._sc_obj is None:
+            raise NotSupported("changing the event selection", "the syscall program was not loaded at start")
+        before = frozenset(self.enabled_syscalls)
+        self._select(types, before)
+        self.enabled_syscalls = [s.name for s in SPECS if s.name in types]
 
     def _open(self, rel: str, ring: int, cfg: bytes, shared: dict[str, int]) -> BpfObject:
         obj = BpfObject(self.settings.bpf_dir / rel)
@@ -216,6 +237,7 @@ class LiveSource:
             obj.close()
         self._objs.clear()
         self._stats_map = None
+        self._sc_obj = None
 
     def __enter__(self) -> LiveSource:
         self.start()

@@ -1,0 +1,138 @@
+"""The agent's config file, ``andon.yaml``: Falco's key names where Falco has one.
+
+Where it is looked for, first found wins: ``andon run -c FILE``, ``$ANDON_CONFIG``,
+``/etc/andon/andon.yaml``; with none, the defaults below apply (andon's own rules, alerts
+as text on stdout). ``config/andon.yaml`` in the repository is the documented example.
+
+Top-level keys andon reads itself (everything else that is valid belongs to the output
+channels, see :mod:`andon.app.channels`)::
+
+    rules_files: [FILE or DIR, ...]   # Falco's `rules_files` (`rules_file` accepted); DIRs: *.yaml sorted
+    rule_matching: first              # first | all, as Falco
+    priority: debug                   # load only rules at or above this priority
+    watch_config_files: true          # reload rules when a rules file changes (SIGHUP always does)
+    hostname: NAME                    # the alerts' hostname (default: this host's name)
+    sensor:
+      ring_buffer_mb: 64              # kernel ring buffer size
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UsageError
+
+PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_rules.yaml"
+SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
+
+_AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor"}
+_SENSOR_KEYS = {"ring_buffer_mb"}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    rules_files: tuple[Path, ...] = (PACKAGE_RULES,)
+    rule_matching: str = "first"
+    priority: str = "debug"
+    watch_config_files: bool = True
+    hostname: str | None = None
+    ring_buffer_mb: int = 64
+    outputs: dict[str, Any] = field(default_factory=dict)  # the channel keys, as written
+    path: Path | None = None  # where this config came from
+
+    def rule_paths(self) -> list[Path]:
+        """The rules files in load order: directories expand to their *.yaml / *.yml, sorted."""
+        out: list[Path] = []
+        for p in self.rules_files:
+            if p.is_dir():
+                out += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
+            else:
+                out.append(p)
+        return out
+
+
+def find_config(explicit: str | None) -> Path | None:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise UsageError(f"config file {explicit} does not exist")
+        return p
+    env = os.environ.get("ANDON_CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise UsageError(f"$ANDON_CONFIG names {env}, which does not exist")
+        return p
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """Read and check a config file; every problem is a UsageError naming the key."""
+    if path is None:
+        return AgentConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: the top level must be a mapping of keys")
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentConfig:
+    where = f"{path}: " if path else ""
+    base = path.parent if path else Path.cwd()
+    kw: dict[str, Any] = {"path": path}
+    files = data.get("rules_files", data.get("rules_file"))
+    if files is not None:
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise UsageError(f"{where}rules_files must be a list of paths")
+        kw["rules_files"] = tuple(_rules_path(f, base) for f in files)
+    if "rule_matching" in data:
+        v = data["rule_matching"]
+        if v not in ("first", "all"):
+            raise UsageError(f"{where}rule_matching must be 'first' or 'all', not {v!r}")
+        kw["rule_matching"] = v
+    if "priority" in data:
+        from ..rules.outputs import Priority
+
+        try:
+            Priority.parse(str(data["priority"]))
+        except (ValueError, KeyError):
+            raise UsageError(f"{where}priority {data['priority']!r} is not a Falco priority") from None
+        kw["priority"] = str(data["priority"])
+    if "watch_config_files" in data:
+        if not isinstance(data["watch_config_files"], bool):
+            raise UsageError(f"{where}watch_config_files must be true or false")
+        kw["watch_config_files"] = data["watch_config_files"]
+    if "hostname" in data:
+        kw["hostname"] = str(data["hostname"])
+    sensor = data.get("sensor") or {}
+    if not isinstance(sensor, dict):
+        raise UsageError(f"{where}sensor must be a mapping")
+    unknown = set(sensor) - _SENSOR_KEYS
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) under sensor: {', '.join(sorted(unknown))}")
+    if "ring_buffer_mb" in sensor:
+        mb = sensor["ring_buffer_mb"]
+        if not isinstance(mb, int) or not 1 <= mb <= 4096:
+            raise UsageError(f"{where}sensor.ring_buffer_mb must be an integer from 1 to 4096")
+        kw["ring_buffer_mb"] = mb
+    kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS}
+    return AgentConfig(**kw)
+
+
+def _rules_path(name: str, base: Path) -> Path:
+    if name in ("default", "andon"):  # andon's own rules, wherever andon is installed
+        return PACKAGE_RULES
+    p = Path(os.path.expanduser(name))
+    return p if p.is_absolute() else base / p

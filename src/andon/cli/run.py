@@ -1,0 +1,82 @@
+"""``andon run``: the runtime-security agent (Falco's rules on andon's events).
+
+Exit codes: 0 stopped cleanly, 1 the rules files have errors (all printed), 2 bad usage or
+config, 3 not root / kernel feature missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .main import EXIT_FAIL, EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the agent: Falco rules over live kernel events (or a capture with -r)",
+        description=(
+            "Load Falco-syntax rules files, switch on the kernel events they need, and raise "
+            "alerts as Falco does (text or JSON; stdout, file, syslog, program, HTTP). "
+            "SIGHUP, or editing a rules file, reloads the rules; a broken file is reported "
+            "and the running rules stay."
+        ),
+    )
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config file (default: $ANDON_CONFIG, then /etc/andon/andon.yaml, else built-in defaults)")
+    p.add_argument("--rules", action="append", default=[], metavar="FILE",
+                   help="rules file or directory, repeatable, loaded in order (replaces the config's rules_files)")
+    p.add_argument("-r", "--read", metavar="CAPTURE", help="run the rules over a capture file instead of live events")
+    p.add_argument("-o", "--output", choices=("text", "json"), help="alerts on stdout as text lines or JSON (Falco's)")
+    p.add_argument("--rule-matching", choices=("first", "all"), help="Falco's rule_matching (default first)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N alerts")
+    p.add_argument("--no-watch", action="store_true", help="do not reload when a rules file changes (SIGHUP still does)")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..app.agent import Agent, RulesLoadFailed, describe
+    from ..app.channels import build_channels
+    from ..app.config import find_config, load_config
+
+    cfg = load_config(find_config(args.config))
+    if args.rule_matching:
+        cfg = replace(cfg, rule_matching=args.rule_matching)
+    if args.no_watch:
+        cfg = replace(cfg, watch_config_files=False)
+    outputs = dict(cfg.outputs)
+    if args.output:
+        outputs["json_output"] = args.output == "json"
+    paths = None
+    if args.rules:
+        paths = []
+        for r in args.rules:
+            p = Path(r)
+            if not p.exists():
+                raise UsageError(f"rules file {r} does not exist")
+            paths += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")) if p.is_dir() else [p]
+    channels = build_channels(outputs)
+    try:
+        agent = Agent(cfg, channels, rules_paths=paths)
+    except RulesLoadFailed as e:
+        channels.close()
+        print(e.text, file=sys.stderr)
+        print(f"andon: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except BaseException:
+        channels.close()
+        raise
+    if args.read:
+        summary = agent.run_replay(args.read, count=args.count)
+    else:
+        summary = agent.run_live(duration=args.duration, count=args.count)
+    stats = channels.stats() if hasattr(channels, "stats") else None
+    print(f"andon: {describe(summary, stats)}", file=sys.stderr)
+    return EXIT_OK
