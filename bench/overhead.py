@@ -32,7 +32,10 @@ import report
 import snapshot
 import tracers
 import workloads
-from tracers import AndonTracer, BpftraceTracer, SnoopTracer, Tracer
+from tracers import AgentTracer, AndonTracer, BpftraceTracer, SnoopTracer, Tracer
+
+# `andon run` with Falco's stable rules: the whole agent, next to the sensor alone
+STABLE_RULES = snapshot.ROOT.parent / "shared" / "corpus" / "falco" / "falco_rules.yaml"
 
 
 @dataclass
@@ -67,6 +70,8 @@ def openclose(n: int) -> Workload:
                "counts openat+close in a kernel map"),
         Config("opensnoop", lambda: SnoopTracer("/usr/sbin/opensnoop", {"sys_enter_openat", "sys_exit_openat"}),
                "traces openat only (not close)"),
+        Config("agent-stable", lambda: AgentTracer([STABLE_RULES]),
+               "andon run, Falco's stable rules, state + rules on every event"),
     ]
     return w
 
@@ -81,6 +86,8 @@ def execloop(n: int) -> Workload:
         Config("bpftrace", lambda: BpftraceTracer(["tracepoint:sched:sched_process_exec"]),
                "counts sched_process_exec in a kernel map"),
         Config("execsnoop", lambda: SnoopTracer("/usr/sbin/execsnoop", {"sys_enter_execve", "sys_exit_execve"})),
+        Config("agent-stable", lambda: AgentTracer([STABLE_RULES]),
+               "andon run, Falco's stable rules, state + rules on every event"),
     ]
     return w
 
@@ -215,6 +222,10 @@ def summarize(w: Workload, runs: dict[str, list[dict]]) -> dict:
             # wake-ups the consumer got while the workload ran (waits on an empty ring that
             # ended before their timeout)
             row["wakeups"] = report.summary([r["tracer"]["sleeps"] - r["tracer"]["timeouts"] for r in rs])
+        elif cfg.name.startswith("agent"):
+            row["agent_events"] = report.summary([r["tracer"]["events"] for r in rs])
+            row["agent_lost_total"] = sum(r["tracer"]["lost"] for r in rs)
+            row["agent_alerts"] = report.summary([r["tracer"]["alerts"] for r in rs])
         elif cfg.name.startswith("bpftrace"):
             row["counted"] = report.summary([sum(r["tracer"]["counts"].values()) for r in rs])
         elif "snoop" in cfg.name:
@@ -243,6 +254,12 @@ def rows(w: Workload, summ: dict) -> tuple[list[list[str]], list[str | None]]:
                 note = (note + "; " if note else "") + "EVENTS LOST"
         elif "counted" in r:
             events = f"{int(r['counted']['median'])} counted"
+        elif "agent_events" in r:
+            events = f"{int(r['agent_events']['median'])} seen, {int(r['agent_alerts']['median'])} alerts"
+            drops = str(r["agent_lost_total"])
+            if r["agent_lost_total"]:
+                style = "bold red"
+                note = (note + "; " if note else "") + "EVENTS LOST"
         elif "lost_total" in r:
             drops = f"{r['lost_total']} lost"
             if r["lost_total"]:
@@ -261,6 +278,8 @@ def loud_warnings(w: Workload, summ: dict) -> list[str]:
         if r["unclean_runs"]:
             msgs.append(f"!!! {w.name}/{name}: {r['unclean_runs']} run(s) overlapped other tracing or other CPU load "
                         f"even after {ATTEMPTS} attempts; see foreign_tracing / other_cpu_s in the JSON.")
+        if r.get("agent_lost_total"):
+            msgs.append(f"!!! {w.name}/{name}: andon run lost {r['agent_lost_total']} events in the kernel (ring full).")
         if r.get("kernel_drops_total"):
             msgs.append(f"!!! {w.name}/{name}: the kernel dropped {r['kernel_drops_total']} andon events "
                         f"(ring full: the Python consumer fell behind). These numbers are NOT lossless.")

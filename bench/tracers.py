@@ -489,3 +489,41 @@ def check_prerequisites() -> list[str]:
         if not (bpf_dir / obj).exists():
             raise BenchError(f"{bpf_dir / obj} is missing: run `make bpf` first")
     return notes
+
+
+class AgentTracer(Tracer):
+    """``andon run``: the whole agent (sensor, state, rules, alerts to stdout as JSON)."""
+
+    def __init__(self, rules: list[Path], name: str = "andon-run", extra: list[str] | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.argv = [sys.executable, "-m", "andon", "run", "-o", "json", "--no-watch"]
+        for r in rules:
+            self.argv += ["--rules", str(r)]
+        self.argv += extra or []
+        self.expect = {"sys_exit", "sched_process_exec"}
+        self.env = snapshot.env()
+
+    def wait_attached(self) -> None:
+        deadline = time.monotonic() + self.attach_timeout_s
+        while time.monotonic() < deadline:
+            self._stderr.seek(0)
+            text = self._stderr.read()
+            if "andon: ready" in text:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise BenchError(f"andon run did not get ready{self._stderr_tail()}")
+
+    def parse(self, stdout: str, stderr: str) -> None:
+        alerts: dict[str, int] = {}
+        for line in stdout.splitlines():
+            if line.startswith("{"):
+                rule = json.loads(line).get("rule", "?")
+                alerts[rule] = alerts.get(rule, 0) + 1
+        m = re.search(r"andon: (\d+) events in [\d.]+s, (\d+) alerts, (\d+) lost, (\d+) truncated", stderr)
+        if not m:
+            raise BenchError(f"andon run gave no closing line (exit {self.proc.returncode})\n{stderr[-2000:]}")
+        self.result = {"events": int(m.group(1)), "alerts": int(m.group(2)), "lost": int(m.group(3)),
+                       "truncated": int(m.group(4)), "by_rule": alerts}
