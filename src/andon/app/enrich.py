@@ -33,6 +33,7 @@ class Context:
     proc: Process | None
     fd: FdInfo | None
     tracker: Tracker
+    num: int = 0  # Falco's evt.num: this event's number in the tracker's stream (from 1)
 
     # -- the names the printer and JSON use ------------------------------------------------
     @property
@@ -101,6 +102,7 @@ class Tracker:
         else:
             self.table = ProcessTable(settings, boot_offset=boot_offset, containers=self.containers)
         self.users = UserDb()
+        self.nevents = 0  # events seen, for evt.num
 
     def seed(self) -> int:
         """Read /proc. Call after the sensor is attached, so nothing falls in between."""
@@ -117,7 +119,8 @@ class Tracker:
             spec = BY_NR.get(ev.nr)
             if spec is not None and spec.returns_fd:
                 fd = t.fd_info(ev.pid, ev.ret)
-        return Context(proc, fd, self)
+        self.nevents += 1
+        return Context(proc, fd, self, self.nevents)
 
     def snapshot(self) -> dict[str, Any]:
         return self.table.snapshot()

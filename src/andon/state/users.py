@@ -34,15 +34,33 @@ def parse_id_file(text: str) -> dict[int, str]:
     return out
 
 
+def parse_id_rows(text: str) -> dict[int, list[str]]:
+    """``name:x:id:...`` lines -> {id: fields}; the first line of an id wins, as getpwuid."""
+    out: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) < 3:
+            continue
+        try:
+            i = int(parts[2])
+        except ValueError:
+            continue
+        out.setdefault(i, parts)
+    return out
+
+
 class _IdFile:
     """One passwd/group file: parsed content, re-read when its mtime or size changes."""
 
-    __slots__ = ("path", "recheck", "names", "_sig", "_checked")
+    __slots__ = ("path", "recheck", "names", "rows", "_sig", "_checked")
 
     def __init__(self, path: str, recheck: float) -> None:
         self.path = path
         self.recheck = recheck
         self.names: dict[int, str] = {}
+        self.rows: dict[int, list[str]] = {}  # id -> every field of its line (home, shell...)
         self._sig: tuple[int, int] | None = None
         self._checked = -1e18
 
@@ -52,6 +70,12 @@ class _IdFile:
             self._checked = now
             self._refresh()
         return self.names.get(i)
+
+    def row(self, i: int) -> list[str] | None:
+        """The whole ``passwd``/``group`` line of an id, split on ':'."""
+        if self.lookup(i) is None:
+            return None
+        return self.rows.get(i)
 
     def _refresh(self) -> None:
         try:
@@ -63,7 +87,9 @@ class _IdFile:
             return
         try:
             with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-                self.names = parse_id_file(f.read())
+                text = f.read()
+            self.names = parse_id_file(text)
+            self.rows = parse_id_rows(text)
             self._sig = sig
         except OSError:
             pass
@@ -108,6 +134,14 @@ class UserDb:
         """``user.name`` of ``uid``. ``root``: the filesystem root the process sees (e.g.
         ``/proc/<pid>/root``), cached under ``key`` (its container id) when given."""
         return self._files(root, key)[0].lookup(uid) or NA
+
+    def user_entry(self, uid: int, root: str | None = None, key: str | None = None) -> tuple[str, str, str] | None:
+        """(name, home directory, shell) of ``uid`` from passwd, or None when no line names it
+        (Falco's ``user.homedir`` and ``user.shell``)."""
+        row = self._files(root, key)[0].row(uid)
+        if row is None:
+            return None
+        return row[0], row[5] if len(row) > 5 else "", row[6] if len(row) > 6 else ""
 
     def group_name(self, gid: int, root: str | None = None, key: str | None = None) -> str:
         """``group.name`` of ``gid``."""
