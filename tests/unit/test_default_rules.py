@@ -1,0 +1,151 @@
+"""andon's default rules file: it loads cleanly, every rule is complete, and each rule is
+indexed under exactly the event types it was written for (a rule indexed under fewer types
+silently misses events; under more, or under every type, it costs CPU on every event)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RULES = ROOT / "src" / "andon" / "rules" / "data" / "andon_rules.yaml"
+STABLE_RULES = ROOT.parent / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+
+loader = pytest.importorskip("andon.rules.loader", reason="andon.rules.loader has not landed yet")
+pytest.importorskip("andon.rules.compiler", reason="andon.rules.compiler (the loader needs it) has not landed yet")
+
+EXEC = {"execve", "execveat"}
+OPEN = {"open", "openat", "openat2"}
+RENAME = {"rename", "renameat", "renameat2"}
+
+EXPECTED: dict[str, tuple[str, set[str]]] = {
+    "Shell spawned in container": ("NOTICE", EXEC),
+    "Sensitive file read by untrusted program": ("WARNING", OPEN),
+    "Unexpected outbound connection from container": ("NOTICE", {"connect"}),
+    "Privileged container started": ("WARNING", EXEC),
+    "Crypto miner executed": ("CRITICAL", EXEC),
+    "Write below binary directory": ("ERROR", OPEN | {"creat"} | RENAME),
+    "Write below etc directory": ("WARNING", OPEN | {"creat"}),
+    "Package manager run in container": ("WARNING", EXEC),
+    "Ptrace attach to process": ("WARNING", {"ptrace"}),
+    "Kernel module load attempt": ("WARNING", {"init_module", "finit_module"}),
+    "Kernel module tool executed": ("NOTICE", EXEC),
+    "Log file truncated": ("WARNING", OPEN),
+    "Log file deleted": ("WARNING", {"unlink", "unlinkat"} | RENAME),
+    "Log clearing command executed": ("WARNING", EXEC),
+    "Reverse shell": ("CRITICAL", {"dup", "dup2", "dup3"}),
+}
+
+
+def load(*extra: tuple[str, str], with_stable: bool = False):
+    sources = []
+    if with_stable:
+        sources.append((str(STABLE_RULES), STABLE_RULES.read_text()))
+    sources.append((str(DEFAULT_RULES), DEFAULT_RULES.read_text()))
+    sources.extend(extra)
+    return loader.load_rules(sources)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return load()
+
+
+def test_loads_with_no_errors_and_no_warnings(result) -> None:
+    assert [p.render() for p in result.errors] == []
+    assert [p.render() for p in result.warnings] == []
+    assert result.ruleset is not None
+
+
+def test_the_rules_are_the_ones_documented(result) -> None:
+    assert [r.name for r in result.ruleset.rules] == list(EXPECTED)
+    doc = (ROOT / "docs" / "default-rules.md").read_text()
+    for name in EXPECTED:
+        assert f"### {name}" in doc, f"docs/default-rules.md has no section for {name!r}"
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_rule_is_complete(result, name: str) -> None:
+    rule = next(r for r in result.ruleset.rules if r.name == name)
+    priority, _ = EXPECTED[name]
+    assert rule.priority.name == priority
+    assert rule.enabled
+    assert rule.source == "syscall"
+    assert len(rule.desc.split()) >= 15
+    tags = set(rule.tags)
+    assert tags & {"host", "container"}, "where the rule applies"
+    assert any(t.startswith("mitre_") for t in tags), "a MITRE tactic"
+    assert any(re.fullmatch(r"T\d{4}(\.\d{3})?|TA\d{4}", t) for t in tags), "a MITRE technique id"
+    # every alert says who did it and where
+    for f in ("%proc.name", "%proc.cmdline", "%container.id", "%container.name", "%container.image.repository"):
+        assert f in rule.output, f"{name}: output lacks {f}"
+    assert "%user.name" in rule.output
+    assert rule.output_fmt is not None
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_rule_event_types_are_exactly_the_intended_ones(result, name: str) -> None:
+    rule = next(r for r in result.ruleset.rules if r.name == name)
+    assert rule.evttypes == frozenset(EXPECTED[name][1])
+
+
+def test_ruleset_needs_only_these_event_types(result) -> None:
+    want = frozenset().union(*(t for _, t in EXPECTED.values()))
+    assert result.ruleset.evttypes() == want
+
+
+def test_loads_beside_falcos_stable_rules_without_changing_either() -> None:
+    if not STABLE_RULES.exists():
+        pytest.skip(f"{STABLE_RULES} not present")
+    alone = {r.name: r.full_condition for r in load().ruleset.rules}
+    both = load(with_stable=True)
+    assert [p.render() for p in both.errors] == []
+    mine = {r.name: r.full_condition for r in both.ruleset.rules if r.name in EXPECTED}
+    assert mine == alone
+    stable_alone = loader.load_rules([(str(STABLE_RULES), STABLE_RULES.read_text())])
+    theirs = {r.name: r.full_condition for r in both.ruleset.rules if r.name not in EXPECTED}
+    assert theirs == {r.name: r.full_condition for r in stable_alone.ruleset.rules}
+
+
+def test_tuning_by_appending_lists_and_exceptions() -> None:
+    """The tuning recipes in docs/default-rules.md load and change what they say."""
+    local = textwrap.dedent(
+        """\
+        - list: andon_allowed_outbound_networks
+          items: ['"10.0.0.0/8"']
+          override:
+            items: append
+
+        - macro: user_known_andon_container_shell_activities
+          condition: (container.image.repository = my/debug-image)
+          override:
+            condition: replace
+
+        - rule: Reverse shell
+          exceptions:
+            - name: socat_bridge
+              fields: [proc.name, fd.sport]
+              comps: [=, =]
+              values:
+                - [socat, 2222]
+          override:
+            exceptions: append
+
+        - rule: Package manager run in container
+          enabled: false
+          override:
+            enabled: replace
+        """
+    )
+    res = load(("local.yaml", local))
+    assert [p.render() for p in res.errors] == []
+    assert [p.render() for p in res.warnings] == []
+    rules = {r.name: r for r in res.ruleset.rules}
+    assert res.ruleset.lists["andon_allowed_outbound_networks"].items[-1] == '"10.0.0.0/8"'
+    assert "my/debug-image" in res.ruleset.macros["user_known_andon_container_shell_activities"].condition
+    assert "socat" in rules["Reverse shell"].full_condition
+    assert not rules["Package manager run in container"].enabled
+    assert res.ruleset.evttypes() == load().ruleset.evttypes()  # exec is still needed by others
