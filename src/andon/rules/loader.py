@@ -479,9 +479,9 @@ class _Text:
 
 
 class _Fail(Exception):
-    def __init__(self, code: str, message: str, loc: _Loc | None, hint: str = "") -> None:
+    def __init__(self, code: str, message: str, loc: _Loc | None, hint: str = "", item: str = "") -> None:
         super().__init__(message)
-        self.code, self.message, self.loc, self.hint = code, message, loc, hint
+        self.code, self.message, self.loc, self.hint, self.item = code, message, loc, hint, item
 
 
 class _Broken(Exception):
@@ -888,7 +888,6 @@ class _Loader:
                 f"Rules require engine version {_semver_str(ver)}, but engine version is {_semver_str(ENGINE_VERSION)}",
                 loc,
                 "these rules are for a newer Falco than andon implements (Falco 0.42); use a rules release made for it",
-                "required_engine_version",
             )
         if self.required_engine is None or self.required_engine < ver:
             self.required_engine = ver
@@ -1384,7 +1383,7 @@ class _Loader:
             except _Broken:
                 continue
             except _Fail as f:
-                self.error(f.code, f.message, f.loc, f.hint, label)
+                self.error(f.code, f.message, f.loc, f.hint, f.item or label)
                 continue
             if rule is not None:
                 out.append(rule)
