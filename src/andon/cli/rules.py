@@ -148,19 +148,21 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _field_rows(registry: Any) -> list[dict[str, Any]]:
+    """One row per field: name, type, argument (none/optional/required and its kind), description."""
     rows = []
-    items = registry.items() if hasattr(registry, "items") else ((getattr(f, "name", str(f)), f) for f in registry)
-    for name, f in items:
-        ftype = getattr(f, "type", None)
+    for name in registry.names():
+        f = registry.info(name)
         rows.append(
             {
                 "name": name,
-                "type": getattr(ftype, "value", str(ftype) if ftype is not None else ""),
-                "arg": getattr(f, "arg", None) if isinstance(getattr(f, "arg", None), str) else None,
-                "desc": getattr(f, "desc", "") or getattr(f, "description", "") or "",
+                "type": f.type.value,
+                "arg": f.arg,
+                "arg_kind": f.arg_kind,
+                "filter_only": f.filter_only,
+                "desc": f.desc,
             }
         )
-    return sorted(rows, key=lambda r: r["name"])
+    return rows
 
 
 def run_fields(args: argparse.Namespace) -> int:
@@ -179,8 +181,9 @@ def run_fields(args: argparse.Namespace) -> int:
     table.add_column("type", no_wrap=True)
     table.add_column("description", overflow="fold")
     for r in rows:
-        name = r["name"] + (f"[{r['arg']}]" if r["arg"] else "")
-        table.add_row(name, r["type"], r["desc"])
+        kind = r["arg_kind"] or "arg"
+        name = r["name"] + {"required": f"[{kind}]", "optional": f"[{kind}]?"}.get(r["arg"], "")
+        table.add_row(Text(name), r["type"], Text(r["desc"]))
     console = Console()
     console.print(table)
     console.print(f"{len(rows)} fields", highlight=False)
