@@ -393,27 +393,25 @@ def time_json(ns: int) -> str:
 
 def _json_text(s: str) -> str:
     """Falco 0.44's plain-text encoding: a JSON string's content, without the quotes."""
-    return json.dumps(s, ensure_ascii=False)[1:-1]
+    return _clean(json.dumps(s, ensure_ascii=False)[1:-1])
 
 
 def dump_json(obj: Any) -> str:
     """Serialize like nlohmann ``dump(-1)``: compact, sorted keys, UTF-8, bad bytes -> U+FFFD."""
-    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _clean(json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+
+
+def _clean(s: str) -> str:
+    """Undecodable bytes (carried as surrogates by ``surrogateescape``) -> U+FFFD."""
     try:
         s.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates (undecodable bytes carried by surrogateescape)
-        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _escapable(s) else s.encode(
-            "utf-8", "replace"
-        ).decode("utf-8")
-    return s
-
-
-def _escapable(s: str) -> bool:
-    try:
-        s.encode("utf-8", "surrogateescape")
-        return True
+        return s
     except UnicodeEncodeError:
-        return False
+        pass
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # other lone surrogates
+        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 @dataclass(slots=True)
