@@ -883,3 +883,34 @@ def test_json_shape():
         "snippet": "  priority: SEVERE",
         "hint": e["hint"],
     }
+
+
+@needs_compiler
+def test_many_item_list_as_a_single_value_is_a_condition_error():
+    res = load(BASE.replace("proc.name in (shells)", "proc.name = shells"))
+    p = next(p for p in res.errors if p.code == "LOAD_ERR_COMPILE_CONDITION")
+    assert (p.file, p.line) == ("a.yaml", 7) and "shells" in p.message
+
+
+@needs_compiler
+def test_macro_loop_through_an_append_is_reported():
+    res = load(
+        """\
+        - macro: a
+          condition: evt.type = open
+        - macro: b
+          condition: a
+        - macro: a
+          condition: or b
+          override:
+            condition: append
+        - rule: R
+          desc: d
+          condition: a
+          output: o
+          priority: INFO
+        """
+    )
+    assert res.ruleset is None
+    assert [p.code for p in res.errors] == ["LOAD_ERR_VALIDATE"]
+    assert "loop" in res.errors[0].message

@@ -1385,6 +1385,12 @@ class _Loader:
             except _Fail as f:
                 self.error(f.code, f.message, f.loc, f.hint, f.item or label)
                 continue
+            except Exception as e:  # a bug in andon must not hide the other problems
+                self.error(
+                    "LOAD_ERR_COMPILE_CONDITION", f"internal error: {type(e).__name__}: {e}", r.cond.locate(0),
+                    "this is a bug in andon; please report it with this rule", label,
+                )  # fmt: skip
+                continue
             if rule is not None:
                 out.append(rule)
         return out
@@ -1471,6 +1477,8 @@ class _Loader:
             raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), _undefined_hint(e, self), label) from None
         except MacroCycleError as e:
             raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), "", label) from None
+        except RuleError as e:  # e.g. a many-item list as the value of '='
+            raise _Fail("LOAD_ERR_COMPILE_CONDITION", e.message, text.locate(e.pos), "", label) from None
         # the output first, as Falco does
         output = r.output.text
         if "%container.info" in output:
@@ -1636,6 +1644,10 @@ class _MacroView(Mapping):
                     if later is not None and later.index >= info.visibility:
                         hint = f"macro '{token}' is defined later in the file; a macro can only use macros defined before it"
                 self.loader.error("LOAD_ERR_VALIDATE", e.message, info.cond.locate(e.pos), hint, label)
+                raise _Broken from None
+            except RuleError as e:
+                root.failed.add(name)
+                self.loader.error("LOAD_ERR_COMPILE_CONDITION", e.message, info.cond.locate(e.pos), "", label)
                 raise _Broken from None
         finally:
             root.active.pop()
