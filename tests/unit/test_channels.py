@@ -330,6 +330,7 @@ def test_program_broken_pipe_restarts(tmp_path):
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # so that a connection can be kept alive
     requests: list[dict[str, Any]]
     status = 200
     gate: threading.Event | None = None
@@ -337,7 +338,9 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+        self.requests.append(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body, "peer": self.client_address}
+        )
         self.arrived.set()
         if self.gate is not None:
             self.gate.wait(10)
@@ -357,7 +360,7 @@ def server():
         arrived = threading.Event()
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield srv, H
     if H.gate is not None:
@@ -405,12 +408,14 @@ def test_http_is_json_even_when_the_other_channels_are_text(server, capsys):
     assert json.loads(H.requests[0]["body"])["output"] == LINE
 
 
-def test_http_keep_alive_reuses_the_connection(server):
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_http_keep_alive_reuses_the_connection(server, keep_alive):
     srv, H = server
-    with Channels(http_settings(f"http://127.0.0.1:{srv.server_port}/", keep_alive=True)) as ch:
+    with Channels(http_settings(f"http://127.0.0.1:{srv.server_port}/", keep_alive=keep_alive)) as ch:
         for i in range(3):
             ch.emit(mk(output=f"n{i}"))
     assert [json.loads(r["body"])["output"][-2:] for r in H.requests] == ["n0", "n1", "n2"]
+    assert len({r["peer"] for r in H.requests}) == (1 if keep_alive else 3)
     assert ch.stats()["channels"]["http"]["sent"] == 3
 
 

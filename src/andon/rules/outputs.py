@@ -80,6 +80,8 @@ class Priority(enum.IntEnum):
     def display(self) -> str:
         return _PRIORITY_NAMES[self.value]
 
+    label = display  # the loader's name for it
+
     def at_least(self, threshold: Priority) -> bool:
         """True when this priority is as severe as ``threshold`` or more."""
         return self.value <= threshold.value
@@ -484,7 +486,9 @@ def make_alert(rule: Any, ev: Any, ctx: Any, hostname: str) -> Alert:
     if fmt is None:
         fmt = OutputFormat.parse(rule.output)
     text, values = fmt.format(ev, ctx)
-    pr = rule.priority if isinstance(rule.priority, Priority) else Priority.parse(rule.priority)
+    pr = rule.priority
+    if pr.__class__ is not Priority:  # another IntEnum with Falco's numbers (the loader's), or a name
+        pr = Priority(int(pr)) if isinstance(pr, int) else Priority.parse(pr)
     return Alert(
         time=ev.ts,
         rule=rule.name,
