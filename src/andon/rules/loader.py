@@ -341,8 +341,8 @@ class LoadResult:
             "successful": self.ok,
             "files": list(self.files),
             "counts": dict(self.counts),
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.to_dict() for p in self.problems if p.is_error],
+            "warnings": [p.to_dict() for p in self.problems if not p.is_error],
         }
 
     def to_json_text(self) -> str:
@@ -1295,6 +1295,9 @@ class _Loader:
         macros = self._compile_macros(view)
         rules = self._compile_rules(view, macros)
         used_macros = macros.used
+        if self.errors:
+            # a rule or macro that failed may have used them: "unused" would be a false lead
+            return None
         for name, info in self.macros.items():
             if name not in used_macros and name not in self.broken["macro"]:
                 self.warn("LOAD_UNUSED_MACRO", "Macro not referred to by any other rule/macro", info.loc, item=f"macro '{name}'")
@@ -1466,20 +1469,7 @@ class _Loader:
                 r.name, r.desc, r.cond.text, r.output.text, r.priority, tags, enabled, r.source, None, None,
                 file, line, exceptions, "", r.skip_if_unknown_filter, r.warn_evttypes, r.capture, r.capture_duration,
             )  # fmt: skip
-        self._check_exception_fields(r)
-        text = self._condition_with_exceptions(r)
-        ast = self._parse(text, label)
-        used: set[str] = set()
-        rview = macros.for_rule(used)
-        try:
-            node = self.backend.resolve(ast, rview, lists)
-        except UndefinedMacroError as e:
-            raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), _undefined_hint(e, self), label) from None
-        except MacroCycleError as e:
-            raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), "", label) from None
-        except RuleError as e:  # e.g. a many-item list as the value of '='
-            raise _Fail("LOAD_ERR_COMPILE_CONDITION", e.message, text.locate(e.pos), "", label) from None
-        # the output first, as Falco does
+        # the output first, as Falco does; its problems do not stop the condition's
         output = r.output.text
         if "%container.info" in output:
             self.warn(
@@ -1499,7 +1489,21 @@ class _Loader:
             for p in problems:
                 hint = "run `andon rules fields` for the fields andon knows" if isinstance(p, (UnknownFieldError, FieldArgError)) else ""
                 self.error("LOAD_ERR_COMPILE_OUTPUT", p.message, r.output.locate(p.pos), hint, label)
-            raise _Broken from None
+            fmt = None  # reported; the condition is still checked so its problems show too
+        output_ok = fmt is not None or self.backend.output_format is None
+        self._check_exception_fields(r)
+        text = self._condition_with_exceptions(r)
+        ast = self._parse(text, label)
+        used: set[str] = set()
+        rview = macros.for_rule(used)
+        try:
+            node = self.backend.resolve(ast, rview, lists)
+        except UndefinedMacroError as e:
+            raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), _undefined_hint(e, self), label) from None
+        except MacroCycleError as e:
+            raise _Fail("LOAD_ERR_VALIDATE", e.message, text.locate(e.pos), "", label) from None
+        except RuleError as e:  # e.g. a many-item list as the value of '='
+            raise _Fail("LOAD_ERR_COMPILE_CONDITION", e.message, text.locate(e.pos), "", label) from None
         try:
             flt = self.backend.compile(node)
         except (UnknownFieldError, FieldArgError) as e:
@@ -1513,6 +1517,8 @@ class _Loader:
             loc, in_macro = self._locate_error(e, text, used)
             msg = e.message + (f" (in macro '{in_macro}')" if in_macro else "")
             raise _Fail("LOAD_ERR_COMPILE_CONDITION", msg, loc, "", label) from None
+        if not output_ok:
+            raise _Broken
         if r.warn_evttypes and getattr(flt, "evttypes", None) is None:
             self.warn(
                 "LOAD_NO_EVTTYPE", "Rule matches too many evt.type values. This has a significant performance penalty.",
