@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .agent import DEFAULT_RULES, AgentRun
+from agent import DEFAULT_RULES, AgentRun
 
 if os.geteuid() != 0:
     pytest.skip("needs root (the live sensor)", allow_module_level=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from .agent import DEFAULT_RULES, AgentRun, Alert
+from agent import DEFAULT_RULES, AgentRun, Alert
 
 IMAGE = "localhost/andon-test:bookworm"
 PODMAN_RUN = [
