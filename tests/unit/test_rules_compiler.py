@@ -480,6 +480,9 @@ def test_list_names_outside_parentheses():
     assert run("proc.name = 'one'", {"proc.name": "one"}, lists=lists) is True  # quoted: not a list
     with pytest.raises(RuleError, match="2 items"):
         resolve(parse_condition("proc.name = two"), {}, lists)
+    # YAML numbers and booleans in lists are the text Falco reads
+    assert run("fd.sport in (ports)", {"fd.sport": 80}, lists={"ports": [22, 80]}) is True
+    assert run("evt.failed in (flags)", {"evt.failed": True}, lists={"flags": [True]}) is True
     # an unresolved name after 'in' is a one-item list of itself, as in libsinsp
     assert run("proc.name in unknown", {"proc.name": "unknown"}) is True
 

@@ -140,8 +140,10 @@ class _Resolver:
         return tuple(out)
 
 
-def _list_item(text: str, pos: int) -> ast.Value:
+def _list_item(text: Any, pos: int) -> ast.Value:
     """A list item from YAML: quoted text is unquoted, as Falco's parser would after substitution."""
+    if not isinstance(text, str):  # YAML numbers and booleans: the text Falco would have read
+        text = ("true" if text else "false") if isinstance(text, bool) else str(text)
     if len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]:
         try:
             return ast.Value(unescape(text), True, pos=pos)
