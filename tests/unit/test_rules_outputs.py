@@ -351,3 +351,72 @@ def test_internal_notice_shape(tz_plus2):
         '"priority":"Warning","rule":"andon internal: rate limit","source":"internal",'
         '"time":"2023-11-14T22:13:20.123456789Z"}'
     )
+
+
+# -- with the real loader, fields and engine ---------------------------------------------------
+
+
+RULES = """
+- rule: Write below etc
+  desc: a file below /etc opened for writing
+  condition: evt.type in (open, openat) and evt.is_open_write=true and fd.name startswith /etc/
+  output: >
+    File below /etc opened for writing (user=%user.name command=%proc.cmdline
+    pid=%proc.pid file=%fd.name parent=%proc.pname gparent=%proc.aname[2] container=%container.id
+    flags=%evt.arg.flags)
+  priority: ERROR
+  tags: [filesystem, mitre_persistence, host]
+"""
+
+
+def test_real_pipeline_alert(tz_plus2):
+    import os
+
+    from andon.app.enrich import Tracker
+    from andon.events.schema import Event, EventType, ExecInfo
+    from andon.events.syscalls import BY_NAME
+    from andon.rules.engine import EngineSettings, RuleEngine
+    from andon.rules.loader import load_rules
+
+    sec = 1_000_000_000
+    boot = 1_700_000_000 * sec
+    result = load_rules([("t.yaml", RULES)])
+    assert not result.errors, result.errors
+    engine = RuleEngine(result.ruleset, EngineSettings(rule_matching="first", hostname="node1"))
+    tr = Tracker(boot_offset=boot, offline=True)
+
+    def exec_(pid: int, ppid: int, argv: list[str], ts: int) -> None:
+        x = ExecInfo(
+            cap_effective=0, cap_permitted=0, start_time=pid * sec, exe_ctime=boot, exe_mtime=boot, ppid=ppid,
+            ruid=0, rgid=0, loginuid=0xFFFFFFFF, tty=0, sid=pid, vpid=pid, pidns=4026531836, mntns=1, netns=1,
+            exe_flags=0, exepath=argv[0], filename=argv[0], cwd="/root", cgroup="", cgroup2="", argv=argv,
+        )  # fmt: skip
+        tr(Event(ts, EventType.EXEC, 0, pid, pid, 0, 0, 77, 0, (pid, 0, 0, 0, 0, 0), os.path.basename(argv[0]), exec=x))
+
+    exec_(100, 1, ["/usr/sbin/sshd"], TS - 3000)
+    exec_(200, 100, ["/bin/bash"], TS - 2000)
+    exec_(300, 200, ["/usr/bin/tee", "-a", "/etc/hosts"], TS - 1000)
+    flags = 0o1 | 0o100 | 0o2000  # O_WRONLY|O_CREAT|O_APPEND
+    ev = Event(TS, EventType.SYSCALL, BY_NAME["openat"].nr, 300, 300, 0, 0, 77, 3,
+               (2**64 - 100, 0, flags, 0o644, 0, 0), "tee", strings=("/etc/hosts",))  # fmt: skip
+    (a,) = engine.process(ev, tr(ev))
+    tr.close()
+    assert a.text_line() == (
+        "00:13:20.123456789: Error File below /etc opened for writing (user=root command=tee -a /etc/hosts "
+        "pid=300 file=/etc/hosts parent=bash gparent=sshd container=host flags=O_APPEND|O_CREAT|O_WRONLY)"
+    )
+    d = json.loads(a.to_json_line())
+    assert d["output_fields"] == {
+        "container.id": "host",
+        "evt.arg.flags": "O_APPEND|O_CREAT|O_WRONLY",
+        "evt.time": TS,
+        "fd.name": "/etc/hosts",
+        "proc.aname[2]": "sshd",
+        "proc.cmdline": "tee -a /etc/hosts",
+        "proc.pid": 300,
+        "proc.pname": "bash",
+        "user.name": "root",
+    }
+    assert (d["rule"], d["priority"], d["hostname"], d["tags"]) == (
+        "Write below etc", "Error", "node1", ["filesystem", "host", "mitre_persistence"],
+    )

@@ -882,6 +882,11 @@ class Channels:
 
 AlertSink = Channels
 
+
+def build_channels(outputs: Mapping[str, Any] | None) -> Channels:
+    """``Channels`` from the config's output keys (``AgentConfig.outputs``); UsageError if bad."""
+    return Channels(ChannelSettings.from_dict(outputs))
+
 __all__ = [
     "AlertSink",
     "Channel",
@@ -894,5 +899,6 @@ __all__ = [
     "RateLimit",
     "StdoutSettings",
     "SyslogSettings",
+    "build_channels",
     "syslog_time",
 ]
