@@ -512,7 +512,7 @@ def test_rate_limit_suppresses_counts_and_reports(capsys):
         "00:13:20.123456789: Error a1",
         "00:13:20.123456789: Error other",
         '00:13:20.123456789: Error 4 alerts of rule "Write below etc" suppressed in the last 1 s '
-        '(rule="Write below etc" suppressed=4 seconds=1.0 rate=1.0 max_burst=2.0)',
+        '(rule="Write below etc" suppressed=4 seconds=1.0 rate=1 max_burst=2)',
         "00:13:20.123456789: Error a6",
     ]
     # suppressed again; the notice comes from tick() once notice_interval has passed
@@ -524,7 +524,7 @@ def test_rate_limit_suppresses_counts_and_reports(capsys):
     ch.tick()
     assert capsys.readouterr().out == (
         '00:13:20.123456789: Error 1 alert of rule "Write below etc" suppressed in the last 61 s '
-        '(rule="Write below etc" suppressed=1 seconds=61.0 rate=1.0 max_burst=2.0)\n'
+        '(rule="Write below etc" suppressed=1 seconds=61.0 rate=1 max_burst=2)\n'
     )
     ch.tick()
     assert capsys.readouterr().out == ""
@@ -555,7 +555,7 @@ def test_rate_limit_notice_as_json(capsys):
     assert lines[1] == {
         "hostname": "host1",
         "output": '1 alert of rule "Write below etc" suppressed in the last 2 s',
-        "output_fields": {"max_burst": 1.0, "rate": 1.0, "rule": "Write below etc", "seconds": 2.0, "suppressed": 1},
+        "output_fields": {"max_burst": 1, "rate": 1, "rule": "Write below etc", "seconds": 2.0, "suppressed": 1},
         "priority": "Warning",
         "rule": NOTICE_RULE,
         "source": "internal",

@@ -721,6 +721,10 @@ class HttpChannel(Channel):
 # -- the fan-out ------------------------------------------------------------------------------
 
 
+def _plain(x: float) -> float | int:
+    return int(x) if x.is_integer() else x
+
+
 class _RuleState:
     __slots__ = ("tokens", "last", "emitted", "suppressed", "pending", "since", "priority", "hostname")
 
@@ -825,7 +829,7 @@ class Channels:
         self._pending.discard(rule)
         rl = self.settings.rate_limit
         msg = f'{n} alert{"s" if n != 1 else ""} of rule "{rule}" suppressed in the last {secs:g} s'
-        fields = {"rule": rule, "suppressed": n, "seconds": secs, "rate": rl.rate, "max_burst": rl.max_burst}
+        fields = {"rule": rule, "suppressed": n, "seconds": secs, "rate": _plain(rl.rate), "max_burst": _plain(rl.max_burst)}
         self.notices += 1
         self._deliver(internal_alert(self.wall(), st.priority, NOTICE_RULE, msg, fields, st.hostname))
 
