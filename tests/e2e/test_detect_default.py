@@ -147,16 +147,15 @@ def agent() -> Iterator[AgentRun]:
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[tuple[str, str]]:
-    """A network namespace with lo and a dummy interface holding 10.231.X.1/24: a
-    non-loopback address for a container to connect to, reachable from nowhere else."""
+    """A network namespace whose lo also holds 10.231.X.1: a non-loopback address for a
+    container to connect to, reachable from nowhere else."""
     name = "andon-t-" + secrets.token_hex(3)
     addr = f"10.231.{secrets.randbelow(250) + 1}.1"
     run(["ip", "netns", "add", name])
     try:
         run(["ip", "-n", name, "link", "set", "lo", "up"])
-        run(["ip", "-n", name, "link", "add", "d0", "type", "dummy"])
-        run(["ip", "-n", name, "addr", "add", f"{addr}/24", "dev", "d0"])
-        run(["ip", "-n", name, "link", "set", "d0", "up"])
+        # a second address on the namespace's own lo: no dummy/veth module needed
+        run(["ip", "-n", name, "addr", "add", f"{addr}/32", "dev", "lo"])
         yield name, addr
     finally:
         run(["ip", "netns", "del", name], check=False)
@@ -207,21 +206,24 @@ def test_sensitive_file_read_private_keys(agent: AgentRun, tmp_path: Path) -> No
     home.mkdir()
     try:
         key = home / "id_ed25519"
-        pem = home / "server.pem"
+        pem = home / "server-key.pem"
+        ca = home / "ca-bundle.pem"  # a public bundle: not a key
+        ca.write_text("-----BEGIN CERTIFICATE-----\n")
         for f in (key, pem):
             f.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
         trusted = copy_as(tmp_path, "/usr/bin/cat", "ssh-add")  # on andon_sensitive_file_readers
         # TRIGGER: a trusted reader first (must not alert), then cat
         run([str(trusted), str(key)])
-        run(["cat", str(key), str(pem)])
+        run(["cat", str(key), str(pem), str(ca)])
         # ASSERT
         for f in (key, pem):
             a = agent.wait_for("Sensitive file read by untrusted program", lambda a, f=f: of(a, "fd.name") == str(f))
             assert of(a, "proc.name") == "cat"
             assert "T1552.004" in a["tags"]
         agent.settle(0.5)
-        readers = {of(a, "proc.name") for a in agent.of_rule("Sensitive file read by untrusted program") if m in str(of(a, "fd.name"))}
-        assert readers == {"cat"}
+        seen = {(of(a, "proc.name"), of(a, "fd.name")) for a in agent.of_rule("Sensitive file read by untrusted program")
+                if m in str(of(a, "fd.name"))}  # fmt: skip
+        assert seen == {("cat", str(key)), ("cat", str(pem))}
     finally:
         shutil.rmtree(home)
 
@@ -334,6 +336,7 @@ def test_privileged_container_started(agent: AgentRun, tmp_path: Path) -> None:
     assert a["priority"] == "Warning"
     assert of(a, "proc.name") == "sh"
     assert m in str(of(a, "proc.cmdline"))
+    assert "CAP_SYS_ADMIN" in str(of(a, "thread.cap_effective"))
     assert "T1611" in a["tags"]
 
 
@@ -597,7 +600,7 @@ def test_log_clearing_command_executed(agent: AgentRun, test_log: Path) -> None:
     # shred -u renames the file inside /var/log a dozen times (not alerts), then unlinks it
     b = agent.wait_for("Log file deleted", lambda a: str(test_log) in str(of(a, "proc.cmdline")))
     assert of(b, "proc.name") == "shred"
-    assert of(b, "evt.type") == "unlinkat"
+    assert of(b, "evt.type") in ("unlink", "unlinkat")  # coreutils shred calls unlink()
     agent.settle(0.5)
     assert len([x for x in agent.of_rule("Log file deleted") if str(test_log) in str(of(x, "proc.cmdline"))]) == 1
 

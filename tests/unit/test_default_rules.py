@@ -21,22 +21,24 @@ EXEC = {"execve", "execveat"}
 OPEN = {"open", "openat", "openat2"}
 RENAME = {"rename", "renameat", "renameat2"}
 
+# In file order: most severe first, because with Falco's default `rule_matching: first`
+# only the first matching rule alerts for an event.
 EXPECTED: dict[str, tuple[str, set[str]]] = {
-    "Shell spawned in container": ("NOTICE", EXEC),
-    "Sensitive file read by untrusted program": ("WARNING", OPEN),
-    "Unexpected outbound connection from container": ("NOTICE", {"connect"}),
-    "Privileged container started": ("WARNING", EXEC),
     "Crypto miner executed": ("CRITICAL", EXEC),
+    "Reverse shell": ("CRITICAL", {"dup", "dup2", "dup3"}),
     "Write below binary directory": ("ERROR", OPEN | {"creat"} | RENAME),
     "Write below etc directory": ("WARNING", OPEN | {"creat"}),
+    "Privileged container started": ("WARNING", EXEC),
+    "Sensitive file read by untrusted program": ("WARNING", OPEN),
+    "Log file truncated": ("WARNING", OPEN),
+    "Log file deleted": ("WARNING", {"unlink", "unlinkat"} | RENAME),
+    "Log clearing command executed": ("WARNING", EXEC),
     "Package manager run in container": ("WARNING", EXEC),
     "Ptrace attach to process": ("WARNING", {"ptrace"}),
     "Kernel module load attempt": ("WARNING", {"init_module", "finit_module"}),
     "Kernel module tool executed": ("NOTICE", EXEC),
-    "Log file truncated": ("WARNING", OPEN),
-    "Log file deleted": ("WARNING", {"unlink", "unlinkat"} | RENAME),
-    "Log clearing command executed": ("WARNING", EXEC),
-    "Reverse shell": ("CRITICAL", {"dup", "dup2", "dup3"}),
+    "Unexpected outbound connection from container": ("NOTICE", {"connect"}),
+    "Shell spawned in container": ("NOTICE", EXEC),
 }
 
 
@@ -90,6 +92,11 @@ def test_rule_is_complete(result, name: str) -> None:
 def test_rule_event_types_are_exactly_the_intended_ones(result, name: str) -> None:
     rule = next(r for r in result.ruleset.rules if r.name == name)
     assert rule.evttypes == frozenset(EXPECTED[name][1])
+
+
+def test_most_severe_rules_come_first(result) -> None:
+    prios = [r.priority for r in result.ruleset.rules]
+    assert prios == sorted(prios)  # loader.Priority: a lower value is more severe
 
 
 def test_ruleset_needs_only_these_event_types(result) -> None:
