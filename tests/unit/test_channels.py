@@ -57,7 +57,7 @@ class Clock:
 def test_defaults_are_falcos():
     s = ChannelSettings.from_dict({})
     assert s == ChannelSettings()
-    assert (s.json_output, s.stdout.enabled, s.syslog.enabled, s.file.enabled, s.http.enabled) == (False, True, True, False, False)
+    assert (s.json_output, s.stdout.enabled, s.syslog.enabled, s.file.enabled, s.http.enabled) == (False, True, False, False, False)
     assert (s.json_include_output_property, s.json_include_tags_property, s.json_include_output_fields_property) == (True, True, True)
     assert s.json_include_message_property is False
     assert s.file.filename == "./events.txt" and s.file.keep_alive is False

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from andon.errors import FieldArgError, UnknownFieldError
+from andon.errors import FieldArgError, RuleError, UnknownFieldError
 from andon.rules.loader import ENGINE_VERSION, LoadResult, Priority, load_rules
 from andon.rules.types import FieldType, Multi
 
@@ -199,7 +199,11 @@ def test_a_rule_compiles_and_runs():
     ],
 )
 def test_priority_names_as_falco_parses_them(text, want):
-    assert Priority.parse(text) is want
+    if want is None:
+        with pytest.raises(RuleError, match="unknown priority"):
+            Priority.parse(text)
+    else:
+        assert Priority.parse(text) is want
 
 
 def test_priority_labels_are_falcos():

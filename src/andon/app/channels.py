@@ -91,7 +91,9 @@ class FileSettings:
 
 @dataclass(frozen=True)
 class SyslogSettings:
-    enabled: bool = True
+    # off unless asked for (Falco's falco.yaml turns it on): many hosts and containers have
+    # no /dev/log, and an alert channel that fails on every alert is noise, not safety
+    enabled: bool = False
     socket: str = "/dev/log"
     facility: str = "user"
     ident: str = "andon"

@@ -127,7 +127,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
         if not isinstance(mb, int) or not 1 <= mb <= 4096:
             raise UsageError(f"{where}sensor.ring_buffer_mb must be an integer from 1 to 4096")
         kw["ring_buffer_mb"] = mb
-    kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS}
+    # `priority` is both: rules below it are not enabled, alerts below it are not sent
+    kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
 
 

@@ -44,6 +44,7 @@ from ..errors import (
     UndefinedMacroError,
     UnknownFieldError,
 )
+from .outputs import Priority
 
 #: The Falco engine version andon implements: Falco 0.42's (``falco_engine_version.h`` at tag
 #: 0.42.0 says 0.57.0; falcosecurity/rules 5.x asks for exactly that).
@@ -136,35 +137,12 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
 
 
-class Priority(enum.IntEnum):
-    """Falco's priorities, most severe first (``falco_common.h``): a lower value is more severe."""
-
-    EMERGENCY = 0
-    ALERT = 1
-    CRITICAL = 2
-    ERROR = 3
-    WARNING = 4
-    NOTICE = 5
-    INFORMATIONAL = 6
-    DEBUG = 7
-
-    @property
-    def label(self) -> str:
-        """The name Falco prints (``Warning``, ``Informational``)."""
-        return self.name.capitalize()
-
-    display = label  # the name outputs.Priority uses
-
-    @classmethod
-    def parse(cls, text: str) -> Priority | None:
-        """Falco's ``parse_priority``: case-insensitive; ``info`` is ``INFORMATIONAL``."""
-        t = str(text).strip().upper()
-        if t == "INFO":
-            return cls.INFORMATIONAL
-        return cls.__members__.get(t)
-
-    def __str__(self) -> str:
-        return self.label
+def _parse_priority(text: str) -> Priority | None:
+    """Falco's ``parse_priority`` (case-insensitive, ``info`` for Informational), or None."""
+    try:
+        return Priority.parse(text)
+    except RuleError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1048,7 +1026,7 @@ class _Loader:
 
     def _priority(self, src: _Source, m: dict, item: Node) -> Priority:
         s = self._str(src, m, "priority", item)
-        p = Priority.parse(s)
+        p = _parse_priority(s)
         if p is None:
             raise _Fail(
                 "LOAD_ERR_YAML_VALIDATE", "Invalid priority", _Loc.of(src, m["priority"][1]),
@@ -1681,7 +1659,7 @@ def load_rules(
     ``priority`` setting). Never raises for bad content: every problem is in the result.
     """
     if isinstance(min_priority, str):
-        p = Priority.parse(min_priority)
+        p = _parse_priority(min_priority)
         if p is None:
             from ..errors import UsageError
 
