@@ -74,6 +74,18 @@ def cmdline_has(marker: str):
     return lambda a: marker in str(of(a, "proc.cmdline") or "")
 
 
+def in_container(a: Alert, act: T.Act) -> None:
+    """The alert names the container the act ran in.
+
+    Falco (>= 0.40, default ``append_output: [suggested_output: true]``) appends the container
+    plugin's suggested fields, ``container.id`` among them, to every alert; none of these rules
+    prints it in its own output. Until andon appends them too, the container is known only
+    through the marker (the rule's ``container`` macro already excludes the host)."""
+    if "container.id" not in a["output_fields"]:
+        pytest.xfail("andon does not append Falco's suggested container fields (container.id) to output_fields")
+    assert of(a, "container.id") == act.container_id
+
+
 def check(a: Alert, priority: str, text: str) -> None:
     """The priority as Falco prints it, and the rule's own output text."""
     assert a["priority"] == priority, a
@@ -285,7 +297,7 @@ def test_terminal_shell_in_container(agent, podman):
     assert of(a, "proc.name") == "bash"
     assert of(a, "proc.tty") not in (0, None)
     assert of(a, "evt.type") == "execve"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_redirect_stdout_stdin_to_network_connection_in_container(agent, podman):
@@ -298,7 +310,7 @@ def test_redirect_stdout_stdin_to_network_connection_in_container(agent, podman)
     assert of(a, "fd.rport") == 4444
     assert of(a, "evt.type") in ("dup2", "dup3")
     assert of(a, "proc.name") == "bash"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_netcat_remote_code_execution_in_container(agent, podman):
@@ -313,7 +325,7 @@ def test_netcat_remote_code_execution_in_container(agent, podman):
     assert of(a, "proc.name") == "nc"
     assert of(a, "proc.cmdline") == "nc 127.0.0.1 4444 -e /bin/sh"
     assert of(a, "evt.type") == "execve"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_packet_socket_created_in_container(agent, podman):
@@ -325,7 +337,7 @@ def test_packet_socket_created_in_container(agent, podman):
     assert "AF_PACKET" in str(of(a, "evt.args"))
     assert of(a, "evt.type") == "socket"
     assert of(a, "proc.name") == "perl"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_linux_kernel_module_injection_detected(agent, podman):
@@ -338,6 +350,7 @@ def test_linux_kernel_module_injection_detected(agent, podman):
     assert of(a, "evt.res") != "SUCCESS"
     assert act.marker in str(of(a, "proc.args"))
     assert of(a, "proc.name") == "perl"
+    in_container(a, act)
 
 
 def test_debugfs_launched_in_privileged_container(agent, podman):
@@ -349,7 +362,7 @@ def test_debugfs_launched_in_privileged_container(agent, podman):
     assert of(a, "proc.name") == "debugfs"
     assert of(a, "proc.cmdline") == f"debugfs -R stat /{act.marker} /dev/null"
     assert of(a, "evt.type") == "execve"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_detect_release_agent_file_container_escapes(agent, podman):
@@ -361,7 +374,7 @@ def test_detect_release_agent_file_container_escapes(agent, podman):
     assert "CAP_SYS_ADMIN" in str(of(a, "thread.cap_effective"))
     assert of(a, "proc.name") == "bash"
     assert of(a, "evt.type") == "openat"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
 def test_drop_and_execute_new_binary_in_container(agent, podman):
@@ -373,9 +386,14 @@ def test_drop_and_execute_new_binary_in_container(agent, podman):
     assert of(a, "proc.name") == act.marker
     assert of(a, "proc.exepath") == act.path
     assert of(a, "evt.type") == "execve"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="andon's fd.sip.name only uses tracker.dns_names, which nothing fills: it is <NA> for every "
+    "connection, where Falco resolves the rule's name (getaddrinfo, so /etc/hosts) and compares addresses",
+)
 def test_contact_k8s_api_server_from_container(podman, cleanup):
     # TRIGGER: the API server's name resolves to 127.0.0.1 on this host (for the agent, as
     # Falco resolves fd.sip.name) and in the container (--add-host); a container connects to it
@@ -391,4 +409,4 @@ def test_contact_k8s_api_server_from_container(podman, cleanup):
     assert str(of(a, "fd.name")).endswith("->127.0.0.1:443")
     assert of(a, "fd.rport") == 443
     assert of(a, "evt.type") == "connect"
-    assert of(a, "container.id") == act.container_id
+    in_container(a, act)
