@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,8 +462,6 @@ def kernel_module_in_container(podman: Podman) -> Act:
 def debugfs_in_privileged_container(podman: Podman, settle: float = 2.0) -> Act:
     """``debugfs`` run by ``podman exec`` in a ``--privileged`` container started ``settle``
     seconds earlier (so the agent's background runtime lookup has its privileged flag)."""
-    import time
-
     m = new_marker()
     c = podman.run("--privileged", cmd=["sleep", "120"], detach=True)
     time.sleep(settle)
