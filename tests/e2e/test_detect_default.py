@@ -529,6 +529,7 @@ def test_kernel_module_load_attempt_fails_and_alerts(agent: AgentRun, tmp_path: 
     assert a["priority"] == "Warning"
     assert of(a, "evt.type") == "finit_module"
     assert of(a, "evt.res") != "SUCCESS"
+    assert of(a, "fd.name") == str(notamodule)
     assert "T1547.006" in a["tags"]
     b = agent.wait_for("Kernel module load attempt", lambda a: f"{m}_i=1" in str(of(a, "evt.arg.uargs")))
     assert of(b, "evt.type") == "init_module"
