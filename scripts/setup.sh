@@ -12,11 +12,14 @@ fi
 # run:   libbpf1 (loaded by ctypes), python3 venv
 # bench and tests: bpftrace and libbpf-tools (baselines), podman + runc + debootstrap
 #        (container tests), iproute2 (network namespaces), curl
+# detection tests: the real tools attackers and admins use (git for the benign workload,
+#        netcat and an ssh client for the network rules)
 PKGS=(
 	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc pkg-config
 	python3 python3-venv python3-dev
 	bpftrace libbpf-tools iproute2 curl procps
 	podman runc debootstrap
+	git netcat-traditional openssh-client
 )
 
 missing=()

@@ -80,3 +80,20 @@ def test_find_config_order(tmp_path, monkeypatch):
     monkeypatch.setenv("ANDON_CONFIG", str(tmp_path / "gone.yaml"))
     with pytest.raises(UsageError, match="ANDON_CONFIG"):
         find_config(None)
+
+
+def test_append_output_entries():
+    from andon.rules.engine import AppendOutput
+
+    cfg = config_from_dict({"append_output": [
+        {"suggested_output": True},
+        {"match": {"rule": "R", "tags": ["net"]}, "extra_output": "pid=%proc.pid", "extra_fields": ["evt.hostname"]},
+    ]})
+    assert cfg.append_output == (
+        AppendOutput(suggested_output=True),
+        AppendOutput(rule="R", tags=("net",), extra_output="pid=%proc.pid", extra_fields=("evt.hostname",)),
+    )
+    assert config_from_dict({"append_output": []}).append_output == ()
+    assert config_from_dict({}).append_output is None  # the engine's default: Falco's suggested_output
+    with pytest.raises(UsageError, match="match has only"):
+        config_from_dict({"append_output": [{"match": {"priority": "x"}}]})

@@ -29,6 +29,8 @@ class R:
     filter: Flt
     enabled: bool = True
     source: str = "syscall"
+    tags: tuple = ()
+    output: str = ""
 
 
 @dataclass
@@ -46,7 +48,7 @@ def ev(name, **kw):
 
 
 def make(rules, matching="first"):
-    return Engine(RS(rules), EngineSettings(rule_matching=matching, hostname="h"))
+    return Engine(RS(rules), EngineSettings(rule_matching=matching, hostname="h", append_output=()))
 
 
 def test_only_rules_indexed_under_the_type_are_tried():
@@ -104,3 +106,13 @@ def test_a_failing_condition_is_counted_and_the_next_rule_still_runs():
 def test_rule_matching_is_checked():
     with pytest.raises(UsageError, match="rule_matching"):
         EngineSettings(rule_matching="some")
+
+
+def test_append_output_matches_rule_source_and_tags():
+    from andon.rules.engine import AppendOutput
+
+    r = R("x", Flt({"openat"}, bool), tags=("a", "b"))
+    assert AppendOutput(tags=("a",)).matches(r) and not AppendOutput(tags=("a", "c")).matches(r)
+    assert AppendOutput(rule="x", source="syscall").matches(r) and not AppendOutput(rule="y").matches(r)
+    assert AppendOutput(extra_output="on %evt.type", suggested_output=True).text() == (
+        "on %evt.type container_id=%container.id container_name=%container.name")

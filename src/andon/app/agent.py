@@ -102,9 +102,12 @@ class Agent:
         if not self.paths:
             raise UsageError("no rules files to load")
         self.status = status
-        self.settings = EngineSettings(
-            rule_matching=config.rule_matching, **({"hostname": config.hostname} if config.hostname else {})
-        )
+        extra: dict[str, Any] = {}
+        if config.hostname:
+            extra["hostname"] = config.hostname
+        if config.append_output is not None:
+            extra["append_output"] = config.append_output
+        self.settings = EngineSettings(rule_matching=config.rule_matching, **extra)
         self.ruleset, result = load_ruleset(self.paths, config.priority)
         for w in result.warnings:
             log.info("%s", w)

@@ -30,7 +30,10 @@ from ..errors import UsageError
 PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_rules.yaml"
 SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
-_AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor"}
+_AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
+               "append_output"}
+_APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
+_MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
 
 
@@ -43,6 +46,7 @@ class AgentConfig:
     hostname: str | None = None
     ring_buffer_mb: int = 64
     outputs: dict[str, Any] = field(default_factory=dict)  # the channel keys, as written
+    append_output: tuple[Any, ...] | None = None  # engine.AppendOutput entries; None: Falco's default
     path: Path | None = None  # where this config came from
 
     def rule_paths(self) -> list[Path]:
@@ -128,6 +132,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
             raise UsageError(f"{where}sensor.ring_buffer_mb must be an integer from 1 to 4096")
         kw["ring_buffer_mb"] = mb
     # `priority` is both: rules below it are not enabled, alerts below it are not sent
+    if "append_output" in data:
+        kw["append_output"] = _append_output(data["append_output"], where)
     kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
 
@@ -137,3 +143,32 @@ def _rules_path(name: str, base: Path) -> Path:
         return PACKAGE_RULES
     p = Path(os.path.expanduser(name))
     return p if p.is_absolute() else base / p
+
+
+def _append_output(items: Any, where: str) -> tuple[Any, ...]:
+    """Falco's ``append_output`` list: ``match`` (rule, source, tags), ``extra_output``,
+    ``suggested_output``, ``extra_fields`` (field names, JSON only)."""
+    from ..rules.engine import AppendOutput
+
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise UsageError(f"{where}append_output must be a list of entries")
+    out = []
+    for i, e in enumerate(items):
+        at = f"{where}append_output[{i}]"
+        if not isinstance(e, dict) or set(e) - _APPEND_KEYS:
+            raise UsageError(f"{at}: an entry has only the keys {', '.join(sorted(_APPEND_KEYS))}")
+        m = e.get("match") or {}
+        if not isinstance(m, dict) or set(m) - _MATCH_KEYS:
+            raise UsageError(f"{at}.match has only the keys {', '.join(sorted(_MATCH_KEYS))}")
+        tags = m.get("tags") or []
+        fields = e.get("extra_fields") or []
+        if not isinstance(tags, list) or not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise UsageError(f"{at}: match.tags and extra_fields are lists of names")
+        if not isinstance(e.get("suggested_output", False), bool):
+            raise UsageError(f"{at}.suggested_output must be true or false")
+        out.append(AppendOutput(rule=m.get("rule"), source=m.get("source"), tags=tuple(str(t) for t in tags),
+                                extra_output=str(e.get("extra_output") or ""),
+                                suggested_output=e.get("suggested_output", False), extra_fields=tuple(fields)))
+    return tuple(out)

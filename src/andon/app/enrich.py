@@ -18,6 +18,7 @@ from ..events.syscalls import BY_NR
 from ..state.container import ContainerInfo, ContainerRegistry, ContainerSettings
 from ..state.fd import FdInfo
 from ..state.process import Process, ProcessTable, StateSettings
+from ..state.hosts import HostNames
 from ..state.users import UserDb
 
 # syscalls whose raw arg 0 is an fd worth resolving to its name
@@ -102,6 +103,8 @@ class Tracker:
         else:
             self.table = ProcessTable(settings, boot_offset=boot_offset, containers=self.containers)
         self.users = UserDb()
+        # fd.*ip.name: /etc/hosts of this machine live; nothing when replaying elsewhere
+        self.dns_names = HostNames() if not offline else None
         self.nevents = 0  # events seen, for evt.num
 
     def seed(self) -> int:

@@ -27,11 +27,48 @@ log = logging.getLogger("andon.rules")
 RULE_MATCHING = ("first", "all")
 
 
+# The fields Falco's container plugin marks "suggested": with Falco's default
+# ``append_output: [{suggested_output: true}]`` every syscall alert ends with them.
+SUGGESTED_FIELDS = ("container.id", "container.name")
+
+
+@dataclass(frozen=True)
+class AppendOutput:
+    """One ``append_output`` entry of the config, as Falco's: which rules (all of ``rule``,
+    ``source``, ``tags`` that are set must hold) get ``extra_output`` appended to their
+    output text, the ``suggested_output`` fields (``container_id=%container.id ...``), and
+    ``extra_fields`` in the JSON ``output_fields`` only."""
+
+    rule: str | None = None
+    source: str | None = None
+    tags: tuple[str, ...] = ()
+    extra_output: str = ""
+    suggested_output: bool = False
+    extra_fields: tuple[str, ...] = ()
+
+    def matches(self, rule: Any) -> bool:
+        if self.rule is not None and rule.name != self.rule:
+            return False
+        if self.source is not None and (rule.source or "syscall") != self.source:
+            return False
+        return set(self.tags) <= set(rule.tags or ())
+
+    def text(self) -> str:
+        parts = [self.extra_output] if self.extra_output else []
+        if self.suggested_output:
+            parts += [f"{f.replace('.', '_')}=%{f}" for f in SUGGESTED_FIELDS]
+        return " ".join(parts)
+
+
+DEFAULT_APPEND = (AppendOutput(suggested_output=True),)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     rule_matching: str = "first"
     hostname: str = field(default_factory=socket.gethostname)
     source: str = "syscall"
+    append_output: tuple[AppendOutput, ...] = DEFAULT_APPEND
 
     def __post_init__(self) -> None:
         if self.rule_matching not in RULE_MATCHING:
@@ -73,6 +110,19 @@ class RuleEngine:
                 self._index[t] = tuple(rules)
         self._fallback = tuple(self._any_type)
         self.alerts = 0
+        self._formats = {r.name: self._format_for(r) for r in self.rules}
+
+    def _format_for(self, rule: Any) -> Any:
+        """The rule's output with every matching append_output entry applied, or None
+        (then the loader's ``rule.output_fmt`` is used as it is)."""
+        extra = [a for a in self.settings.append_output if a.matches(rule)]
+        text = " ".join(t for t in (a.text() for a in extra) if t)
+        fields = [f for a in extra for f in a.extra_fields]
+        if not text and not fields:
+            return None
+        from .outputs import OutputFormat
+
+        return OutputFormat.parse(rule.output + (" " + text if text else ""), extra_fields=fields)
 
     @staticmethod
     def _all_types() -> Iterable[str]:
@@ -119,7 +169,7 @@ class RuleEngine:
     def _alert(self, rule: Any, ev: Any, ctx: Any) -> Any:
         from .outputs import make_alert
 
-        return make_alert(rule, ev, ctx, self.settings.hostname)
+        return make_alert(rule, ev, ctx, self.settings.hostname, self._formats.get(rule.name))
 
     def errors(self) -> int:
         return sum(c.errors for c in self.counts.values())

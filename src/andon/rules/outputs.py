@@ -154,11 +154,14 @@ class OutputFormat:
     ``output_fields`` maps each field as written to its JSON value (``None`` if missing).
     """
 
-    __slots__ = ("text", "refs", "_parts", "_render", "_json", "errors")
+    __slots__ = ("text", "refs", "_parts", "_hidden", "_render", "_json", "errors")
 
-    def __init__(self, text: str, parts: list[str | FieldRef], render: Any, json_value: Any) -> None:
+    def __init__(
+        self, text: str, parts: list[str | FieldRef], render: Any, json_value: Any, hidden: tuple = ()
+    ) -> None:
         self.text = text
         self._parts = tuple(parts)
+        self._hidden: tuple[FieldRef, ...] = tuple(hidden)  # append_output extra_fields: JSON only
         self.refs: tuple[FieldRef, ...] = tuple(p for p in parts if isinstance(p, FieldRef))
         self._render = render
         self._json = json_value
@@ -167,10 +170,10 @@ class OutputFormat:
     @property
     def fields(self) -> tuple[str, ...]:
         """The output_fields keys, in order of first appearance."""
-        return tuple(dict.fromkeys(r.key for r in self.refs))
+        return tuple(dict.fromkeys([*(r.key for r in self.refs), *(r.key for r in self._hidden)]))
 
     @classmethod
-    def parse(cls, text: str, fields: Any = None) -> OutputFormat:
+    def parse(cls, text: str, fields: Any = None, extra_fields: Any = ()) -> OutputFormat:
         """Parse a rule's ``output``. Every problem is collected; the first is raised.
 
         The exception's ``problems`` attribute lists them all (RuleError with ``pos``, the
@@ -186,8 +189,14 @@ class OutputFormat:
             err = type(first)(msg, first.pos)
             err.problems = problems  # type: ignore[attr-defined]
             raise err
+        hidden = []
+        for name in extra_fields:
+            xparts, xproblems = _tokenize("%" + name, reg)
+            if xproblems or len(xparts) != 1 or isinstance(xparts[0], str):
+                raise RuleError(f"append_output extra_fields: {name!r} is not a field andon knows")
+            hidden.append(xparts[0])
         render, jv = _renderers(reg)
-        return cls(text, parts, render, jv)
+        return cls(text, parts, render, jv, tuple(hidden))
 
     def format(self, ev: Any, ctx: Any) -> tuple[str, dict[str, Any]]:
         out: list[str] = []
@@ -213,6 +222,14 @@ class OutputFormat:
             if ref.width:
                 s = s[: ref.width].ljust(ref.width)
             out.append(s)
+        for ref in self._hidden:
+            try:
+                v = ref.extractor(ev, ctx)
+            except Exception:
+                self.errors += 1
+                v = None
+            empty = v is None or (isinstance(v, tuple) and not v)
+            values.setdefault(ref.key, None if empty else self._json(v, ref.extractor.type))
         return "".join(out), values
 
     def __repr__(self) -> str:
@@ -480,9 +497,11 @@ class Alert:
         return dump_json(self.to_json(**options))
 
 
-def make_alert(rule: Any, ev: Any, ctx: Any, hostname: str) -> Alert:
-    """The alert ``rule`` raises for ``ev``. Uses ``rule.output_fmt`` (parsed once by the loader)."""
-    fmt = getattr(rule, "output_fmt", None)
+def make_alert(rule: Any, ev: Any, ctx: Any, hostname: str, fmt: OutputFormat | None = None) -> Alert:
+    """The alert ``rule`` raises for ``ev``. Uses ``fmt`` if given (the engine's, with
+    ``append_output`` applied), else ``rule.output_fmt`` (parsed once by the loader)."""
+    if fmt is None:
+        fmt = getattr(rule, "output_fmt", None)
     if fmt is None:
         fmt = OutputFormat.parse(rule.output)
     text, values = fmt.format(ev, ctx)
