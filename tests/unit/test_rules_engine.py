@@ -116,3 +116,9 @@ def test_append_output_matches_rule_source_and_tags():
     assert AppendOutput(rule="x", source="syscall").matches(r) and not AppendOutput(rule="y").matches(r)
     assert AppendOutput(extra_output="on %evt.type", suggested_output=True).text() == (
         "on %evt.type container_id=%container.id container_name=%container.name")
+
+    # a field the rule prints itself is not appended again; a longer field name is not it
+    a = AppendOutput(suggested_output=True)
+    assert a.text("x=%container.id y=%container.name") == ""
+    assert a.text("x=%container.id_other") == "container_id=%container.id container_name=%container.name"
+    assert a.text("n=%container.name") == "container_id=%container.id"

@@ -14,6 +14,7 @@ the engine: the error is counted per rule and shown in the closing counts.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections import defaultdict
 from collections.abc import Iterable
@@ -53,10 +54,13 @@ class AppendOutput:
             return False
         return set(self.tags) <= set(rule.tags or ())
 
-    def text(self) -> str:
+    def text(self, output: str = "") -> str:
+        """What to append to ``output``. A suggested field the output already prints is not
+        repeated (andon's own rules print container.id themselves)."""
         parts = [self.extra_output] if self.extra_output else []
         if self.suggested_output:
-            parts += [f"{f.replace('.', '_')}=%{f}" for f in SUGGESTED_FIELDS]
+            parts += [f"{f.replace('.', '_')}=%{f}" for f in SUGGESTED_FIELDS
+                      if not re.search(rf"%\(?{re.escape(f)}(?![\w.\[])", output)]
         return " ".join(parts)
 
 
@@ -116,7 +120,7 @@ class RuleEngine:
         """The rule's output with every matching append_output entry applied, or None
         (then the loader's ``rule.output_fmt`` is used as it is)."""
         extra = [a for a in self.settings.append_output if a.matches(rule)]
-        text = " ".join(t for t in (a.text() for a in extra) if t)
+        text = " ".join(t for t in (a.text(rule.output) for a in extra) if t)
         fields = [f for a in extra for f in a.extra_fields]
         if not text and not fields:
             return None
