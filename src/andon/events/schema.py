@@ -184,21 +184,36 @@ class Event:
     @property
     def name(self) -> str:
         """Falco's evt.type."""
-        if self.type == EventType.SYSCALL:
-            from .syscalls import syscall_name
-
-            return syscall_name(self.nr)
-        if self.type == EventType.EXEC:
-            return "execve"
-        if self.type == EventType.FORK:
-            return "clone"
-        if self.type == EventType.EXIT:
-            return "procexit"
-        return f"type_{self.type}"
+        try:
+            return _NAMES[(self.type << 16) | self.nr]
+        except KeyError:
+            return _name_of(self.type, self.nr)
 
     @property
     def truncated(self) -> bool:
         return bool(self.flags & F_TRUNCATED)
+
+
+# Event.name is read for every event by every consumer (the rule index, evt.type): a table
+# filled on first use per (type, nr) instead of a function call and an import each time
+_NAMES: dict[int, str] = {}
+
+
+def _name_of(typ: int, nr: int) -> str:
+    if typ == EventType.SYSCALL:
+        from .syscalls import syscall_name  # syscalls imports this module
+
+        name = syscall_name(nr)
+    elif typ == EventType.EXEC:
+        name = "execve"
+    elif typ == EventType.FORK:
+        name = "clone"
+    elif typ == EventType.EXIT:
+        name = "procexit"
+    else:
+        name = f"type_{typ}"
+    _NAMES[(typ << 16) | nr] = name
+    return name
 
 
 def _decode_str(b: bytes) -> str:

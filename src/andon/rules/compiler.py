@@ -407,9 +407,10 @@ class _Compiler:
             self.names.add(n.name)
             label = n.name if n.arg is None else f"{n.name}[{n.arg}]"
             t = ext.type
+            fn = getattr(ext, "fn", ext)  # the plain function: no Extractor.__call__ per evaluation
             if t in _IP_TYPES:
-                return (lambda ev, ctx: _norm_ip(ext(ev, ctx))), t, label
-            return ext, t, label
+                return (lambda ev, ctx: _norm_ip(fn(ev, ctx))), t, label
+            return fn, t, label
         if isinstance(n, ast.Transformer):
             return self.transformer(n)
         raise RuleError(f"expected a field or a transformer, found {ast.to_text(n)!r}", getattr(n, "pos", None))
