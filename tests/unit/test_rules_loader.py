@@ -918,3 +918,17 @@ def test_macro_loop_through_an_append_is_reported():
     assert res.ruleset is None
     assert [p.code for p in res.errors] == ["LOAD_ERR_VALIDATE"]
     assert "loop" in res.errors[0].message
+
+
+def test_a_bad_priority_does_not_hide_the_conditions_problems():
+    text = (
+        "- rule: R\n"
+        "  desc: d\n"
+        "  condition: evt.type = openat and fd.nme = /etc/shadow\n"
+        "  output: o %proc.nam\n"
+        "  priority: WARNNG\n"
+    )
+    res = load_rules([("r.yaml", text)])
+    got = sorted((p.line, p.code) for p in res.errors)
+    assert got == [(3, "LOAD_ERR_COMPILE_CONDITION"), (4, "LOAD_ERR_COMPILE_OUTPUT"), (5, "LOAD_ERR_YAML_VALIDATE")]
+    assert res.ruleset is None

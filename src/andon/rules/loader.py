@@ -1111,7 +1111,13 @@ class _Loader:
             out = onode.value.strip()  # Falco trims the output
             r.output.add(out, src, onode, voff=len(onode.value) - len(onode.value.lstrip()))
             r.desc = m["desc"][1].value
-            r.priority = self._priority(src, m, item)
+            try:
+                r.priority = self._priority(src, m, item)
+            except _Fail as f:
+                # reported now; the rule is still compiled so its condition and output
+                # problems show in the same run (the load has failed either way)
+                self.error(f.code, f.message, f.loc, f.hint, item=label)
+                r.priority = Priority.DEBUG
             r.source = self._str(src, m, "source", item, optional=True) or SYSCALL_SOURCE
             for key, attr in (
                 ("enabled", "enabled"),
