@@ -28,14 +28,20 @@ from typing import Any, TextIO
 from ..errors import AndonError, RuleError, UsageError
 from ..events.capture import CaptureReader
 from ..events.live import LiveSource, SensorSettings
-from ..events.schema import Event
-from ..events.syscalls import ALL_TYPES
+import numpy as np
+
+from ..events.schema import EVENT_DTYPE, F_TRUNCATED, REC_SMALL, Event, EventType, decode_batch, decode_record
+from ..events.syscalls import ALL_TYPES, BY_NAME
 from ..rules.engine import EngineSettings, RuleEngine
+from ..rules.prefilter import PATH_NRS, clean_path
 from .config import AgentConfig
-from .enrich import Tracker
+from .enrich import ContainerWait, Tracker
 from .stream import Counts, StopFlag, kernel_types, polls
 
 log = logging.getLogger("andon.agent")
+
+_SYSCALL = int(EventType.SYSCALL)
+_NR_CLOSE = BY_NAME["close"].nr
 
 
 class RulesLoadFailed(RuleError):
@@ -55,6 +61,9 @@ class RunSummary:
     lost: int = 0
     truncated: int = 0
     rule_errors: int = 0
+    container_waits: int = 0  # alerts that waited for a container lookup under way
+    container_wait_expired: int = 0  # ... in vain
+    container_lookup_failures: int = 0
     reloads: int = 0
     reload_failures: int = 0
     seconds: float = 0.0
@@ -114,9 +123,11 @@ class Agent:
         self.warnings = len(result.warnings)
         self.engine = RuleEngine(self.ruleset, self.settings)
         self.summary = RunSummary()
+        self.fast_paths = True  # see _handle_batch; off: every event through state and rules
         self._mtimes = self._stat()
         self._hup = False
         self._last_watch = time.monotonic()
+        self._cwait: ContainerWait | None = None
 
     # -- what to switch on ---------------------------------------------------------------
     def kernel_types(self) -> frozenset[str]:
@@ -172,9 +183,121 @@ class Agent:
     # -- the pipeline ------------------------------------------------------------------------
     def _handle(self, ev: Event, tracker: Tracker) -> None:
         ctx = tracker(ev)
-        for alert in self.engine.process(ev, ctx):
+        cw = self._cwait
+        if cw is None or cw.engine is not self.engine:
+            cw = self._cwait = ContainerWait(self.engine)
+        cw.before(ev, ctx, tracker)
+        for alert in cw.after(self.engine.process(ev, ctx), ev, ctx, tracker):
             self.summary.by_rule[alert.rule] = self.summary.by_rule.get(alert.rule, 0) + 1
             self.channels.emit(alert)
+
+    def _handle_batch(self, recs: np.ndarray, tracker: Tracker, boot_offset: int, counts: Counts,
+                      count: int | None, bigs: dict[int, bytes] | None = None) -> bool:
+        """A batch of one-slot records, in order, as ``_handle`` would take them one by one;
+        True when ``count`` alerts were reached (the rest of the batch is not applied).
+
+        With ``fast_paths`` (the default) an event no rule can match is only applied to
+        the state tables: a ``close`` (when no rule watches it) without building its Event,
+        any other without a Context or a rule run. "Cannot match" is decided by
+        :mod:`andon.rules.prefilter` (necessary conditions of every rule, from the record
+        header and an open's path), so the alerts are the same with and without."""
+        if not self.fast_paths:
+            evs = decode_batch(recs, boot_offset)
+            for i, big in (bigs or {}).items():
+                evs[i] = decode_record(big, boot_offset)
+            for ev in evs:
+                counts.seen += 1
+                if ev.flags & F_TRUNCATED:
+                    counts.truncated += 1
+                self._handle(ev, tracker)
+                if count is not None and self.engine.alerts >= count:
+                    return True
+            return False
+        engine = self.engine
+        index, fallback = engine._index, engine._fallback
+        pf = engine.prefilter()
+        typ, nr = recs["type"], recs["nr"]
+        lean = (typ == _SYSCALL) & (nr == _NR_CLOSE) if "close" not in index and not fallback else None
+        if lean is not None and bigs:
+            lean[list(bigs)] = False
+        keep = None if lean is None or not lean.any() else ~lean
+        full = recs if keep is None else recs[keep]
+        evs = decode_batch(full, boot_offset)
+        if bigs:  # a record larger than a slot: its header is in recs, the whole of it here
+            where = np.cumsum(keep) - 1 if keep is not None else None
+            for i, big in bigs.items():
+                evs[int(where[i]) if where is not None else i] = decode_record(big, boot_offset)
+        lean_l = lean.tolist() if lean is not None and len(full) != len(recs) else None
+        if lean_l is not None:
+            pid_l = recs["pid"].tolist()
+            ts_l = (recs["ts"].astype(np.int64) + boot_offset).tolist()
+            fd_l = recs["args"][:, 0].astype(np.uint32).astype(np.int32).tolist()
+            ret_l = recs["ret"].tolist()
+            flags_l = recs["flags"].tolist()
+        may = pf.raw(full)
+        any_l = may.any(axis=0).tolist()
+        rows: dict[int, list[bool]] = {}
+        skipped: dict[str, int] = {}
+        procs = tracker.table.procs
+        handle, advance = self._handle, tracker.advance
+        j = 0
+        try:
+            for i in range(len(recs)):
+                if lean_l is not None and lean_l[i]:
+                    if tracker.close_raw(pid_l[i], ts_l[i], fd_l[i], ret_l[i]):
+                        counts.seen += 1
+                        if flags_l[i] & F_TRUNCATED:
+                            counts.truncated += 1
+                        continue
+                    ev = decode_batch(recs[i : i + 1], boot_offset)[0]  # an unknown pid: the full path
+                    k = -1
+                else:
+                    ev = evs[j]
+                    k = j
+                    j += 1
+                counts.seen += 1
+                if ev.flags & F_TRUNCATED:
+                    counts.truncated += 1
+                name = ev.name
+                if k < 0 or (name not in index and not fallback):
+                    advance(ev)
+                    continue
+                if not any_l[k] or not self._may_match(ev, k, pf, name, may, rows, procs):
+                    advance(ev)
+                    skipped[name] = skipped.get(name, 0) + 1
+                    continue
+                handle(ev, tracker)
+                if count is not None and engine.alerts >= count:
+                    return True
+        finally:
+            for name, k in skipped.items():
+                engine.skipped(name, k)
+        return False
+
+    @staticmethod
+    def _may_match(ev: Event, k: int, pf: Any, name: str, may: np.ndarray, rows: dict[int, list[bool]],
+                   procs: dict[int, Any]) -> bool:
+        """The path stage of the prefilter for record ``k`` (its header stage passed)."""
+        if ev.type != _SYSCALL or ev.nr not in PATH_NRS or not ev.strings:
+            return True
+        path = ev.strings[0]
+        if not clean_path(path):
+            return True
+        if ev.ret >= 0:
+            # fd.name is the table entry this event makes: only if apply will make it
+            p = procs.get(ev.pid)
+            if p is None or ev.ts < p.proc_ts:
+                return True
+        entries = pf.by_type.get(name)
+        if entries is None:
+            return True
+        for r, pred in entries:
+            row = rows.get(r)
+            if row is None:
+                row = rows[r] = may[r].tolist()
+            if row[k] and (pred is None or pred(path)):
+                return True
+        return False
 
     def run_live(self, *, duration: float | None = None, count: int | None = None) -> RunSummary:
         """Until SIGINT/SIGTERM, ``duration`` seconds or ``count`` alerts."""
@@ -194,8 +317,13 @@ class Agent:
                     f"{len(types)} event types on ({src.syscall_hook or 'process events only'})"
                 )
                 for timeout in polls(stop, deadline):
-                    for ev in src.read(timeout, None, counts):
-                        self._handle(ev, tracker)
+                    for arr, big in src.read_raw(timeout):
+                        if arr is not None:
+                            if self._handle_batch(arr, tracker, src.boot_offset, counts, count):
+                                break
+                        else:
+                            counts.seen += 1
+                            self._handle(decode_record(big, src.boot_offset), tracker)
                     if count is not None and self.engine.alerts >= count:
                         break
                     if self.reload_due():
@@ -208,6 +336,7 @@ class Agent:
             src.close()
             if tracker is not None:
                 tracker.close()
+                self._container_counts(tracker)
             signal.signal(signal.SIGHUP, old_hup)
             self.summary.events = counts.seen
             self.summary.lost = st["drops"]
@@ -229,27 +358,54 @@ class Agent:
         try:
             with reader, StopFlag() as stop:
                 self.say(f"ready: {len(self.engine.rules)} rules, replaying {path}")
-                for ev in reader.events():
+                off = reader.header.boot_offset
+                for arr, bigs in _runs(reader.batches()):
                     if stop.stop:
                         break
-                    counts.seen += 1
-                    if ev.truncated:
-                        counts.truncated += 1
-                    self._handle(ev, tracker)
-                    if count is not None and self.engine.alerts >= count:
+                    if self._handle_batch(arr, tracker, off, counts, count, bigs):
                         break
         finally:
             tracker.close()
+            self._container_counts(tracker)
             self.summary.events = counts.seen
             self.summary.truncated = counts.truncated
             self._finish(counts)
         return self.summary
+
+    def _container_counts(self, tracker: Tracker) -> None:
+        st = tracker.containers.stats
+        self.summary.container_waits = st["waits"]
+        self.summary.container_wait_expired = st["wait_expired"]
+        self.summary.container_lookup_failures = st["failed"] + st["watch_failures"]
 
     def _finish(self, counts: Counts) -> None:
         self.summary.seconds = counts.elapsed
         self.summary.alerts = sum(self.summary.by_rule.values())
         self.summary.rule_errors = self.engine.errors()
         self.channels.close()
+
+
+_RUN = 4096
+
+
+def _runs(items: Any) -> Any:
+    """``(records, bigs)`` of about ``_RUN`` records from ``(array, None) | (None, bytes)``
+    items: a record larger than a slot gets a slot holding its header (what the prefilter
+    reads) and its whole bytes in ``bigs`` by position, so batches stay long."""
+    parts: list[np.ndarray] = []
+    bigs: dict[int, bytes] = {}
+    n = 0
+    for arr, big in items:
+        if arr is None:
+            arr = np.frombuffer(big[:REC_SMALL].ljust(REC_SMALL, b"\0"), dtype=EVENT_DTYPE)
+            bigs[n] = big
+        parts.append(arr)
+        n += len(arr)
+        if n >= _RUN:
+            yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), bigs
+            parts, bigs, n = [], {}, 0
+    if parts:
+        yield (parts[0] if len(parts) == 1 else np.concatenate(parts)), bigs
 
 
 def describe(summary: RunSummary, channel_stats: dict[str, Any] | None = None) -> str:
@@ -262,6 +418,10 @@ def describe(summary: RunSummary, channel_stats: dict[str, Any] | None = None) -
     ]
     if s.rule_errors:
         parts.append(f"{s.rule_errors} rule evaluation errors")
+    if s.container_waits:
+        parts.append(f"{s.container_waits} waits for container metadata ({s.container_wait_expired} expired)")
+    if s.container_lookup_failures:
+        parts.append(f"{s.container_lookup_failures} container runtime failures")
     if s.reloads or s.reload_failures:
         parts.append(f"{s.reloads} reloads ({s.reload_failures} failed)")
     suppressed = 0

@@ -21,6 +21,10 @@ from ..state.process import Process, ProcessTable, StateSettings
 from ..state.hosts import HostNames
 from ..state.users import UserDb
 
+# how long an alert that needs a container's metadata waits for a lookup under way: podman
+# inspect answers in 100-300 ms, and the runtime's create event usually starts it earlier
+CONTAINER_WAIT = 0.5
+
 # syscalls whose raw arg 0 is an fd worth resolving to its name
 _FD_ARG0 = frozenset(
     nr for nr, s in BY_NR.items() if s.params and s.params[0] in ("fd", "oldfd") and s.category in ("fd", "net", "file")
@@ -108,8 +112,24 @@ class Tracker:
         self.nevents = 0  # events seen, for evt.num
 
     def seed(self) -> int:
-        """Read /proc. Call after the sensor is attached, so nothing falls in between."""
+        """Read /proc. Call after the sensor is attached, so nothing falls in between.
+        Live, this also starts following the container runtimes' event streams."""
+        self.containers.watch()
         return self.table.seed_from_proc()
+
+    def pending_container(self, ctx: Context) -> str:
+        """The full id of the event's container when its metadata is not known yet but
+        an answer is on its way (a lookup running, or further on in a capture); else ""."""
+        p = ctx.proc
+        if p is None or not p.container:
+            return ""
+        return p.container if self.containers.pending(p.container) else ""
+
+    def await_container(self, cid: str, timeout: float = CONTAINER_WAIT) -> bool:
+        """Wait, at most ``timeout`` seconds and at most once per container in vain, for
+        the pending answer about ``cid``; True if it is known now."""
+        info = self.containers.wait(cid, timeout)
+        return info is not None and info.resolved
 
     def __call__(self, ev: Event) -> Context:
         t = self.table
@@ -125,8 +145,73 @@ class Tracker:
         self.nevents += 1
         return Context(proc, fd, self, self.nevents)
 
+    # -- the lean paths: the same state changes as __call__, without a Context ------------
+    def advance(self, ev: Event) -> None:
+        """``self(ev)`` for an event no consumer looks at: state and evt.num only."""
+        t = self.table
+        t.apply(ev)
+        t.for_event(ev)  # an unknown pid is loaded or made here, as __call__ does
+        self.nevents += 1
+
+    def close_raw(self, pid: int, ts: int, fd: int, ret: int) -> bool:
+        """``advance`` for a ``close`` given by its raw values (``ts`` already wall-clock,
+        ``fd`` as the C int). False when the full event is needed (pid not known yet)."""
+        if not self.table.apply_close(pid, ts, fd, ret):
+            return False
+        self.nevents += 1
+        return True
+
     def snapshot(self) -> dict[str, Any]:
         return self.table.snapshot()
 
     def close(self) -> None:
         self.containers.close()
+
+
+_CONTAINER_FIELDS = ("container.", "k8s.")
+
+
+class ContainerWait:
+    """Which events and alerts of one rule engine wait for a container lookup under way.
+
+    Only two cases wait, each at most ``CONTAINER_WAIT`` and once per container in vain:
+    an event whose rules read ``container.*``/``k8s.*`` fields in their *condition* (it
+    waits before the rules run: the condition would see <NA>), and an alert whose *output*
+    has such a field still <NA> (formatted again once the answer is in). Every other event
+    goes straight through.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._by_type: dict[str, bool] = {}
+        self._rules = {r.name: r for r in engine.rules}
+
+    def _condition_needs(self, evtype: str) -> bool:
+        need = self._by_type.get(evtype)
+        if need is None:
+            need = any(
+                f.startswith(_CONTAINER_FIELDS)
+                for r in self.engine.rules_for(evtype)
+                for f in getattr(r.filter, "fields", ())
+            )
+            self._by_type[evtype] = need
+        return need
+
+    def before(self, ev: Event, ctx: Context, tracker: Tracker) -> None:
+        cid = tracker.pending_container(ctx)
+        if cid and self._condition_needs(ev.name):
+            tracker.await_container(cid)
+
+    def after(self, alerts: list[Any], ev: Event, ctx: Context, tracker: Tracker) -> list[Any]:
+        if not alerts:
+            return alerts
+        cid = tracker.pending_container(ctx)
+        if not cid:
+            return alerts
+        stale = [
+            any(v is None and k.startswith(_CONTAINER_FIELDS) for k, v in a.output_fields.items()) for a in alerts
+        ]
+        if not any(stale) or not tracker.await_container(cid):
+            return alerts
+        # the engine's own formatting (append_output included), now with the metadata
+        return [self.engine._alert(self._rules[a.rule], ev, ctx) if s else a for a, s in zip(alerts, stale)]

@@ -31,13 +31,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import CaptureError
-from .schema import REC_SMALL, Event, decode_record
+from .schema import EVENT_DTYPE, REC_SMALL, Event, decode_record
 
 MAGIC = b"ANDONCAP"
 VERSION = 1
 _PRE = struct.Struct("<8sII")
 _LEN = struct.Struct("<I")
 _MAX_RECORD = 1 << 16
+_SLOT_REC = np.dtype([("len", "<u4"), ("ev", EVENT_DTYPE)])  # one record as write_batch lays it out
 
 
 @dataclass
@@ -150,6 +151,47 @@ class CaptureReader:
         off = self.header.boot_offset
         for rec in self.raw_records():
             yield decode_record(rec, off)
+
+    def batches(self, chunk: int = 1 << 20) -> Iterator[tuple[np.ndarray | None, bytes | None]]:
+        """The records as the live ring gives them (``LiveSource.read_raw``): runs of
+        one-slot records as a numpy ``EVENT_DTYPE`` array, a larger record alone as bytes.
+
+        ``write_batch`` lays one-slot records out every ``4 + REC_SMALL`` bytes, so a run is
+        read with one strided numpy view, without a Python step per record."""
+        f = self._f
+        buf = b""
+        step = 4 + REC_SMALL
+        while True:
+            more = f.read(chunk)
+            buf += more
+            pos = 0
+            end = len(buf)
+            while end - pos >= 4:
+                (n,) = _LEN.unpack_from(buf, pos)
+                if n == REC_SMALL:
+                    k = (end - pos) // step
+                    if k == 0:
+                        break
+                    lens = np.ndarray((k,), dtype="<u4", buffer=buf, offset=pos, strides=(step,))
+                    bad = np.flatnonzero(lens != REC_SMALL)
+                    k = int(bad[0]) if len(bad) else k
+                    recs = np.ndarray((k,), dtype=_SLOT_REC, buffer=buf, offset=pos)["ev"]
+                    self.records += k
+                    pos += k * step
+                    yield recs, None
+                    continue
+                if n < 112 or n > _MAX_RECORD:
+                    raise CaptureError(f"{self.path}: record {self.records} has impossible length {n}")
+                if end - pos - 4 < n:
+                    break
+                self.records += 1
+                yield None, buf[pos + 4 : pos + 4 + n]
+                pos += 4 + n
+            buf = buf[pos:]
+            if not more:
+                if buf:
+                    self.truncated = True
+                return
 
     def close(self) -> None:
         self._f.close()

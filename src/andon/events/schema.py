@@ -326,12 +326,17 @@ def decode_batch(recs: np.ndarray, boot_offset: int) -> list[Event]:
     nr = recs["nr"].tolist()
     nstr = recs["nstr"].tolist()
     flags = recs["flags"].tolist()
-    args = [tuple(a) for a in recs["args"].tolist()]
-    comm = [c.decode("utf-8", "surrogateescape") for c in recs["comm"].tolist()]
+    a = recs["args"]
+    args = list(zip(*(a[:, j].tolist() for j in range(6))))  # the tuples made in C, not per row
+    # as decode_record: comm ends at its first NUL (numpy only strips trailing ones)
+    comm = [(c.split(b"\0", 1)[0] if b"\0" in c else c).decode("utf-8", "surrogateescape")
+            for c in recs["comm"].tolist()]
     data = recs["data"]
     blob = data.tobytes()
-    # where the first string of each record ends, for all records at once
-    first_len = (data == 0).argmax(axis=1).tolist()
+    # where the first string of each record ends, for all records at once (no NUL at all:
+    # the whole data area, as decode_record reads it)
+    zero = data == 0
+    first_len = np.where(zero.any(axis=1), zero.argmax(axis=1), DATA_SMALL).tolist()
     out: list[Event] = []
     append = out.append
     for i in range(n):

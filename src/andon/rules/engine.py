@@ -113,6 +113,7 @@ class RuleEngine:
             if rules:
                 self._index[t] = tuple(rules)
         self._fallback = tuple(self._any_type)
+        self._prefilter: Any = None
         self.alerts = 0
         self._formats = {r.name: self._format_for(r) for r in self.rules}
 
@@ -142,6 +143,21 @@ class RuleEngine:
         for r in self.rules:
             out |= r.filter.evttypes
         return frozenset(out)
+
+    def prefilter(self) -> Any:
+        """The rules' necessary conditions on raw records (:mod:`andon.rules.prefilter`),
+        made on first use."""
+        if self._prefilter is None:
+            from .prefilter import Prefilter
+
+            self._prefilter = Prefilter(self.rules, self._index)
+        return self._prefilter
+
+    def skipped(self, evtype: str, n: int = 1) -> None:
+        """``n`` events of ``evtype`` that no rule can match were not evaluated: count them
+        as evaluated, as ``process`` would have (every rule of the type tried, none hit)."""
+        for r in self._index.get(evtype, self._fallback):
+            self.counts[r.name].evaluated += n
 
     def rules_for(self, evtype: str) -> tuple[Any, ...]:
         return self._index.get(evtype, self._fallback)

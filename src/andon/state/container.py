@@ -14,6 +14,17 @@ answers from the cache at once and, on a miss, queues the id for one background 
 that runs ``podman inspect`` (or asks docker's unix socket). Until it answers, the fields
 are ``None`` (shown as Falco shows a missing value). Failed lookups are remembered for a
 while so a storm of events from one unknown container costs one lookup.
+
+A lookup that starts when andon first sees a container's cgroup is usually too late for
+the container's first exec (its entrypoint): ``podman inspect`` takes 100 ms or more, and
+a ``podman run --rm ... true`` is gone again in about as long. So, like Falco's container
+plugin, the registry also follows the runtime's own event stream
+(``podman events --format json --filter type=container``; docker's ``GET /events`` when
+its socket is there) in a thread, and inspects a container on its ``create`` event,
+before runc has even started the entrypoint. The name and image in the event itself are
+kept as a fallback for a container that is gone before inspect could answer.
+``pending(id)`` and ``wait(id, timeout)`` let the agent wait, briefly and only for an
+alert that needs it, for an answer already under way.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -202,6 +214,23 @@ def info_from_podman(d: dict[str, Any]) -> ContainerInfo:
     )
 
 
+PRIVILEGED_ANNOTATION = "io.podman.annotations.privileged"
+
+
+def privileged_from_bundle(path: str) -> bool | None:
+    """podman's privileged flag from a container's OCI ``config.json``: podman writes it
+    there as an annotation before it asks the OCI runtime to create the container, so it is
+    readable before the entrypoint runs. None when the file is not (yet) there."""
+    try:
+        with open(path, "rb") as f:
+            spec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ann = spec.get("annotations") or {} if isinstance(spec, dict) else {}
+    v = ann.get(PRIVILEGED_ANNOTATION)
+    return None if v is None else str(v).upper() == "TRUE"
+
+
 def info_from_docker(d: dict[str, Any]) -> ContainerInfo:
     """A ContainerInfo from docker's ``GET /containers/<id>/json``."""
     cfg = d.get("Config") or {}
@@ -282,6 +311,161 @@ def docker_inspect(cid: str, sock_path: str = "/var/run/docker.sock", timeout: f
         conn.close()
 
 
+# podman's container statuses after which inspect can answer (``create`` is written once
+# the container is in podman's database, before the OCI runtime runs anything)
+_INSPECT_ON = frozenset({"create", "init", "start", "restart"})
+# statuses after which the container may be gone: keep what the events said
+_GONE_ON = frozenset({"died", "die", "cleanup", "remove", "destroy"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeEvent:
+    """One container lifecycle event from a runtime's event stream."""
+
+    runtime: str  # podman or docker
+    status: str  # create, init, start, died, remove, ...
+    id: str  # full id, lower case
+    name: str = ""
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    time_ns: int = 0
+
+    def info(self) -> ContainerInfo:
+        """What the event alone says (no privileged flag): resolved=False."""
+        repo, tag, digest = split_image(self.image) if self.image else ("", "", "")
+        if self.runtime == "docker" and repo and not tag and not digest:
+            tag = "latest"
+        return ContainerInfo(
+            id=self.id, runtime=self.runtime, name=self.name or None, image=self.image or None,
+            image_repository=repo or None, image_tag=tag or None, image_digest=digest or None,
+            labels=dict(self.labels),
+        )  # fmt: skip
+
+
+def _full_id(raw: Any) -> str:
+    cid = str(raw or "").lower()
+    return cid if re.fullmatch(r"[0-9a-f]{64}", cid) else ""
+
+
+def parse_podman_event(line: str | bytes) -> RuntimeEvent | None:
+    """One line of ``podman events --format json``; None for anything that is not a
+    container event with a full id (other types, garbage)."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or str(d.get("Type", "container")).lower() != "container":
+        return None
+    cid = _full_id(d.get("ID") or d.get("Id"))
+    if not cid:
+        return None
+    attrs = d.get("Attributes") or {}
+    labels = {str(k): str(v) for k, v in attrs.items() if k not in ("name", "image")} if isinstance(attrs, dict) else {}
+    t = d.get("Time")
+    return RuntimeEvent(
+        runtime="podman", status=str(d.get("Status", "")).lower(), id=cid, name=str(d.get("Name") or ""),
+        image=str(d.get("Image") or ""), labels=labels,
+        time_ns=(parse_rfc3339_ns(t) or 0) if isinstance(t, str) else 0,
+    )  # fmt: skip
+
+
+def parse_docker_event(d: Any) -> RuntimeEvent | None:
+    """One object of docker's ``GET /events`` stream; None unless a container event."""
+    if not isinstance(d, dict) or d.get("Type") != "container":
+        return None
+    actor = d.get("Actor") or {}
+    cid = _full_id(actor.get("ID") or d.get("id"))
+    if not cid:
+        return None
+    attrs = dict(actor.get("Attributes") or {})
+    name, image = str(attrs.pop("name", "")), str(attrs.pop("image", "") or d.get("from") or "")
+    status = str(d.get("Action") or d.get("status") or "").split(":", 1)[0].lower()
+    return RuntimeEvent(
+        runtime="docker", status=status, id=cid, name=name, image=image,
+        labels={str(k): str(v) for k, v in attrs.items()}, time_ns=int(d.get("timeNano") or 0),
+    )  # fmt: skip
+
+
+def podman_events(exe: str, on_start: Callable[[subprocess.Popen[bytes]], None]) -> Iterator[bytes]:
+    """The lines ``podman events`` writes, until it exits (``on_start`` gets the child,
+    so its owner can stop it)."""
+    proc = subprocess.Popen(
+        [exe, "events", "--format", "json", "--filter", "type=container"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    on_start(proc)
+    assert proc.stdout is not None
+    try:
+        yield from proc.stdout
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tail_lines(path: str, stop: Callable[[], bool], every: float = 0.01) -> Iterator[bytes]:
+    """New whole lines appended to ``path`` from now on, polled every ``every`` seconds (a
+    stat, no read, while nothing changes); a file that shrinks was rotated: read it anew."""
+    f = open(path, "rb")  # noqa: SIM115 - closed below
+    try:
+        f.seek(0, os.SEEK_END)
+        pos = f.tell()
+        part = b""
+        while not stop():
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = pos
+            if size < pos:  # rotated (podman keeps a size-limited log): start again at its top
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                pos, part = 0, b""
+            if size == pos:
+                time.sleep(every)
+                continue
+            chunk = f.read(size - pos)
+            pos += len(chunk)
+            lines = (part + chunk).split(b"\n")
+            part = lines.pop()
+            yield from lines
+    finally:
+        f.close()
+
+
+def podman_event_logger(exe: str, timeout: float) -> str:
+    """``file`` or ``journald`` (or ``none``): where podman writes its events."""
+    try:
+        out = subprocess.run([exe, "info", "--format", "{{.Host.EventLogger}}"], capture_output=True, timeout=timeout,
+                             check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.decode(errors="replace").strip() if out.returncode == 0 else ""
+
+
+def docker_events(sock_path: str, on_start: Callable[[socket.socket], None]) -> Iterator[bytes]:
+    """The JSON objects of docker's ``GET /events?filters={"type":["container"]}``, one per
+    line (the daemon streams newline-delimited JSON)."""
+    conn = _UnixHTTPConnection(sock_path, timeout=None)  # type: ignore[arg-type]
+    try:
+        conn.request("GET", '/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D')
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise OSError(f"docker /events answered {resp.status}")
+        if conn.sock is not None:
+            on_start(conn.sock)
+        while True:
+            line = resp.readline()
+            if not line:
+                return
+            yield line
+    finally:
+        conn.close()
+
+
 @dataclass(frozen=True)
 class ContainerSettings:
     """How the registry asks runtimes. ``lookups=False`` never runs anything (replay, tests)."""
@@ -293,6 +477,14 @@ class ContainerSettings:
     podman: str | None = None  # podman binary, found on PATH when None
     docker_socket: str = "/var/run/docker.sock"
     queue_size: int = 1024
+    watch_events: bool = True  # follow the runtimes' event streams (``watch()``)
+    # podman's events log (``events_logger = "file"``), read directly: ``podman events``
+    # polls that file every 250 ms or so, too late for a container's first exec
+    podman_events_log: str = "/run/libpod/events/events.log"
+    # podman's storage: the OCI bundle of container <id> is <root>/<driver>-containers/<id>/userdata
+    podman_storage: str = "/var/lib/containers/storage"
+    early_threads: int = 8  # containers being learnt from their bundle at once
+    watch_restarts: int = 5  # times a runtime's event stream is started again after it ends
 
 
 class ContainerRegistry:
@@ -300,8 +492,11 @@ class ContainerRegistry:
 
     ``get(id)`` never blocks: it returns what is known (possibly a bare ContainerInfo with
     None fields) and queues a lookup the first time. ``resolve(id, timeout)`` waits for the
-    answer, for callers that can afford to (the CLI, tests). Bounded: least recently used
-    entries beyond ``max_entries`` are evicted and counted.
+    answer, for callers that can afford to (the CLI, tests); ``wait(id, timeout)`` waits
+    only for a lookup already under way (the agent, for one alert). ``watch()`` follows the
+    runtimes' event streams so containers are known before their first process runs.
+    Bounded: least recently used entries beyond ``max_entries`` are evicted and counted.
+    Every runtime failure is counted in ``stats``; none is fatal.
     """
 
     def __init__(self, settings: ContainerSettings | None = None) -> None:
@@ -309,11 +504,28 @@ class ContainerRegistry:
         self._cache: OrderedDict[str, ContainerInfo] = OrderedDict()
         self._failed: dict[str, float] = {}
         self._pending: set[str] = set()
+        self._hints: OrderedDict[str, ContainerInfo] = OrderedDict()  # from runtime events, not inspected
         self._done = threading.Condition()
         self._queue: queue.Queue[str | None] = queue.Queue(self.settings.queue_size)
         self._worker: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []
+        self.watching = ""  # what the podman watcher reads, once it started
+        self._drivers: list[str] | None = None
+        self._early_running = 0
+        self._children: list[Any] = []  # the event streams' processes and sockets, to stop them
         self._closed = False
-        self.stats = {"lookups": 0, "resolved": 0, "failed": 0, "evicted": 0, "queue_full": 0}
+        self._news: deque[ContainerInfo] = deque()  # resolved since the last ``drain_resolved``
+        self.keep_news = False  # ``andon capture`` records them
+        # pending() for a registry without lookups (replay): a function that may find the
+        # answer further on (the capture's own container records)
+        self.lookahead: Callable[[str, float], ContainerInfo | None] | None = None
+        self._lookahead_done: set[str] = set()
+        self._expired: set[str] = set()  # waited for once in vain: never wait for them again
+        self.stats = {
+            "lookups": 0, "resolved": 0, "failed": 0, "evicted": 0, "queue_full": 0,
+            "runtime_events": 0, "runtime_events_skipped": 0, "early": 0, "from_bundle": 0, "from_events": 0,
+            "watch_failures": 0, "waits": 0, "wait_expired": 0,
+        }  # fmt: skip
 
     # -- the event path -----------------------------------------------------------------
     def get(self, cid: str) -> ContainerInfo | None:
@@ -328,6 +540,45 @@ class ContainerRegistry:
             info = ContainerInfo(cid)
             self._put(info)
         self._request(cid)
+        return info
+
+    def pending(self, cid: str) -> bool:
+        """An answer about ``cid`` is on its way (a lookup queued or running, or, without
+        lookups, possibly further on in a capture)."""
+        if not cid or cid == HOST:
+            return False
+        info = self._cache.get(cid)
+        if info is not None and info.resolved:
+            return False
+        if self.lookahead is not None:
+            return cid not in self._lookahead_done
+        return cid in self._pending
+
+    def wait(self, cid: str, timeout: float) -> ContainerInfo | None:
+        """Wait up to ``timeout`` seconds for a pending answer about ``cid``; the info
+        (resolved or not). Counted in ``stats["waits"]``/``["wait_expired"]``."""
+        if cid in self._expired or not self.pending(cid):
+            return self._cache.get(cid)
+        self.stats["waits"] += 1
+        if self.lookahead is not None:
+            self._lookahead_done.add(cid)
+            found = self.lookahead(cid, timeout)
+            if found is not None:
+                self.add(found)
+        else:
+            deadline = time.monotonic() + timeout
+            with self._done:
+                while cid in self._pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._done.wait(left)
+        info = self._cache.get(cid)
+        if info is None or not info.resolved:
+            self.stats["wait_expired"] += 1
+            if len(self._expired) >= self.settings.max_entries:
+                self._expired.clear()
+            self._expired.add(cid)
         return info
 
     def _request(self, cid: str) -> None:
@@ -359,17 +610,41 @@ class ContainerRegistry:
             cid = self._queue.get()
             if cid is None:
                 return
-            info = self.lookup(cid)
-            with self._done:
-                if info is not None:
-                    self._put(info)
-                    self._failed.pop(cid, None)
-                else:
-                    self._failed[cid] = time.monotonic()
-                    if len(self._failed) > self.settings.max_entries:
-                        self._failed.pop(next(iter(self._failed)))
-                self._pending.discard(cid)
-                self._done.notify_all()
+            cur = self._cache.get(cid)
+            if cur is not None and cur.resolved:  # the event stream was first
+                with self._done:
+                    self._pending.discard(cid)
+                    self._done.notify_all()
+                continue
+            self._finish(cid, self.lookup(cid))
+
+    def _finish(self, cid: str, info: ContainerInfo | None) -> None:
+        """Store a lookup's answer (or its failure) and wake the waiters."""
+        with self._done:
+            cur = self._cache.get(cid)
+            if info is None and cur is not None and cur.resolved:
+                info = cur  # inspect failed (the container is gone) after the bundle answered
+            if info is None:
+                hint = self._hints.get(cid)
+                if hint is not None:  # gone before inspect answered: what its events said
+                    info = ContainerInfo.from_dict({**hint.to_dict(), "resolved": True,
+                                                    "error": "inspect failed; name and image from the runtime's events"})
+                    self.stats["from_events"] += 1
+            if info is not None:
+                self._store(info)
+                self._failed.pop(cid, None)
+            else:
+                self._failed[cid] = time.monotonic()
+                if len(self._failed) > self.settings.max_entries:
+                    self._failed.pop(next(iter(self._failed)))
+            self._pending.discard(cid)
+            self._done.notify_all()
+
+    def _store(self, info: ContainerInfo) -> None:
+        self._put(info)
+        self._hints.pop(info.id, None)
+        if self.keep_news and info.resolved:
+            self._news.append(info)
 
     def lookup(self, cid: str) -> ContainerInfo | None:
         """Ask the runtimes now (blocking, bounded by the timeout): podman, then docker."""
@@ -398,10 +673,147 @@ class ContainerRegistry:
                 self._done.wait(left)
         return self._cache.get(cid)
 
+    # -- the runtimes' event streams ----------------------------------------------------
+    def watch(self) -> int:
+        """Follow podman's and docker's event streams (those present) in threads; the
+        number of streams started. No-op without lookups or with ``watch_events`` off."""
+        s = self.settings
+        if not s.lookups or not s.watch_events or self._watchers or self._closed:
+            return 0
+        exe = s.podman or shutil.which("podman")
+        sources: list[tuple[str, Callable[[], Iterator[bytes]], Callable[[bytes], RuntimeEvent | None]]] = []
+        if exe:
+            sources.append(("podman", lambda: self._podman_stream(exe), parse_podman_event))
+        if os.path.exists(s.docker_socket):
+            sock = s.docker_socket
+
+            def parse_docker(line: bytes) -> RuntimeEvent | None:
+                try:
+                    return parse_docker_event(json.loads(line))
+                except ValueError:
+                    return None
+
+            sources.append(("docker", lambda: docker_events(sock, self._children.append), parse_docker))
+        for name, open_stream, parse in sources:
+            t = threading.Thread(target=self._follow, args=(open_stream, parse), name=f"andon-{name}-events",
+                                 daemon=True)  # fmt: skip
+            self._watchers.append(t)
+            t.start()
+        return len(sources)
+
+    def _podman_stream(self, exe: str) -> Iterator[bytes]:
+        log_path = self.settings.podman_events_log
+        if log_path and os.path.exists(log_path) and podman_event_logger(exe, self.settings.timeout) == "file":
+            self.watching = "podman events log " + log_path
+            return tail_lines(log_path, lambda: self._closed)
+        self.watching = "podman events"
+        return podman_events(exe, self._children.append)
+
+    def _follow(self, open_stream: Callable[[], Iterator[bytes]],
+                parse: Callable[[bytes], RuntimeEvent | None]) -> None:  # fmt: skip
+        restarts = 0
+        while not self._closed:
+            try:
+                for line in open_stream():
+                    if self._closed:
+                        return
+                    if not line.strip():
+                        continue
+                    rev = parse(line)
+                    if rev is None:  # another type (image, pod, volume) or not JSON
+                        self.stats["runtime_events_skipped"] += 1
+                        continue
+                    self.on_runtime_event(rev)
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+            if self._closed:
+                return
+            self.stats["watch_failures"] += 1  # the stream ended: say so, start it again
+            restarts += 1
+            if restarts > self.settings.watch_restarts:
+                return
+            time.sleep(min(30.0, 0.5 * 2**restarts))
+
+    def on_runtime_event(self, rev: RuntimeEvent) -> None:
+        """A container lifecycle event: remember what it says, and inspect the container
+        now (in the caller's thread: the event stream's) if it is new."""
+        self.stats["runtime_events"] += 1
+        cid = rev.id
+        cur = self._cache.get(cid)
+        if cur is not None and cur.resolved:
+            return
+        if rev.status in _INSPECT_ON or rev.status in _GONE_ON:
+            with self._done:
+                self._hints[cid] = rev.info()
+                self._hints.move_to_end(cid)
+                while len(self._hints) > self.settings.max_entries:
+                    self._hints.popitem(last=False)
+        if rev.status in _INSPECT_ON:
+            with self._done:
+                if cid in self._pending:
+                    return  # the worker is on it
+                self._pending.add(cid)
+            self.stats["early"] += 1
+            if rev.runtime == "podman" and rev.name and rev.image and self._early_running < self.settings.early_threads:
+                # podman holds the container's lock from create to start, and inspect waits
+                # for it; the bundle's config.json is written before start: read it meanwhile
+                with self._done:
+                    self._early_running += 1
+                threading.Thread(target=self._early, args=(cid,), name="andon-container-early", daemon=True).start()
+            else:
+                self._finish(cid, self.lookup(cid))
+        elif rev.status in _GONE_ON and cid in self._hints and cid not in self._pending and cur is not None:
+            # andon saw its processes but inspect failed and the container is gone now
+            self._finish(cid, None)
+
+    def _bundle_configs(self, cid: str) -> list[str]:
+        root = self.settings.podman_storage
+        if self._drivers is None:
+            try:
+                self._drivers = [d for d in os.listdir(root) if d.endswith("-containers")]
+            except OSError:
+                self._drivers = []
+        return [f"{root}/{d}/{cid}/userdata/config.json" for d in self._drivers]
+
+    def _early(self, cid: str, poll: float = 0.003, limit: float = 2.0) -> None:
+        """From podman's create event to its answer: name and image from the event,
+        privileged from the bundle as soon as podman wrote it (provisional, resolved), then
+        what inspect says (complete)."""
+        try:
+            paths = self._bundle_configs(cid)
+            deadline = time.monotonic() + limit
+            while paths and not self._closed and time.monotonic() < deadline:
+                priv = next((v for v in map(privileged_from_bundle, paths) if v is not None), None)
+                hint = self._hints.get(cid)
+                if priv is not None and hint is not None:
+                    early = ContainerInfo.from_dict({**hint.to_dict(), "privileged": priv, "resolved": True})
+                    with self._done:
+                        cur = self._cache.get(cid)
+                        if cur is None or not cur.resolved:
+                            self._put(early)  # not _store: the capture records inspect's answer
+                        self._done.notify_all()
+                    self.stats["from_bundle"] += 1
+                    break
+                time.sleep(poll)
+            self._finish(cid, self.lookup(cid))
+        finally:
+            with self._done:
+                self._early_running -= 1
+
+    # -- elsewhere ----------------------------------------------------------------------
     def add(self, info: ContainerInfo) -> None:
         """Record metadata learnt elsewhere (a capture file, a test)."""
         with self._done:
-            self._put(info)
+            self._store(info)
+            self._pending.discard(info.id)
+            self._done.notify_all()
+
+    def drain_resolved(self) -> list[ContainerInfo]:
+        """Containers resolved since the last call (only with ``keep_news`` on)."""
+        out = []
+        while self._news:
+            out.append(self._news.popleft())
+        return out
 
     def forget(self, cid: str) -> None:
         self._cache.pop(cid, None)
@@ -419,6 +831,17 @@ class ContainerRegistry:
 
     def close(self) -> None:
         self._closed = True
+        for child in list(self._children):
+            try:
+                if isinstance(child, socket.socket):
+                    child.shutdown(socket.SHUT_RDWR)
+                else:
+                    child.terminate()
+            except OSError:
+                pass
+        for t in self._watchers:
+            t.join(timeout=3)
+        self._watchers = []
         if self._worker is not None:
             try:
                 self._queue.put_nowait(None)

@@ -40,6 +40,7 @@ from ..events.schema import EventType, Event
 from ..events.syscalls import BY_NAME
 from . import container as _container
 from .fd import (
+    EBADF as _EBADF,
     O_CLOEXEC,
     O_DIRECTORY,
     O_TMPFILE_BIT,
@@ -403,6 +404,19 @@ class ProcessTable:
             self._on_fork(ev)
         elif t == _EXIT:
             self._on_exit(ev)
+
+    def apply_close(self, pid: int, ts: int, fd: int, ret: int) -> bool:
+        """``apply`` of a ``close`` given as its raw values, for callers that skip building
+        the Event. False (nothing done) when the pid is not in the table: then the caller
+        applies the full event, which may load or synthesize the process."""
+        p = self.procs.get(pid)
+        if p is None:
+            return False
+        if ts >= p.proc_ts:  # else /proc was read after this event (see apply)
+            p.last_seen = ts
+            if ret == 0 or ret == -_EBADF:  # as FdTracker._on_close
+                p.fds.remove(fd)
+        return True
 
     def apply_all(self, events: Any) -> None:
         apply = self.apply
