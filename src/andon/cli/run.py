@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RulesLoadFailed as e:
         channels.close()
         print(e.text, file=sys.stderr)
-        print(f"andon: {e}", file=sys.stderr)
+        print(f"andon: {e}; nothing was started", file=sys.stderr)
         return EXIT_FAIL
     except BaseException:
         channels.close()
