@@ -1,5 +1,5 @@
 # andon: two commands for a new user (README.md):
-#   make run    set everything up, then stream this machine's events (andon events)
+#   make run    set everything up, then run the agent: andon's default rules, alerts on stdout (andon run)
 #   make test   set everything up, then run the whole test suite
 SHELL := /bin/bash
 PY ?= python3
@@ -44,7 +44,7 @@ test-image: deps
 	@bash scripts/build-test-image.sh
 
 run: setup
-	$(BIN)/andon events
+	$(BIN)/andon run
 
 test: setup test-image
 	$(BIN)/pytest -q tests
