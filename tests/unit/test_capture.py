@@ -63,3 +63,101 @@ def test_impossible_record_length(tmp_path):
     p.write_bytes(bytes(data))
     with CaptureReader(p) as r, pytest.raises(CaptureError, match="impossible length"):
         list(r.events())
+
+
+# -- version 2: container side records ------------------------------------------------------------
+import struct  # noqa: E402
+
+from andon.app.enrich import Tracker  # noqa: E402
+from andon.events.capture import SIDE, VERSION  # noqa: E402
+
+CID = "f75f8025ce36280c95d8cb56d17a528eeaf3670fa1e4d5843eb1400099ec284f"
+INFO = {"id": CID, "runtime": "podman", "name": "web", "image": "localhost/andon-test:bookworm",
+        "image_repository": "localhost/andon-test", "privileged": True, "resolved": True}
+
+
+def test_v2_round_trip_with_container_records_in_place(tmp_path):
+    p = tmp_path / "c.andoncap"
+    evs = [make(i, f"/f{i}") for i in range(6)]
+    with CaptureWriter(p, CaptureHeader(boot_offset=0, types=["openat"])) as w:
+        w.write_batch(np.frombuffer(b"".join(encode_record(e, 0) for e in evs[:3]), dtype=EVENT_DTYPE))
+        w.write_container(INFO)
+        for e in evs[3:]:
+            w.write_record(encode_record(e, 0))
+    assert VERSION == 2 and w.side_records == 1
+    seen = []
+    with CaptureReader(p) as r:
+        assert r.version == 2
+        r.on_side = lambda d: seen.append((len(got), d))
+        got = []
+        for ev in r.events():
+            got.append(ev)
+        assert got == evs and r.records == 6 and r.side_records == 1
+    assert seen == [(3, {"kind": "container", "ts": seen[0][1]["ts"], "info": INFO})]
+    with CaptureReader(p) as r:  # raw_records skips side records
+        assert len(list(r.raw_records())) == 6
+
+
+def test_lookahead_finds_a_record_within_the_window_and_keeps_order(tmp_path):
+    p = tmp_path / "c.andoncap"
+    evs = [make(i * 100_000_000, "/x") for i in range(10)]  # 0.1 s apart
+    with CaptureWriter(p, CaptureHeader(boot_offset=0, types=["openat"])) as w:
+        for i, e in enumerate(evs):
+            if i == 4:
+                w.write_container(INFO)
+            w.write_record(encode_record(e, 0))
+    with CaptureReader(p) as r:
+        it = r.events()
+        assert next(it) == evs[0]
+        assert r.lookahead_container(CID, 0.2) is None  # 0.4 s away
+        assert next(it) == evs[1]
+        assert r.lookahead_container("0" * 64, 0.5) is None
+        assert r.lookahead_container(CID, 0.5) == INFO
+        assert list(it) == evs[2:]  # nothing lost or reordered by looking ahead
+
+
+def test_replay_tracker_takes_container_records_and_waits_by_lookahead(tmp_path):
+    p = tmp_path / "c.andoncap"
+    with CaptureWriter(p, CaptureHeader(boot_offset=0, types=["openat"])) as w:
+        w.write_record(encode_record(make(0, "/a"), 0))
+        w.write_container(INFO)
+        w.write_record(encode_record(make(1, "/b"), 0))
+    tr = Tracker(offline=True)
+    with CaptureReader(p) as r:
+        tr.follow_capture(r)
+        reg = tr.containers
+        it = r.events()
+        next(it)
+        assert reg.pending(CID)
+        info = reg.wait(CID, 0.5)  # found ahead, applied now
+        assert info.resolved and info.name == "web" and info.privileged is True
+        assert not reg.pending(CID) and reg.stats["waits"] == 1 and reg.stats["wait_expired"] == 0
+        assert len(list(it)) == 1
+
+
+def test_version_1_files_still_read(tmp_path):
+    p = tmp_path / "v1.andoncap"
+    hdr = b'{"boot_offset":0,"types":["openat"]}'
+    evs = [make(i, "/v1") for i in range(3)]
+    p.write_bytes(struct.pack("<8sII", b"ANDONCAP", 1, len(hdr)) + hdr
+                  + b"".join(struct.pack("<I", 248) + encode_record(e, 0) for e in evs))
+    tr = Tracker(offline=True)
+    with CaptureReader(p) as r:
+        tr.follow_capture(r)
+        assert r.version == 1 and tr.containers.lookahead is None
+        assert list(r.events()) == evs
+
+
+def test_side_marker_in_a_v1_file_is_damage(tmp_path):
+    p = tmp_path / "v1.andoncap"
+    hdr = b'{"boot_offset":0}'
+    p.write_bytes(struct.pack("<8sII", b"ANDONCAP", 1, len(hdr)) + hdr + struct.pack("<I", SIDE | 2) + b"{}")
+    with CaptureReader(p) as r, pytest.raises(CaptureError, match="impossible length"):
+        list(r.events())
+
+
+def test_future_version_is_refused(tmp_path):
+    p = tmp_path / "v9.andoncap"
+    p.write_bytes(struct.pack("<8sII", b"ANDONCAP", 9, 2) + b"{}")
+    with pytest.raises(CaptureError, match="version 9"):
+        CaptureReader(p)

@@ -286,3 +286,168 @@ def test_docker_api_over_its_unix_socket(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# -- the runtimes' event streams ----------------------------------------------------------------
+from andon.state.container import (  # noqa: E402
+    RuntimeEvent,
+    parse_docker_event,
+    parse_podman_event,
+    privileged_from_bundle,
+    tail_lines,
+)
+
+PODMAN_EVENTS = [
+    # what podman 4.3 writes to its events log / `podman events --format json`, one per line
+    json.dumps({"ID": CID, "Image": "localhost/andon-test:bookworm", "Name": "andon-t-web", "Status": "create",
+                "Time": "2026-11-21T22:54:11.834490531Z", "Type": "container", "Attributes": {"app": "web"}}),
+    json.dumps({"ID": "a" * 64, "Name": "localhost/andon-test:bookworm", "Status": "pull", "Type": "image"}),
+    "not json at all",
+    json.dumps({"ID": "abc", "Status": "create", "Type": "container"}),  # not a full id
+]
+
+
+def test_parse_podman_events():
+    rev = parse_podman_event(PODMAN_EVENTS[0])
+    assert rev == RuntimeEvent("podman", "create", CID, "andon-t-web", "localhost/andon-test:bookworm",
+                               {"app": "web"}, 1795301651834490531)
+    info = rev.info()
+    assert (info.name, info.image_repository, info.image_tag, info.privileged, info.resolved) == (
+        "andon-t-web", "localhost/andon-test", "bookworm", None, False)
+    assert [parse_podman_event(line) for line in PODMAN_EVENTS[1:]] == [None, None, None]
+
+
+def test_parse_docker_event():
+    d = {"Type": "container", "Action": "exec_start: sh", "Actor": {"ID": CID.upper(), "Attributes": {
+        "name": "web", "image": "nginx", "com.example": "x"}}, "timeNano": 5}
+    rev = parse_docker_event(d)
+    assert (rev.runtime, rev.status, rev.id, rev.name, rev.image, rev.labels, rev.time_ns) == (
+        "docker", "exec_start", CID, "web", "nginx", {"com.example": "x"}, 5)
+    assert rev.info().image_tag == "latest"
+    assert parse_docker_event({"Type": "network", "Action": "connect"}) is None
+
+
+def test_privileged_from_bundle(tmp_path):
+    cfg = tmp_path / "config.json"
+    assert privileged_from_bundle(str(cfg)) is None
+    cfg.write_text(json.dumps({"annotations": {"io.podman.annotations.privileged": "TRUE"}}))
+    assert privileged_from_bundle(str(cfg)) is True
+    cfg.write_text(json.dumps({"annotations": {"io.podman.annotations.privileged": "FALSE"}}))
+    assert privileged_from_bundle(str(cfg)) is False
+    cfg.write_text('{"annota')  # being written
+    assert privileged_from_bundle(str(cfg)) is None
+
+
+def test_tail_lines_reads_appended_whole_lines(tmp_path):
+    log = tmp_path / "events.log"
+    log.write_bytes(b"old line\n")
+    stop = []
+    it = tail_lines(str(log), lambda: bool(stop), every=0.001)
+    with log.open("ab") as f:
+        f.write(b"one\ntw")
+        f.flush()
+        assert next(it) == b"one"
+        f.write(b"o\n")
+        f.flush()
+        assert next(it) == b"two"
+    log.write_bytes(b"rotated\n")  # smaller: podman rotated it
+    assert next(it) == b"rotated"
+    stop.append(1)
+    assert list(it) == []
+
+
+def _watching_registry(tmp_path, inspect_delay: float, body: dict | None, bundle_priv: str | None):
+    exe = fake_podman(tmp_path, inspect_delay, body)
+    storage = tmp_path / "storage"
+    (storage / "overlay-containers").mkdir(parents=True)
+    if bundle_priv is not None:
+        d = storage / "overlay-containers" / CID / "userdata"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"annotations": {"io.podman.annotations.privileged": bundle_priv}}))
+    return ContainerRegistry(ContainerSettings(podman=exe, docker_socket=str(tmp_path / "none.sock"),
+                                               podman_storage=str(storage)))
+
+
+def test_create_event_gives_metadata_from_bundle_before_inspect(tmp_path):
+    body = dict(PODMAN_JSON, HostConfig={"Privileged": True})
+    reg = _watching_registry(tmp_path, 1.0, body, "TRUE")
+    reg.keep_news = True
+    try:
+        t = __import__("threading").Thread(target=reg.on_runtime_event, args=(parse_podman_event(PODMAN_EVENTS[0]),))
+        t.start()
+        time.sleep(0.02)
+        # inspect is still running (1 s): the kernel's first sight must not queue another
+        assert reg.pending(CID) or reg.get(CID).resolved
+        info = reg.wait(CID, 0.5)
+        assert info is not None and info.resolved
+        assert (info.name, info.image_repository, info.privileged) == ("andon-t-web", "localhost/andon-test", True)
+        assert reg.stats["from_bundle"] == 1 and reg.stats["early"] == 1
+        t.join(5)
+        deadline = time.monotonic() + 5
+        while reg.get(CID).image_id is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reg.get(CID).image_id == body["Image"]  # inspect's complete answer replaced it
+        assert [i.image_id for i in reg.drain_resolved()] == [None, body["Image"]]
+        assert (tmp_path / "calls").read_text().splitlines() == [f"inspect --type container --format json {CID}"]
+    finally:
+        reg.close()
+
+
+def test_container_gone_before_inspect_keeps_what_the_events_said(tmp_path):
+    reg = _watching_registry(tmp_path, 0, None, None)  # inspect fails, no bundle
+    try:
+        reg.get(CID)  # the kernel saw it; its lookup fails
+        reg.resolve(CID, timeout=5)
+        assert reg.stats["failed"] == 1
+        gone = parse_podman_event(PODMAN_EVENTS[0].replace('"create"', '"remove"'))
+        reg.on_runtime_event(gone)
+        info = reg.get(CID)
+        assert info.resolved and info.name == "andon-t-web" and info.privileged is None and "events" in info.error
+    finally:
+        reg.close()
+
+
+def test_wait_is_bounded_and_counted_once_per_container(tmp_path):
+    exe = fake_podman(tmp_path, 2.0, PODMAN_JSON)
+    reg = ContainerRegistry(ContainerSettings(podman=exe, docker_socket=str(tmp_path / "none.sock")))
+    try:
+        reg.get(CID)
+        assert reg.pending(CID)
+        t0 = time.monotonic()
+        assert not reg.wait(CID, 0.2).resolved
+        assert 0.15 < time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()
+        reg.wait(CID, 0.2)  # expired once: no second wait for the same container
+        assert time.monotonic() - t0 < 0.05
+        assert (reg.stats["waits"], reg.stats["wait_expired"]) == (1, 1)
+        assert not reg.pending("host") and reg.wait("", 1) is None
+    finally:
+        reg.close()
+
+
+def test_watch_follows_the_podman_events_log(tmp_path):
+    log = tmp_path / "events.log"
+    log.write_text("")
+    exe = tmp_path / "podman"
+    # `podman info` says the file logger; inspect answers
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps([dict(PODMAN_JSON, HostConfig={"Privileged": False})]))
+    exe.write_text(f'#!/bin/sh\nif [ "$1" = info ]; then echo file; exit 0; fi\ncat {answer}\n')
+    exe.chmod(0o755)
+    reg = ContainerRegistry(ContainerSettings(podman=str(exe), docker_socket=str(tmp_path / "none.sock"),
+                                              podman_events_log=str(log), podman_storage=str(tmp_path / "none")))
+    try:
+        assert reg.watch() == 1
+        time.sleep(0.3)  # the watcher asks `podman info`, then reads from the log's end
+        with log.open("a") as f:
+            f.write("\n".join(PODMAN_EVENTS) + "\n")
+        deadline = time.monotonic() + 5
+        while not (reg._cache.get(CID) and reg._cache[CID].resolved) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        info = reg._cache.get(CID)
+        assert info is not None and info.resolved and info.name == "andon-t-web" and info.privileged is False
+        assert reg.watching == f"podman events log {log}"
+        assert reg.stats["runtime_events"] == 1 and reg.stats["runtime_events_skipped"] == 3
+        assert reg.stats["early"] == 1
+    finally:
+        reg.close()

@@ -51,7 +51,7 @@ class RulesLoadFailed(RuleError):
         self.result = result
         self.text = text
         n = len(result.errors)
-        super().__init__(f"{n} error{'s' if n != 1 else ''} in the rules files; nothing was started")
+        super().__init__(f"{n} error{'s' if n != 1 else ''} in the rules files")
 
 
 @dataclass
@@ -355,6 +355,7 @@ class Agent:
                 + "): those rules cannot fire on it"
             )
         tracker = Tracker(boot_offset=reader.header.boot_offset, snapshot=reader.header.state, offline=True)
+        tracker.follow_capture(reader)  # container records, where the capture learnt them
         try:
             with reader, StopFlag() as stop:
                 self.say(f"ready: {len(self.engine.rules)} rules, replaying {path}")

@@ -161,6 +161,23 @@ class Tracker:
         self.nevents += 1
         return True
 
+    def follow_capture(self, reader: Any) -> None:
+        """Replay: take container metadata from the capture's side records where they
+        are, and let a pending container look a bounded stretch ahead for its record."""
+        reg = self.containers
+
+        def on_side(d: dict[str, Any]) -> None:
+            if d.get("kind") == "container" and isinstance(d.get("info"), dict):
+                reg.add(ContainerInfo.from_dict(d["info"]))
+
+        def lookahead(cid: str, seconds: float) -> ContainerInfo | None:
+            found = reader.lookahead_container(cid, seconds)
+            return ContainerInfo.from_dict(found) if found else None
+
+        reader.on_side = on_side
+        if getattr(reader, "version", 1) >= 2:
+            reg.lookahead = lookahead
+
     def snapshot(self) -> dict[str, Any]:
         return self.table.snapshot()
 

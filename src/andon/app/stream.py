@@ -19,7 +19,8 @@ from .enrich import Tracker
 from ..events.live import LiveSource, SensorSettings
 import numpy as np
 
-from ..events.schema import Event, EventType
+from ..events.schema import EVENT_DTYPE, REC_SMALL, Event, EventType, decode_batch, decode_record
+from ..state.container import match_cgroup
 from ..events.syscalls import ALL_TYPES, BY_NAME, PROCESS_TYPES
 
 # What the state tables need to stay true, switched on beside what the user asked for.
@@ -200,6 +201,8 @@ def run_replay(
     counts = Counts()
     reader = CaptureReader(path)
     state = state_factory(reader.header.state) if state_factory else None
+    if state is not None:
+        state.follow_capture(reader)
     with reader, StopFlag() as stop:
         for ev in reader.events():
             if stop.stop:
@@ -226,7 +229,12 @@ def run_capture(
     progress: Callable[[Counts], None] | None = None,
 ) -> Counts:
     """Write the live stream, as raw records, to a capture file whose header carries the
-    process table as /proc showed it right after the sensor attached."""
+    process table as /proc showed it right after the sensor attached, and container
+    metadata as side records where the runtime's answer came in (containers seen at the
+    start, started later, or announced by the runtime's event stream).
+
+    The records stay raw: a new container is found by a vectorised look at the exec
+    records' cgroup ids; only an exec from a cgroup not seen before is decoded."""
     counts = Counts()
     ktypes = kernel_types(frozenset(types))
     src = LiveSource(SensorSettings(types=ktypes, ring_bytes=ring_bytes))
@@ -234,9 +242,15 @@ def run_capture(
     last_progress = time.monotonic()
     with StopFlag() as stop:
         src.start()
-        tracker = Tracker(boot_offset=src.boot_offset, container_lookups=False)
+        tracker = Tracker(boot_offset=src.boot_offset)
+        reg = tracker.containers
+        reg.keep_news = True
+        seen_cgroups: set[int] = set()
         try:
             tracker.seed()
+            for p in list(tracker.table.procs.values()):
+                if p.container:
+                    reg.get(p.container)  # containers running now: asked in the background
             header = CaptureHeader(boot_offset=src.boot_offset, types=sorted(ktypes), state=tracker.snapshot())
             w = CaptureWriter(path, header)
             for timeout in polls(stop, deadline):
@@ -246,12 +260,19 @@ def run_capture(
                             arr = arr[: max(0, count - counts.seen)]
                         w.write_batch(arr)
                         counts.seen += len(arr)
+                        _new_containers(arr, seen_cgroups, reg, src.boot_offset)
                     else:
                         w.write_record(big)
                         counts.seen += 1
+                        hdr = np.frombuffer(big[:REC_SMALL].ljust(REC_SMALL, b"\0"), dtype=EVENT_DTYPE)
+                        _new_containers(hdr, seen_cgroups, reg, src.boot_offset, big)
+                    for info in reg.drain_resolved():
+                        w.write_container(info.to_dict())
                     if count is not None and counts.seen >= count:
                         stop.stop = True
                         break
+                for info in reg.drain_resolved():
+                    w.write_container(info.to_dict())
                 if progress is not None and time.monotonic() - last_progress >= 1.0:
                     last_progress = time.monotonic()
                     st = src.stats()
@@ -263,9 +284,32 @@ def run_capture(
             src.close()
             tracker.close()
             if "w" in locals():
+                for info in reg.drain_resolved():
+                    w.write_container(info.to_dict())
                 w.close()
     counts.shown = counts.seen
     return counts
+
+
+def _new_containers(recs: np.ndarray, seen: set[int], reg: Any, boot_offset: int, big: bytes | None = None) -> None:
+    """Ask the registry (in the background) about the container of every exec record from
+    a cgroup not seen before. Vectorised: only such records are decoded."""
+    execs = recs["cgroup_id"][recs["type"] == EventType.EXEC]
+    if not len(execs):
+        return
+    for cg in np.unique(execs).tolist():
+        if cg in seen:
+            continue
+        seen.add(cg)
+        if big is not None:
+            ev = decode_record(big, boot_offset)
+        else:
+            i = int(np.flatnonzero((recs["type"] == EventType.EXEC) & (recs["cgroup_id"] == cg))[0])
+            ev = decode_batch(recs[i : i + 1], boot_offset)[0]
+        x = ev.exec
+        m = (match_cgroup(x.cgroup) or match_cgroup(x.cgroup2)) if x is not None else None
+        if m is not None:
+            reg.get(m.id)
 
 
 def iter_types(words: Iterable[str]) -> Iterator[str]:

@@ -3,16 +3,24 @@
 Layout (little endian)::
 
     magic    8 bytes  b"ANDONCAP"
-    version  u32      1
+    version  u32      2 (1: no side records; still read)
     hlen     u32      length of the JSON header that follows
     header   hlen     JSON: host, kernel, boot_offset, started, types, state snapshot
-    records  ...      repeated: u32 length, then that many bytes of struct andon_event
+    records  ...      repeated: u32 length, then that many bytes of struct andon_event;
+                      or, from version 2, a side record: u32 (0x80000000 | n), then n bytes
+                      of JSON ``{"kind": "container", "ts": ns, "info": {...}}``
 
 Records are stored exactly as the kernel wrote them, so a capture replays through the
 same ``decode_record`` as the live ring, and a test can replay a real capture. The header
 carries the process table as it was at the start, so offline analysis knows the
 processes that existed before the first event. A capture cut short (the agent killed
 mid-write) reads up to its last whole record and reports the cut.
+
+Side records carry what andon learnt *during* the capture that the kernel records do not
+say: a container's metadata, written where the runtime's answer came in, so a replay
+knows a container started mid-capture from that point on, as the live agent did.
+``lookahead_container`` lets the replay look a bounded stretch ahead for one, as the live
+agent waits a bounded time for the runtime's answer.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,7 +43,8 @@ from ..errors import CaptureError
 from .schema import EVENT_DTYPE, REC_SMALL, Event, decode_record
 
 MAGIC = b"ANDONCAP"
-VERSION = 1
+VERSION = 2
+SIDE = 0x80000000  # length marker bit of a side record (event records are < 64 KiB)
 _PRE = struct.Struct("<8sII")
 _LEN = struct.Struct("<I")
 _MAX_RECORD = 1 << 16
@@ -72,6 +82,7 @@ class CaptureWriter:
         self._f.write(_PRE.pack(MAGIC, VERSION, len(hdr)))
         self._f.write(hdr)
         self.records = 0
+        self.side_records = 0
         self._buf = io.BytesIO()
 
     def write_batch(self, recs: np.ndarray) -> None:
@@ -85,6 +96,17 @@ class CaptureWriter:
         out[:, 4:] = recs.view(np.uint8).reshape(n, REC_SMALL)
         self._f.write(out.tobytes())
         self.records += n
+
+    def write_side(self, kind: str, body: dict[str, Any], ts: int | None = None) -> None:
+        """A side record (JSON), e.g. ``write_side("container", {"info": ...})``."""
+        raw = json.dumps({"kind": kind, "ts": time.time_ns() if ts is None else ts, **body},
+                         separators=(",", ":")).encode()  # fmt: skip
+        self._f.write(_LEN.pack(SIDE | len(raw)))
+        self._f.write(raw)
+        self.side_records += 1
+
+    def write_container(self, info: dict[str, Any]) -> None:
+        self.write_side("container", {"info": info})
 
     def write_record(self, rec: bytes) -> None:
         self._f.write(_LEN.pack(len(rec)))
@@ -125,32 +147,95 @@ class CaptureReader:
             self._f.close()
             raise CaptureError(f"{self.path}: header cut short")
         self.header = CaptureHeader.from_json(raw)
+        self.version = version
         self.truncated = False
         self.records = 0
+        self.side_records = 0
+        self.on_side: Callable[[dict[str, Any]], None] | None = None  # gets each side record in order
+        self._ahead: deque[Event | dict[str, Any]] = deque()
+        self._last_ts = 0
+
+    def _next_raw(self) -> tuple[bool, bytes] | None:
+        """(is_side, bytes) of the next record, or None at the end."""
+        f = self._f
+        lb = f.read(4)
+        if not lb:
+            return None
+        if len(lb) < 4:
+            self.truncated = True
+            return None
+        (n,) = _LEN.unpack(lb)
+        side = bool(n & SIDE) and self.version >= 2
+        if side:
+            n &= ~SIDE
+        if (not side and n < 112) or n > _MAX_RECORD:
+            raise CaptureError(f"{self.path}: record {self.records} has impossible length {n}")
+        rec = f.read(n)
+        if len(rec) < n:
+            self.truncated = True
+            return None
+        if side:
+            self.side_records += 1
+        else:
+            self.records += 1
+        return side, rec
 
     def raw_records(self) -> Iterator[bytes]:
-        f = self._f
+        """The event records as written (side records skipped)."""
+        while (item := self._next_raw()) is not None:
+            if not item[0]:
+                yield item[1]
+
+    def _next(self) -> Event | dict[str, Any] | None:
+        item = self._next_raw()
+        if item is None:
+            return None
+        side, rec = item
+        if side:
+            try:
+                d = json.loads(rec)
+            except ValueError as e:
+                raise CaptureError(f"{self.path}: side record {self.side_records} is not JSON: {e}") from e
+            return d if isinstance(d, dict) else {}
+        return decode_record(rec, self.header.boot_offset)
+
+    def items(self) -> Iterator[Event | dict[str, Any]]:
+        """Events and side records (dicts) in file order."""
         while True:
-            lb = f.read(4)
-            if not lb:
+            item = self._ahead.popleft() if self._ahead else self._next()
+            if item is None:
                 return
-            if len(lb) < 4:
-                self.truncated = True
-                return
-            (n,) = _LEN.unpack(lb)
-            if n < 112 or n > _MAX_RECORD:
-                raise CaptureError(f"{self.path}: record {self.records} has impossible length {n}")
-            rec = f.read(n)
-            if len(rec) < n:
-                self.truncated = True
-                return
-            self.records += 1
-            yield rec
+            if isinstance(item, Event):
+                self._last_ts = item.ts
+            yield item
 
     def events(self) -> Iterator[Event]:
-        off = self.header.boot_offset
-        for rec in self.raw_records():
-            yield decode_record(rec, off)
+        """The events; each side record goes to ``on_side`` at its place in the stream."""
+        for item in self.items():
+            if isinstance(item, Event):
+                yield item
+            elif self.on_side is not None:
+                self.on_side(item)
+
+    def lookahead_container(self, cid: str, seconds: float) -> dict[str, Any] | None:
+        """The info of the first container record for ``cid`` within ``seconds`` of event
+        time after the last event returned, or None. What it reads stays queued in order."""
+        limit = self._last_ts + int(seconds * 1e9)
+        for item in self._ahead:
+            if isinstance(item, dict) and item.get("kind") == "container" and (item.get("info") or {}).get("id") == cid:
+                return item["info"]
+            if isinstance(item, Event) and item.ts > limit:
+                return None
+        while True:
+            item = self._next()
+            if item is None:
+                return None
+            self._ahead.append(item)
+            if isinstance(item, Event):
+                if item.ts > limit:
+                    return None
+            elif item.get("kind") == "container" and (item.get("info") or {}).get("id") == cid:
+                return item["info"]
 
     def batches(self, chunk: int = 1 << 20) -> Iterator[tuple[np.ndarray | None, bytes | None]]:
         """The records as the live ring gives them (``LiveSource.read_raw``): runs of

@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 HOST = "host"
 ID_LEN = 64
@@ -409,10 +409,15 @@ def podman_events(exe: str, on_start: Callable[[subprocess.Popen[bytes]], None])
 
 def tail_lines(path: str, stop: Callable[[], bool], every: float = 0.01) -> Iterator[bytes]:
     """New whole lines appended to ``path`` from now on, polled every ``every`` seconds (a
-    stat, no read, while nothing changes); a file that shrinks was rotated: read it anew."""
-    f = open(path, "rb")  # noqa: SIM115 - closed below
+    stat, no read, while nothing changes); a file that shrinks was rotated: read it anew.
+    "From now on" is from this call, not from the first ``next``."""
+    f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+    f.seek(0, os.SEEK_END)
+    return _tail(path, f, stop, every)
+
+
+def _tail(path: str, f: BinaryIO, stop: Callable[[], bool], every: float) -> Iterator[bytes]:
     try:
-        f.seek(0, os.SEEK_END)
         pos = f.tell()
         part = b""
         while not stop():
@@ -790,7 +795,9 @@ class ContainerRegistry:
                     with self._done:
                         cur = self._cache.get(cid)
                         if cur is None or not cur.resolved:
-                            self._put(early)  # not _store: the capture records inspect's answer
+                            self._put(early)
+                            if self.keep_news:
+                                self._news.append(early)
                         self._done.notify_all()
                     self.stats["from_bundle"] += 1
                     break
