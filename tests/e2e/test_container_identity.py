@@ -187,3 +187,79 @@ def test_privileged_container_and_proc_seeding(podman):
         assert db.user_name(100, root, key) == NA
     finally:
         reg.close()
+
+
+# -- the agent: a container's entrypoint exec already has its metadata ------------------------
+import json  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agent import ANDON, AgentRun  # noqa: E402
+
+PRIV_RULE = """
+- rule: Privileged container entrypoint
+  desc: the first process of a privileged container
+  condition: evt.type = execve and container.privileged = true and proc.vpid = 1
+  output: privileged entrypoint (name=%container.name image=%container.image.repository proc=%proc.name)
+  priority: WARNING
+"""
+
+
+def test_agent_alerts_on_a_privileged_containers_entrypoint(tmp_path, podman):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(PRIV_RULE)
+    with AgentRun(["--rules", str(rules)]) as agent:
+        # TRIGGER: the entrypoint is the container's only exec; it is gone in milliseconds
+        name, cid = podman("--privileged", cmd=["true"])
+        # ASSERT: the rule, whose condition needs container.privileged, fired on it
+        a = agent.wait_for("Privileged container entrypoint", lambda a: a["output_fields"]["container.name"] == name)
+        f = a["output_fields"]
+        assert (f["container.name"], f["container.image.repository"], f["proc.name"]) == (
+            name, IMAGE.rsplit(":", 1)[0], "true")
+        assert f["container.id"] == cid[:12]
+        # an unprivileged container's entrypoint does not fire it
+        other, _ = podman(cmd=["true"])
+        agent.settle(1.5)
+        assert not [x for x in agent.of_rule("Privileged container entrypoint")
+                    if x["output_fields"]["container.name"] == other]
+    assert agent.returncode == 0
+    closing = [line for line in agent.stderr_lines if "events in" in line]
+    assert closing, agent.stderr_lines[-5:]
+
+
+def test_replay_names_a_container_started_during_the_capture(tmp_path, podman):
+    cap = tmp_path / "run.andoncap"
+    p = subprocess.Popen(ANDON + ["capture", "-w", str(cap), "--duration", "8"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (cap.exists() and cap.stat().st_size > 0):
+            time.sleep(0.05)
+        time.sleep(1.0)  # attached and seeded; the runtime's events are followed
+        # TRIGGER: a container that did not exist when the capture started
+        name, cid = podman("--privileged", cmd=["true"])
+    finally:
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+    # ASSERT: the capture carries the container's metadata as a side record
+    from andon.events.capture import CaptureReader
+
+    with CaptureReader(cap) as r:
+        assert r.version == 2
+        infos = [d["info"] for d in r.items() if isinstance(d, dict) and d.get("kind") == "container"]
+    mine = [i for i in infos if i["id"] == cid]
+    assert mine and mine[-1]["name"] == name and mine[-1]["privileged"] is True
+
+    # ASSERT: the replayed alert on the entrypoint names it, as the live agent does
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(PRIV_RULE)
+    r = subprocess.run(ANDON + ["run", "-r", str(cap), "--rules", str(rules), "-o", "json"], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    alerts = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    hits = [a for a in alerts if a["rule"] == "Privileged container entrypoint"
+            and a["output_fields"]["container.id"] == cid[:12]]
+    assert len(hits) == 1, (alerts[-5:], r.stderr[-2000:])
+    f = hits[0]["output_fields"]
+    assert (f["container.name"], f["container.image.repository"]) == (name, IMAGE.rsplit(":", 1)[0])

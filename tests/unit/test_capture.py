@@ -161,3 +161,24 @@ def test_future_version_is_refused(tmp_path):
     p.write_bytes(struct.pack("<8sII", b"ANDONCAP", 9, 2) + b"{}")
     with pytest.raises(CaptureError, match="version 9"):
         CaptureReader(p)
+
+
+def test_batches_apply_side_records_and_look_ahead_by_pread(tmp_path):
+    p = tmp_path / "c.andoncap"
+    evs = [make(i * 100_000_000, "/x") for i in range(10)]  # 0.1 s apart
+    with CaptureWriter(p, CaptureHeader(boot_offset=0, types=["openat"])) as w:
+        w.write_batch(np.frombuffer(b"".join(encode_record(e, 0) for e in evs[:3]), dtype=EVENT_DTYPE))
+        w.write_container(INFO)
+        w.write_batch(np.frombuffer(b"".join(encode_record(e, 0) for e in evs[3:]), dtype=EVENT_DTYPE))
+    seen = []
+    with CaptureReader(p) as r:
+        r.on_side = seen.append
+        it = r.batches()
+        arr, big = next(it)
+        assert len(arr) == 3 and big is None and not seen
+        assert r.lookahead_container(CID, 0.05) == INFO  # the record is next: found at once
+        assert r.lookahead_container(CID, 0.5) == INFO
+        assert r.lookahead_container("0" * 64, 5) is None
+        rest = list(it)
+        assert [len(a) for a, _ in rest] == [7] and [d["info"] for d in seen] == [INFO]
+        assert r.records == 10 and r.side_records == 1

@@ -154,6 +154,8 @@ class CaptureReader:
         self.on_side: Callable[[dict[str, Any]], None] | None = None  # gets each side record in order
         self._ahead: deque[Event | dict[str, Any]] = deque()
         self._last_ts = 0
+        self._batched = False  # batches() reads: lookahead by pread
+        self._scan_from = 0
 
     def _next_raw(self) -> tuple[bool, bytes] | None:
         """(is_side, bytes) of the next record, or None at the end."""
@@ -217,10 +219,54 @@ class CaptureReader:
             elif self.on_side is not None:
                 self.on_side(item)
 
+    def _side(self, raw: bytes) -> dict[str, Any]:
+        try:
+            d = json.loads(raw)
+        except ValueError as e:
+            raise CaptureError(f"{self.path}: side record {self.side_records} is not JSON: {e}") from e
+        if not isinstance(d, dict):
+            d = {}
+        if self.on_side is not None:
+            self.on_side(d)
+        return d
+
+    def _scan_side(self, start: int, cid: str, limit: int, chunk: int = 1 << 16) -> dict[str, Any] | None:
+        """``lookahead_container`` for ``batches()``: read ahead with pread from ``start``
+        (where the batch reader stopped), leaving its file position alone."""
+        fd = self._f.fileno()
+        off = self.header.boot_offset
+        pos = start
+        buf, bpos = b"", 0  # buf holds the file from offset bpos
+        while True:
+            need = pos - bpos + 4 + _MAX_RECORD
+            if pos + 4 > bpos + len(buf) or need > len(buf):
+                buf, bpos = os.pread(fd, max(chunk, 4 + _MAX_RECORD), pos), pos
+            i = pos - bpos
+            if len(buf) - i < 4:
+                return None
+            (n,) = _LEN.unpack_from(buf, i)
+            side = bool(n & SIDE)
+            n &= ~SIDE
+            if len(buf) - i - 4 < n or n > _MAX_RECORD or (not side and n < 112):
+                return None  # cut short or damaged: the reader proper will say so
+            if side:
+                try:
+                    d = json.loads(buf[i + 4 : i + 4 + n])
+                except ValueError:
+                    return None
+                if isinstance(d, dict) and d.get("kind") == "container" and (d.get("info") or {}).get("id") == cid:
+                    return d["info"]
+            elif int.from_bytes(buf[i + 4 : i + 12], "little") + off > limit:
+                return None
+            pos += 4 + n
+
     def lookahead_container(self, cid: str, seconds: float) -> dict[str, Any] | None:
         """The info of the first container record for ``cid`` within ``seconds`` of event
-        time after the last event returned, or None. What it reads stays queued in order."""
+        time after the last event returned, or None. What it reads stays queued in order
+        (``events()``), or is read again (``batches()``)."""
         limit = self._last_ts + int(seconds * 1e9)
+        if self._batched:
+            return self._scan_side(self._scan_from, cid, limit)
         for item in self._ahead:
             if isinstance(item, dict) and item.get("kind") == "container" and (item.get("info") or {}).get("id") == cid:
                 return item["info"]
@@ -246,13 +292,26 @@ class CaptureReader:
         f = self._f
         buf = b""
         step = 4 + REC_SMALL
+        off = self.header.boot_offset
+        self._batched = True
         while True:
             more = f.read(chunk)
             buf += more
+            base = f.tell() - len(buf)  # file offset of buf[0]
             pos = 0
             end = len(buf)
             while end - pos >= 4:
                 (n,) = _LEN.unpack_from(buf, pos)
+                if n & SIDE and self.version >= 2:  # a side record: applied where it is read
+                    m = n & ~SIDE
+                    if m > _MAX_RECORD:
+                        raise CaptureError(f"{self.path}: side record {self.side_records} has impossible length {m}")
+                    if end - pos - 4 < m:
+                        break
+                    self.side_records += 1
+                    self._side(buf[pos + 4 : pos + 4 + m])
+                    pos += 4 + m
+                    continue
                 if n == REC_SMALL:
                     k = (end - pos) // step
                     if k == 0:
@@ -263,6 +322,7 @@ class CaptureReader:
                     recs = np.ndarray((k,), dtype=_SLOT_REC, buffer=buf, offset=pos)["ev"]
                     self.records += k
                     pos += k * step
+                    self._scan_from, self._last_ts = base + pos, int(recs["ts"][-1]) + off
                     yield recs, None
                     continue
                 if n < 112 or n > _MAX_RECORD:
@@ -270,8 +330,10 @@ class CaptureReader:
                 if end - pos - 4 < n:
                     break
                 self.records += 1
-                yield None, buf[pos + 4 : pos + 4 + n]
+                rec = buf[pos + 4 : pos + 4 + n]
                 pos += 4 + n
+                self._scan_from, self._last_ts = base + pos, int.from_bytes(rec[:8], "little") + off
+                yield None, rec
             buf = buf[pos:]
             if not more:
                 if buf:
