@@ -291,13 +291,21 @@ class Agent:
         entries = pf.by_type.get(name)
         if entries is None:
             return True
-        for r, pred in entries:
+        bits = []
+        for r, _pred in entries:
             row = rows.get(r)
             if row is None:
                 row = rows[r] = may[r].tolist()
-            if row[k] and (pred is None or pred(path)):
-                return True
-        return False
+            bits.append(row[k])
+        # a pure function of the path and of which rules passed the header stage: cached
+        key = (name, path, tuple(bits))
+        hit = pf.path_cache.get(key)
+        if hit is None:
+            hit = any(b and (pred is None or pred(path)) for b, (_r, pred) in zip(bits, entries))
+            if len(pf.path_cache) >= 1 << 16:
+                pf.path_cache.clear()
+            pf.path_cache[key] = hit
+        return hit
 
     def run_live(self, *, duration: float | None = None, count: int | None = None) -> RunSummary:
         """Until SIGINT/SIGTERM, ``duration`` seconds or ``count`` alerts."""

@@ -305,6 +305,8 @@ class Prefilter:
         self._path = [path_condition(r.filter.node) for r in self.rules]
         # per event type: (rule position, path predicate or None) in engine order
         self.by_type = {t: tuple((pos[id(r)], self._path[pos[id(r)]]) for r in rs) for t, rs in index.items()}
+        # (type, path, header-stage bits of its rules) -> may match; the caller fills it
+        self.path_cache: dict[tuple[str, str, tuple[bool, ...]], bool] = {}
 
     def raw(self, recs: np.ndarray) -> np.ndarray:
         """(rules, records) bool array: rule i may match record j as far as the header says."""
