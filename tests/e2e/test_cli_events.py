@@ -31,14 +31,31 @@ def start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(ANDON + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
-def wait_attached(timeout: float = 10.0) -> None:
-    """andon is attached once its sys_exit program shows up in the kernel."""
+def _links_held(pid: int) -> int:
+    """How many BPF links the process holds (each attached program is one)."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link":
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def wait_attached(p: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """andon is attached once this andon process holds its BPF links (an andon of an earlier
+    test may still be leaving the kernel: looking at program names would see that one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
-        if '"sys_exit"' in out or '"sched_process_exec"' in out or '"sched_process_e"' in out:
+        if _links_held(p.pid) > 0:
             time.sleep(0.3)  # and has seeded its tables
             return
+        if p.poll() is not None:
+            break
         time.sleep(0.05)
     raise AssertionError("andon did not attach its programs in time")
 
@@ -55,7 +72,7 @@ def test_live_json_shows_exec_and_open_of_a_child(tmp_path):
     marker.write_text("x")
     p = start(["events", "-o", "json", "-t", "exec,open", "--duration", "8", "-c", "cat"])
     try:
-        wait_attached()
+        wait_attached(p)
         # TRIGGER: a known exec with a known argv, which opens a known file
         child = subprocess.run(["cat", str(marker)], capture_output=True, text=True, cwd=tmp_path)
         assert child.stdout == "x"
@@ -81,7 +98,7 @@ def test_live_json_shows_exec_and_open_of_a_child(tmp_path):
 
 def test_count_stops_after_n_events_and_nothing_stays_loaded():
     p = start(["events", "-o", "json", "-t", "exec", "--count", "2"])
-    wait_attached()
+    wait_attached(p)
     deadline = time.monotonic() + 10
     while p.poll() is None and time.monotonic() < deadline:
         subprocess.run(["/bin/true"])
@@ -96,7 +113,7 @@ def test_count_stops_after_n_events_and_nothing_stays_loaded():
 
 def test_ctrl_c_stops_cleanly_with_counts():
     p = start(["events", "-t", "exec"])
-    wait_attached()
+    wait_attached(p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=10)
     assert p.returncode == 0, err
@@ -109,7 +126,7 @@ def test_capture_then_replay_with_filters(tmp_path):
     cap = tmp_path / "run.andoncap"
     p = start(["capture", "-w", str(cap), "--duration", "6", "-t", "exec,file"])
     try:
-        wait_attached()
+        wait_attached(p)
         child = subprocess.Popen(["/bin/sh", "-c", f"mkdir {tmp_path}/d1 && touch {tmp_path}/d1/f && exit 7"])
         child.wait()
     finally:
@@ -166,7 +183,7 @@ def test_container_filter_shows_only_that_container():
     try:
         p = start(["events", "-o", "json", "-t", "exec", "--container", cid[:12], "--duration", "6"])
         try:
-            wait_attached()
+            wait_attached(p)
             # TRIGGER: one exec inside the container, one on the host
             subprocess.run(["podman", "exec", name, "cat", "/etc/debian_version"], capture_output=True, check=True)
             subprocess.run(["cat", "/etc/hostname"], capture_output=True, check=True)
