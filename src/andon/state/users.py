@@ -19,19 +19,7 @@ LOGINUID_UNSET = 0xFFFFFFFF
 
 def parse_id_file(text: str) -> dict[int, str]:
     """``name:x:id:...`` lines -> {id: name}; the first name of an id wins, as getpwuid."""
-    out: dict[int, str] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(":")
-        if len(parts) < 3:
-            continue
-        try:
-            i = int(parts[2])
-        except ValueError:
-            continue
-        out.setdefault(i, parts[0])
-    return out
+    return {i: row[0] for i, row in parse_id_rows(text).items()}
 
 
 def parse_id_rows(text: str) -> dict[int, list[str]]:
