@@ -35,7 +35,8 @@ import workloads
 from tracers import AgentTracer, AndonTracer, BpftraceTracer, SnoopTracer, Tracer
 
 # `andon run` with Falco's stable rules: the whole agent, next to the sensor alone
-STABLE_RULES = snapshot.ROOT.parent / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+sys.path.insert(0, str(snapshot.ROOT / "tests"))
+from corpus import STABLE_RULES  # noqa: E402
 
 
 @dataclass

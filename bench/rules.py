@@ -44,7 +44,8 @@ from andon.app.config import AgentConfig  # noqa: E402
 from andon.app.enrich import Tracker  # noqa: E402
 from andon.events.capture import CaptureReader  # noqa: E402
 
-STABLE = Path("/work/shared/corpus/falco/falco_rules.yaml")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from corpus import STABLE_RULES as STABLE  # noqa: E402
 CAPTURE = ROOT / "build" / "bench" / "rules.andoncap"
 ANDON = [str(ROOT / ".venv" / "bin" / "python"), "-m", "andon"]
 

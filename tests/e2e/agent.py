@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
-STABLE_RULES = ROOT.parent / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+from corpus import STABLE_RULES  # noqa: E402
 DEFAULT_RULES = ROOT / "src" / "andon" / "rules" / "data" / "andon_rules.yaml"
 ANDON = [sys.executable, "-m", "andon"]
 

@@ -11,7 +11,7 @@ import pytest
 from andon.cli import rules as rules_cmd
 from andon.cli.main import main
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+from corpus import STABLE_RULES as CORPUS  # noqa: E402
 _MISSING = [m for m in ("andon.rules.parser", "andon.rules.compiler", "andon.rules.fields") if importlib.util.find_spec(m) is None]
 needs_compiler = pytest.mark.skipif(bool(_MISSING), reason=f"not landed yet: {', '.join(_MISSING)}")
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = ROOT / "src" / "andon" / "rules" / "data" / "andon_rules.yaml"
-STABLE_RULES = ROOT.parent / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+from corpus import STABLE_RULES  # noqa: E402
 
 loader = pytest.importorskip("andon.rules.loader", reason="andon.rules.loader has not landed yet")
 pytest.importorskip("andon.rules.compiler", reason="andon.rules.compiler (the loader needs it) has not landed yet")

@@ -22,7 +22,7 @@ from andon.events.schema import EVENT_DTYPE, Event, EventType, ExecInfo, Sock, d
 from andon.events.syscalls import BY_NAME
 from andon.rules.prefilter import PATH_NRS, clean_path
 
-STABLE = Path("/work/shared/corpus/falco/falco_rules.yaml")
+from corpus import STABLE_RULES as STABLE  # noqa: E402
 pytestmark = pytest.mark.skipif(not STABLE.is_file(), reason=f"{STABLE} not present")
 
 NR = {n: BY_NAME[n].nr for n in ("open", "openat", "openat2", "creat", "close", "dup2", "connect", "socket",

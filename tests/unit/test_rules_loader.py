@@ -19,7 +19,7 @@ from andon.errors import FieldArgError, RuleError, UnknownFieldError
 from andon.rules.loader import ENGINE_VERSION, LoadResult, Priority, load_rules
 from andon.rules.types import FieldType, Multi
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "falco" / "falco_rules.yaml"
+from corpus import STABLE_RULES as CORPUS  # noqa: E402
 
 
 def _missing(*mods: str) -> list[str]:

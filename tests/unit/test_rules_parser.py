@@ -16,7 +16,7 @@ from andon.rules.ast import (
 )  # fmt: skip
 from andon.rules.parser import parse_condition, parse_operand
 
-CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "falco" / "filter_parser_cases.json"
+from corpus import PARSER_CASES as CORPUS  # noqa: E402
 CASES = json.loads(CORPUS.read_text())["cases"]
 ACCEPT = [c["condition"] for c in CASES if c["expect"] == "accept"]
 REJECT = [c["condition"] for c in CASES if c["expect"] == "reject"]
