@@ -38,6 +38,7 @@ alerts again, or every ``notice_interval`` seconds while it keeps being suppress
 
 from __future__ import annotations
 
+import abc
 import http.client
 import logging
 import queue
@@ -345,7 +346,7 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
 # -- channels ---------------------------------------------------------------------------------
 
 
-class Channel:
+class Channel(abc.ABC):
     """One destination. ``emit(line, alert)`` counts ``sent`` or ``failed``; never raises."""
 
     name = "?"
@@ -366,8 +367,9 @@ class Channel:
         else:
             self._ok()
 
+    @abc.abstractmethod
     def write(self, line: str, alert: Alert) -> None:
-        raise NotImplementedError
+        """Send one alert line; raise OSError/ValueError/SubprocessError on failure."""
 
     def _ok(self) -> None:
         self.sent += 1
