@@ -637,6 +637,10 @@ class HttpChannel(Channel):
                 log.warning("http output queue full: %d alerts dropped so far", self.dropped)
 
     # -- the worker thread -----------------------------------------------------------------
+    def write(self, line: str, alert: Alert | None = None) -> None:
+        """One POST, made by the worker thread (``emit`` only queues)."""
+        self._post(line.encode("utf-8", "replace"))
+
     def _run(self) -> None:
         while True:
             item = self.q.get()
@@ -645,7 +649,7 @@ class HttpChannel(Channel):
             if self._deadline is not None and time.monotonic() > self._deadline:
                 self._drop_rest(1)
                 return
-            self._post(item.encode("utf-8", "replace"))
+            self.write(item)
 
     def _drop_rest(self, n: int) -> None:
         while True:
