@@ -276,9 +276,10 @@ class Tracer:
         return self.proc.pid
 
     env: dict[str, str] | None = None
+    stdout: int = subprocess.PIPE  # where the tracer's output goes (read by parse, or discarded)
 
     def __enter__(self) -> Tracer:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+        self.proc = subprocess.Popen(self.argv, stdout=self.stdout, stderr=self._stderr, text=True,
                                      start_new_session=True, env=self.env)
         try:
             self.wait_attached()
@@ -437,24 +438,11 @@ class SnoopTracer(Tracer):
         self.expect = expect
         self.delay_s = delay_s
 
-    def __enter__(self) -> Tracer:
-        # its output is per event, so it goes to /dev/null, not to a pipe we must read
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                     start_new_session=True)
-        try:
-            time.sleep(self.delay_s)  # no readiness line: a fixed delay, then the kernel check
-            deadline = time.monotonic() + self.attach_timeout_s
-            while not self.expect <= (have := attached_tracepoints(self.pid)):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{self.name}: expected {sorted(self.expect)}, found {sorted(have)}"
-                                     f"{self._stderr_tail()}")
-                time.sleep(0.1)
-            self.attached = sorted(have)
-            time.sleep(self.settle_s)
-        except BaseException:
-            self._kill()
-            raise
-        return self
+    # its output is per event, so it goes to /dev/null, not to a pipe we must read
+    stdout = subprocess.DEVNULL
+
+    def wait_attached(self) -> None:
+        time.sleep(self.delay_s)  # no readiness line: a fixed delay, then the kernel check
 
     def parse(self, stdout: str, stderr: str) -> None:
         lost = sum(int(m.group(1)) for m in re.finditer(r"[Ll]ost (\d+) events", stderr))
