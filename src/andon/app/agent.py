@@ -130,8 +130,11 @@ class Agent:
         self._cwait: ContainerWait | None = None
 
     # -- what to switch on ---------------------------------------------------------------
-    def kernel_types(self) -> frozenset[str]:
-        return kernel_types(self.engine.evttypes() | {"open", "close"})
+    def kernel_types(self, engine: RuleEngine | None = None) -> frozenset[str]:
+        """What the kernel must send for ``engine``'s rules (default: the running ones) and
+        the state behind them. open/close are always asked for: they keep the fd tables
+        true and load the syscall program, so a reload can switch on any syscall later."""
+        return kernel_types((engine or self.engine).evttypes() | {"open", "close"})
 
     def say(self, text: str) -> None:
         print(f"andon: {text}", file=self.status, flush=True)
@@ -174,7 +177,7 @@ class Agent:
             return False
         engine = RuleEngine(ruleset, self.settings)
         if on_types is not None:
-            on_types(kernel_types(engine.evttypes() | {"open", "close"}))
+            on_types(self.kernel_types(engine))
         self.ruleset, self.engine = ruleset, engine
         self.summary.reloads += 1
         self.say(f"reloaded: {len(engine.rules)} rules, {len(result.warnings)} warnings")
