@@ -70,14 +70,6 @@ class RunSummary:
     by_rule: dict[str, int] = field(default_factory=dict)
 
 
-def problems_text(result: Any) -> str:
-    """Every problem of a LoadResult, as the loader renders it."""
-    render = getattr(result, "render_text", None) or getattr(result, "to_text", None)
-    if render is not None:
-        return render()
-    return "\n".join(str(p) for p in [*result.errors, *result.warnings])
-
-
 def load_ruleset(paths: list[Path], priority: str = "debug") -> tuple[Any, Any]:
     """(ruleset, result) from the files, in order; RulesLoadFailed if any error."""
     from ..rules.loader import load_rules
@@ -90,7 +82,7 @@ def load_ruleset(paths: list[Path], priority: str = "debug") -> tuple[Any, Any]:
             raise UsageError(f"cannot read rules file {p}: {e.strerror}") from None
     result = load_rules(sources, min_priority=priority)
     if result.errors:
-        raise RulesLoadFailed(result, problems_text(result))
+        raise RulesLoadFailed(result, result.render())
     return result.ruleset, result
 
 
@@ -339,9 +331,7 @@ class Agent:
                         break
                     if self.reload_due():
                         self.reload(src.set_types)
-                    tick = getattr(self.channels, "tick", None)
-                    if tick is not None:
-                        tick()
+                    self.channels.tick()  # rate-limit notices due
         finally:
             st = src.stats()
             src.close()

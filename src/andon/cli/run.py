@@ -77,6 +77,5 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = agent.run_replay(args.read, count=args.count)
     else:
         summary = agent.run_live(duration=args.duration, count=args.count)
-    stats = channels.stats() if hasattr(channels, "stats") else None
-    print(f"andon: {describe(summary, stats)}", file=sys.stderr)
+    print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
     return EXIT_OK

@@ -312,7 +312,6 @@ class LoadResult:
         out.append(self.summary())
         return "\n".join(out)
 
-    render_text = render
 
     def to_json(self) -> dict[str, Any]:
         return {
