@@ -14,12 +14,17 @@ fi
 #        (container tests), iproute2 (network namespaces), curl
 # detection tests: the real tools attackers and admins use (git for the benign workload,
 #        netcat and an ssh client for the network rules)
+# observability tests and benchmarks: real servers and clients on loopback (nginx, PostgreSQL,
+#        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl) and load
+#        generators (wrk; pgbench and redis-benchmark come with the server packages)
 PKGS=(
 	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc pkg-config
 	python3 python3-venv python3-dev
 	bpftrace libbpf-tools iproute2 curl procps
 	podman runc debootstrap
 	git netcat-traditional openssh-client
+	nginx-light postgresql postgresql-contrib mariadb-server mariadb-client redis-server redis-tools
+	dnsmasq-base bind9-dnsutils openssl wrk
 )
 
 missing=()
@@ -29,8 +34,14 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
 	echo "setup: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# The server packages would start their services on the default ports; andon's tests
+	# start their own instances on chosen loopback ports, so keep the packaged ones down.
+	policy=/usr/sbin/policy-rc.d
+	had_policy=0; [ -e "$policy" ] && had_policy=1
+	if [ "$had_policy" = 0 ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	if [ "$had_policy" = 0 ]; then rm -f "$policy"; fi
 fi
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
