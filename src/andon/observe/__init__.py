@@ -1,0 +1,1 @@
+"""Observability: socket events -> connections -> protocol parsers -> Pixie-shaped tables."""
