@@ -1,0 +1,77 @@
+"""A data directory opened for queries: one DuckDB view per table over its Parquet segments.
+
+Read-only: it never changes the directory, so it is safe to use while the agent writes
+(segments appear and disappear whole, by rename and unlink). A table with no segments is
+an empty view with the table's columns, so queries on it return no rows, not an error.
+Damaged files are left out with a warning (:attr:`Catalog.warnings`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+
+from . import segments as seg
+from .schema import TABLES, TableSchema
+
+log = logging.getLogger("andon.store")
+
+
+class Catalog:
+    def __init__(self, data_dir: Path, tables: dict[str, TableSchema] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.tables = dict(tables or TABLES)
+        self.warnings: list[str] = []
+        self.con = duckdb.connect()
+        self.files: dict[str, list[seg.Segment]] = {}
+        for name in self.tables:
+            self._open(name)
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("%s", msg)
+
+    def _open(self, name: str) -> None:
+        good, bad = seg.list_segments(self.data_dir / name)
+        for p, why in bad:
+            self._warn(f"skipping damaged segment {p}: {why}")
+        good = self._readable(name, good)
+        self.files[name] = good
+        self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {self.source_sql(name)}')
+
+    def _readable(self, name: str, good: list[seg.Segment]) -> list[seg.Segment]:
+        """Leave out files DuckDB cannot read although their framing looked right."""
+        if not good:
+            return good
+        try:
+            self.con.execute(f"SELECT count(*) FROM parquet_metadata({seg.sql_file_list([s.path for s in good])})")
+            return good
+        except duckdb.Error:
+            pass
+        out = []
+        for s in good:
+            try:
+                self.con.execute(f"SELECT count(*) FROM read_parquet({seg.sql_file_list([s.path])})").fetchone()
+                out.append(s)
+            except duckdb.Error as e:
+                self._warn(f"skipping damaged segment {s.path}: {str(e).splitlines()[0]}")
+        return out
+
+    def source_sql(self, name: str, since_ns: int | None = None, until_ns: int | None = None) -> str:
+        """A SELECT of the table's rows; with a time range, only the segments that overlap it are read."""
+        schema = self.tables[name]
+        files = [s.path for s in self.files.get(name, ())
+                 if (since_ns is None or s.tmax >= since_ns) and (until_ns is None or s.tmin <= until_ns)]
+        cols = ", ".join(f'"{c}"' for c in schema.names)
+        if not files:
+            typed = ", ".join(f'NULL::{c.sql_type} AS "{c.name}"' for c in schema.columns)
+            return f"SELECT {typed} WHERE false"
+        return f"SELECT {cols} FROM read_parquet({seg.sql_file_list(files)}, union_by_name=true)"
+
+    def row_count(self, name: str) -> int:
+        return sum(s.rows for s in self.files.get(name, ()))
+
+    def close(self) -> None:
+        self.con.close()
