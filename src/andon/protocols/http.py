@@ -1,0 +1,394 @@
+"""HTTP/1.x: request and response messages paired in order into ``http_events`` records.
+
+Handles keep-alive and pipelining (responses pair with requests first in, first out),
+``Content-Length`` and ``Transfer-Encoding: chunked`` bodies, messages split across any
+number of chunks and several messages in one chunk, bodiless responses (to HEAD, 1xx, 204,
+304), interim ``100 Continue`` (counted as a frame, not paired: the final response is),
+``101 Switching Protocols`` (paired, then the rest of the connection is skipped and
+counted), bodies read to the connection's close when a response has neither length nor
+chunking. Bodies are never buffered whole: the first ``BODY_KEEP`` bytes are kept, the rest
+only counted. Bytes lost inside a body of known length (a gap, a truncated copy) only make
+that body shorter; lost anywhere else the partial message is dropped and the direction
+resynchronises on the next request line / status line.
+
+Columns and their formats follow Pixie (``socket_trace_connector.cc``, ``http/parse.cc``,
+``http/utils.cc``): headers as a JSON object sorted case-insensitively (repeated names kept),
+``content_type`` 1 for a JSON response, bodies cut at 512 characters plus
+``... [TRUNCATED]``, response bodies without a Content-Type or with a non-text one replaced
+by Pixie's placeholders, gzip response bodies inflated.
+
+Role.UNKNOWN: the direction whose first bytes are a request line carries requests (or the
+other one, if the first bytes seen are a status line).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import zlib
+from dataclasses import dataclass, field
+
+from andon.protocols.base import DataChunk, Protocol
+from andon.protocols.stream import Side, StreamParser, bound, latency
+
+MAX_HEAD = 64 * 1024  # request/status line plus headers
+BODY_KEEP = 1024  # Pixie's http_body_limit_bytes
+BODY_COLUMN = 512  # Pixie's max_body_bytes
+HEADERS_COLUMN = 8192  # Pixie's kMaxHTTPHeadersBytes
+MAX_CHUNK_LINE = 2048  # Pixie's chunk-size search window
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQ_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\s]+) HTTP/1\.([0-9])")
+_RESP_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\r\n]*))?")
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
+_REQ_START = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) \S+ HTTP/1\.[0-9]\r\n")
+_RESP_START = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r]")
+_METHOD_PREFIX = re.compile(rb"[A-Z]{3,10} [/*a-zA-Z]")
+
+
+@dataclass(slots=True)
+class Message:
+    is_req: bool
+    minor: int = 1
+    method: str = "-"
+    path: str = "-"
+    status: int = -1
+    reason: str = "-"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    body_size: int = 0
+    mode: str = "none"  # none | cl | chunked | close
+    remaining: int = 0  # cl: body bytes to come; chunked: bytes of the current chunk
+    chunk_state: str = "size"  # size | data | crlf | trailer
+    lost: bool = False
+    ts: int = 0
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def take_body(self, data: bytes | bytearray) -> None:
+        room = BODY_KEEP - len(self.body)
+        if room > 0:
+            self.body += data[:room]
+
+
+def headers_json(headers: list[tuple[str, str]]) -> str:
+    """Pixie's ``ToJSONString(HeadersMap)``: a compact JSON object, keys in case-insensitive
+    order, a repeated header name repeated as a key."""
+    items = sorted(headers, key=lambda kv: kv[0].lower())
+    parts = [json.dumps(k, ensure_ascii=False) + ":" + json.dumps(v, ensure_ascii=False) for k, v in items]
+    return "{" + ",".join(parts) + "}"
+
+
+def _text(b: bytes | bytearray) -> str:
+    return bytes(b).decode("utf-8", errors="replace")
+
+
+def _req_body(msg: Message) -> str:
+    body = _text(msg.body)
+    ctype = msg.header("Content-Type")
+    if ctype == "application/x-www-form-urlencoded":
+        body = urllib.parse.unquote_plus(body, errors="replace")
+    return body
+
+
+def _resp_body(msg: Message) -> str:
+    ctype = msg.header("Content-Type")
+    if ctype is None:
+        return "<removed: unknown content-type>" if msg.body_size > 0 else _text(msg.body)
+    if "json" not in ctype and "text/" not in ctype:
+        return "<removed: non-text content-type>"
+    if msg.header("Content-Encoding") == "gzip":
+        try:
+            return _text(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bytes(msg.body), BODY_KEEP))
+        except zlib.error:
+            return "<Failed to gunzip body>"
+    return _text(msg.body)
+
+
+class HTTPParser(StreamParser):
+    protocol = Protocol.HTTP
+    table = "http_events"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.upgraded = False
+
+    # -- role -----------------------------------------------------------------------------
+    def _guess(self, chunk: DataChunk) -> bool | None:
+        if chunk.gap:
+            return None
+        data = bytes(chunk.data[:16])
+        if data.startswith(b"HTTP/1."):
+            return False
+        if _METHOD_PREFIX.match(data):
+            return True
+        return None
+
+    def _find_boundary(self, side: Side) -> int:
+        pat = _REQ_START if side.is_req else _RESP_START
+        m = pat.search(side.buf)
+        return m.start() if m else -1
+
+    # -- parsing --------------------------------------------------------------------------
+    def feed(self, chunk: DataChunk) -> list[dict]:
+        if self.upgraded:
+            self.stats.bytes_skipped += len(chunk.data)
+            return []
+        return super().feed(chunk)
+
+    def _parse(self, side: Side) -> list[dict]:
+        out: list[dict] = []
+        while not self.upgraded and not side.resync:
+            msg = side.state
+            if msg is None:
+                msg = self._parse_head(side)
+                if msg is None:
+                    break
+                side.state = msg
+            done_at = self._parse_body(side, msg)
+            if done_at is None:
+                break
+            if done_at > 0:
+                msg.ts = side.ts_at(done_at)
+            side.consume(done_at)
+            side.state = None
+            out += self._finish(side, msg)
+        if self.upgraded:
+            self.stats.bytes_skipped += side.drop_all()
+        return out
+
+    @staticmethod
+    def _plausible_start(is_req: bool, head: bytes) -> bool:
+        if not is_req:
+            n = min(len(head), 7)
+            return head[:n] == b"HTTP/1."[:n]
+        sp = head.find(b" ")
+        method = head if sp < 0 else head[:sp]
+        if sp < 0 and len(head) > 20:
+            return False
+        return len(method) <= 20 and (not method or re.fullmatch(_TOKEN, method) is not None)
+
+    def _invalid(self, side: Side) -> None:
+        self.stats.invalid += 1
+        side.state = None
+        side.resync = True
+
+    def _parse_head(self, side: Side) -> Message | None:
+        buf = side.buf
+        lead = 0
+        while buf.startswith(b"\r\n", lead):
+            lead += 2
+        if lead:
+            side.consume(lead)
+            buf = side.buf
+        if not buf:
+            return None
+        # reject garbage as soon as the first bytes say it cannot be a message
+        if not self._plausible_start(side.is_req, bytes(buf[:64])):
+            self._invalid(side)
+            return None
+        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            if len(buf) >= MAX_HEAD:
+                self._invalid(side)
+            return None
+        lines = bytes(buf[:end]).split(b"\r\n")
+        msg = Message(is_req=side.is_req)
+        if side.is_req:
+            m = _REQ_LINE.fullmatch(lines[0])
+            if not m:
+                self._invalid(side)
+                return None
+            msg.method, msg.path, msg.minor = _text(m.group(1)), _text(m.group(2)), int(m.group(3))
+        else:
+            m = _RESP_LINE.fullmatch(lines[0])
+            if not m:
+                self._invalid(side)
+                return None
+            msg.minor, msg.status = int(m.group(1)), int(m.group(2))
+            msg.reason = _text(m.group(3) or b"")
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t") and msg.headers:
+                name, value = msg.headers[-1]
+                msg.headers[-1] = (name, (value + " " + _text(line.strip())).strip())
+                continue
+            h = _HEADER.fullmatch(line)
+            if not h:
+                self._invalid(side)
+                return None
+            msg.headers.append((_text(h.group(1)), _text(h.group(2))))
+        msg.ts = side.ts_at(end + 4)
+        side.consume(end + 4)
+        if not self._body_mode(msg):
+            self._invalid(side)
+            return None
+        return msg
+
+    def _body_mode(self, msg: Message) -> bool:
+        if not msg.is_req:
+            status = msg.status
+            head = bool(self.reqs) and self.reqs[0].method == "HEAD"
+            if head or 100 <= status < 200 or status in (204, 304):
+                msg.mode = "none"
+                return True
+        te = msg.header("Transfer-Encoding")
+        if te is not None and te.lower().split(",")[-1].strip() == "chunked":
+            msg.mode, msg.chunk_state = "chunked", "size"
+            return True
+        cl = msg.header("Content-Length")
+        if cl is not None:
+            if not cl.isdigit() or len(cl) > 18:
+                return False
+            msg.mode, msg.remaining, msg.body_size = "cl", int(cl), int(cl)
+            if msg.remaining == 0:
+                msg.mode = "none"
+            return True
+        msg.mode = "none" if msg.is_req else "close"
+        return True
+
+    def _parse_body(self, side: Side, msg: Message) -> int | None:
+        """Consume body bytes; return the offset in ``side.buf`` just past the message's
+        last byte once it is complete (bytes before it not yet consumed), else None."""
+        buf = side.buf
+        if msg.mode == "none":
+            return 0
+        if msg.mode == "close":
+            msg.take_body(buf)
+            msg.body_size += len(buf)
+            side.consume(len(buf))
+            return None
+        if msg.mode == "cl":
+            take = min(msg.remaining, len(buf))
+            msg.take_body(buf[:take])
+            msg.remaining -= take
+            if msg.remaining == 0:
+                return take
+            side.consume(take)
+            return None
+        # chunked
+        pos = 0
+        while True:
+            st = msg.chunk_state
+            if st == "size":
+                nl = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                if nl < 0:
+                    if len(buf) - pos > MAX_CHUNK_LINE:
+                        self._invalid(side)
+                    side.consume(pos)
+                    return None
+                size_text = bytes(buf[pos:nl]).split(b";", 1)[0].strip()
+                if not size_text or len(size_text) > 15 or not re.fullmatch(rb"[0-9A-Fa-f]+", size_text):
+                    self._invalid(side)
+                    return None
+                size = int(size_text, 16)
+                pos = nl + 2
+                if size == 0:
+                    msg.chunk_state = "trailer"
+                else:
+                    msg.chunk_state, msg.remaining = "data", size
+                    msg.body_size += size
+            elif st == "data":
+                take = min(msg.remaining, len(buf) - pos)
+                msg.take_body(buf[pos : pos + take])
+                msg.remaining -= take
+                pos += take
+                if msg.remaining:
+                    side.consume(pos)
+                    return None
+                msg.chunk_state = "crlf"
+            elif st == "crlf":
+                if len(buf) - pos < 2:
+                    side.consume(pos)
+                    return None
+                if buf[pos : pos + 2] != b"\r\n":
+                    self._invalid(side)
+                    return None
+                pos += 2
+                msg.chunk_state = "size"
+            else:  # trailer: header lines up to an empty line
+                nl = buf.find(b"\r\n", pos, pos + MAX_HEAD)
+                if nl < 0:
+                    if len(buf) - pos > MAX_HEAD:
+                        self._invalid(side)
+                    side.consume(pos)
+                    return None
+                empty = nl == pos
+                pos = nl + 2
+                if empty:
+                    return pos
+
+    def _absorb(self, side: Side, n: int, ts: int) -> list[dict] | None:
+        msg = side.state
+        if not isinstance(msg, Message):
+            return None
+        if msg.mode == "close":
+            msg.body_size += n
+            msg.lost = True
+            return []
+        if msg.mode == "cl" and n <= msg.remaining:
+            msg.remaining -= n
+            msg.lost = True
+            if msg.remaining == 0:
+                msg.ts = ts
+                side.state = None
+                return self._finish(side, msg)
+            return []
+        if msg.mode == "chunked" and msg.chunk_state == "data" and n <= msg.remaining:
+            msg.remaining -= n
+            msg.lost = True
+            if msg.remaining == 0:
+                msg.chunk_state = "crlf"
+            return []
+        return None
+
+    def _close_sides(self, now_ns: int) -> list[dict]:
+        out: list[dict] = []
+        for side in self.sides.values():
+            msg = side.state
+            if isinstance(msg, Message) and msg.mode == "close" and not side.is_req:
+                msg.ts = side.marks[-1][1] if side.marks else now_ns
+                side.state = None
+                out += self._finish(side, msg)
+        return out
+
+    # -- pairing --------------------------------------------------------------------------
+    def _finish(self, side: Side, msg: Message) -> list[dict]:
+        if msg.is_req:
+            self._push_request(msg)
+            return []
+        self.stats.frames += 1
+        if 100 <= msg.status < 200 and msg.status != 101:
+            return []  # interim (100 Continue): the final response answers the request
+        if not self.reqs:
+            self.stats.unmatched_responses += 1
+            return []
+        req = self.reqs.popleft()
+        if msg.status == 101:
+            self.upgraded = True
+        return [self._emit(self._record(req, msg))]
+
+    def _record(self, req: Message, resp: Message) -> dict:
+        ctype = resp.header("Content-Type") or ""
+        return {
+            "time_": resp.ts,
+            "major_version": 1,
+            "minor_version": resp.minor,
+            "content_type": 1 if "json" in ctype else 0,
+            "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
+            "req_method": req.method,
+            "req_path": req.path,
+            "req_body": bound(_req_body(req), BODY_COLUMN),
+            "req_body_size": req.body_size,
+            "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
+            "resp_status": resp.status,
+            "resp_message": resp.reason,
+            "resp_body": bound(_resp_body(resp), BODY_COLUMN),
+            "resp_body_size": resp.body_size,
+            "latency": latency(req.ts, resp.ts),
+        }
