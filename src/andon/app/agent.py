@@ -30,10 +30,22 @@ from ..events.capture import CaptureReader
 from ..events.live import LiveSource, SensorSettings
 import numpy as np
 
-from ..events.schema import EVENT_DTYPE, F_TRUNCATED, REC_SMALL, Event, EventType, decode_batch, decode_record
-from ..events.syscalls import ALL_TYPES, BY_NAME
+from ..events.schema import (
+    DATA_SMALL,
+    EVENT_DTYPE,
+    F_EXEC_INFO,
+    F_SOCK,
+    F_TRUNCATED,
+    REC_SMALL,
+    Event,
+    EventType,
+    decode_batch,
+    decode_record,
+)
+from ..events.syscalls import ALL_TYPES, BY_NAME, syscall_name
 from ..rules.engine import EngineSettings, RuleEngine
 from ..rules.prefilter import PATH_NRS, clean_path
+from ..state.fd import OPEN_PATH_NRS, open_args
 from .config import AgentConfig
 from .enrich import ContainerWait, Tracker
 from .stream import Counts, StopFlag, kernel_types, polls
@@ -42,6 +54,33 @@ log = logging.getLogger("andon.agent")
 
 _SYSCALL = int(EventType.SYSCALL)
 _NR_CLOSE = BY_NAME["close"].nr
+
+# how _handle_batch applies a record: decoded into an Event (_FULL), or from its raw values:
+# a close no rule watches, a path open that no rule evaluates (_LEAN_OPEN), whose header
+# rules out every rule (_SKIP), or whose path does (_PATH: only where the fd entry it makes
+# is fd.name, see Agent._may_match)
+_FULL, _LEAN_CLOSE, _LEAN_OPEN, _LEAN_OPEN_SKIP, _LEAN_OPEN_PATH = 0, 1, 2, 3, 4
+_NAME_OF_NR = {nr: syscall_name(nr) for nr in OPEN_PATH_NRS}
+_OPEN_NR = np.zeros(1 << 16, dtype=bool)
+_OPEN_NR[sorted(OPEN_PATH_NRS)] = True
+
+
+def _open_candidates(full: np.ndarray, fpos: np.ndarray, bigs: dict[int, bytes] | None) -> np.ndarray:
+    """Positions in ``full`` of the path opens that carry their path and nothing else in the
+    data area (one string, no socket or exec facts) and are whole in their slot."""
+    m = (full["type"] == _SYSCALL) & _OPEN_NR[full["nr"]] & (full["nstr"] == 1)
+    m &= (full["flags"] & (F_SOCK | F_EXEC_INFO)) == 0
+    if bigs:
+        m &= ~np.isin(fpos, np.fromiter(bigs, dtype=np.int64))
+    return np.flatnonzero(m)
+
+
+def _first_strings(data: np.ndarray) -> list[str]:
+    """The first NUL-terminated string of each data area, as ``decode_batch`` reads it."""
+    zero = data == 0
+    lens = np.where(zero.any(axis=1), zero.argmax(axis=1), DATA_SMALL).tolist()
+    blob = data.tobytes()
+    return [blob[b : b + ln].decode("utf-8", "surrogateescape") for b, ln in zip(range(0, len(blob), DATA_SMALL), lens)]
 
 
 class RulesLoadFailed(RuleError):
@@ -192,8 +231,9 @@ class Agent:
         True when ``count`` alerts were reached (the rest of the batch is not applied).
 
         With ``fast_paths`` (the default) an event no rule can match is only applied to
-        the state tables: a ``close`` (when no rule watches it) without building its Event,
-        any other without a Context or a rule run. "Cannot match" is decided by
+        the state tables, and the two commonest, ``close`` (when no rule watches it) and a
+        path open (open, openat, openat2, creat), straight from the raw record, without an
+        Event; any other without a Context or a rule run. "Cannot match" is decided by
         :mod:`andon.rules.prefilter` (necessary conditions of every rule, from the record
         header and an open's path), so the alerts are the same with and without."""
         if not self.fast_paths:
@@ -209,55 +249,113 @@ class Agent:
                     return True
             return False
         engine = self.engine
-        index, fallback = engine._index, engine._fallback
         pf = engine.prefilter()
-        typ, nr = recs["type"], recs["nr"]
-        lean = (typ == _SYSCALL) & (nr == _NR_CLOSE) if "close" not in index and not fallback else None
-        if lean is not None and bigs:
-            lean[list(bigs)] = False
-        keep = None if lean is None or not lean.any() else ~lean
+        n = len(recs)
+        kinds = np.zeros(n, dtype=np.int8)  # _FULL, or how the record is applied without an Event
+        keep = None  # the records that are not lean closes (``full``), where lean closes exist
+        if not engine.evaluates("close"):
+            lean = (recs["type"] == _SYSCALL) & (recs["nr"] == _NR_CLOSE)
+            if bigs:
+                lean[list(bigs)] = False
+            if lean.any():
+                kinds[lean] = _LEAN_CLOSE
+                keep = ~lean
         full = recs if keep is None else recs[keep]
-        evs = decode_batch(full, boot_offset)
-        if bigs:  # a record larger than a slot: its header is in recs, the whole of it here
-            where = np.cumsum(keep) - 1 if keep is not None else None
-            for i, big in bigs.items():
-                evs[int(where[i]) if where is not None else i] = decode_record(big, boot_offset)
-        lean_l = lean.tolist() if lean is not None and len(full) != len(recs) else None
-        if lean_l is not None:
-            pid_l = recs["pid"].tolist()
-            ts_l = (recs["ts"].astype(np.int64) + boot_offset).tolist()
-            fd_l = recs["args"][:, 0].astype(np.uint32).astype(np.int32).tolist()
-            ret_l = recs["ret"].tolist()
-            flags_l = recs["flags"].tolist()
+        fpos = np.arange(n) if keep is None else np.flatnonzero(keep)  # recs position of each full record
         may = pf.raw(full)
         any_l = may.any(axis=0).tolist()
-        rows: dict[int, list[bool]] = {}
+        # path opens that carry their path: which can be applied raw, decided before the loop
+        # (the prefilter's two stages are pure functions of the record)
+        bits: dict[int, int] = {}  # full position -> header-stage bits, for the path stage
+        opens = _open_candidates(full, fpos, bigs)
+        o_dirfd = o_flags = o_path = o_name = None
+        if len(opens):
+            ftyp_nr = full["nr"][opens]
+            paths = _first_strings(full["data"][opens])
+            dirfd, oflags = open_args(ftyp_nr, full["args"][opens])
+            names = [_NAME_OF_NR[x] for x in ftyp_nr.tolist()]
+            opens_l = opens.tolist()
+            for name in set(names):
+                if name in pf.by_type:
+                    sel = [c for c, nm in zip(opens_l, names) if nm == name]
+                    bits.update(zip(sel, pf.header_bits(name, may, np.asarray(sel, dtype=np.intp))))
+            okind = []
+            for c, name, path in zip(opens_l, names, paths):
+                if not engine.evaluates(name):
+                    okind.append(_LEAN_OPEN)
+                elif not any_l[c]:
+                    okind.append(_LEAN_OPEN_SKIP)
+                elif clean_path(path) and not pf.path_may(name, path, bits[c]):
+                    okind.append(_LEAN_OPEN_PATH)
+                else:
+                    okind.append(_FULL)
+            okind_a = np.array(okind, dtype=np.int8)
+            sel = okind_a != _FULL
+            if sel.any():
+                kinds[fpos[opens[sel]]] = okind_a[sel]
+                o_dirfd, o_flags = dirfd[sel].tolist(), oflags[sel].tolist()
+                o_path = [p for p, s in zip(paths, sel.tolist()) if s]
+                o_name = [nm for nm, s in zip(names, sel.tolist()) if s]
+        kinds_f = kinds[fpos]
+        dec = kinds_f == _FULL
+        evs = decode_batch(full if dec.all() else full[dec], boot_offset)
+        if bigs:  # a record larger than a slot: its header is in recs, the whole of it here
+            where = np.cumsum(kinds == _FULL) - 1
+            for i, big in bigs.items():
+                evs[int(where[i])] = decode_record(big, boot_offset)
+        kinds_l = kinds.tolist()
+        if o_path is not None or keep is not None:
+            pid_l = recs["pid"].tolist()
+            ts_l = (recs["ts"].astype(np.int64) + boot_offset).tolist()
+            ret_l = recs["ret"].tolist()
+            flags_l = recs["flags"].tolist()
+            fd_l = recs["args"][:, 0].astype(np.uint32).astype(np.int32).tolist() if keep is not None else None
         skipped: dict[str, int] = {}
         procs = tracker.table.procs
-        handle, advance = self._handle, tracker.advance
-        j = 0
+        handle, advance, close_raw, open_raw = self._handle, tracker.advance, tracker.close_raw, tracker.open_raw
+        e = j = o = 0  # next decoded event, full record, lean open
         try:
-            for i in range(len(recs)):
-                if lean_l is not None and lean_l[i]:
-                    if tracker.close_raw(pid_l[i], ts_l[i], fd_l[i], ret_l[i]):
+            for i in range(n):
+                kd = kinds_l[i]
+                if kd == _FULL:
+                    ev = evs[e]
+                    e += 1
+                    k = j
+                    j += 1
+                elif kd == _LEAN_CLOSE:
+                    if close_raw(pid_l[i], ts_l[i], fd_l[i], ret_l[i]):
                         counts.seen += 1
                         if flags_l[i] & F_TRUNCATED:
                             counts.truncated += 1
                         continue
                     ev = decode_batch(recs[i : i + 1], boot_offset)[0]  # an unknown pid: the full path
                     k = -1
-                else:
-                    ev = evs[j]
+                else:  # a lean open
+                    if open_raw(pid_l[i], ts_l[i], ret_l[i], o_dirfd[o], o_flags[o], o_path[o],  # type: ignore[index]
+                                kd == _LEAN_OPEN_PATH):
+                        counts.seen += 1
+                        if flags_l[i] & F_TRUNCATED:
+                            counts.truncated += 1
+                        if kd != _LEAN_OPEN:
+                            nm = o_name[o]  # type: ignore[index]
+                            skipped[nm] = skipped.get(nm, 0) + 1
+                        o += 1
+                        j += 1
+                        continue
+                    # an unknown pid, or an entry older than its /proc read: the full path,
+                    # which decides on the event as it would have without the lean path
+                    ev = decode_batch(recs[i : i + 1], boot_offset)[0]
+                    o += 1
                     k = j
                     j += 1
                 counts.seen += 1
                 if ev.flags & F_TRUNCATED:
                     counts.truncated += 1
                 name = ev.name
-                if k < 0 or (name not in index and not fallback):
+                if k < 0 or not engine.evaluates(name):
                     advance(ev)
                     continue
-                if not any_l[k] or not self._may_match(ev, k, pf, name, may, rows, procs):
+                if not any_l[k] or not self._may_match(ev, k, pf, name, may, bits, procs):
                     advance(ev)
                     skipped[name] = skipped.get(name, 0) + 1
                     continue
@@ -265,14 +363,14 @@ class Agent:
                 if count is not None and engine.alerts >= count:
                     return True
         finally:
-            for name, k in skipped.items():
-                engine.skipped(name, k)
+            for name, c in skipped.items():
+                engine.skipped(name, c)
         return False
 
     @staticmethod
-    def _may_match(ev: Event, k: int, pf: Any, name: str, may: np.ndarray, rows: dict[int, list[bool]],
+    def _may_match(ev: Event, k: int, pf: Any, name: str, may: np.ndarray, bits: dict[int, int],
                    procs: dict[int, Any]) -> bool:
-        """The path stage of the prefilter for record ``k`` (its header stage passed)."""
+        """The path stage of the prefilter for full record ``k`` (its header stage passed)."""
         if ev.type != _SYSCALL or ev.nr not in PATH_NRS or not ev.strings:
             return True
         path = ev.strings[0]
@@ -283,24 +381,12 @@ class Agent:
             p = procs.get(ev.pid)
             if p is None or ev.ts < p.proc_ts:
                 return True
-        entries = pf.by_type.get(name)
-        if entries is None:
+        if name not in pf.by_type:
             return True
-        bits = []
-        for r, _pred in entries:
-            row = rows.get(r)
-            if row is None:
-                row = rows[r] = may[r].tolist()
-            bits.append(row[k])
-        # a pure function of the path and of which rules passed the header stage: cached
-        key = (name, path, tuple(bits))
-        hit = pf.path_cache.get(key)
-        if hit is None:
-            hit = any(b and (pred is None or pred(path)) for b, (_r, pred) in zip(bits, entries))
-            if len(pf.path_cache) >= 1 << 16:
-                pf.path_cache.clear()
-            pf.path_cache[key] = hit
-        return hit
+        b = bits.get(k)
+        if b is None:
+            b = pf.header_bits(name, may, np.array([k], dtype=np.intp))[0]
+        return pf.path_may(name, path, b)
 
     def run_live(self, *, duration: float | None = None, count: int | None = None) -> RunSummary:
         """Until SIGINT/SIGTERM, ``duration`` seconds or ``count`` alerts."""

@@ -161,6 +161,15 @@ class Tracker:
         self.nevents += 1
         return True
 
+    def open_raw(self, pid: int, ts: int, fd: int, dirfd: int, flags: int, path: str, fresh: bool = False) -> bool:
+        """``advance`` for a path open given by its raw values (see
+        :meth:`~andon.state.process.ProcessTable.apply_open`). False when the full event
+        is needed."""
+        if not self.table.apply_open(pid, ts, fd, dirfd, flags, path, fresh):
+            return False
+        self.nevents += 1
+        return True
+
     def follow_capture(self, reader: Any) -> None:
         """Replay: take container metadata from the capture's side records where they
         are, and let a pending container look a bounded stretch ahead for its record."""

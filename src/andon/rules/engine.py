@@ -159,6 +159,11 @@ class RuleEngine:
         for r in self._index.get(evtype, self._fallback):
             self.counts[r.name].evaluated += n
 
+    def evaluates(self, evtype: str) -> bool:
+        """Whether ``process`` tries any rule on an event of ``evtype`` (else an event of
+        that type only matters to the state tables)."""
+        return bool(self._index.get(evtype, self._fallback))
+
     def rules_for(self, evtype: str) -> tuple[Any, ...]:
         return self._index.get(evtype, self._fallback)
 

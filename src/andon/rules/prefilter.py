@@ -305,8 +305,10 @@ class Prefilter:
         self._path = [path_condition(r.filter.node) for r in self.rules]
         # per event type: (rule position, path predicate or None) in engine order
         self.by_type = {t: tuple((pos[id(r)], self._path[pos[id(r)]]) for r in rs) for t, rs in index.items()}
-        # (type, path, header-stage bits of its rules) -> may match; the caller fills it
-        self.path_cache: dict[tuple[str, str, tuple[bool, ...]], bool] = {}
+        # per event type: the rows of ``raw``'s answer that ``header_bits`` packs, in order
+        self._rows = {t: np.array([r for r, _ in entries], dtype=np.intp) for t, entries in self.by_type.items()}
+        # (type, path, header-stage bits of its rules) -> may match (``path_may``)
+        self.path_cache: dict[tuple[str, str, int], bool] = {}
 
     def raw(self, recs: np.ndarray) -> np.ndarray:
         """(rules, records) bool array: rule i may match record j as far as the header says."""
@@ -316,3 +318,36 @@ class Prefilter:
             if m is not True:
                 out[i] = m(recs)
         return out
+
+    def header_bits(self, evtype: str, may: np.ndarray, cols: np.ndarray) -> list[int]:
+        """For the records ``cols`` of a ``raw`` answer ``may``: which of ``evtype``'s rules
+        passed the header stage, bit j for the j-th entry of ``by_type[evtype]`` (the
+        ``bits`` of :meth:`path_may`). ``evtype`` must be in ``by_type``."""
+        rows = self._rows[evtype]
+        sub = may[rows][:, cols]
+        out: list[int] | None = None
+        for c in range(0, len(rows), _WORD):  # 62 rules per int64 word, for any number of rules
+            part = sub[c : c + _WORD].astype(np.int64)
+            vals = (np.left_shift(1, np.arange(len(part), dtype=np.int64)) @ part).tolist()
+            out = vals if out is None else [a | (b << c) for a, b in zip(out, vals)]
+        return out if out is not None else [0] * len(cols)
+
+    def path_may(self, evtype: str, path: str, bits: int) -> bool:
+        """The path stage: may a rule of ``evtype`` whose header stage passed (``bits``, see
+        :meth:`header_bits`) match an open of ``path``? Only where the path is fd.name (see
+        :func:`clean_path` and the module docstring). A pure function of its arguments,
+        cached."""
+        key = (evtype, path, bits)
+        hit = self.path_cache.get(key)
+        if hit is None:
+            entries = self.by_type.get(evtype)
+            if entries is None:
+                return True
+            hit = any((bits >> j) & 1 and (pred is None or pred(path)) for j, (_r, pred) in enumerate(entries))
+            if len(self.path_cache) >= 1 << 16:
+                self.path_cache.clear()
+            self.path_cache[key] = hit
+        return hit
+
+
+_WORD = 62

@@ -23,6 +23,8 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from ..events.schema import AF_INET, AF_INET6, AF_UNIX, Event, Sock
 from ..events.syscalls import BY_NAME
 
@@ -452,6 +454,24 @@ class FdTable:
 _NR = {name: spec.nr for name, spec in BY_NAME.items()}
 
 
+# the path calls whose fd entry ``open_args`` can make from raw records
+OPEN_PATH_NRS = frozenset(_NR[n] for n in ("open", "openat", "openat2", "creat"))
+_CREAT_FLAGS = O_CREAT | O_WRONLY | O_TRUNC
+
+
+def open_args(nr: np.ndarray, args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(dirfd, flags)`` of a batch of path opens (``nr`` in OPEN_PATH_NRS, ``args`` the
+    records' (n, 6) raw arguments), each as the ``FdTracker._on_<call>`` handler reads it."""
+    a0 = (args[:, 0] & 0xFFFFFFFF).astype(np.int64)
+    dirfd_at = np.where(a0 >= 1 << 31, a0 - (1 << 32), a0)  # s32
+    at = (nr == _NR["openat"]) | (nr == _NR["openat2"])
+    dirfd = np.where(at, dirfd_at, AT_FDCWD)
+    flags = np.where(nr == _NR["openat"], args[:, 2] & 0xFFFFFFFF, args[:, 2])  # openat2: open_how.flags
+    flags = np.where(nr == _NR["open"], args[:, 1] & 0xFFFFFFFF, flags)
+    flags = np.where(nr == _NR["creat"], _CREAT_FLAGS, flags)
+    return dirfd, flags
+
+
 class FdTracker:
     """Applies fd syscall events to a process's :class:`FdTable`.
 
@@ -509,14 +529,17 @@ class FdTracker:
         return join(d.name, path)
 
     @staticmethod
-    def _open(proc: Any, ev: Event, dirfd: int, flags: int) -> None:
-        fd = ev.ret
-        if fd < 0:
-            return
-        raw = ev.strings[0] if ev.strings else ""
+    def opened(proc: Any, fd: int, dirfd: int, flags: int, raw: str) -> None:
+        """The entry a successful open of ``raw`` (relative to ``dirfd``) returning ``fd``
+        makes; also called with raw record values, without an Event (the agent's lean path)."""
         name = FdTracker.resolve(proc, dirfd, raw) if raw else ""
         typ = "directory" if flags & O_DIRECTORY and not flags & O_TMPFILE_BIT else "file"
         proc.fds.add(FdInfo(fd, typ, name, raw, flags))
+
+    @staticmethod
+    def _open(proc: Any, ev: Event, dirfd: int, flags: int) -> None:
+        if ev.ret >= 0:
+            FdTracker.opened(proc, ev.ret, dirfd, flags, ev.strings[0] if ev.strings else "")
 
     def _on_open(self, proc: Any, ev: Event) -> None:
         self._open(proc, ev, AT_FDCWD, ev.args[1] & 0xFFFFFFFF)
@@ -529,7 +552,7 @@ class FdTracker:
         self._open(proc, ev, s32(ev.args[0]), ev.args[2])
 
     def _on_creat(self, proc: Any, ev: Event) -> None:
-        self._open(proc, ev, AT_FDCWD, O_CREAT | O_WRONLY | O_TRUNC)
+        self._open(proc, ev, AT_FDCWD, _CREAT_FLAGS)
 
     def _on_open_by_handle_at(self, proc: Any, ev: Event) -> None:
         if ev.ret >= 0:

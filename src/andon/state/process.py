@@ -418,6 +418,22 @@ class ProcessTable:
                 p.fds.remove(fd)
         return True
 
+    def apply_open(self, pid: int, ts: int, fd: int, dirfd: int, flags: int, path: str, fresh: bool = False) -> bool:
+        """``apply`` of a path open (open, openat, openat2, creat) given as its raw values:
+        ``fd`` the return value, ``dirfd``/``flags`` as :func:`~andon.state.fd.open_args`
+        reads them. False (nothing done) when the pid is not in the table, or with ``fresh``
+        when a successful open is older than the process's /proc read (the caller wants the
+        entry this open makes, and it would not make one)."""
+        p = self.procs.get(pid)
+        if p is None:
+            return False
+        if ts < p.proc_ts:  # /proc was read after this event (see apply)
+            return not (fresh and fd >= 0)
+        p.last_seen = ts
+        if fd >= 0:  # as FdTracker._open
+            FdTracker.opened(p, fd, dirfd, flags, path)
+        return True
+
     def apply_all(self, events: Any) -> None:
         apply = self.apply
         for ev in events:
