@@ -1,0 +1,690 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Socket data capture: the bytes that TCP and UDP sockets of every process read and
+ * write, per connection, with connection open/close records, for the protocol parsers.
+ *
+ * One program on sys_exit (tp_btf, or raw_tp where tp_btf does not load), filtered by
+ * syscall number. On x86_64 the saved pt_regs still hold the six arguments at exit (the
+ * return value goes to ax only), and the user buffers are still there, so one hook sees
+ * arguments, result and the bytes moved; no per-thread enter map is needed. close(2) is
+ * seen at exit too: the fd is gone from the table but (tgid, fd) still names our entry.
+ *
+ * A connection is an entry in sd_conns keyed by (tgid, fd), made at connect (client),
+ * accept (server) or the first read/write on a socket we had not seen (role inferred
+ * from the first message). The protocol is inferred from the first chunks of data
+ * (HTTP/1, PostgreSQL, MySQL, Redis on TCP; DNS on UDP) as Pixie's protocol_inference.h
+ * does; only chunks of protocols switched on in sd_protos are copied into the ring, the
+ * rest are counted. Every data record carries its byte position in its direction so the
+ * reader can tell what was lost.
+ *
+ * One object with two entry points on sys_exit, tp_btf and raw_tp; the loader loads one.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "../abi/sockdata.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile struct andon_sd_config sd_cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* resized by the loader */
+} sd_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SD_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sd_stats SEC(".maps");
+
+/* protocol -> 1 when its data is wanted; the loader fills it, and may change it live */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SD_PROTO_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} sd_protos SEC(".maps");
+
+/* the next conn_id */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sd_ids SEC(".maps");
+
+struct sdc_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+struct sdc_conn {
+	__u64 conn_id;
+	__u64 sk;     /* the struct sock the fd named when we made the entry */
+	__u64 sent;
+	__u64 recv;
+	__u8 role;
+	__u8 protocol;
+	__u8 tries;   /* chunks inference has looked at */
+	__u8 l4;
+	__u32 _pad;
+};
+
+/* LRU: an entry whose close we never see (the process exited, dup2 over it) is
+ * eventually evicted instead of filling the table */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sdc_key);
+	__type(value, struct sdc_conn);
+} sd_conns SEC(".maps");
+
+/* A data record is built here, then copied into the ring at its exact size. buf is
+ * three copy bounds long so that a masked offset (< SD_COPY_MAX) plus a masked length
+ * (< 2 * SD_COPY_MAX) is provably inside it. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wgnu-variable-sized-type-not-at-end"
+struct sdc_scratch {
+	struct andon_sd_data d; /* d.data[] is buf */
+	__u8 buf[3 * SD_COPY_MAX];
+};
+#pragma clang diagnostic pop
+
+/* One per CPU, indexed by CPU number: a per-CPU array value is limited to 32 KiB
+ * (PCPU_MIN_UNIT_SIZE) and this one is larger. The loader sets max_entries to the
+ * number of possible CPUs; a program runs with migration disabled, so its CPU's entry
+ * is its own until it returns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct sdc_scratch);
+} sd_scratch SEC(".maps");
+
+/* Wire structs written only through casts get no BTF of their own; anchor them so the
+ * ABI test can read their layout from the object. libbpf ignores the section. */
+struct andon_sd_open __sd_btf_open SEC(".andon.btf") __attribute__((used));
+struct andon_sd_close __sd_btf_close SEC(".andon.btf") __attribute__((used));
+struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
+
+#define BOUND(x, mask) ({ __u64 __v = (x); asm volatile("%[v] &= %[m]" : [v] "+r"(__v) : [m] "i"(mask)); __v; })
+
+/* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_CLOSE 3
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_CONNECT 42
+#define NR_ACCEPT 43
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define NR_ACCEPT4 288
+#define NR_PREADV2 327
+#define NR_PWRITEV2 328
+
+#define TS_COMPAT 0x0002
+#define EINPROGRESS 115
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SD_IOV_MAX 16 /* iovecs walked per call; the rest are counted as not copied */
+
+static __always_inline void sd__count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&sd_stats, &idx);
+	if (v)
+		*v += n;
+}
+
+/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
+static __always_inline struct socket *sd__fd_socket(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+
+	if (fd < 0 || fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return (struct socket *)BPF_CORE_READ(f, private_data);
+}
+
+/* The inet sock of a socket, with its family and protocol; NULL for anything but
+ * TCP/UDP over IPv4/IPv6 (unix, netlink, raw, ... are not traced). */
+static __always_inline struct sock *sd__inet_sock(struct socket *so, __u16 *family, __u8 *l4)
+{
+	struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return NULL;
+	*family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (*family != AF_INET && *family != AF_INET6)
+		return NULL;
+	*l4 = BPF_CORE_READ(sk, sk_protocol);
+	if (*l4 != IPPROTO_TCP && *l4 != IPPROTO_UDP)
+		return NULL;
+	return sk;
+}
+
+static __always_inline void sd__header(struct andon_sd_hdr *h, __u16 type, __u64 pid_tgid, long fd, struct sdc_conn *c)
+{
+	h->type = type;
+	h->role = c->role;
+	h->protocol = c->protocol;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->fd = fd;
+	h->ts = bpf_ktime_get_boot_ns();
+	h->conn_id = c->conn_id;
+}
+
+static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, long fd, __u32 reason)
+{
+	struct andon_sd_close *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
+	if (!r) {
+		sd__count(SD_STAT_DROPS, 1);
+		return;
+	}
+	sd__header(&r->h, SD_REC_CLOSE, pid_tgid, fd, c);
+	r->bytes_sent = c->sent;
+	r->bytes_recv = c->recv;
+	r->reason = reason;
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, 0);
+	sd__count(SD_STAT_EVENTS, 1);
+}
+
+/* Make the entry for (tgid, fd), which names socket sk, and send its open record. */
+static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct sock *sk, __u16 family, __u8 l4,
+						   __u8 role, __u32 origin, __u64 pid_tgid)
+{
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&sd_ids, &zero);
+	if (!next)
+		return NULL;
+	struct sdc_conn c = {
+		.conn_id = __sync_fetch_and_add(next, 1) + 1,
+		.sk = (__u64)sk,
+		.role = role,
+		.l4 = l4,
+	};
+	if (bpf_map_update_elem(&sd_conns, key, &c, BPF_ANY)) {
+		sd__count(SD_STAT_CONN_FULL, 1);
+		return NULL;
+	}
+	struct sdc_conn *cp = bpf_map_lookup_elem(&sd_conns, key);
+	if (!cp)
+		return NULL;
+
+	struct andon_sd_open *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
+	if (!r) {
+		sd__count(SD_STAT_DROPS, 1);
+		return cp;
+	}
+	sd__header(&r->h, SD_REC_OPEN, pid_tgid, key->fd, cp);
+	r->family = family;
+	r->l4 = l4;
+	r->origin = origin;
+	/* the socket's own addresses: right inside any network namespace */
+	r->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	r->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__builtin_memset(r->laddr, 0, sizeof(r->laddr));
+	__builtin_memset(r->raddr, 0, sizeof(r->raddr));
+	if (family == AF_INET) {
+		bpf_probe_read_kernel(r->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_probe_read_kernel(r->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_probe_read_kernel(r->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(r->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	bpf_ringbuf_submit(r, 0);
+	sd__count(SD_STAT_EVENTS, 1);
+	return cp;
+}
+
+/* connect/accept: a new connection on fd whatever was there before. */
+static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 pid_tgid)
+{
+	struct socket *so = sd__fd_socket(fd);
+	__u16 family = 0;
+	__u8 l4 = 0;
+	if (!so)
+		return;
+	struct sock *sk = sd__inet_sock(so, &family, &l4);
+	if (!sk)
+		return;
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sdc_conn *old = bpf_map_lookup_elem(&sd_conns, &key);
+	if (old)
+		sd__emit_close(old, pid_tgid, fd, SD_CLOSE_REUSED);
+	sd__conn_new(&key, sk, family, l4, role, origin, pid_tgid);
+}
+
+static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
+{
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	if (!c)
+		return;
+	sd__emit_close(c, pid_tgid, fd, SD_CLOSE_SYSCALL);
+	bpf_map_delete_elem(&sd_conns, &key);
+}
+
+/* ---- copying the bytes -------------------------------------------------------------- */
+
+/* the syscall's arguments, as the global functions below take them */
+struct sdc_args {
+	__u64 a[6];
+};
+
+/* Copy up to want bytes spread over an iovec array in user memory into s->buf. */
+static __always_inline __u32 sd__copy_iov(struct sdc_scratch *s, const struct iovec *iov, __u64 cnt, __u32 want)
+{
+	__u32 off = 0;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < SD_IOV_MAX; i++) {
+		if (i >= cnt || off >= want)
+			break;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+			break;
+		__u64 l = v.iov_len;
+		if (l > want - off)
+			l = want - off;
+		if (l && bpf_probe_read_user(&s->buf[BOUND(off, SD_COPY_MAX - 1)], BOUND(l, 2 * SD_COPY_MAX - 1),
+					     v.iov_base)) {
+			sd__count(SD_STAT_READ_ERRORS, 1);
+			break;
+		}
+		off += l;
+	}
+	return off;
+}
+
+/* A sockaddr from user memory into the data record's peer fields (UDP datagrams). */
+static __always_inline void sd__peer(struct andon_sd_data *d, const void *uaddr, __u32 len)
+{
+	if (!uaddr || len < 8)
+		return;
+	struct sockaddr_in6 sa = {};
+	bpf_probe_read_user(&sa, len < sizeof(sa) ? 8 : sizeof(sa), uaddr);
+	if (sa.sin6_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+		d->rfamily = AF_INET;
+		d->rport = bpf_ntohs(in->sin_port);
+		__builtin_memcpy(d->raddr, &in->sin_addr, 4);
+		d->flags |= SD_F_ADDR;
+	} else if (sa.sin6_family == AF_INET6 && len >= sizeof(sa)) {
+		d->rfamily = AF_INET6;
+		d->rport = bpf_ntohs(sa.sin6_port);
+		__builtin_memcpy(d->raddr, &sa.sin6_addr, 16);
+		d->flags |= SD_F_ADDR;
+	}
+}
+
+/* ---- protocol inference (the first chunks of a connection) -------------------------- */
+
+#define B(i) ((__u32)b[i])
+
+static __always_inline int sd__is_http(const __u8 *b, __u32 n, int *req)
+{
+	if (n < 8)
+		return 0;
+	if (b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.') {
+		*req = 0;
+		return 1;
+	}
+	*req = 1;
+	if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && b[3] == ' ')
+		return 1;
+	if (b[0] == 'P' && b[1] == 'U' && b[2] == 'T' && b[3] == ' ')
+		return 1;
+	if (b[0] == 'P' && b[1] == 'O' && b[2] == 'S' && b[3] == 'T' && b[4] == ' ')
+		return 1;
+	if (b[0] == 'H' && b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && b[4] == ' ')
+		return 1;
+	if (b[0] == 'P' && b[1] == 'A' && b[2] == 'T' && b[3] == 'C' && b[4] == 'H' && b[5] == ' ')
+		return 1;
+	if (b[0] == 'D' && b[1] == 'E' && b[2] == 'L' && b[3] == 'E' && b[4] == 'T' && b[5] == 'E' && b[6] == ' ')
+		return 1;
+	if (b[0] == 'O' && b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && b[4] == 'O' && b[5] == 'N' && b[6] == 'S' &&
+	    b[7] == ' ')
+		return 1;
+	return 0;
+}
+
+/* PostgreSQL (protocol 3.0, "Message Formats"): the startup message and SSLRequest are
+ * int32 length + int32 code; then typed messages: a byte tag + int32 length that
+ * counts itself but not the tag. */
+static __always_inline int sd__is_pgsql(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n < 8)
+		return 0;
+	__u32 len0 = B(0) << 24 | B(1) << 16 | B(2) << 8 | B(3);
+	__u32 code = B(4) << 24 | B(5) << 16 | B(6) << 8 | B(7);
+	*req = 1;
+	/* SSLRequest / GSSENCRequest: exactly 8 bytes */
+	if (len0 == 8 && size == 8 && (code == 80877103 || code == 80877104))
+		return 1;
+	/* StartupMessage: version 3.0, length = the whole message */
+	if (code == 0x00030000 && len0 == size && len0 < 10000)
+		return 1;
+	__u32 len1 = B(1) << 24 | B(2) << 16 | B(3) << 8 | B(4);
+	/* a simple query ('Q') or a Parse ('P') that is the whole chunk */
+	if ((b[0] == 'Q' || b[0] == 'P') && len1 >= 5 && len1 + 1 <= size && len1 < (1 << 24))
+		return len1 + 1 == size || b[0] == 'P';
+	/* the server's first answer: AuthenticationRequest ('R', ok/md5/sasl codes) */
+	if (b[0] == 'R' && len1 >= 8 && len1 < 4096 && B(5) == 0 && B(6) == 0 && B(7) == 0 && B(8) <= 12) {
+		*req = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* MySQL packets: 3-byte little-endian payload length, sequence id, payload. A command
+ * is sequence 0 with a command byte; the server's greeting is sequence 0 with
+ * protocol version 10. */
+static __always_inline int sd__is_mysql(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n < 5)
+		return 0;
+	__u32 len = B(0) | B(1) << 8 | B(2) << 16;
+	if (b[3] != 0 || len + 4 != size)
+		return 0;
+	__u8 cmd = b[4];
+	if (cmd == 0x0a && len > 40) {
+		*req = 0; /* Handshake v10 */
+		return 1;
+	}
+	*req = 1;
+	/* COM_QUIT, INIT_DB, QUERY, PING, STMT_PREPARE/EXECUTE/CLOSE/RESET */
+	if (cmd == 0x01 || cmd == 0x0e)
+		return len == 1;
+	return cmd == 0x02 || cmd == 0x03 || cmd == 0x16 || cmd == 0x17 || cmd == 0x19 || cmd == 0x1a;
+}
+
+/* Redis RESP: a request is an array of bulk strings ("*<n>\r\n$"); the first replies
+ * start with + - : $ and end with CRLF. */
+static __always_inline int sd__is_redis(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n < 4)
+		return 0;
+	if (b[0] == '*' && b[1] >= '1' && b[1] <= '9') {
+		int i = 2;
+		if (b[2] >= '0' && b[2] <= '9')
+			i = 3;
+		if (n < 8)
+			return 0;
+		*req = 1;
+		return b[i & 7] == '\r' && b[(i + 1) & 7] == '\n' && b[(i + 2) & 7] == '$';
+	}
+	if (b[0] == '+' || b[0] == '-' || b[0] == ':' || b[0] == '$') {
+		/* a whole short reply: its CRLF is the last two bytes copied */
+		if (n != size || n > 512)
+			return 0;
+		*req = 0;
+		return b[(n - 2) & (SD_COPY_MAX - 1)] == '\r' && b[(n - 1) & (SD_COPY_MAX - 1)] == '\n';
+	}
+	return 0;
+}
+
+/* DNS (RFC 1035 4.1.1) on UDP: a 12-byte header whose counts are sane. */
+static __always_inline int sd__is_dns(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n < 12 || size > 4096)
+		return 0;
+	__u32 flags = B(2) << 8 | B(3);
+	__u32 qd = B(4) << 8 | B(5), an = B(6) << 8 | B(7), ns = B(8) << 8 | B(9), ar = B(10) << 8 | B(11);
+	if (((flags >> 11) & 0xf) != 0 || (flags & 0x40)) /* standard query, Z bit zero */
+		return 0;
+	if (qd == 0 || qd > 10 || an > 128 || ns > 64 || ar > 64)
+		return 0;
+	*req = !(flags & 0x8000);
+	return 1;
+}
+
+static __always_inline __u8 sd__infer(const __u8 *b, __u32 n, __u32 size, __u8 l4, int *req)
+{
+	if (l4 == IPPROTO_UDP)
+		return sd__is_dns(b, n, size, req) ? SD_PROTO_DNS : 0;
+	if (sd__is_http(b, n, req))
+		return SD_PROTO_HTTP;
+	if (sd__is_pgsql(b, n, size, req))
+		return SD_PROTO_PGSQL;
+	if (sd__is_mysql(b, n, size, req))
+		return SD_PROTO_MYSQL;
+	if (sd__is_redis(b, n, size, req))
+		return SD_PROTO_REDIS;
+	return 0;
+}
+
+/* ---- a read or write ---------------------------------------------------------------- */
+
+/*
+ * Copy the chunk's bytes into s->buf (and a datagram's peer into the record); returns
+ * the bytes copied. A global function: the verifier checks it once, on its own, so its
+ * branches do not multiply the caller's states (the caller is big enough already).
+ */
+__noinline __u32 sd__copy(struct sdc_scratch *s, __u32 nr, struct sdc_args *r, __u32 want, __u32 l4)
+{
+	if (!s || !r)
+		return 0;
+	__u64 buf = r->a[1];
+	__u32 got = 0;
+
+	s->d.flags = 0;
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_SENDTO:
+	case NR_RECVFROM:
+		want = BOUND(want, 2 * SD_COPY_MAX - 1);
+		if (bpf_probe_read_user(s->buf, want, (void *)buf)) {
+			sd__count(SD_STAT_READ_ERRORS, 1);
+			return 0;
+		}
+		got = want;
+		if (l4 == IPPROTO_UDP && nr == NR_SENDTO) {
+			sd__peer(&s->d, (void *)r->a[4], r->a[5]);
+		} else if (l4 == IPPROTO_UDP && nr == NR_RECVFROM && r->a[4] && r->a[5]) {
+			int alen = 0;
+			bpf_probe_read_user(&alen, sizeof(alen), (void *)r->a[5]);
+			sd__peer(&s->d, (void *)r->a[4], alen);
+		}
+		break;
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+		got = sd__copy_iov(s, (const struct iovec *)buf, r->a[2], want);
+		break;
+	case NR_SENDMSG:
+	case NR_RECVMSG: {
+		struct user_msghdr mh = {};
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)buf)) {
+			sd__count(SD_STAT_READ_ERRORS, 1);
+			return 0;
+		}
+		got = sd__copy_iov(s, mh.msg_iov, mh.msg_iovlen, want);
+		if (l4 == IPPROTO_UDP)
+			sd__peer(&s->d, mh.msg_name, mh.msg_namelen);
+		break;
+	}
+	}
+	return got;
+}
+
+/* Inference on the copied bytes: protocol | is_request << 8. Global, as sd__copy. */
+__noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 n, __u32 size, __u32 l4)
+{
+	if (!s)
+		return 0;
+	int req = 0;
+	__u8 p = sd__infer(s->buf, n, size, l4, &req);
+	return p | (req ? 0x100 : 0);
+}
+
+static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid)
+{
+	long fd = (int)r->a[0];
+	__u8 dir = (nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG || nr == NR_PREADV2)
+			   ? SD_INGRESS
+			   : SD_EGRESS;
+	struct socket *so = sd__fd_socket(fd);
+	if (!so)
+		return;
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!c || c->sk != (__u64)sk) {
+		__u16 family = 0;
+		__u8 l4 = 0;
+		if (!sd__inet_sock(so, &family, &l4))
+			return;
+		if (c)
+			sd__emit_close(c, pid_tgid, fd, SD_CLOSE_REUSED);
+		c = sd__conn_new(&key, sk, family, l4, SD_ROLE_UNKNOWN, SD_ORIGIN_DATA, pid_tgid);
+		if (!c)
+			return;
+	}
+
+	__u64 size = ret;
+	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->recv, size) : __sync_fetch_and_add(&c->sent, size);
+	__u32 want = size < sd_cfg.max_copy ? size : sd_cfg.max_copy;
+	if (want > SD_COPY_MAX)
+		want = SD_COPY_MAX;
+
+	int infer = !c->protocol && c->tries < sd_cfg.infer_tries;
+	__u32 pkey = c->protocol;
+	__u32 *on = bpf_map_lookup_elem(&sd_protos, &pkey);
+	if (!infer && (!c->protocol || !on || !*on)) {
+		sd__count(SD_STAT_SKIPPED_BYTES, size);
+		sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
+		return;
+	}
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_scratch, &cpu);
+	if (!s)
+		return;
+	__u32 got = sd__copy(s, nr, r, want, c->l4);
+	if (infer) {
+		c->tries++;
+		int found = sd__infer_chunk(s, got, size, c->l4);
+		__u8 p = found & 0xff;
+		if (p) {
+			int req = found >> 8;
+			c->protocol = p;
+			/* a request written makes us the client; a request read, the server */
+			if (c->role == SD_ROLE_UNKNOWN)
+				c->role = (req == (dir == SD_EGRESS)) ? SD_ROLE_CLIENT : SD_ROLE_SERVER;
+		}
+		pkey = c->protocol;
+		on = bpf_map_lookup_elem(&sd_protos, &pkey);
+		if (!p || !on || !*on) {
+			sd__count(SD_STAT_SKIPPED_BYTES, size);
+			sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
+			return;
+		}
+	}
+	got = BOUND(got, 2 * SD_COPY_MAX - 1);
+	if (got > want)
+		got = want;
+	struct andon_sd_data *d = &s->d;
+	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
+	d->pos = pos;
+	d->size = size;
+	d->copied = got;
+	d->nr = nr;
+	d->direction = dir;
+	if (!(d->flags & SD_F_ADDR)) {
+		d->rport = 0;
+		d->rfamily = 0;
+	}
+	if (got < size) {
+		d->flags |= SD_F_TRUNCATED;
+		sd__count(SD_STAT_TRUNCATED, 1);
+	}
+	__u64 len = sizeof(struct andon_sd_data) + BOUND(got, 2 * SD_COPY_MAX - 1);
+	if (bpf_ringbuf_output(&sd_ring, d, len, 0)) {
+		sd__count(SD_STAT_DROPS, 1);
+		sd__count(SD_STAT_DROPPED_BYTES, size);
+		return;
+	}
+	sd__count(SD_STAT_EVENTS, 1);
+}
+
+static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	switch (nr) {
+	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDTO: case NR_RECVFROM:
+	case NR_SENDMSG: case NR_RECVMSG: case NR_PREADV2: case NR_PWRITEV2: case NR_CLOSE:
+	case NR_CONNECT: case NR_ACCEPT: case NR_ACCEPT4:
+		break;
+	default:
+		return 0;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!sd_cfg.trace_self && (__u32)(pid_tgid >> 32) == sd_cfg.self_tgid)
+		return 0;
+	/* int $0x80 from a 64-bit task uses i386 numbers: not ours */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, thread_info.status) & TS_COMPAT)
+		return 0;
+
+	struct pt_regs pr;
+	bpf_probe_read_kernel(&pr, sizeof(pr), regs);
+	struct sdc_args r = {.a = {pr.di, pr.si, pr.dx, pr.r10, pr.r8, pr.r9}};
+	switch (nr) {
+	case NR_CLOSE:
+		if (ret == 0)
+			sd__on_close((int)r.a[0], pid_tgid);
+		return 0;
+	case NR_CONNECT:
+		if (ret == 0 || ret == -EINPROGRESS)
+			sd__on_conn((int)r.a[0], SD_ROLE_CLIENT, SD_ORIGIN_CONNECT, pid_tgid);
+		return 0;
+	case NR_ACCEPT:
+	case NR_ACCEPT4:
+		if (ret >= 0)
+			sd__on_conn(ret, SD_ROLE_SERVER, SD_ORIGIN_ACCEPT, pid_tgid);
+		return 0;
+	}
+	if (ret > 0)
+		sd__on_data(nr, &r, ret, pid_tgid);
+	return 0;
+}
+
+/* Two entry points for one body; the loader loads one of them: tp_btf where it loads
+ * (no copy of the raw tracepoint's arguments), raw_tp where it does not. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sockdata_exit_btf, struct pt_regs *regs, long ret)
+{
+	return sd__sys_exit(regs, ret);
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(sockdata_exit_raw, struct pt_regs *regs, long ret)
+{
+	return sd__sys_exit(regs, ret);
+}

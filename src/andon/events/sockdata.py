@@ -1,0 +1,337 @@
+"""The socket data source: load ``net/sockdata.bpf.o``, read its ring, decode its records.
+
+What the kernel side captures, and how, is told in ``bpf/net/sockdata.bpf.c``; the wire
+structs are ``bpf/abi/sockdata.h``, mirrored here field by field (the struct formats
+below; ``tests/kernel/test_sockdata.py`` checks them against the BTF of the built
+object). The source yields three kinds of record, in ring order::
+
+    ConnOpen   a connection was seen (connect, accept, or its first read/write)
+    Data       one read/write of a connection whose protocol is switched on
+    ConnClose  close(2) of it, with the bytes sent and received while traced
+
+Each :class:`Data` carries its byte position in its direction; the source keeps the
+next expected position per connection and direction and puts the difference in
+``gap`` (bytes lost before this chunk: ring full, chunks before the protocol was
+known), so :meth:`Data.chunk` gives the parsers a :class:`~andon.protocols.base.DataChunk`
+that says what is missing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..bpf.object import BpfObject, Link
+from ..bpf.ringbuf import page_aligned_size
+from ..bpf.varring import VarRingReader
+from ..errors import BpfError, NotSupported, PermissionDenied, UsageError
+from ..protocols.base import DataChunk, Direction, Protocol, Role
+from .live import boot_offset_ns, default_bpf_dir, possible_cpus
+
+log = logging.getLogger("andon.sockdata")
+
+COPY_MAX = 16384  # SD_COPY_MAX
+PROTO_MAX = 16  # SD_PROTO_MAX
+
+REC_OPEN, REC_DATA, REC_CLOSE = 1, 2, 3
+ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
+CLOSE_SYSCALL, CLOSE_REUSED = 1, 2
+F_TRUNCATED, F_ADDR, F_ENCRYPTED = 0x01, 0x02, 0x04
+AF_INET, AF_INET6 = 2, 10
+
+# struct andon_sd_hdr: type role protocol pid tid fd ts conn_id
+HDR = struct.Struct("<HBBIIiQQ")
+# struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm
+OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s".replace(" ", ""))
+# struct andon_sd_data: hdr pos size copied nr direction flags rport rfamily raddr, then data[]
+DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
+# struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
+CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
+# struct andon_sd_config: self_tgid max_copy infer_tries trace_self
+CONFIG = struct.Struct("<IIII")
+
+# field names in C order, for the ABI test and for readers of this file
+HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
+OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm")
+DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
+CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
+CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self")
+
+STAT_NAMES = (
+    "events",
+    "drops",
+    "skipped_bytes",
+    "skipped_chunks",
+    "truncated",
+    "read_errors",
+    "conn_full",
+    "dropped_bytes",
+)
+
+# the protocols the kernel can infer (bpf/net/sockdata.bpf.c, sd__infer)
+INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == AF_INET6:
+        a = ipaddress.IPv6Address(raw)
+        return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+    return ""
+
+
+@dataclass(slots=True)
+class ConnOpen:
+    conn_id: int
+    pid: int
+    tid: int
+    fd: int
+    ts_ns: int  # wall clock
+    role: Role
+    family: int  # AF_INET / AF_INET6
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    l4: int  # 6 TCP, 17 UDP
+    netns: int  # inode of the socket's network namespace
+    origin: int  # ORIGIN_CONNECT / ORIGIN_ACCEPT / ORIGIN_DATA
+    comm: str
+
+
+@dataclass(slots=True)
+class Data:
+    conn_id: int
+    pid: int
+    tid: int
+    fd: int
+    ts_ns: int  # wall clock at syscall exit
+    direction: Direction
+    protocol: Protocol
+    role: Role
+    data: bytes  # the copied prefix of what the syscall moved
+    size: int  # what the syscall moved
+    pos: int  # bytes of this direction before this chunk
+    gap: int = 0  # bytes of this direction lost just before this chunk
+    nr: int = 0  # syscall number
+    flags: int = 0
+    peer: tuple[str, int] | None = None  # a UDP datagram's remote address and port
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.data)
+
+    def chunk(self) -> DataChunk:
+        return DataChunk(self.ts_ns, self.direction, self.data, self.size, self.gap)
+
+
+@dataclass(slots=True)
+class ConnClose:
+    conn_id: int
+    pid: int
+    tid: int
+    fd: int
+    ts_ns: int
+    role: Role
+    protocol: Protocol
+    bytes_sent: int
+    bytes_recv: int
+    reason: int  # CLOSE_SYSCALL / CLOSE_REUSED
+
+
+Record = ConnOpen | Data | ConnClose
+
+
+@dataclass(frozen=True)
+class SockSettings:
+    """What the socket data source captures. ``protocols``: whose data crosses to Python."""
+
+    protocols: frozenset[Protocol] = INFERRED
+    max_copy: int = 4096  # bytes copied per syscall
+    ring_bytes: int = 8 << 20
+    infer_tries: int = 4  # chunks looked at before a connection is given up as unknown
+    trace_self: bool = False  # also trace this process (tests do; the agent must not)
+    bpf_dir: Path = field(default_factory=default_bpf_dir)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_copy <= COPY_MAX:
+            raise UsageError(f"max_copy must be 1..{COPY_MAX} bytes, not {self.max_copy}")
+        if not 1 <= self.infer_tries <= 255:
+            raise UsageError(f"infer_tries must be 1..255, not {self.infer_tries}")
+        unknown = [p for p in self.protocols if Protocol(p) not in INFERRED]
+        if unknown:
+            names = ", ".join(Protocol(p).name.lower() for p in unknown)
+            raise UsageError(f"the kernel cannot recognise {names}; known: "
+                             + ", ".join(sorted(p.name.lower() for p in INFERRED)))
+
+
+def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
+    """One ring record -> a record object; None for a record too short or of unknown type."""
+    if len(rec) < HDR.size:
+        return None
+    typ, role, proto, pid, tid, fd, ts, conn_id = HDR.unpack_from(rec)
+    ts += boot_offset
+    if typ == REC_DATA and len(rec) >= DATA.size:
+        f = DATA.unpack_from(rec)
+        pos, size, copied, nr, direction, flags, rport, rfamily, raddr = f[8:]
+        data = rec[DATA.size : DATA.size + copied]
+        peer = (_addr(rfamily, raddr), rport) if flags & F_ADDR else None
+        return Data(conn_id, pid, tid, fd, ts, Direction(direction), _proto(proto), _role(role), data, size, pos,
+                    0, nr, flags, peer)
+    if typ == REC_OPEN and len(rec) >= OPEN.size:
+        family, l4, lport, rport, laddr, raddr, netns, origin, comm = OPEN.unpack_from(rec)[8:]
+        return ConnOpen(conn_id, pid, tid, fd, ts, _role(role), family, _addr(family, laddr), lport,
+                        _addr(family, raddr), rport, l4, netns, origin,
+                        comm.split(b"\0", 1)[0].decode(errors="replace"))
+    if typ == REC_CLOSE and len(rec) >= CLOSE.size:
+        sent, recv, reason, _ = CLOSE.unpack_from(rec)[8:]
+        return ConnClose(conn_id, pid, tid, fd, ts, _role(role), _proto(proto), sent, recv, reason)
+    return None
+
+
+def _role(v: int) -> Role:
+    return Role(v) if v in (0, 1, 2) else Role.UNKNOWN
+
+
+def _proto(v: int) -> Protocol:
+    try:
+        return Protocol(v)
+    except ValueError:
+        return Protocol.UNKNOWN
+
+
+class SockSource:
+    """Owns the loaded object, its link and the ring reader; close() releases all."""
+
+    def __init__(self, settings: SockSettings | None = None) -> None:
+        self.settings = settings or SockSettings()
+        self.boot_offset = boot_offset_ns()
+        self.hook = ""
+        self._prog = ""
+        self.reader: VarRingReader | None = None
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._ncpu = possible_cpus()
+        # (conn_id, direction) -> next expected byte position
+        self._next: dict[tuple[int, int], int] = {}
+        self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
+        self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
+
+    def start(self) -> None:
+        if os.geteuid() != 0:
+            raise PermissionDenied("the socket data sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
+        ring = page_aligned_size(self.settings.ring_bytes)
+        cfg = CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
+                          int(self.settings.trace_self))
+        try:
+            errors: list[str] = []
+            for prog, hook in (("sockdata_exit_btf", "tp_btf/sys_exit"), ("sockdata_exit_raw", "raw_tp/sys_exit")):
+                obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
+                try:
+                    for p in obj.programs():
+                        p.autoload = p.name == prog
+                    obj.set_rodata(cfg)
+                    obj.set_max_entries("sd_ring", ring)
+                    obj.set_max_entries("sd_scratch", self._ncpu)
+                    obj.load()
+                except (BpfError, NotSupported) as e:
+                    obj.close()
+                    errors.append(f"{hook}: {e}")
+                    log.info("%s unavailable (%s)", hook, e)
+                    continue
+                self._obj, self.hook, self._prog = obj, hook, prog
+                break
+            if self._obj is None:
+                raise NotSupported("socket data capture",
+                                   "neither tp_btf nor raw_tp on sys_exit loads here: " + "; ".join(errors))
+            self.set_protocols(self.settings.protocols)
+            self._links.append(self._obj.program(self._prog).attach())
+            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_protocols(self, protocols: Iterable[Protocol]) -> None:
+        """Switch on exactly these protocols' data; takes effect at the next syscall."""
+        assert self._obj is not None, "start() first"
+        on = {int(p) for p in protocols}
+        m = self._obj.map("sd_protos")
+        for p in range(PROTO_MAX):
+            m.update(p.to_bytes(4, "little"), (1 if p in on else 0).to_bytes(4, "little"))
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self, timeout: float = 0.1) -> Iterator[Record]:
+        """Wait up to ``timeout`` for records, then yield what is there, decoded."""
+        assert self.reader is not None, "start() first"
+        if not self.reader.wait(timeout):
+            return
+        for raw in self.reader.read():
+            rec = decode(raw, self.boot_offset)
+            if rec is None:
+                self.undecodable += 1
+                continue
+            if isinstance(rec, Data):
+                key = (rec.conn_id, int(rec.direction))
+                expect = self._next.get(key)
+                if expect is None:
+                    expect = 0
+                if rec.pos > expect:
+                    rec.gap = rec.pos - expect
+                    self.gap_bytes += rec.gap
+                self._next[key] = rec.pos + rec.size
+            elif isinstance(rec, ConnClose):
+                self._next.pop((rec.conn_id, 0), None)
+                self._next.pop((rec.conn_id, 1), None)
+            yield rec
+
+    def drain(self, until: float, stop=None) -> list[Record]:
+        """Read until ``time.monotonic() >= until`` or ``stop(records)`` is true."""
+        out: list[Record] = []
+        while time.monotonic() < until:
+            out.extend(self.read(0.05))
+            if stop is not None and stop(out):
+                break
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Kernel counters summed over CPUs, and the reader's own."""
+        out = dict.fromkeys(STAT_NAMES, 0)
+        if self._obj is not None:
+            m = self._obj.map("sd_stats")
+            for idx, name in enumerate(STAT_NAMES):
+                raw = m.lookup(idx.to_bytes(4, "little"), 8 * self._ncpu)
+                if raw:
+                    out[name] = int(np.frombuffer(raw, dtype="<u8").sum())
+        out["undecodable"] = self.undecodable
+        out["gap_bytes"] = self.gap_bytes
+        return out
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        for link in reversed(self._links):
+            link.destroy()
+        self._links.clear()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> SockSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["SockSource", "SockSettings", "ConnOpen", "Data", "ConnClose", "decode", "Record"]
