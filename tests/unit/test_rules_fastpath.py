@@ -223,3 +223,66 @@ def test_batches_decode_as_records(tmp_path: Path) -> None:
         for arr, big in r.batches(chunk=4096):
             got.extend(decode_batch(arr, 0) if arr is not None else [decode_record(big, 0)])
     assert got == one and len(got) == len(evs)
+
+
+def _state_stream() -> tuple[list[Event], dict]:
+    """Opens the lean path must decline or get exactly right: relative to the cwd and to a
+    dirfd (an alert only the resolved name shows), by a pid nobody has seen, and older than
+    a /proc read (the snapshot's pid 300 was read at ``late``)."""
+    from andon.app.enrich import Tracker
+
+    c = Clock()
+    t0 = c.t
+    late = t0 + 50_000
+    seed = Tracker(offline=True)
+    seed.table.apply(execve(c(), 300, "cat", "/usr/bin/cat", ["cat"]))
+    seed.table.apply(execve(c(), 301, "cat", "/usr/bin/cat", ["cat"]))
+    seed.table.apply(opener(c(), 301, "cat", "openat", "/etc", O_DIRECTORY, 9))
+    seed.table.get(300).proc_ts = late
+    snap = seed.snapshot()
+    evs: list[Event] = []
+    for pid in (300, 301, 9999):
+        for name in ("open", "openat", "openat2", "creat"):
+            for path in ("/etc/shadow", "/etc/hostname", "shadow", "../etc/shadow", "/tmp/x", "/etc//shadow"):
+                for flags in (O_RDONLY, O_WRONLY | O_TRUNC, O_DIRECTORY):
+                    for ret in (3, -13):
+                        evs.append(opener(c(), pid, "cat", name, path, flags, ret))
+                        if ret >= 0:
+                            evs.append(sysc(c(), "close", pid, "cat", 0, [3, 0, 0, 0, 0, 0]))
+        # relative to the dirfd of /etc: fd.name /etc/shadow, the rule fires
+        evs.append(sysc(c(), "openat", pid, "cat", 4, [9, 0, O_RDONLY, 0, 0, 0], ("shadow",)))
+        evs.append(sysc(c(), "openat", pid, "cat", 5, [9, 0, O_RDONLY, 0, 0, 0], ("hostname",)))
+    assert any(e.ts < late for e in evs if e.pid == 300) and any(e.ts > late for e in evs if e.pid == 300)
+    return evs, snap
+
+
+@pytest.mark.parametrize("batch", [7, 4096])
+def test_fast_paths_leave_the_same_state(batch: int) -> None:
+    """_handle_batch with and without the fast paths: same alerts, rule counts, evt.num and
+    process and fd tables, batch by batch."""
+    from andon.app.enrich import Tracker
+    from andon.app.stream import Counts
+
+    evs, snap = _state_stream()
+    recs = np.frombuffer(b"".join(encode_record(e) for e in evs), dtype=EVENT_DTYPE)
+    out = []
+    for fast in (False, True):
+        ch = Collect()
+        cfg = AgentConfig(rules_files=(STABLE,), watch_config_files=False, rule_matching="all")
+        agent = Agent(cfg, ch, rules_paths=[STABLE], status=open("/dev/null", "w"))
+        agent.fast_paths = fast
+        tracker = Tracker(offline=True, snapshot=snap)
+        counts = Counts()
+        for i in range(0, len(recs), batch):
+            assert not agent._handle_batch(recs[i : i + batch], tracker, 0, counts, None)
+        rule_counts = {k: (v.evaluated, v.matched) for k, v in agent.engine.counts.items()}
+        out.append((ch.alerts, rule_counts, tracker.nevents, counts.seen, tracker.snapshot()))
+    slow, fast_ = out
+    assert fast_[0] == slow[0]
+    assert fast_[1] == slow[1]
+    assert fast_[2] == slow[2] == fast_[3] == len(evs)
+    assert fast_[4] == slow[4]
+    # the stream exercises what it is for: the dirfd-relative read of shadow alerts for every
+    # pid, and the stale pid's reads before its /proc read are evaluated too
+    outputs = [o for r, o in slow[0] if r == "Read sensitive file untrusted"]
+    assert sum("file=/etc/shadow" in o for o in outputs) >= 3 * 4, outputs[:3]

@@ -294,3 +294,63 @@ def test_fdinfo_roundtrip():
                 cip="1.1.1.1", cport=1, sip="2.2.2.2", sport=2, connected=True)  # fmt: skip
     back = FdInfo.from_dict(fi.to_dict())
     assert back.to_dict() == fi.to_dict() and back.cloexec
+
+
+# -- the raw-record path (the agent's lean opens) ----------------------------------------
+def test_apply_open_from_raw_values_makes_what_apply_makes():
+    """open_args + ProcessTable.apply_open give the fd entry that apply(Event) gives, for
+    every path open call, every way a dirfd arrives, and flag bits above 32."""
+    import numpy as np
+
+    from andon.events.schema import EVENT_DTYPE, encode_record
+    from andon.state.fd import OPEN_PATH_NRS, open_args
+
+    assert OPEN_PATH_NRS == {BY_NAME[n].nr for n in ("open", "openat", "openat2", "creat")}
+    high = 1 << 40
+    cases = []
+    for flags in (0, 1, 2 | 0o1000, O_DIRECTORY, O_DIRECTORY | 0o20000000, O_CLOEXEC | 0o100, high | 1):
+        for path in ("/etc/shadow", "rel/x.conf", "../up", "/a//b/./c", ""):
+            for dirfd in (AT_FDCWD64, AT_FDCWD32, 7):  # 7: /var/lib, opened below
+                cases.append(("openat", 3, (dirfd, 0, flags), path))
+                cases.append(("openat2", 4, (dirfd, 0, flags), path))
+            cases.append(("open", 5, (0, flags), path))
+    cases.append(("creat", 6, (0, 0o644), "/tmp/new"))
+    cases.append(("openat", -2, (AT_FDCWD64, 0, 0), "/missing"))
+    checked = 0
+    for name, ret, args, path in cases:
+        slow = ProcessTable(StateSettings(proc_root=None))
+        fast = ProcessTable(StateSettings(proc_root=None))
+        for t in (slow, fast):
+            t.apply(exec_ev(cwd="/srv/app"))
+            t.apply(sc("openat", 7, AT_FDCWD64, 0, O_DIRECTORY, strings=("/var/lib",)))
+        ev = sc(name, ret, *args, strings=(path,))
+        slow.apply(ev)
+        rec = np.frombuffer(encode_record(ev), dtype=EVENT_DTYPE)
+        dirfd, flags = open_args(rec["nr"], rec["args"])
+        assert fast.apply_open(PID, ev.ts, ret, int(dirfd[0]), int(flags[0]), path)
+        got, want = fast.get(PID), slow.get(PID)
+        assert got.fds.to_list() == want.fds.to_list(), (name, args, path)
+        assert got.last_seen == want.last_seen == ev.ts
+        if ret >= 0:
+            checked += 1
+            assert got.fds.get(ret) is not None
+    assert checked > 200
+    # openat keeps 32 flag bits, openat2 all of them (open_how.flags)
+    rec = np.frombuffer(encode_record(sc("openat", 3, AT_FDCWD64, 0, high | 1, strings=("/x",))), dtype=EVENT_DTYPE)
+    assert open_args(rec["nr"], rec["args"])[1].tolist() == [1]
+    rec = np.frombuffer(encode_record(sc("openat2", 3, AT_FDCWD64, 0, high | 1, strings=("/x",))), dtype=EVENT_DTYPE)
+    assert open_args(rec["nr"], rec["args"])[1].tolist() == [high | 1]
+
+
+def test_apply_open_declines_what_it_cannot_do_alone():
+    t = ProcessTable(StateSettings(proc_root=None))
+    assert not t.apply_open(PID, 5, 3, -100, 0, "/x")  # unknown pid: the caller needs the Event
+    t.apply(exec_ev(cwd="/srv"))
+    p = t.get(PID)
+    p.proc_ts = 10**15  # /proc read after the events below
+    assert t.apply_open(PID, 10**15 - 1, 3, -100, 0, "/old")  # older than the read: nothing to do
+    assert p.fds.get(3) is None
+    assert not t.apply_open(PID, 10**15 - 1, 3, -100, 0, "/old", fresh=True)  # wants the entry it would make
+    assert t.apply_open(PID, 10**15 - 1, -2, -100, 0, "/old", fresh=True)  # a failed open makes none anyway
+    assert t.apply_open(PID, 10**15 + 1, 3, -100, 0, "/new", fresh=True)
+    assert p.fds.get(3).name == "/new" and p.last_seen == 10**15 + 1
