@@ -1,0 +1,281 @@
+"""The ``px`` module as andon provides it: column functions, aggregates, time helpers.
+
+Functions take column expressions (:class:`~andon.query.plan.Expr`) or plain values; on
+plain values most compute in Python (``px.DurationNanos(10 * ns_per_s)`` is a number),
+on columns they build SQL. Kubernetes lookups (``px.ip_to_pod_id``...) have nothing to
+look up on one host: they return '' so Pixie's "is it a pod?" branches take the IP path.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .plan import AGGREGATES, BOOL, FLOAT, INT, STR, TIME, Expr, Frame, QueryError, lit, lit_type, q
+
+NS = {"nanoseconds": 1, "microseconds": 10**3, "milliseconds": 10**6, "seconds": 10**9, "minutes": 60 * 10**9,
+      "hours": 3600 * 10**9, "days": 86400 * 10**9}
+
+
+def as_expr(v: object) -> Expr:
+    if isinstance(v, Expr):
+        return v
+    return Expr(lit(v), lit_type(v), frozenset(), None)
+
+
+def frame_of(*vals: object) -> Frame | None:
+    for v in vals:
+        if isinstance(v, Expr) and v.frame is not None:
+            return v.frame
+    return None
+
+
+def combine(sql: str, typ: str | None, *vals: object) -> Expr:
+    cols: frozenset[str] = frozenset()
+    for v in vals:
+        if isinstance(v, Expr):
+            cols |= v.cols
+    return Expr(sql, typ, cols, frame_of(*vals))
+
+
+# ---- df.ctx[...] ------------------------------------------------------------------------
+
+def _entity(frame: Frame) -> str:
+    return f"(CASE WHEN {q('container_name')} <> '' THEN {q('container_name')} ELSE {q('comm')} END)"
+
+
+# ctx key -> (columns it needs, SQL, type). pod/service: the container's name, else the process name.
+CTX = {
+    "pid": (("pid",), q("pid"), INT),
+    "upid": (("upid",), q("upid"), STR),
+    "cmd": (("comm",), q("comm"), STR),
+    "cmdline": (("comm",), q("comm"), STR),
+    "comm": (("comm",), q("comm"), STR),
+    "container": (("container_name",), q("container_name"), STR),
+    "container_name": (("container_name",), q("container_name"), STR),
+    "container_id": (("container_id",), q("container_id"), STR),
+    "pod_id": (("container_id",), q("container_id"), STR),
+    "service_id": (("container_id",), q("container_id"), STR),
+    "pod": (("container_name", "comm"), None, STR),
+    "pod_name": (("container_name", "comm"), None, STR),
+    "service": (("container_name", "comm"), None, STR),
+    "service_name": (("container_name", "comm"), None, STR),
+    "deployment": (("container_name", "comm"), None, STR),
+    "deployment_name": (("container_name", "comm"), None, STR),
+    "namespace": ((), "''", STR),
+    "node": ((), None, STR),
+    "node_name": ((), None, STR),
+    "hostname": ((), None, STR),
+}
+
+
+def ctx_column(frame: Frame, key: object) -> Expr:
+    if not isinstance(key, str) or key not in CTX:
+        raise QueryError(f"ctx[{key!r}] is not known", hint=f"andon knows ctx[...] for: {', '.join(sorted(CTX))}")
+    need, sql, typ = CTX[key]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise QueryError(f"ctx[{key!r}] needs column {missing[0]!r}, which this DataFrame no longer has",
+                         hint="use df.ctx[...] before groupby/drop, as in Pixie")
+    if sql is None:
+        sql = lit(socket.gethostname()) if not need else _entity(frame)
+    return Expr(sql, typ, frozenset(need), frame)
+
+
+class Ctx:
+    """``df.ctx``: subscript it with a key."""
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+
+
+# ---- builtins ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    fn: Callable
+    nargs: tuple[int, int]  # min, max positional
+    kwargs: tuple[str, ...] = ()
+
+
+def _need_str(name: str, v: object) -> str:
+    if not isinstance(v, str):
+        raise QueryError(f"px.{name}() needs a string here, not {type(v).__name__}")
+    return v
+
+
+def _str_fn(sqlf: Callable[..., str], pyf: Callable, typ: str):
+    def f(*args):
+        if not any(isinstance(a, Expr) for a in args):
+            return pyf(*args)
+        return combine(sqlf(*(as_expr(a).sql for a in args)), typ, *args)
+    return f
+
+
+def _contains(s, sub):
+    return _str_fn(lambda a, b: f"contains({a}, {b})", lambda a, b: b in a, BOOL)(s, sub)
+
+
+def _select(cond, a, b):
+    if not isinstance(cond, Expr):
+        return a if cond else b
+    ta = a.typ if isinstance(a, Expr) else lit_type(a)
+    tb = b.typ if isinstance(b, Expr) else lit_type(b)
+    return combine(f"(CASE WHEN {cond.sql} THEN {as_expr(a).sql} ELSE {as_expr(b).sql} END)", ta or tb, cond, a, b)
+
+
+def _bin(v, size):
+    if isinstance(size, Expr):
+        raise QueryError("px.bin() needs a fixed bin size, not a column")
+    if not isinstance(size, int) or size <= 0:
+        raise QueryError(f"px.bin() needs a positive integer bin size, not {size!r}")
+    if not isinstance(v, Expr):
+        return v - v % size
+    e = as_expr(v)
+    return combine(f"({e.sql} - ({e.sql} % {size}))", e.typ if e.typ in (TIME, INT) else INT, v)
+
+
+def _duration(v):
+    if isinstance(v, Expr):
+        return combine(f"CAST({v.sql} AS BIGINT)", INT, v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise QueryError(f"px.DurationNanos() needs a number, not {v!r}")
+    return int(v)
+
+
+def _identity_num(name):
+    def f(v):
+        if isinstance(v, Expr) or isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+        raise QueryError(f"px.{name}() needs a number, not {v!r}")
+    return f
+
+
+def _math(name, sqlname, pyf, typ):
+    def f(v):
+        if isinstance(v, Expr):
+            return combine(f"{sqlname}({v.sql})", typ, v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise QueryError(f"px.{name}() needs a number, not {v!r}")
+        return pyf(v)
+    return f
+
+
+def _json_path(key: str) -> str:
+    return lit('$."' + key.replace('"', '\\"') + '"')
+
+
+def _pluck(kind):
+    def f(v, key):
+        key = _need_str("pluck", key)
+        e = as_expr(v)
+        s = f"json_extract_string({e.sql}, {_json_path(key)})"
+        if kind == "float":
+            return combine(f"COALESCE(TRY_CAST({s} AS DOUBLE), 0.0)", FLOAT, v)
+        if kind == "int":
+            return combine(f"COALESCE(TRY_CAST({s} AS BIGINT), 0)", INT, v)
+        return combine(f"COALESCE({s}, '')", STR, v)
+    return f
+
+
+def _upid_part(idx):
+    def f(v):
+        if isinstance(v, str):
+            parts = v.split(":")
+            return int(parts[idx]) if len(parts) == 3 and parts[idx].isdigit() else 0
+        e = as_expr(v)
+        return combine(f"COALESCE(TRY_CAST(split_part({e.sql}, ':', {idx + 1}) AS BIGINT), 0)", INT, v)
+    return f
+
+
+def _upid_to(key):
+    def f(v):
+        if not isinstance(v, Expr) or v.frame is None:
+            raise QueryError(f"px.upid_to_{key}() needs the upid column of a DataFrame")
+        return ctx_column(v.frame, key)
+    return f
+
+
+def _empty(*_a):
+    return ""
+
+
+def _first(v, *_rest):
+    return v
+
+
+def _equals_any(v, values):
+    if not isinstance(values, (list, tuple)):
+        raise QueryError("px.equals_any() needs a list of values")
+    if not isinstance(v, Expr):
+        return v in values
+    if not values:
+        return as_expr(False)
+    return combine(f"({v.sql} IN ({', '.join(lit(x) for x in values)}))", BOOL, v)
+
+
+def _substring(s, pos, length):
+    if not isinstance(s, Expr):
+        return s[pos:pos + length]
+    return combine(f"substr({s.sql}, {as_expr(pos).sql} + 1, {as_expr(length).sql})", STR, s, pos, length)
+
+
+def make_px(now_ns: int) -> dict[str, object]:
+    fns: dict[str, object] = {}
+
+    def add(name, fn, lo, hi=None, kwargs=()):
+        fns[name] = Builtin(name, fn, (lo, lo if hi is None else hi), tuple(kwargs))
+
+    add("now", lambda: now_ns, 0)
+    for unit, mult in NS.items():
+        add(unit, (lambda m: lambda n: _duration(n * m) if not isinstance(n, Expr) else
+                   combine(f"({n.sql} * {m})", INT, n))(mult), 1)
+    add("DurationNanos", _duration, 1)
+    add("Bytes", _identity_num("Bytes"), 1)
+    add("Percent", _identity_num("Percent"), 1)
+    add("Time", _identity_num("Time"), 1)
+    add("time_to_int64", _identity_num("time_to_int64"), 1)
+    add("int64_to_time", lambda v: combine(v.sql, TIME, v) if isinstance(v, Expr) else v, 1)
+    add("bin", _bin, 2)
+    add("floor", _math("floor", "floor", math.floor, FLOAT), 1)
+    add("ceil", _math("ceil", "ceil", math.ceil, FLOAT), 1)
+    add("round", _math("round", "round", round, FLOAT), 1)
+    add("abs", _math("abs", "abs", abs, None), 1)
+    add("log", _math("log", "ln", math.log, FLOAT), 1)
+    add("contains", _contains, 2)
+    add("length", _str_fn(lambda a: f"length({a})", len, INT), 1)
+    add("toupper", _str_fn(lambda a: f"upper({a})", str.upper, STR), 1)
+    add("tolower", _str_fn(lambda a: f"lower({a})", str.lower, STR), 1)
+    add("trim", _str_fn(lambda a: f"trim({a})", str.strip, STR), 1)
+    add("find", _str_fn(lambda a, b: f"(strpos({a}, {b}) - 1)", lambda a, b: a.find(b), INT), 2)
+    add("substring", _substring, 3)
+    add("select", _select, 3)
+    add("equals_any", _equals_any, 2)
+    add("pluck", _pluck("str"), 2)
+    add("pluck_float64", _pluck("float"), 2)
+    add("pluck_int64", _pluck("int"), 2)
+    add("upid_to_pid", _upid_part(1), 1)
+    add("upid_to_asid", _upid_part(0), 1)
+    for key in ("pod_name", "service_name", "container_name", "container_id", "cmdline", "node_name",
+                "namespace", "pod_id", "service_id", "hostname"):
+        add(f"upid_to_{key}", _upid_to(key), 1)
+    for name in ("ip_to_pod_id", "pod_id_to_pod_name", "pod_id_to_service_name", "pod_id_to_namespace",
+                 "pod_id_to_node_name", "pod_name_to_service_name", "service_id_to_service_name",
+                 "pod_id_to_service_id", "ip_to_service_id"):
+        add(name, _empty_expr, 1)
+    add("nslookup", _first, 1)
+    add("script_reference", _first, 2, 3)
+    fns.update(AGGREGATES)
+    # annotation-only names, usable as values too (px.Service is a string type in Pixie)
+    for t in ("Service", "Pod", "Namespace", "Node", "Container", "UPID"):
+        fns[t] = Builtin(t, lambda v: str(v), (1, 1))
+    return fns
+
+
+def _empty_expr(v):
+    if isinstance(v, Expr):
+        return combine("''", STR, v)
+    return ""
