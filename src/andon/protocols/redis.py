@@ -1,0 +1,330 @@
+"""Redis RESP2 and RESP3: commands and replies paired in order into ``redis_events`` records.
+
+Requests are arrays of bulk strings or inline commands (``PING\\r\\n``); replies are any RESP2
+type (simple string, error, integer, bulk string, array) or RESP3 type (null, boolean,
+double, big number, blob error, verbatim string, map, set, attribute, push). Pipelines pair
+first in, first out (Pixie pairs each reply with the latest earlier request, which
+mis-pairs pipelines; we do not). Published messages (``message``/``pmessage``/``smessage``
+arrays from the server, RESP2 or RESP3 push) become records of their own with
+``req_cmd = "PUSH PUB"`` and latency 0, as in Pixie's stitcher; (un)subscribe
+confirmations answer the (UN)SUBSCRIBE that asked for them (one record per command, the
+further per-channel confirmations are counted frames).
+
+Formats follow Pixie's ``redis/parse.cc`` and ``formatting.cc``: a bulk string is its text,
+null is ``<NULL>``, a null array ``[NULL]``, an error keeps its ``-`` prefix, an array is a
+compact JSON array of its elements' texts. ``req_cmd`` is the upper-cased command name (two
+words for container commands such as ``CONFIG GET``); ``req_args`` is a JSON object named
+after the arguments for the common commands in ``_ARGS`` (Pixie has the full command table;
+we cover the usual ones), and the JSON array of arguments otherwise.
+
+Role.UNKNOWN: a direction starting with an array of bulk strings or an inline command word
+carries requests; one starting with a reply type marker carries replies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from andon.protocols.base import DataChunk, Protocol
+from andon.protocols.stream import Side, StreamParser, bound, latency
+
+MAX_DEPTH = 16
+MAX_ELEMENTS = 1 << 20
+MAX_INLINE = 64 * 1024
+_NEED = object()
+_BAD = object()
+_MARKERS = b"+-:$*_,#(!=%~>|"
+_CONTAINER = {
+    "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY",
+    "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
+}
+# argument names from the Redis command reference: a plain name is one argument, a name
+# ending in "..." takes the rest as a list, "[name]" is optional
+_ARGS: dict[str, tuple[str, ...]] = {
+    "GET": ("key",), "GETDEL": ("key",), "INCR": ("key",), "DECR": ("key",), "TTL": ("key",),
+    "PTTL": ("key",), "TYPE": ("key",), "STRLEN": ("key",), "PERSIST": ("key",),
+    "INCRBY": ("key", "increment"), "DECRBY": ("key", "decrement"), "APPEND": ("key", "value"),
+    "EXPIRE": ("key", "seconds"), "PEXPIRE": ("key", "milliseconds"), "SETNX": ("key", "value"),
+    "DEL": ("key...",), "EXISTS": ("key...",), "UNLINK": ("key...",), "MGET": ("key...",),
+    "HGET": ("key", "field"), "HDEL": ("key", "field..."), "HGETALL": ("key",), "HKEYS": ("key",),
+    "HLEN": ("key",), "HEXISTS": ("key", "field"), "LLEN": ("key",),
+    "LPUSH": ("key", "element..."), "RPUSH": ("key", "element..."), "LPOP": ("key", "[count]"),
+    "RPOP": ("key", "[count]"), "LRANGE": ("key", "start", "stop"), "LINDEX": ("key", "index"),
+    "SADD": ("key", "member..."), "SREM": ("key", "member..."), "SMEMBERS": ("key",),
+    "SCARD": ("key",), "SISMEMBER": ("key", "member"), "ZSCORE": ("key", "member"),
+    "ZRANGE": ("key", "start", "stop"), "ZCARD": ("key",), "PUBLISH": ("channel", "message"),
+    "SUBSCRIBE": ("channel...",), "PSUBSCRIBE": ("pattern...",), "ECHO": ("message",),
+    "PING": ("[message]",), "KEYS": ("pattern",), "SELECT": ("index",), "AUTH": ("password",),
+    "CONFIG GET": ("parameter...",), "HELLO": ("[protover]",),
+}
+_PUB = {"message", "pmessage", "smessage"}
+_SUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"}
+
+
+def _js(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class Value:
+    """A parsed RESP value: its Pixie text and, for aggregates, the element texts."""
+
+    text: str
+    items: list[str] | None = None
+    push: bool = False
+    bulk_array: bool = False  # an array whose elements are all bulk strings (a command)
+
+
+def _line(buf: bytearray, pos: int) -> tuple[bytes, int] | object:
+    nl = buf.find(b"\r\n", pos, pos + MAX_INLINE)
+    if nl < 0:
+        return _BAD if len(buf) - pos > MAX_INLINE else _NEED
+    return bytes(buf[pos:nl]), nl + 2
+
+
+def _size(text: bytes) -> int | None:
+    if len(text) > 16 or not re.fullmatch(rb"-?[0-9]+", text):
+        return None
+    n = int(text)
+    return n if n >= -1 else None
+
+
+def _t(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def parse_value(buf: bytearray, pos: int, depth: int = 0) -> tuple[Value, int] | object:
+    """One RESP value at ``buf[pos:]``: (value, next position), ``_NEED`` or ``_BAD``."""
+    if pos >= len(buf):
+        return _NEED
+    if depth > MAX_DEPTH:
+        return _BAD
+    marker = buf[pos]
+    got = _line(buf, pos + 1)
+    if not isinstance(got, tuple):
+        return got
+    text, nxt = got
+    if marker in b"+:,(":
+        return Value(_t(text)), nxt
+    if marker == ord("-"):
+        return Value("-" + _t(text)), nxt
+    if marker == ord("_"):
+        return Value("<NULL>"), nxt
+    if marker == ord("#"):
+        if text not in (b"t", b"f"):
+            return _BAD
+        return Value("true" if text == b"t" else "false"), nxt
+    if marker in b"$!=":
+        n = _size(text)
+        if n is None or n > 512 * 1024 * 1024:
+            return _BAD
+        if n == -1:
+            return Value("<NULL>"), nxt
+        if len(buf) < nxt + n + 2:
+            return _NEED
+        if buf[nxt + n : nxt + n + 2] != b"\r\n":
+            return _BAD
+        body = _t(bytes(buf[nxt : nxt + n]))
+        if marker == ord("!"):
+            body = "-" + body
+        elif marker == ord("=") and len(body) >= 4 and body[3] == ":":
+            body = body[4:]  # verbatim: 3-letter format and a colon before the text
+        return Value(body), nxt + n + 2
+    if marker in b"*~>%|":
+        n = _size(text)
+        if n is None or n > MAX_ELEMENTS:
+            return _BAD
+        if n == -1:
+            return Value("[NULL]"), nxt
+        count = n * 2 if marker in b"%|" else n
+        items: list[str] = []
+        all_bulk = True
+        p = nxt
+        for _ in range(count):
+            if p < len(buf) and buf[p] != ord("$"):
+                all_bulk = False
+            got = parse_value(buf, p, depth + 1)
+            if not isinstance(got, tuple):
+                return got
+            item, p = got
+            items.append(item.text)
+        if marker == ord("|"):  # attribute: metadata before the real reply
+            return parse_value(buf, p, depth + 1)
+        if marker == ord("%"):
+            return Value(_js(dict(zip(items[::2], items[1::2]))), items), p
+        return Value(_js(items), items, push=marker == ord(">"), bulk_array=all_bulk and marker == ord("*")), p
+    return _BAD
+
+
+def _format_args(cmd: str, args: list[str]) -> str:
+    if cmd == "SET" and len(args) >= 2:
+        opts: list[str] = []
+        i = 2
+        while i < len(args):
+            if args[i].upper() in ("EX", "PX", "EXAT", "PXAT") and i + 1 < len(args):
+                opts.append(args[i] + " " + args[i + 1])
+                i += 2
+            else:
+                opts.append(args[i])
+                i += 1
+        return _js({"key": args[0], "value": args[1], "options": opts})
+    spec = _ARGS.get(cmd)
+    if spec is None:
+        return _js(args)
+    out: dict[str, object] = {}
+    rest = list(args)
+    for name in spec:
+        if name.endswith("..."):
+            if not rest:
+                return _js(args)
+            out[name[:-3]] = rest
+            rest = []
+        elif name.startswith("["):
+            if rest:
+                out[name[1:-1]] = rest.pop(0)
+        else:
+            if not rest:
+                return _js(args)
+            out[name] = rest.pop(0)
+    if rest:
+        return _js(args)
+    return _js(out)
+
+
+@dataclass(slots=True)
+class Request:
+    cmd: str
+    args: str
+    ts: int
+    sub_kind: str = ""
+    sub_count: int = 0
+
+
+def command(words: list[str]) -> Request:
+    """The request record's ``req_cmd`` and ``req_args`` from a command's words."""
+    if not words or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", words[0]):
+        return Request("", _js(words), 0)
+    cmd = words[0].upper()
+    rest = words[1:]
+    if cmd in _CONTAINER and rest:
+        cmd = cmd + " " + rest[0].upper()
+        rest = rest[1:]
+    req = Request(cmd, _format_args(cmd, rest), 0)
+    if cmd.lower() in _SUB:
+        req.sub_kind, req.sub_count = cmd.lower(), max(1, len(rest))
+    return req
+
+
+class RedisParser(StreamParser):
+    protocol = Protocol.REDIS
+    table = "redis_events"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sub_left = 0  # further (un)subscribe confirmations still expected
+        self.sub_kind = ""
+
+    def _guess(self, chunk: DataChunk) -> bool | None:
+        data = bytes(chunk.data[:32])
+        if not data or chunk.gap:
+            return None
+        if re.match(rb"\*[0-9]+\r\n\$", data) or re.match(rb"[A-Za-z]+[ \r]", data):
+            return True
+        if data[:1] in b"+-:$_,#(!=%~>|" and data[:1] != b"*":
+            return False
+        return None
+
+    def _find_boundary(self, side: Side) -> int:
+        buf = side.buf
+        if buf and buf[0] in (b"*" if side.is_req else _MARKERS):
+            return 0
+        pos = 0
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0 or nl + 2 >= len(buf):
+                return -1
+            c = buf[nl + 2]
+            if (side.is_req and c == ord("*")) or (not side.is_req and c in _MARKERS):
+                return nl + 2
+            pos = nl + 2
+
+    def _parse(self, side: Side) -> list[dict]:
+        out: list[dict] = []
+        buf = side.buf
+        while buf:
+            if side.is_req and buf[0] not in _MARKERS:
+                got = _line(buf, 0)  # inline command
+                if got is _BAD:
+                    self._bad(side)
+                    break
+                if got is _NEED:
+                    break
+                line, end = got
+                words = [_t(w) for w in line.split()]
+                if words:
+                    req = command(words)
+                    req.ts = side.ts_at(end)
+                    self._push_request(req)
+                side.consume(end)
+                continue
+            got = parse_value(buf, 0)
+            if got is _NEED:
+                break
+            if got is _BAD:
+                self._bad(side)
+                break
+            value, end = got
+            ts = side.ts_at(end)
+            side.consume(end)
+            if side.is_req:
+                if value.items is None:
+                    self._bad_frame()
+                    continue
+                req = command(value.items)
+                req.ts = ts
+                self._push_request(req)
+            else:
+                out += self._reply(value, ts)
+        return out
+
+    def _bad(self, side: Side) -> None:
+        self.stats.invalid += 1
+        side.resync = True
+
+    def _bad_frame(self) -> None:
+        self.stats.invalid += 1
+
+    def _reply(self, value: Value, ts: int) -> list[dict]:
+        self.stats.frames += 1
+        kind = value.items[0].lower() if value.items else ""
+        if value.items is not None:
+
+            if kind in _PUB and len(value.items) >= 3:
+                return [self._emit(self._record("PUSH PUB", "", ts, value.text, ts))]
+            if kind in _SUB:
+                if self.reqs and self.reqs[0].sub_kind == kind:
+                    req = self.reqs.popleft()
+                    self.sub_left, self.sub_kind = req.sub_count - 1, kind
+                    return [self._emit(self._record(req.cmd, req.args, req.ts, value.text, ts))]
+                if self.sub_left > 0 and kind == self.sub_kind:
+                    self.sub_left -= 1
+                    return []
+            if value.push:
+                return [self._emit(self._record("PUSH " + kind.upper(), "", ts, value.text, ts))]
+        if not self.reqs:
+            self.stats.unmatched_responses += 1
+            return []
+        req = self.reqs.popleft()
+        return [self._emit(self._record(req.cmd, req.args, req.ts, value.text, ts))]
+
+    @staticmethod
+    def _record(cmd: str, args: str, req_ts: int, resp: str, resp_ts: int) -> dict:
+        return {
+            "time_": resp_ts,
+            "req_cmd": cmd,
+            "req_args": bound(args),
+            "resp": bound(resp),
+            "latency": latency(req_ts, resp_ts),
+        }
