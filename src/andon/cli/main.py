@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         doctor_cmd.add_parser(sub)
     import importlib
 
+    from . import query as query_cmd  # `andon query`: PxL scripts and SQL over the stored tables
+
+    query_cmd.add_parser(sub)
     for mod in ("rules", "run"):  # runtime security front ends: `andon rules ...`, `andon run`
         try:
             m = importlib.import_module(f"{__package__}.{mod}")

@@ -1,0 +1,141 @@
+"""``andon query``: run a PxL script or SQL over the agent's tables, print the result.
+
+    andon query px/http_data --arg num_head=20
+    andon query my_script.pxl -o json
+    andon query --sql "SELECT req_path, count(*) FROM http_events GROUP BY 1"
+
+If an agent is running on the data directory it is asked to flush first (a short wait,
+then whatever is on disk is used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..store.settings import DEFAULT_DATA_DIR
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "query",
+        help="query the protocol tables with a PxL script or SQL",
+        description="Run a PxL script (a file, or a bundled one such as px/http_data) or SQL (--sql) over the "
+        "tables the agent stores (http_events, pgsql_events, ...), running or stopped.",
+    )
+    p.add_argument("script", nargs="?", help="a .pxl file, - for stdin, or a bundled script name (see --list)")
+    p.add_argument("--sql", metavar="QUERY", help="run SQL instead of a script")
+    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="a script argument, as `px run -- --NAME VALUE` (repeatable)")
+    p.add_argument("--func", dest="script_func", metavar="NAME", help="show only what this function of the script returns")
+    p.add_argument("--table", metavar="NAME", help="print only the displayed table with this name")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"(default: {DEFAULT_DATA_DIR})")
+    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--no-flush", action="store_true", help="do not ask a running agent to flush first")
+    p.add_argument("--list", action="store_true", help="list the bundled scripts and the tables")
+    p.set_defaults(func=run_query)
+    return p
+
+
+def _args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for s in pairs:
+        k, sep, v = s.partition("=")
+        if not sep or not k.strip():
+            raise UsageError(f"--arg {s!r}: expected NAME=VALUE")
+        out[k.strip()] = v
+    return out
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from ..query import runner
+    from ..store.catalog import Catalog
+    from ..store.control import request_flush
+    from ..store.schema import TABLES
+
+    if args.list:
+        for x in sorted(runner.SCRIPTS_DIR.rglob("*.pxl")):
+            print(x.relative_to(runner.SCRIPTS_DIR).with_suffix(""))
+        print("tables: " + ", ".join(TABLES))
+        return 0
+    if bool(args.script) == bool(args.sql):
+        raise UsageError("give a script or --sql QUERY (one of them)")
+    if not args.data_dir.is_dir():
+        raise UsageError(f"no data directory {args.data_dir}: is the agent storing tables there? (--data-dir DIR)")
+    if not args.no_flush:
+        request_flush(args.data_dir, timeout=1.0)
+    catalog = Catalog(args.data_dir)
+    try:
+        for w in catalog.warnings:
+            print(f"andon: warning: {w}", file=sys.stderr)
+        if args.sql:
+            results = runner.run_sql(args.sql, catalog)
+        else:
+            if args.script == "-":
+                results = runner.run_pxl(sys.stdin.read(), catalog, args=_args(args.arg), func=args.script_func,
+                                         filename="<stdin>")
+            else:
+                results = runner.run_script(args.script, catalog, args=_args(args.arg), func=args.script_func)
+    finally:
+        catalog.close()
+    if args.table:
+        names = [r.name for r in results]
+        results = [r for r in results if r.name == args.table]
+        if not results:
+            raise UsageError(f"--table {args.table!r}: the script shows {', '.join(map(repr, names))}")
+    render(results, args.output, sys.stdout)
+    return 0
+
+
+def format_time(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"
+
+
+def _cells(result) -> list[list[Any]]:
+    times = [i for i, t in enumerate(result.types) if t == "TIME"]
+    rows = []
+    for r in result.rows:
+        r = list(r)
+        for i in times:
+            if isinstance(r[i], int):
+                r[i] = format_time(r[i])
+        rows.append(r)
+    return rows
+
+
+def render(results, fmt: str, out) -> None:
+    if fmt == "json":
+        doc = [{"table": r.name, "columns": r.columns, "rows": [dict(zip(r.columns, row)) for row in _cells(r)]}
+               for r in results]
+        json.dump(doc, out, default=str)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        for n, r in enumerate(results):
+            if len(results) > 1:
+                if n:
+                    out.write("\n")
+                out.write(f"# {r.name}\n")
+            w.writerow(r.columns)
+            w.writerows(_cells(r))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, soft_wrap=False)
+    for r in results:
+        console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows)", highlight=False)
+        t = Table()
+        for c in r.columns:
+            t.add_column(c, overflow="fold")
+        for row in _cells(r):
+            t.add_row(*("" if v is None else str(v) for v in row))
+        console.print(t)
