@@ -290,7 +290,8 @@ class MySQLParser(StreamParser):
             if req.cmd not in _RESULTSET_CMDS and req.cmd != COM_FIELD_LIST:
                 return self._finish(req, STATUS_OK, "", ts)
             n, end = lenenc(payload, 0)
-            if n is None or n == 0 or end != len(payload):
+            # MariaDB may add a byte after the count (metadata-follows flag)
+            if n is None or n == 0 or len(payload) - end > 1:
                 raise _Bad("column count")
             req.cols_left, req.rows, req.phase = n, 0, "cols"
             return []
