@@ -1,0 +1,214 @@
+"""The table store: buffers to Parquet segments, retention, restart, damaged files, control socket."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from andon.errors import UsageError
+from andon.store import Retention, Store, StoreSettings, parse_duration_ns, parse_size
+from andon.store.catalog import Catalog
+from andon.store.control import request, request_flush
+
+S = 10**9
+T0 = 1_700_000_000 * S
+
+
+def rec(t, i, **kw):
+    r = {"time_": t, "upid": f"0:{100 + i % 3}:7", "remote_addr": "10.0.0.1", "remote_port": 40000 + i,
+         "trace_role": 2, "req_method": "GET", "req_path": f"/p{i % 4}", "resp_status": 200, "latency": i}
+    r.update(kw)
+    return r
+
+
+def settings(tmp_path, **kw):
+    return StoreSettings(data_dir=tmp_path, control_socket=False, **kw)
+
+
+def count(tmp_path, table="http_events"):
+    c = Catalog(tmp_path)
+    try:
+        return c.con.execute(f"SELECT count(*), coalesce(sum(latency), 0) FROM {table}").fetchone()
+    finally:
+        c.close()
+
+
+def test_parse_duration_and_size():
+    assert parse_duration_ns("1h30m") == 5400 * S
+    assert parse_duration_ns("250ms") == 250 * 10**6
+    assert parse_duration_ns(2) == 2 * S
+    assert parse_size("256MiB") == 256 * 2**20
+    assert parse_size("1GB") == 10**9
+    with pytest.raises(UsageError):
+        parse_duration_ns("5 parsecs")
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_retention_from_config():
+    r = Retention.from_config({"max_age": "30m", "max_bytes": "1MiB", "max_rows": 5})
+    assert (r.max_age_ns, r.max_bytes, r.max_rows) == (1800 * S, 2**20, 5)
+    with pytest.raises(UsageError, match="unknown key"):
+        Retention.from_config({"max_agee": "1h"})
+
+
+def test_flush_writes_columns_with_pixie_names_and_zero_fill(tmp_path):
+    with Store(settings(tmp_path), clock=lambda: T0) as st:
+        st.append("http_events", [rec(T0, 1, pid=42, comm="nginx", container="web"), {"time_": T0 + 1}])
+        assert st.flush() == 2
+    c = Catalog(tmp_path)
+    rows = c.con.execute("SELECT req_path, latency, pid, comm, container_name, resp_message, encrypted "
+                         "FROM http_events ORDER BY time_").fetchall()
+    # the second record had only time_: every other column is the type's zero, not NULL
+    assert rows == [("/p1", 1, 42, "nginx", "web", "", False), ("", 0, 0, "", "", "", False)]
+    cols = [d[0] for d in c.con.execute("SELECT * FROM http_events LIMIT 0").description]
+    assert cols[:8] == ["time_", "upid", "remote_addr", "remote_port", "local_addr", "local_port",
+                        "trace_role", "encrypted"]
+    assert cols[-4:] == ["pid", "comm", "container_id", "container_name"]
+
+
+def test_bad_values_are_counted_not_fatal(tmp_path):
+    with Store(settings(tmp_path)) as st:
+        st.append("http_events", [rec(T0, 1, latency="slow", req_body=b"\xff\x00ok")])
+        st.append("no_such_table", [rec(T0, 2)])
+        assert st.flush() == 1
+        assert st.stats.values_coerced == 1
+        assert st.stats.rows_unknown_table == 1
+    c = Catalog(tmp_path)
+    assert c.con.execute("SELECT latency, req_body FROM http_events").fetchall() == [(0, "\\xff\x00ok")]
+
+
+def test_survives_restart(tmp_path):
+    with Store(settings(tmp_path)) as st:
+        st.append("http_events", [rec(T0 + i, i) for i in range(10)])
+    # closing flushed; a new store over the same directory carries on
+    with Store(settings(tmp_path)) as st:
+        st.append("http_events", [rec(T0 + 100 + i, i) for i in range(5)])
+        st.flush()
+        seqs = sorted((s.lo, s.rows) for s in st.segments("http_events"))
+    assert seqs == [(0, 10), (1, 5)]
+    assert count(tmp_path) == (15, sum(range(10)) + sum(range(5)))
+
+
+def test_retention_by_age_deletes_only_old_segments(tmp_path):
+    now = T0 + 3600 * S
+    st = Store(settings(tmp_path, retention=Retention(max_age_ns=600 * S, max_bytes=0)), clock=lambda: now)
+    st.append("http_events", [rec(now - 3000 * S, 1), rec(now - 2000 * S, 2)])  # all older than 10 min
+    st.flush()
+    st.append("http_events", [rec(now - 900 * S, 3), rec(now - 60 * S, 4)])  # newest is 1 min old: kept whole
+    st.flush()
+    st.append("http_events", [rec(now - 5 * S, 5)])
+    st.flush()
+    assert st.enforce_retention() == 1
+    st.close()
+    assert count(tmp_path) == (3, 3 + 4 + 5)
+
+
+def test_retention_by_rows_keeps_newest(tmp_path):
+    st = Store(settings(tmp_path, retention=Retention(max_age_ns=0, max_bytes=0, max_rows=5)))
+    for k in range(4):
+        st.append("http_events", [rec(T0 + k * S + i, 10 * k + i) for i in range(3)])
+        st.flush()
+    st.enforce_retention()
+    st.close()
+    # 4 segments of 3 rows; at most 5 rows kept -> only the newest segment (3 rows) fits whole
+    assert count(tmp_path) == (3, 30 + 31 + 32)
+
+
+def test_retention_by_bytes_deletes_oldest_first(tmp_path):
+    st = Store(settings(tmp_path, retention=Retention(max_age_ns=0, max_bytes=10**9)))
+    for k in range(4):
+        st.append("http_events", [rec(T0 + k * S + i, 10 * k + i) for i in range(50)])
+        st.flush()
+    sizes = [s.size for s in st.segments("http_events")]
+    st.close()
+    budget = sizes[-1] + sizes[-2]  # room for exactly the two newest
+    st = Store(settings(tmp_path, retention=Retention(max_age_ns=0, max_bytes=budget)))
+    assert st.enforce_retention() == 2
+    assert [s.lo for s in st.segments("http_events")] == [2, 3]
+    st.close()
+    assert count(tmp_path)[0] == 100
+
+
+def test_compaction_merges_and_keeps_every_row(tmp_path):
+    st = Store(settings(tmp_path, compact_min_files=4))
+    for k in range(6):
+        st.append("http_events", [rec(T0 + k * S + i, i) for i in range(10)])
+        st.flush()
+    assert st.compact() == 1
+    segs = st.segments("http_events")
+    assert [(s.lo, s.hi, s.rows) for s in segs] == [(0, 5, 60)]
+    st.close()
+    assert count(tmp_path) == (60, 6 * sum(range(10)))
+
+
+def test_merge_leftovers_removed_on_open(tmp_path):
+    st = Store(settings(tmp_path, compact_min_files=2))
+    for k in range(2):
+        st.append("http_events", [rec(T0 + k, k)])
+        st.flush()
+    inputs = [s.path for s in st.segments("http_events")]
+    data = [p.read_bytes() for p in inputs]
+    st.compact()
+    st.close()
+    for p, b in zip(inputs, data):  # as if the agent died between rename and unlink
+        p.write_bytes(b)
+    assert count(tmp_path)[0] == 2  # the reader already ignores covered inputs
+    Store(settings(tmp_path)).close()
+    assert not any(p.exists() for p in inputs)
+
+
+def test_damaged_segment_skipped_with_warning(tmp_path, caplog):
+    with Store(settings(tmp_path)) as st:
+        st.append("http_events", [rec(T0, 1)])
+        st.flush()
+        st.append("http_events", [rec(T0 + S, 2)])
+        st.flush()
+        bad = st.segments("http_events")[0].path
+    bad.write_bytes(b"PAR1 this is not parquet at all")
+    trunc = tmp_path / "http_events" / "0000000009-0000000009_1_2_5.parquet"
+    trunc.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="andon.store"):
+        c = Catalog(tmp_path)
+    assert c.con.execute("SELECT latency FROM http_events").fetchall() == [(2,)]
+    assert len(c.warnings) == 2 and all("skipping damaged segment" in w for w in c.warnings)
+    with Store(settings(tmp_path)) as st:  # the store opens too, and counts them
+        st.segments("http_events")
+        assert st.stats.bad_segments == 2
+
+
+def test_damaged_inside_pages_skipped(tmp_path):
+    with Store(settings(tmp_path)) as st:
+        st.append("http_events", [rec(T0, 1)])
+        st.flush()
+        st.append("http_events", [rec(T0 + S, 2)])
+        st.flush()
+        p = st.segments("http_events")[0].path
+    b = bytearray(p.read_bytes())
+    for i in range(4, len(b) - 8):  # keep the framing, wreck everything between
+        b[i] = 0xAA
+    p.write_bytes(bytes(b))
+    c = Catalog(tmp_path)
+    assert c.con.execute("SELECT latency FROM http_events").fetchall() == [(2,)]
+    assert any(str(p) in w for w in c.warnings)
+
+
+def test_empty_tables_query_fine(tmp_path):
+    c = Catalog(tmp_path / "none")
+    assert c.con.execute("SELECT count(*) FROM dns_events").fetchone() == (0,)
+
+
+def test_control_socket_flushes_on_request(tmp_path):
+    st = Store(StoreSettings(data_dir=tmp_path, flush_interval_ns=3600 * S))
+    st.start()
+    try:
+        st.append("redis_events", [{"time_": T0, "req_cmd": "GET", "latency": 5}])
+        assert count(tmp_path, "redis_events") == (0, 0)  # not on disk yet
+        assert request_flush(tmp_path, timeout=2) == 1
+        assert count(tmp_path, "redis_events") == (1, 5)
+        assert '"rows_in": 1' in request(tmp_path, "stats")
+        assert request(tmp_path, "bogus") is None
+    finally:
+        st.close()
+    assert request_flush(tmp_path, timeout=0.5) is None  # no agent: the caller reads the disk
