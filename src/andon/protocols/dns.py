@@ -142,6 +142,18 @@ def parse_message(msg: bytes) -> Message:
     return Message(txid, flags, (qd, an, ns, ar), queries, answers)
 
 
+def _looks_tcp(chunk: DataChunk) -> bool:
+    """A first chunk shorter than a DNS header, or made of whole length-prefixed messages."""
+    if chunk.size < 12:
+        return True
+    data, pos = chunk.data, 0
+    while pos + 2 <= len(data):
+        pos += 2 + struct.unpack_from("!H", data, pos)[0]
+        if pos == chunk.size:
+            return True
+    return False
+
+
 class DNSParser(StreamParser):
     protocol = Protocol.DNS
     table = "dns_events"
@@ -157,9 +169,7 @@ class DNSParser(StreamParser):
         if self.closed:
             return []
         if self.tcp is None:
-            size = chunk.size
-            data = chunk.data
-            self.tcp = size < 12 or (len(data) >= 2 and struct.unpack_from("!H", data)[0] == size - 2)
+            self.tcp = _looks_tcp(chunk)
         if self.tcp:
             return super().feed(chunk)
         # UDP: the chunk is one whole datagram (or its copied prefix)

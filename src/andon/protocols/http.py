@@ -352,7 +352,7 @@ class HTTPParser(StreamParser):
         for side in self.sides.values():
             msg = side.state
             if isinstance(msg, Message) and msg.mode == "close" and not side.is_req:
-                msg.ts = side.marks[-1][1] if side.marks else now_ns
+                msg.ts = side.last_ts or now_ns
                 side.state = None
                 out += self._finish(side, msg)
         return out

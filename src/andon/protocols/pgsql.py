@@ -81,6 +81,12 @@ class _Reader:
         self.p += size
         return v
 
+    def some(self, n: int) -> bytes:
+        """Up to ``n`` bytes: a value cut short by the copy bound keeps what arrived."""
+        v = self.b[self.p : self.p + max(n, 0)]
+        self.p += len(v)
+        return v
+
     def raw(self, n: int) -> bytes:
         if n < 0 or self.p + n > len(self.b):
             raise _Bad("short message")
@@ -349,9 +355,11 @@ class PgSQLParser(StreamParser):
                 r = _Reader(payload)
                 cols = []
                 for i in range(r.int(2)):
+                    if r.p >= len(payload):
+                        break  # the rest of a row cut short by FRAME_CAP
                     n = r.int(4)
                     fmt = req.fields[i]["fmt"] if i < len(req.fields) else 0
-                    cols.append(_value(None if n == -1 else r.raw(n), fmt))
+                    cols.append(_value(None if n == -1 else r.some(n), fmt))
                 if len(req.rows) < 64:  # enough for the bounded column
                     req.rows.append(",".join(cols))
             elif tag in "CIs":

@@ -49,7 +49,7 @@ def latency(req_ts: int, resp_ts: int) -> int:
 class Side:
     """One direction of a connection: its unparsed bytes and where they came from."""
 
-    __slots__ = ("is_req", "buf", "base", "marks", "skip", "on_skip_done", "skip_lost", "resync", "state")
+    __slots__ = ("is_req", "buf", "base", "marks", "skip", "on_skip_done", "skip_lost", "resync", "state", "last_ts")
 
     def __init__(self, is_req: bool) -> None:
         self.is_req = is_req
@@ -61,8 +61,10 @@ class Side:
         self.skip_lost = False
         self.resync = False  # look for a frame boundary before parsing
         self.state: object = None  # parser-specific (e.g. HTTP body state)
+        self.last_ts = 0  # time of the latest chunk of this direction
 
     def push(self, data: bytes, ts: int) -> None:
+        self.last_ts = ts
         if data:
             self.buf += data
             self.marks.append((self.base + len(self.buf), ts))
