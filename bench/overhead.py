@@ -1,7 +1,9 @@
 """What tracing costs the traced: workload time under each tracer, as a ratio to no tracing.
 
-Two workloads (bench/workloads/): ``openclose N`` (openat + close of /etc/hostname) and
-``execloop N`` (fork + execve /bin/true + wait). Each runs under:
+Three workloads: ``openclose N`` (openat + close of /etc/hostname), ``execloop N`` (fork +
+execve /bin/true + wait), both in bench/workloads/, and ``build N`` (``make -B -j2`` of a
+generated C project of N files). Each runs under (the build under baseline, sensor-stable
+and agent-stable only):
 
     baseline       no tracing
     andon-raw      andon's sensor, every event streamed into a Python process that
@@ -10,6 +12,9 @@ Two workloads (bench/workloads/): ``openclose N`` (openat + close of /etc/hostna
     bpftrace       bpftrace counting the same events in a kernel map, nothing streamed
     opensnoop /    libbpf-tools, every event printed (to /dev/null)
     execsnoop
+    sensor-stable  andon's sensor with the event types ``andon run`` selects for Falco's
+                   stable rules, every record into Python as numpy batches
+    agent-stable   ``andon run`` with the stable rules: sensor, state, rules, alerts
 
 Configurations are interleaved (repetition r runs them in an order rotated by r) so slow
 drift on the machine spreads over all of them; the ratio is the configuration's median
@@ -18,6 +23,7 @@ workload starts (tracers.py checks it in the kernel) and stopped after.
 
     .venv/bin/python bench/overhead.py                 # both workloads, 5 repetitions
     .venv/bin/python bench/overhead.py --only openclose --repeat 9
+    .venv/bin/python bench/overhead.py --only build --repeat 5 --build-files 48
 """
 
 from __future__ import annotations
@@ -37,6 +43,33 @@ from tracers import AgentTracer, AndonTracer, BpftraceTracer, SnoopTracer, Trace
 # `andon run` with Falco's stable rules: the whole agent, next to the sensor alone
 sys.path.insert(0, str(snapshot.ROOT / "tests"))
 from corpus import STABLE_RULES  # noqa: E402
+
+
+def stable_types() -> str:
+    """The event types ``andon run`` switches on for the stable rules (``Agent.kernel_types``),
+    so the sensor-only configuration ``sensor-stable`` selects exactly what the agent does."""
+    sys.path.insert(0, str(snapshot.ROOT / "src"))
+    import os
+
+    from andon.app.agent import Agent
+    from andon.app.config import AgentConfig
+
+    cfg = AgentConfig(rules_files=(STABLE_RULES,), watch_config_files=False)
+    agent = Agent(cfg, None, rules_paths=[STABLE_RULES], status=open(os.devnull, "w"))
+    return ",".join(sorted(agent.kernel_types()))
+
+
+_AGENT_TPS = {"sys_exit", "sched_process_exec"}
+
+
+def sensor_stable(comm: str) -> Config:
+    return Config("sensor-stable", lambda: AndonTracer(stable_types(), "raw", comm, expect=_AGENT_TPS),
+                  "andon's sensor with the agent's event selection, every record into Python, no state or rules")
+
+
+def agent_stable() -> Config:
+    return Config("agent-stable", lambda: AgentTracer([STABLE_RULES]),
+                  "andon run, Falco's stable rules, state + rules on every event")
 
 
 @dataclass
@@ -71,8 +104,8 @@ def openclose(n: int) -> Workload:
                "counts openat+close in a kernel map"),
         Config("opensnoop", lambda: SnoopTracer("/usr/sbin/opensnoop", {"sys_enter_openat", "sys_exit_openat"}),
                "traces openat only (not close)"),
-        Config("agent-stable", lambda: AgentTracer([STABLE_RULES]),
-               "andon run, Falco's stable rules, state + rules on every event"),
+        sensor_stable(w.comm),
+        agent_stable(),
     ]
     return w
 
@@ -87,8 +120,21 @@ def execloop(n: int) -> Workload:
         Config("bpftrace", lambda: BpftraceTracer(["tracepoint:sched:sched_process_exec"]),
                "counts sched_process_exec in a kernel map"),
         Config("execsnoop", lambda: SnoopTracer("/usr/sbin/execsnoop", {"sys_enter_execve", "sys_exit_execve"})),
-        Config("agent-stable", lambda: AgentTracer([STABLE_RULES]),
-               "andon run, Falco's stable rules, state + rules on every event"),
+        sensor_stable(w.comm),
+        agent_stable(),
+    ]
+    return w
+
+
+def build(files: int) -> Workload:
+    """``make -B -j2`` of a generated C project (workloads.build_project): make, gcc, cc1,
+    as and ld, each exec'd per unit, opening headers by the hundred. No fixed event count:
+    the andon rows report what the kernel sent and dropped."""
+    w = Workload("build", [files], "cc1", {})
+    w.configs = [
+        Config("baseline", None),
+        sensor_stable(""),
+        agent_stable(),
     ]
     return w
 
@@ -180,6 +226,9 @@ def measure(w: Workload, repeat: int, log: Callable[[str], None] = print) -> dic
 def andon_line(w: Workload, run: dict) -> str:
     t = run.get("tracer", {})
     if "kernel" not in t:
+        if "lost" in t:  # andon run's closing line
+            return f"  agent events {t['events']}  lost {t['lost']}  alerts {t['alerts']}" + (
+                "  <-- LOST" if t["lost"] else "")
         return ""
     if t["mode"] not in ("raw", "decode"):
         return f"  kernel events {t['kernel']['events']}  drops {t['kernel']['drops']}"
@@ -207,7 +256,7 @@ def summarize(w: Workload, runs: dict[str, list[dict]]) -> dict:
         }
         if cfg.make is not None:
             row["tracer_cpu_pct"] = report.summary([100 * r["tracer_cpu_s"] / (r["elapsed_ns"] / 1e9) for r in rs])
-        if cfg.name.startswith("andon"):
+        if cfg.name.startswith(("andon", "sensor")):
             expected = w.expected if cfg.expected is None else cfg.expected
             exp = sum(expected.values())
             # consumers that do not read records (analysis modes) are judged by the kernel's count
@@ -218,6 +267,7 @@ def summarize(w: Workload, runs: dict[str, list[dict]]) -> dict:
             row["events_received"] = report.summary(got)
             row["kernel_drops_total"] = sum(r["tracer"]["kernel"]["drops"] for r in rs)
             row["kernel_events_total"] = sum(r["tracer"]["kernel"]["events"] for r in rs)
+            row["kernel_events"] = report.summary([r["tracer"]["kernel"]["events"] for r in rs])
             row["records_read_total"] = sum(r["tracer"]["records_read"] for r in rs)
             row["drain_s"] = report.summary([r["tracer"]["drain_s"] for r in rs])
             # wake-ups the consumer got while the workload ran (waits on an empty ring that
@@ -249,6 +299,8 @@ def rows(w: Workload, summ: dict) -> tuple[list[list[str]], list[str | None]]:
             exp = r["events_expected_per_run"]
             lo = int(r["events_received"]["min"])
             events = f"{lo}/{exp}" if lo == r["events_received"]["max"] else f"{lo}..{int(r['events_received']['max'])}/{exp}"
+            if not exp:  # no fixed count (build): what the kernel sent
+                events = f"{int(r['kernel_events']['median'])} sent"
             drops = str(r["kernel_drops_total"])
             if r["kernel_drops_total"] or lo < exp:
                 style = "bold red"
@@ -295,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--openclose-n", type=int, default=1_000_000)
     ap.add_argument("--execloop-n", type=int, default=2000)
-    ap.add_argument("--only", choices=("openclose", "execloop"))
+    ap.add_argument("--build-files", type=int, default=48, help="C files in the build workload's project")
+    ap.add_argument("--only", choices=("openclose", "execloop", "build"))
     ap.add_argument("--no-build", action="store_true", help="use the workloads and the code snapshot already in build/bench")
     args = ap.parse_args(argv)
     tracers.stop_on_signals()
@@ -306,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     code = snapshot.info()
     data: dict = {"kind": "overhead", "machine": report.machine(), "notes": notes, "code": code, "repeat": args.repeat,
                   "workloads": {}}
-    todo = [openclose(args.openclose_n), execloop(args.execloop_n)]
+    todo = [openclose(args.openclose_n), execloop(args.execloop_n), build(args.build_files)]
     if args.only:
         todo = [w for w in todo if w.name == args.only]
     warnings = []
