@@ -110,6 +110,14 @@ def _cells(result) -> list[list[Any]]:
     return rows
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return format(v, ".6g")  # the table is for reading; json/csv keep every digit
+    return str(v)
+
+
 def render(results, fmt: str, out) -> None:
     if fmt == "json":
         doc = [{"table": r.name, "columns": r.columns, "rows": [dict(zip(r.columns, row)) for row in _cells(r)]}
@@ -130,12 +138,12 @@ def render(results, fmt: str, out) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, soft_wrap=False)
+    console = Console(file=out, soft_wrap=False, width=None if out.isatty() else 160)
     for r in results:
         console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows)", highlight=False)
         t = Table()
         for c in r.columns:
             t.add_column(c, overflow="fold")
         for row in _cells(r):
-            t.add_row(*("" if v is None else str(v) for v in row))
+            t.add_row(*(_cell(v) for v in row))
         console.print(t)
