@@ -160,6 +160,8 @@ struct andon_sd_config {
 	__u32 infer_tries;
 	/* field 3: trace_self (u32) 1: also trace self_tgid (tests) */
 	__u32 trace_self;
+	/* field 4: pid_filter (u32) 1: trace only the tgids in the sd_pids map */
+	__u32 pid_filter;
 };
 
 #endif

@@ -50,6 +50,14 @@ struct {
 	__type(value, __u32);
 } sd_protos SEC(".maps");
 
+/* with sd_cfg.pid_filter: the only tgids traced (filled by the loader, changed live) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} sd_pids SEC(".maps");
+
 /* the next conn_id */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -645,7 +653,10 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
 		return 0;
 	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!sd_cfg.trace_self && (__u32)(pid_tgid >> 32) == sd_cfg.self_tgid)
+	__u32 tgid = pid_tgid >> 32;
+	if (!sd_cfg.trace_self && tgid == sd_cfg.self_tgid)
+		return 0;
+	if (sd_cfg.pid_filter && !bpf_map_lookup_elem(&sd_pids, &tgid))
 		return 0;
 	/* int $0x80 from a 64-bit task uses i386 numbers: not ours */
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();

@@ -55,15 +55,15 @@ OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s".replace(" ", ""))
 DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
 CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
-# struct andon_sd_config: self_tgid max_copy infer_tries trace_self
-CONFIG = struct.Struct("<IIII")
+# struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter
+CONFIG = struct.Struct("<IIIII")
 
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
 OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
-CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self")
+CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter")
 
 STAT_NAMES = (
     "events",
@@ -75,6 +75,9 @@ STAT_NAMES = (
     "conn_full",
     "dropped_bytes",
 )
+
+# hook -> the program in net/sockdata.bpf.o, in the order tried
+HOOKS = {"tp_btf": "sockdata_exit_btf", "raw_tp": "sockdata_exit_raw"}
 
 # the protocols the kernel can infer (bpf/net/sockdata.bpf.c, sd__infer)
 INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
@@ -160,6 +163,8 @@ class SockSettings:
     ring_bytes: int = 8 << 20
     infer_tries: int = 4  # chunks looked at before a connection is given up as unknown
     trace_self: bool = False  # also trace this process (tests do; the agent must not)
+    hook: str = "auto"  # "auto": tp_btf, else raw_tp; or exactly "tp_btf" / "raw_tp"
+    pids: frozenset[int] | None = None  # trace only these processes (more with add_pid); None: all
     bpf_dir: Path = field(default_factory=default_bpf_dir)
 
     def __post_init__(self) -> None:
@@ -167,6 +172,8 @@ class SockSettings:
             raise UsageError(f"max_copy must be 1..{COPY_MAX} bytes, not {self.max_copy}")
         if not 1 <= self.infer_tries <= 255:
             raise UsageError(f"infer_tries must be 1..255, not {self.infer_tries}")
+        if self.hook not in HOOKS and self.hook != "auto":
+            raise UsageError(f"hook must be auto, tp_btf or raw_tp, not {self.hook!r}")
         unknown = [p for p in self.protocols if Protocol(p) not in INFERRED]
         if unknown:
             names = ", ".join(Protocol(p).name.lower() for p in unknown)
@@ -231,10 +238,12 @@ class SockSource:
             raise PermissionDenied("the socket data sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
         ring = page_aligned_size(self.settings.ring_bytes)
         cfg = CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
-                          int(self.settings.trace_self))
+                          int(self.settings.trace_self), int(self.settings.pids is not None))
         try:
             errors: list[str] = []
-            for prog, hook in (("sockdata_exit_btf", "tp_btf/sys_exit"), ("sockdata_exit_raw", "raw_tp/sys_exit")):
+            hooks = list(HOOKS) if self.settings.hook == "auto" else [self.settings.hook]
+            for hook in hooks:
+                prog = HOOKS[hook]
                 obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                 try:
                     for p in obj.programs():
@@ -248,12 +257,14 @@ class SockSource:
                     errors.append(f"{hook}: {e}")
                     log.info("%s unavailable (%s)", hook, e)
                     continue
-                self._obj, self.hook, self._prog = obj, hook, prog
+                self._obj, self.hook, self._prog = obj, f"{hook}/sys_exit", prog
                 break
             if self._obj is None:
                 raise NotSupported("socket data capture",
-                                   "neither tp_btf nor raw_tp on sys_exit loads here: " + "; ".join(errors))
+                                   f"no sys_exit hook of {'/'.join(hooks)} loads here: " + "; ".join(errors))
             self.set_protocols(self.settings.protocols)
+            for pid in self.settings.pids or ():
+                self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
             self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring)
         except BaseException:
@@ -267,6 +278,11 @@ class SockSource:
         m = self._obj.map("sd_protos")
         for p in range(PROTO_MAX):
             m.update(p.to_bytes(4, "little"), (1 if p in on else 0).to_bytes(4, "little"))
+
+    def add_pid(self, pid: int) -> None:
+        """Trace this process too (only meaningful when settings.pids is not None)."""
+        assert self._obj is not None, "start() first"
+        self._obj.map("sd_pids").update(pid.to_bytes(4, "little"), b"\x01")
 
     # -- reading --------------------------------------------------------------------------
     def read(self, timeout: float = 0.1) -> Iterator[Record]:
