@@ -1,0 +1,96 @@
+"""The socket data wire ABI: the BTF of net/sockdata.bpf.o against the struct formats of
+andon.events.sockdata, member by member (name, offset, size), as tests/unit/test_abi.py
+does for the security event ring. Needs bpftool and the built object, not root."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from andon.events import sockdata as sd
+from andon.events.live import default_bpf_dir
+
+OBJ = default_bpf_dir() / "net/sockdata.bpf.o"
+
+
+@pytest.fixture(scope="module")
+def btf() -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
+    if shutil.which("bpftool") is None or not OBJ.exists():
+        pytest.skip("needs bpftool and net/sockdata.bpf.o (make bpf)")
+    out = subprocess.run(["bpftool", "btf", "dump", "file", str(OBJ), "-j"], capture_output=True, text=True,
+                         check=True)
+    types = {t["id"]: t for t in json.loads(out.stdout)["types"]}
+
+    def size_of(tid: int) -> int:
+        t = types[tid]
+        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
+            return t["size"]
+        if t["kind"] == "ARRAY":
+            return t["nr_elems"] * size_of(t["type_id"])
+        return size_of(t["type_id"])  # typedef, const, volatile
+
+    found = {}
+    for t in types.values():
+        if t["kind"] == "STRUCT" and t.get("name", "").startswith("andon_sd_"):
+            found[t["name"]] = (t["size"], [(m["name"], m["bits_offset"] // 8, size_of(m["type_id"]))
+                                            for m in t["members"]])
+    return found
+
+
+def _layout(fmt: struct.Struct, names: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of each item of a '<' format, one name per item."""
+    import re
+
+    items = re.findall(r"(\d*)([xcbBhHiIqQs])", fmt.format[1:])
+    assert len(items) == len(names), (fmt.format, names)
+    out, off = [], 0
+    for (count, code), name in zip(items, names):
+        size = struct.calcsize("<" + count + code)
+        out.append((name, off, size))
+        off += size
+    return out
+
+
+def _flatten(btf, name: str) -> list[tuple[str, int, int]]:
+    """Members with the nested header (member `h`) expanded in place."""
+    out = []
+    for m, off, size in btf[name][1]:
+        if m == "h":
+            out += [(hm, off + hoff, hsize) for hm, hoff, hsize in btf["andon_sd_hdr"][1]]
+        else:
+            out.append((m, off, size))
+    return out
+
+
+def test_header(btf):
+    assert btf["andon_sd_hdr"][0] == sd.HDR.size == 32
+    assert btf["andon_sd_hdr"][1] == _layout(sd.HDR, sd.HDR_FIELDS)
+
+
+@pytest.mark.parametrize(
+    "cname,fmt,fields",
+    [
+        ("andon_sd_open", sd.OPEN, sd.OPEN_FIELDS),
+        ("andon_sd_close", sd.CLOSE, sd.CLOSE_FIELDS),
+    ],
+)
+def test_records(btf, cname, fmt, fields):
+    assert btf[cname][0] == fmt.size
+    assert _flatten(btf, cname) == _layout(fmt, sd.HDR_FIELDS + fields)
+
+
+def test_data_record_and_its_bytes(btf):
+    size, members = btf["andon_sd_data"]
+    # data[] is a flexible array: it starts where the fixed part ends, at the format's size
+    assert size == sd.DATA.size
+    assert members[-1][:2] == ("data", sd.DATA.size)
+    assert _flatten(btf, "andon_sd_data")[:-1] == _layout(sd.DATA, sd.HDR_FIELDS + sd.DATA_FIELDS)
+
+
+def test_config(btf):
+    assert btf["andon_sd_config"][0] == sd.CONFIG.size
+    assert btf["andon_sd_config"][1] == _layout(sd.CONFIG, sd.CONFIG_FIELDS)
