@@ -25,6 +25,7 @@ Clients (each runs the real client program or driver and returns what it measure
     curl(url, n, keepalive=True, ...)        -> CurlResult(statuses, latencies_s, sizes, connects)
     psql(srv, sql)                           -> rows (lists of str), simple query protocol
     pg_extended(srv, sql, params)            -> rows (tuples), psycopg, extended query protocol
+    pg_connect(srv) / mysql_connect(srv)     -> a driver connection, for many queries on one connection
     mysql(srv, sql)                          -> rows (lists of str), text protocol
     mysql_prepared(srv, sql, params)         -> rows (tuples), COM_STMT_PREPARE / EXECUTE
     redis_cli(srv, *args)                    -> str
@@ -255,39 +256,21 @@ def _serve(name: str, argv: list[str], *, host: str, port: int, workdir: Path, p
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _retry_ports(start: Callable[[int], contextlib.AbstractContextManager], port: int | None,
-                 udp_too: bool = False, attempts: int = 3) -> Iterator[Server]:
+@contextlib.contextmanager
+def _with_retry(start: Callable[[int], contextlib.AbstractContextManager[Server]], port: int | None,
+                udp_too: bool = False, attempts: int = 3) -> Iterator[Server]:
     """Enter ``start(port)``; when no port was asked for and the chosen one was taken between
     our check and the server's bind (another test on the machine), try a new one."""
     for i in range(attempts):
-        p = port or free_port(udp_too=udp_too)
-        cm = start(p)
-        try:
-            srv = cm.__enter__()
-        except ServerError as e:
-            if port is None and i < attempts - 1 and "in use" in str(e).lower():
-                continue
-            raise
-        return cm, srv
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _with_retry(start, port, udp_too=False):
-    cm, srv = _retry_ports(start, port, udp_too)
-    exc = (None, None, None)
-    try:
-        yield srv
-    except BaseException:
-        exc = sys.exc_info()
-        raise
-    finally:
-        cm.__exit__(*exc)
-
-
-def _tcp_open(host: str, port: int) -> bool:
-    with socket.create_connection((host, port), timeout=1.0):
-        return True
+        with contextlib.ExitStack() as stack:
+            try:
+                srv = stack.enter_context(start(port or free_port(udp_too=udp_too)))
+            except ServerError as e:
+                if port is None and i < attempts - 1 and "in use" in str(e).lower():
+                    continue
+                raise
+            yield srv
+            return
 
 
 def _http_probe(srv: Server) -> bool:
@@ -695,14 +678,19 @@ def psql(srv: Server, sql: str, *, db: str = "postgres") -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(r.stdout)) if row]
 
 
+def pg_connect(srv: Server, *, db: str = "postgres"):
+    """A psycopg 3 connection (autocommit) for many queries on one backend; close it (``with``)."""
+    import psycopg
+
+    return psycopg.connect(host=srv.host, port=srv.port, user="postgres", dbname=db, connect_timeout=5,
+                           autocommit=True)
+
+
 def pg_extended(srv: Server, sql: str, params: Sequence = (), *, prepare: bool = True,
                 db: str = "postgres") -> list[tuple]:
     """One query through psycopg 3 with parameters, so the extended protocol (Parse/Bind/
     Execute); ``prepare`` makes it a named server-side prepared statement."""
-    import psycopg
-
-    with psycopg.connect(host=srv.host, port=srv.port, user="postgres", dbname=db, connect_timeout=5,
-                         autocommit=True) as conn:
+    with pg_connect(srv, db=db) as conn:
         cur = conn.execute(sql, params, prepare=prepare)
         return cur.fetchall() if cur.description else []
 
@@ -717,13 +705,18 @@ def mysql(srv: Server, sql: str, *, db: str | None = None, timeout: float = CLIE
     return [line.split("\t") for line in r.stdout.splitlines()]
 
 
+def mysql_connect(srv: Server, *, db: str = "test"):
+    """A mysql-connector connection (pure Python, autocommit) as root; ``close()`` it."""
+    import mysql.connector
+
+    return mysql.connector.connect(host=srv.host, port=srv.port, user="root", database=db, connection_timeout=5,
+                                   use_pure=True, autocommit=True)
+
+
 def mysql_prepared(srv: Server, sql: str, params: Sequence = (), *, db: str = "test") -> list[tuple]:
     """One statement through mysql-connector's ``cursor(prepared=True)``: COM_STMT_PREPARE, then
     COM_STMT_EXECUTE with binary parameters (``%s`` or ``?`` placeholders)."""
-    import mysql.connector
-
-    conn = mysql.connector.connect(host=srv.host, port=srv.port, user="root", database=db, connection_timeout=5,
-                                   use_pure=True, autocommit=True)
+    conn = mysql_connect(srv, db=db)
     try:
         cur = conn.cursor(prepared=True)
         cur.execute(sql, tuple(params))

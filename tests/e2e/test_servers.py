@@ -121,6 +121,10 @@ def test_postgres_simple_and_extended_protocol():
             S.psql(srv, "select * from does_not_exist")
         background = srv.worker_pids()
         assert background, "postgres runs its checkpointer, walwriter, ... as children"
+        with S.pg_connect(srv) as conn:  # one more backend, a child of the postmaster, while connected
+            backend = conn.execute("select pg_backend_pid()").fetchone()[0]
+            assert backend in srv.worker_pids() and backend not in background
+            assert [conn.execute("select %s::int + 1", (i,), prepare=True).fetchone()[0] for i in range(3)] == [1, 2, 3]
         pids = [srv.pid, *background]
     _assert_gone(srv, pids)
 
