@@ -4,6 +4,7 @@ Cases (servers and load generators from tests/servers.py, on 127.0.0.1):
 
     nginx-1k      wrk -t2 -c16 against nginx /size/1024 (keep-alive, as wrk always is)
     nginx-small   wrk -t1 -c4 against nginx / (17 bytes; the most requests per second)
+    nginx-tls     nginx-1k over TLS (self-signed; wrk does not verify), for libssl uprobe tracing
     pg-simple     pgbench -S (select-only) -c4 -j2, simple query protocol, after pgbench -i -s 1
     pg-extended   the same with -M extended (Parse/Bind/Execute for every statement)
     redis-p1      redis-benchmark -t get,set -c16 -P 1 (one command per round trip)
@@ -61,24 +62,54 @@ class Load:
     rps: float          # requests (HTTP requests, pgbench transactions, redis commands) per second
     sent: int           # how many the generator completed
     errors: int = 0     # non-2xx/3xx, socket errors, failed transactions
+    client_cpu_s: float = 0.0   # the load generator's CPU time
+    server_cpu_s: float = 0.0   # the server's (all its processes) during the load
     detail: dict = field(default_factory=dict)
 
 
-def _run(argv: list[str], timeout: float) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise LoadError(f"{argv[0]} did not finish within {timeout:.0f} s") from e
-    if r.returncode != 0:
-        raise LoadError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()[-1500:]}")
-    return r.stdout
+def _run(argv: list[str], timeout: float) -> tuple[str, float]:
+    """Run a load generator; its stdout and the CPU seconds it used (its own rusage from
+    wait4, so nothing else this process runs meanwhile is counted)."""
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode == -signal.SIGKILL:
+        raise LoadError(f"{argv[0]} did not finish within {timeout:.0f} s")
+    if proc.returncode != 0:
+        raise LoadError(f"{' '.join(argv)} exited {proc.returncode}: {stderr.strip()[-1500:]}")
+    return stdout, ru.ru_utime + ru.ru_stime
+
+
+def server_cpu_s(srv: S.Server) -> float:
+    """CPU seconds of the server so far: its main process, the children it has reaped
+    (postgres backends of closed connections) and the children alive now (nginx workers,
+    open backends), from /proc/<pid>/stat."""
+    def fields(pid: int) -> list[str]:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return []
+    f = fields(srv.pid)
+    total = sum(int(x) for x in f[11:15])  # utime stime cutime cstime (proc(5) fields 14-17)
+    for c in srv.worker_pids():
+        total += sum(int(x) for x in fields(c)[11:13])
+    return total / HZ
 
 
 _UNIT = {"": 1, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}
 
 
 def wrk(url: str, *, threads: int, conns: int, seconds: int) -> Load:
-    out = _run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url], timeout=seconds + 30)
+    out, cpu = _run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url], timeout=seconds + 30)
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if not m:
         raise LoadError(f"wrk printed no request count:\n{out[-800:]}")
@@ -90,11 +121,11 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int) -> Load:
     if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(x) for x in e.groups())
     lat = {p: v for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
-    return Load(sent / elapsed, sent, errors, {"latency_p50": lat.get("50"), "latency_p99": lat.get("99")})
+    return Load(sent / elapsed, sent, errors, cpu, detail={"latency_p50": lat.get("50"), "latency_p99": lat.get("99")})
 
 
 def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int) -> Load:
-    out = _run(["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-S", "-M", mode,
+    out, cpu = _run(["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-S", "-M", mode,
                 "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "postgres"], timeout=seconds + 60)
     tx = re.search(r"number of transactions actually processed: (\d+)", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
@@ -102,12 +133,12 @@ def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int) -> Load:
     if not (tx and tps):
         raise LoadError(f"pgbench printed no transaction count:\n{out[-800:]}")
     lat = re.search(r"latency average = ([\d.]+) ms", out)
-    return Load(float(tps.group(1)), int(tx.group(1)), int(failed.group(1)) if failed else 0,
-                {"latency_avg_ms": float(lat.group(1)) if lat else None})
+    return Load(float(tps.group(1)), int(tx.group(1)), int(failed.group(1)) if failed else 0, cpu,
+                detail={"latency_avg_ms": float(lat.group(1)) if lat else None})
 
 
 def redis_benchmark(srv: S.Server, *, pipeline: int, n: int, clients: int = 16) -> Load:
-    out = _run(["redis-benchmark", "-h", srv.host, "-p", str(srv.port), "-t", "get,set", "-n", str(n),
+    out, cpu = _run(["redis-benchmark", "-h", srv.host, "-p", str(srv.port), "-t", "get,set", "-n", str(n),
                 "-c", str(clients), "-P", str(pipeline), "-r", "10000", "--csv"], timeout=300)
     rows = [line.replace('"', "").split(",") for line in out.splitlines() if line.startswith('"') and "rps" not in line]
     if not rows:
@@ -115,7 +146,7 @@ def redis_benchmark(srv: S.Server, *, pipeline: int, n: int, clients: int = 16) 
     per = {r[0]: float(r[1]) for r in rows}
     # each test sends n commands; the rate over both is total commands / total time
     total_s = sum(n / rps for rps in per.values())
-    return Load(len(per) * n / total_s, len(per) * n, 0, {f"{k.lower()}_rps": v for k, v in per.items()})
+    return Load(len(per) * n / total_s, len(per) * n, 0, cpu, detail={f"{k.lower()}_rps": v for k, v in per.items()})
 
 
 # -- the tracer -------------------------------------------------------------------------------------
@@ -203,10 +234,18 @@ class Case:
     load: Callable[[S.Server], Load]
 
 
+def measured(case: Case, srv: S.Server) -> Load:
+    before = server_cpu_s(srv)
+    load = case.load(srv)
+    load.server_cpu_s = server_cpu_s(srv) - before
+    return load
+
+
 def cases(seconds: int, redis_n: int) -> list[Case]:
     return [
         Case("nginx-1k", "nginx", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds)),
         Case("nginx-small", "nginx", lambda s: wrk(s.url("/"), threads=1, conns=4, seconds=seconds)),
+        Case("nginx-tls", "nginx-tls", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds)),
         Case("pg-simple", "postgres", lambda s: pgbench(s, mode="simple", clients=4, seconds=seconds)),
         Case("pg-extended", "postgres", lambda s: pgbench(s, mode="extended", clients=4, seconds=seconds)),
         Case("redis-p1", "redis", lambda s: redis_benchmark(s, pipeline=1, n=redis_n)),
@@ -214,7 +253,9 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
     ]
 
 
-STARTERS = {"nginx": lambda: S.nginx(workers=1), "postgres": S.postgres, "redis": S.redis}
+STARTERS = {"nginx": lambda: S.nginx(workers=1), "nginx-tls": lambda: S.nginx(workers=1, tls=True),
+            "postgres": lambda: S.postgres(settings={"autovacuum": "off"}),  # no background work in the windows
+            "redis": S.redis}
 
 
 def _prepare(kind: str, srv: S.Server) -> None:
@@ -241,19 +282,20 @@ def run(args: argparse.Namespace) -> dict:
                         if mode == "on":
                             with Tracer(tracer_argv, args.ready_s, args.ready_line) as tr:
                                 with ForeignWatch({tr.pid}) as watch:
-                                    load = case.load(srv)
+                                    load = measured(case, srv)
                             rec = asdict(load) | {"tracer_cpu_s": tr.cpu_s, "tracer_hwm_kb": tr.hwm_kb}
                             if rx:
                                 rec["captured"] = sum(int(m) for m in rx.findall(tr.output))
                         else:
                             with ForeignWatch(set()) as watch:
-                                load = case.load(srv)
+                                load = measured(case, srv)
                             rec = asdict(load)
                         if fresh := watch.seen:
                             rec["foreign_tracing"] = sorted(fresh)
                             results["foreign_tracing"] += sorted(fresh)
                         runs[mode].append(rec)
                         print(f"  {case.name:12} {mode:3} #{i + 1}: {load.rps:12,.0f} req/s  sent {load.sent:,}"
+                              f"  cpu client {load.client_cpu_s:.2f} s server {load.server_cpu_s:.2f} s"
                               f"  errors {load.errors}" + (f"  tracer cpu {rec['tracer_cpu_s']:.2f} s"
                                                             if mode == "on" else ""), flush=True)
                 results["cases"][case.name] = runs
@@ -264,12 +306,18 @@ def summarize(results: dict) -> list[dict]:
     rows = []
     for name, runs in results["cases"].items():
         off = statistics.median(r["rps"] for r in runs["off"])
-        row = {"case": name, "off_rps": off, "off_runs": [round(r["rps"]) for r in runs["off"]]}
+        def cpu_us(r: dict) -> float:  # client + server CPU per request: less hostage to other load than req/s
+            return 1e6 * (r["client_cpu_s"] + r["server_cpu_s"]) / r["sent"]
+        off_cpu = statistics.median(cpu_us(r) for r in runs["off"])
+        row = {"case": name, "off_rps": off, "off_runs": [round(r["rps"]) for r in runs["off"]],
+               "off_cpu_us_per_req": off_cpu}
         if runs["on"]:
             on = statistics.median(r["rps"] for r in runs["on"])
             sent = sum(r["sent"] for r in runs["on"])
             cpu = statistics.median(r["tracer_cpu_s"] for r in runs["on"])
+            on_cpu = statistics.median(cpu_us(r) for r in runs["on"])
             row |= {"on_rps": on, "on_runs": [round(r["rps"]) for r in runs["on"]], "ratio": on / off,
+                    "on_cpu_us_per_req": on_cpu, "cpu_ratio": on_cpu / off_cpu,
                     "tracer_cpu_s": cpu, "tracer_cpu_per_1k_req_ms": 1e6 * cpu / (sent / len(runs["on"])),
                     "tracer_hwm_mb": max(r["tracer_hwm_kb"] for r in runs["on"]) / 1024}
             if all("captured" in r for r in runs["on"]):
@@ -281,14 +329,16 @@ def summarize(results: dict) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     traced = any("ratio" in r for r in rows)
-    head = "| case | untraced req/s |" + (" traced req/s | traced/untraced | tracer CPU s | tracer CPU ms per 1k req "
-                                         "| tracer peak RSS MB | captured/sent |" if traced else "")
+    head = "| case | untraced req/s | CPU µs/req |" + (
+        " traced req/s | CPU µs/req | req/s traced/untraced | CPU/req traced/untraced | tracer CPU s "
+        "| tracer CPU ms per 1k req | tracer peak RSS MB | captured/sent |" if traced else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        line = f"| {r['case']} | {r['off_rps']:,.0f} |"
+        line = f"| {r['case']} | {r['off_rps']:,.0f} | {r['off_cpu_us_per_req']:.1f} |"
         if "ratio" in r:
             cap = f"{r['captured_of_sent']:.3f}" if "captured_of_sent" in r else "-"
-            line += (f" {r['on_rps']:,.0f} | {r['ratio']:.3f} | {r['tracer_cpu_s']:.2f} | "
+            line += (f" {r['on_rps']:,.0f} | {r['on_cpu_us_per_req']:.1f} | {r['ratio']:.3f} | {r['cpu_ratio']:.3f} | "
+                     f"{r['tracer_cpu_s']:.2f} | "
                      f"{r['tracer_cpu_per_1k_req_ms']:.2f} | {r['tracer_hwm_mb']:.1f} | {cap} |")
         lines.append(line)
     return "\n".join(lines)
