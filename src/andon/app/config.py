@@ -31,10 +31,25 @@ PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_
 SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
-               "append_output"}
+               "append_output", "observe", "store"}
+_OBSERVE_KEYS = {"enabled", "protocols", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
+                 "conn_stats_interval", "idle_timeout"}
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
 _MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
+
+
+@dataclass(frozen=True)
+class ObserveConfig:
+    """The ``observe:`` section: protocol tracing into Pixie's tables (docs/observability.md)."""
+
+    enabled: bool = True
+    protocols: tuple[str, ...] = ("http", "pgsql", "mysql", "redis", "dns")
+    max_copy_bytes: int = 4096
+    ring_buffer_mb: int = 8
+    process_stats_interval_ns: int = 10 * 10**9
+    conn_stats_interval_ns: int = 5 * 10**9
+    idle_timeout_ns: int = 300 * 10**9
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class AgentConfig:
     ring_buffer_mb: int = 64
     outputs: dict[str, Any] = field(default_factory=dict)  # the channel keys, as written
     append_output: tuple[Any, ...] | None = None  # engine.AppendOutput entries; None: Falco's default
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
+    store: Any = None  # store.settings.StoreSettings; None: its defaults
     path: Path | None = None  # where this config came from
 
     def rule_paths(self) -> list[Path]:
@@ -134,8 +151,59 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
     # `priority` is both: rules below it are not enabled, alerts below it are not sent
     if "append_output" in data:
         kw["append_output"] = _append_output(data["append_output"], where)
+    if "observe" in data:
+        kw["observe"] = _observe(data["observe"], where)
+    if "store" in data:
+        from ..store.settings import StoreSettings
+
+        try:
+            kw["store"] = StoreSettings.from_config(data["store"] or {})
+        except (UsageError, ValueError, TypeError) as e:
+            raise UsageError(f"{where}{e}") from None
     kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
+
+
+def _observe(sec: Any, where: str) -> ObserveConfig:
+    from ..store.settings import parse_duration_ns
+
+    if sec is None:
+        return ObserveConfig()
+    if not isinstance(sec, dict):
+        raise UsageError(f"{where}observe must be a mapping")
+    unknown = set(sec) - _OBSERVE_KEYS
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) under observe: {', '.join(sorted(unknown))}")
+    kw: dict[str, Any] = {}
+    if "enabled" in sec:
+        if not isinstance(sec["enabled"], bool):
+            raise UsageError(f"{where}observe.enabled must be true or false")
+        kw["enabled"] = sec["enabled"]
+    if "protocols" in sec:
+        known = ObserveConfig().protocols
+        protos = sec["protocols"]
+        if not isinstance(protos, list) or not all(isinstance(p, str) for p in protos):
+            raise UsageError(f"{where}observe.protocols must be a list of names ({', '.join(known)})")
+        bad = [p for p in protos if p.lower() not in known]
+        if bad:
+            raise UsageError(f"{where}observe.protocols: unknown {', '.join(bad)}; known: {', '.join(known)}")
+        kw["protocols"] = tuple(p.lower() for p in protos)
+    for key, lo, hi in (("max_copy_bytes", 1, 16384), ("ring_buffer_mb", 1, 1024)):
+        if key in sec:
+            v = sec[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise UsageError(f"{where}observe.{key} must be an integer from {lo} to {hi}")
+            kw[key] = v
+    for key in ("process_stats_interval", "conn_stats_interval", "idle_timeout"):
+        if key in sec:
+            try:
+                ns = parse_duration_ns(sec[key])
+            except (UsageError, ValueError) as e:
+                raise UsageError(f"{where}observe.{key}: {e}") from None
+            if ns <= 0:
+                raise UsageError(f"{where}observe.{key} must be longer than 0")
+            kw[f"{key}_ns"] = ns
+    return ObserveConfig(**kw)
 
 
 def _rules_path(name: str, base: Path) -> Path:

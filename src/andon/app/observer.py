@@ -1,0 +1,137 @@
+"""The agent's observability side: socket sensor -> pipeline -> table store, in one thread.
+
+    SockSource (kernel, its own ring)  ->  Pipeline (connections, parsers)  ->  Store
+                                            every conn_stats_interval: conn_stats rows
+    ProcStatsSampler (/proc)           ->  process_stats rows every process_stats_interval
+
+``Observer.start()`` loads the sensor and starts the store (its flush thread and control
+socket, which ``andon query`` uses to ask for a flush); ``run()`` is the reading loop;
+``close()`` stops it, finishes every connection and flushes. A kernel that cannot load the
+sensor raises :class:`~andon.errors.NotSupported` from ``start()``; the security side of
+the agent carries on without it (the agent decides).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from ..events.sockdata import SockSettings, SockSource
+from ..observe.pipeline import Pipeline, ProcessInfo
+from ..observe.procstats import ProcStatsSampler
+from ..protocols.base import Protocol
+from ..store.schema import upid as make_upid
+from ..store.settings import StoreSettings
+from ..store.store import Store
+from .config import ObserveConfig
+
+log = logging.getLogger("andon.observe")
+
+PROTOCOL_NAMES = {"http": Protocol.HTTP, "pgsql": Protocol.PGSQL, "mysql": Protocol.MYSQL,
+                  "redis": Protocol.REDIS, "dns": Protocol.DNS}
+
+
+class Observer:
+    def __init__(self, cfg: ObserveConfig, store_settings: StoreSettings | None = None,
+                 container_name: Any = None, trace_self: bool = False) -> None:
+        self.cfg = cfg
+        self.store_settings = store_settings or StoreSettings()
+        self.protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols)
+        self.source: SockSource | None = None
+        self.store: Store | None = None
+        self.pipeline: Pipeline | None = None
+        self.procstats = ProcStatsSampler()
+        self._container_name = container_name
+        self._trace_self = trace_self
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.store = Store(self.store_settings)
+        try:
+            self.source = SockSource(SockSettings(
+                protocols=self.protocols, max_copy=self.cfg.max_copy_bytes,
+                ring_bytes=self.cfg.ring_buffer_mb << 20, trace_self=self._trace_self))
+            self.source.start()
+        except BaseException:
+            self.store.close()
+            self.store = None
+            self.source = None
+            raise
+        self.store.start()
+        self.pipeline = Pipeline(self.store.append, ProcessInfo(names=self._container_name),
+                                 self.protocols, idle_ns=self.cfg.idle_timeout_ns)
+
+    def start_thread(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="andon-observe", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """Read, parse and store until stopped; periodic tables on their intervals."""
+        assert self.source is not None and self.pipeline is not None and self.store is not None
+        conn_every = self.cfg.conn_stats_interval_ns / 1e9
+        proc_every = self.cfg.process_stats_interval_ns / 1e9
+        next_conn = time.monotonic() + conn_every
+        next_proc = time.monotonic()
+        handle = self.pipeline.handle
+        while not self._stop.is_set():
+            try:
+                for rec in self.source.read(0.1):
+                    handle(rec)
+                self.pipeline.flush()
+                now = time.monotonic()
+                if now >= next_conn:
+                    next_conn = now + conn_every
+                    self.pipeline.tick(time.time_ns())
+                if now >= next_proc:
+                    next_proc = now + proc_every
+                    self.sample_processes(time.time_ns())
+            except Exception:  # one bad record or file must not stop tracing: log, go on
+                log.exception("observability loop error")
+
+    def sample_processes(self, now_ns: int) -> int:
+        """Write one process_stats row per live process."""
+        assert self.store is not None
+        rows = self.procstats.sample(now_ns)
+        for r in rows:
+            r["upid"] = make_upid(r["pid"], r.pop("start_ticks"))
+            r.pop("ppid", None)
+        self.store.append("process_stats", rows)
+        return len(rows)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.source is not None:
+            out["sensor"] = self.source.stats()
+        if self.pipeline is not None:
+            p = self.pipeline.stats
+            out["rows"] = dict(p.rows)
+            out["connections"] = {"opened": p.conns_opened, "closed": p.conns_closed,
+                                  "idle_closed": p.conns_idle_closed, "open": len(self.pipeline.conns)}
+            out["parse"] = {k: getattr(p.parse, k) for k in p.parse.__slots__}  # type: ignore[attr-defined]
+        if self.store is not None:
+            out["store"] = self.store.stats.as_dict()
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.source is not None:
+            # whatever is still in the ring goes through before the parsers are finished
+            try:
+                if self.pipeline is not None:
+                    for rec in self.source.read(0):
+                        self.pipeline.handle(rec)
+            finally:
+                self.source.close()
+                self.source = None
+        if self.pipeline is not None:
+            self.pipeline.close(time.time_ns())
+            self.pipeline = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None

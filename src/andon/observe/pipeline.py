@@ -1,0 +1,339 @@
+"""Socket records -> connections -> protocol parsers -> rows of Pixie's tables.
+
+    SockSource records (events/sockdata.py: ConnOpen, Data, ConnClose)
+      -> Pipeline.handle()        one Conn per conn_id; its parser made on the first data
+                                  whose protocol the kernel recognised
+      -> parser.feed(chunk)       protocols/: pure bytes -> records
+      -> + connection columns     upid, remote/local address and port, trace_role, encrypted,
+                                  pid, comm, container_id, container_name
+      -> sink(table, rows)        the Store (store/store.py), or a list in tests
+      Pipeline.tick(now)          conn_stats rows (Pixie's cumulative counters per upid,
+                                  remote endpoint, role and protocol), idle connections closed
+
+Nothing here touches the kernel: tests drive it with hand-made records. Who a pid is
+(upid start time, comm, container) comes from a :class:`ProcessInfo` lookup that the
+agent backs with /proc and its container registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..events.sockdata import ConnClose, ConnOpen, Data
+from ..protocols import PARSERS
+from ..protocols.base import ConnParser, ParseStats, Protocol, Role
+from ..state.container import match_proc_cgroup
+from ..store.schema import upid as make_upid
+
+log = logging.getLogger("andon.observe")
+
+Sink = Callable[[str, list[dict]], None]
+
+
+@dataclass(slots=True)
+class Who:
+    """What the tables say about a process."""
+
+    upid: str
+    comm: str
+    container_id: str = ""
+    container_name: str = ""
+
+
+class ProcessInfo:
+    """pid -> :class:`Who`, read once per process from /proc and cached.
+
+    A pid seen again with a different start time is a new process (pid reuse); a process
+    already gone when first asked about keeps what the socket record said (its comm) and a
+    upid with start time 0. ``names`` maps a container id to its name (the agent passes its
+    container registry's lookup; None when it has not answered yet).
+    """
+
+    def __init__(self, proc: str = "/proc", names: Callable[[str], str | None] | None = None,
+                 max_entries: int = 65536) -> None:
+        self.proc = proc
+        self.names = names
+        self.max_entries = max_entries
+        self._cache: dict[int, Who] = {}
+
+    def _start_ticks(self, pid: int) -> int:
+        try:
+            with open(f"{self.proc}/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return 0
+        rest = text[text.rfind(")") + 1 :].split()
+        try:
+            return int(rest[19])
+        except (IndexError, ValueError):
+            return 0
+
+    def _container(self, pid: int) -> str:
+        try:
+            with open(f"{self.proc}/{pid}/cgroup") as f:
+                m = match_proc_cgroup(f.read())
+        except OSError:
+            return ""
+        return m.id if m else ""
+
+    def get(self, pid: int, comm: str = "") -> Who:
+        who = self._cache.get(pid)
+        if who is None:
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            cid = self._container(pid)
+            who = Who(make_upid(pid, self._start_ticks(pid)), comm, cid)
+            self._cache[pid] = who
+        if not who.comm and comm:
+            who.comm = comm
+        if who.container_id and not who.container_name and self.names is not None:
+            who.container_name = self.names(who.container_id) or ""
+        return who
+
+    def forget(self, pid: int) -> None:
+        self._cache.pop(pid, None)
+
+
+@dataclass(slots=True)
+class Conn:
+    conn_id: int
+    pid: int
+    role: Role
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    l4: int
+    who: Who
+    opened_ns: int
+    protocol: Protocol = Protocol.UNKNOWN
+    parser: ConnParser | None = None
+    encrypted: bool = False
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    last_ns: int = 0
+    peer: tuple[str, int] | None = None  # the last UDP datagram's remote end
+    counted_open: bool = False
+
+
+@dataclass
+class PipelineStats:
+    records: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    conns_opened: int = 0
+    conns_closed: int = 0
+    conns_idle_closed: int = 0
+    data_without_conn: int = 0  # data of a connection whose open we never saw: opened on the fly
+    data_unknown_protocol: int = 0
+    parse: ParseStats = field(default_factory=ParseStats)
+
+
+@dataclass(slots=True)
+class _ConnStat:
+    """Pixie's conn_stats counters for one (upid, remote endpoint, role, protocol)."""
+
+    family: int
+    ssl: bool = False
+    conn_open: int = 0
+    conn_close: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    pid: int = 0
+    who: Who | None = None
+
+
+_FAMILY = {int(socket.AF_INET): 2, int(socket.AF_INET6): 10}
+
+
+class Pipeline:
+    """Turns socket records into table rows; ``sink(table, rows)`` receives them in batches."""
+
+    def __init__(self, sink: Sink, procs: ProcessInfo | None = None,
+                 protocols: Iterable[Protocol] | None = None, idle_ns: int = 300 * 10**9,
+                 max_conns: int = 65536) -> None:
+        self.sink = sink
+        self.procs = procs or ProcessInfo()
+        self.protocols = frozenset(protocols) if protocols is not None else frozenset(PARSERS)
+        self.idle_ns = idle_ns
+        self.max_conns = max_conns
+        self.conns: dict[int, Conn] = {}
+        self.stats = PipelineStats()
+        self._pending: dict[str, list[dict]] = {}
+        self._connstats: dict[tuple, _ConnStat] = {}
+
+    # -- records ---------------------------------------------------------------------------
+    def handle_all(self, records: Iterable[ConnOpen | Data | ConnClose]) -> None:
+        for rec in records:
+            self.handle(rec)
+        self.flush()
+
+    def handle(self, rec: ConnOpen | Data | ConnClose) -> None:
+        self.stats.records += 1
+        if isinstance(rec, Data):
+            self._data(rec)
+        elif isinstance(rec, ConnOpen):
+            self._open(rec)
+        elif isinstance(rec, ConnClose):
+            self._close(rec)
+
+    def _open(self, rec: ConnOpen) -> Conn:
+        old = self.conns.pop(rec.conn_id, None)
+        if old is not None:
+            self._finish(old, rec.ts_ns)
+        if len(self.conns) >= self.max_conns:
+            self._evict_oldest(rec.ts_ns)
+        who = self.procs.get(rec.pid, rec.comm)
+        conn = Conn(rec.conn_id, rec.pid, rec.role, rec.family, rec.laddr, rec.lport, rec.raddr, rec.rport,
+                    rec.l4, who, rec.ts_ns, last_ns=rec.ts_ns)
+        self.conns[rec.conn_id] = conn
+        self.stats.conns_opened += 1
+        return conn
+
+    def _data(self, rec: Data) -> None:
+        conn = self.conns.get(rec.conn_id)
+        if conn is None:
+            # the open record was lost (ring full) or came before we started: carry on with
+            # what the data record says
+            self.stats.data_without_conn += 1
+            conn = self._open(ConnOpen(rec.conn_id, rec.pid, rec.tid, rec.fd, rec.ts_ns, rec.role, 0, "", 0,
+                                       "", 0, 0, 0, 0, ""))
+        conn.last_ns = rec.ts_ns
+        if rec.direction == 0:
+            conn.bytes_sent += rec.size
+        else:
+            conn.bytes_recv += rec.size
+        if rec.peer is not None:
+            conn.peer = rec.peer
+        if conn.role == Role.UNKNOWN and rec.role != Role.UNKNOWN:
+            conn.role = rec.role
+        if conn.parser is None:
+            proto = rec.protocol
+            if proto == Protocol.UNKNOWN or proto not in self.protocols or proto not in PARSERS:
+                self.stats.data_unknown_protocol += 1
+                return
+            conn.protocol = proto
+            conn.parser = PARSERS[proto](conn.role)
+        rows = conn.parser.feed(rec.chunk())
+        if rows:
+            self._emit(conn, rows)
+
+    def _close(self, rec: ConnClose) -> None:
+        conn = self.conns.pop(rec.conn_id, None)
+        if conn is None:
+            return
+        # the kernel's totals cover bytes of protocols whose data never crossed
+        conn.bytes_sent = max(conn.bytes_sent, rec.bytes_sent)
+        conn.bytes_recv = max(conn.bytes_recv, rec.bytes_recv)
+        if conn.protocol == Protocol.UNKNOWN and rec.protocol != Protocol.UNKNOWN:
+            conn.protocol = rec.protocol
+        self._finish(conn, rec.ts_ns)
+
+    def _finish(self, conn: Conn, now_ns: int) -> None:
+        if conn.parser is not None:
+            rows = conn.parser.close(now_ns)
+            if rows:
+                self._emit(conn, rows)
+            self.stats.parse.add(conn.parser.stats)
+        self._count(conn, closed=True)
+        self.stats.conns_closed += 1
+
+    def _evict_oldest(self, now_ns: int) -> None:
+        oldest = min(self.conns.values(), key=lambda c: c.last_ns)
+        del self.conns[oldest.conn_id]
+        self._finish(oldest, now_ns)
+        self.stats.conns_idle_closed += 1
+
+    # -- rows ------------------------------------------------------------------------------
+    def _emit(self, conn: Conn, rows: list[dict]) -> None:
+        who = conn.who
+        raddr, rport = conn.raddr, conn.rport
+        if not raddr and conn.peer is not None:
+            raddr, rport = conn.peer
+        common = {
+            "upid": who.upid, "remote_addr": raddr, "remote_port": rport, "local_addr": conn.laddr,
+            "local_port": conn.lport, "trace_role": int(conn.role), "encrypted": conn.encrypted,
+            "pid": conn.pid, "comm": who.comm, "container_id": who.container_id,
+            "container_name": who.container_name,
+        }
+        table = conn.parser.table if conn.parser is not None else ""
+        out = self._pending.setdefault(table, [])
+        for row in rows:
+            row.update(common)
+            out.append(row)
+        self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+
+    def flush(self) -> None:
+        """Hand the rows made so far to the sink, one batch per table."""
+        pending, self._pending = self._pending, {}
+        for table, rows in pending.items():
+            if rows:
+                self.sink(table, rows)
+
+    # -- periodic --------------------------------------------------------------------------
+    def _count(self, conn: Conn, closed: bool = False) -> None:
+        """Fold a connection's bytes into its conn_stats group (called on close and at ticks)."""
+        raddr, rport = conn.raddr, conn.rport
+        if not raddr and conn.peer is not None:
+            raddr, rport = conn.peer
+        key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
+        st = self._connstats.get(key)
+        if st is None:
+            st = self._connstats[key] = _ConnStat(_FAMILY.get(int(conn.family), int(conn.family)), pid=conn.pid, who=conn.who)
+        if not conn.counted_open:
+            st.conn_open += 1
+            conn.counted_open = True
+        if closed:
+            st.conn_close += 1
+            st.bytes_sent += conn.bytes_sent
+            st.bytes_recv += conn.bytes_recv
+        st.ssl = st.ssl or conn.encrypted
+
+    def tick(self, now_ns: int) -> None:
+        """Close idle connections, write one conn_stats row per group, flush everything."""
+        idle = [c for c in self.conns.values() if now_ns - c.last_ns > self.idle_ns]
+        for conn in idle:
+            del self.conns[conn.conn_id]
+            self._finish(conn, now_ns)
+            self.stats.conns_idle_closed += 1
+        live: dict[tuple, tuple[int, int, int]] = {}
+        for conn in self.conns.values():
+            self._count(conn)
+            raddr, rport = conn.raddr, conn.rport
+            if not raddr and conn.peer is not None:
+                raddr, rport = conn.peer
+            key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
+            n, s, r = live.get(key, (0, 0, 0))
+            live[key] = (n + 1, s + conn.bytes_sent, r + conn.bytes_recv)
+        rows = []
+        for key, st in self._connstats.items():
+            upid, raddr, rport, role, proto = key
+            n, s, r = live.get(key, (0, 0, 0))
+            who = st.who
+            rows.append({
+                "time_": now_ns, "upid": upid, "remote_addr": raddr, "remote_port": rport, "trace_role": role,
+                "addr_family": st.family, "protocol": proto, "ssl": st.ssl, "conn_open": st.conn_open,
+                "conn_close": st.conn_close, "conn_active": st.conn_open - st.conn_close,
+                "bytes_sent": st.bytes_sent + s, "bytes_recv": st.bytes_recv + r, "pid": st.pid,
+                "comm": who.comm if who else "", "container_id": who.container_id if who else "",
+                "container_name": who.container_name if who else "",
+            })
+        if rows:
+            self._pending.setdefault("conn_stats", []).extend(rows)
+            self.stats.rows["conn_stats"] = self.stats.rows.get("conn_stats", 0) + len(rows)
+        self.flush()
+
+    def close(self, now_ns: int) -> None:
+        """Finish every connection (their parsers count what is left) and flush."""
+        for conn in list(self.conns.values()):
+            self._finish(conn, now_ns)
+        self.conns.clear()
+        self.tick(now_ns)
+
+
+def pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")

@@ -1,0 +1,133 @@
+"""The observability pipeline on hand-made socket records: rows, connection columns, conn_stats."""
+
+import socket
+
+import pytest
+
+from andon.events.sockdata import ConnClose, ConnOpen, Data
+from andon.observe.pipeline import Pipeline, ProcessInfo, Who
+from andon.protocols.base import Direction, Protocol, Role
+
+E, I = Direction.EGRESS, Direction.INGRESS
+REQ = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+RESP = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnop"
+
+
+class FakeProcs(ProcessInfo):
+    def __init__(self):
+        super().__init__(proc="/nonexistent")
+        self.asked = []
+
+    def get(self, pid, comm=""):
+        self.asked.append(pid)
+        return Who(f"0:{pid}:77", comm or "?", "c" * 64 if pid == 300 else "", "web" if pid == 300 else "")
+
+
+@pytest.fixture
+def run():
+    out = {}
+
+    def sink(table, rows):
+        out.setdefault(table, []).extend(rows)
+
+    p = Pipeline(sink, FakeProcs(), idle_ns=1000)
+    return p, out
+
+
+def opened(cid, pid=100, role=Role.CLIENT, ts=10, raddr="10.0.0.2", rport=8080, lport=40000, comm="curl"):
+    return ConnOpen(cid, pid, pid, 5, ts, role, socket.AF_INET, "10.0.0.1", lport, raddr, rport, 6, 0, 1, comm)
+
+
+def data(cid, ts, d, payload, proto=Protocol.HTTP, role=Role.CLIENT, pid=100, peer=None):
+    return Data(cid, pid, pid, 5, ts, d, proto, role, payload, len(payload), 0, peer=peer)
+
+
+def test_http_pair_gets_connection_columns(run):
+    p, out = run
+    p.handle_all([opened(1), data(1, 100, E, REQ), data(1, 350, I, RESP)])
+    (row,) = out["http_events"]
+    assert (row["req_method"], row["req_path"], row["resp_status"]) == ("GET", "/a?x=1", 404)
+    assert row["latency"] == 250 and row["time_"] == 350
+    assert (row["remote_addr"], row["remote_port"], row["local_addr"], row["local_port"]) == ("10.0.0.2", 8080,
+                                                                                              "10.0.0.1", 40000)
+    assert row["trace_role"] == 1 and row["upid"] == "0:100:77" and row["comm"] == "curl"
+    assert row["encrypted"] is False and row["pid"] == 100 and row["container_id"] == ""
+
+
+def test_server_side_and_container(run):
+    p, out = run
+    p.handle_all([opened(2, pid=300, role=Role.SERVER, comm="nginx"), data(2, 100, I, REQ, role=Role.SERVER, pid=300),
+                  data(2, 180, E, RESP, role=Role.SERVER, pid=300)])
+    (row,) = out["http_events"]
+    assert row["trace_role"] == 2 and row["latency"] == 80
+    assert row["container_id"] == "c" * 64 and row["container_name"] == "web"
+
+
+def test_data_before_open_is_counted_and_parsed(run):
+    p, out = run
+    p.handle_all([data(3, 100, E, REQ), data(3, 200, I, RESP)])
+    assert p.stats.data_without_conn == 1
+    assert out["http_events"][0]["remote_addr"] == ""
+    assert out["http_events"][0]["latency"] == 100
+
+
+def test_unknown_and_disabled_protocols_make_no_rows():
+    out = {}
+    p = Pipeline(lambda t, r: out.setdefault(t, []).extend(r), FakeProcs(), protocols=[Protocol.REDIS])
+    p.handle_all([opened(4), data(4, 1, E, REQ), data(4, 2, I, RESP), opened(5), data(5, 1, E, b"x", Protocol.UNKNOWN)])
+    assert "http_events" not in out
+    assert p.stats.data_unknown_protocol == 3
+
+
+def test_conn_stats_counts_opens_closes_and_bytes(run):
+    p, out = run
+    p.handle_all([opened(6), data(6, 100, E, REQ), data(6, 200, I, RESP),
+                  ConnClose(6, 100, 100, 5, 300, Role.CLIENT, Protocol.HTTP, 5000, 7000, 0),
+                  opened(7, ts=400), data(7, 500, E, REQ)])
+    p.tick(600)
+    rows = [r for r in out["conn_stats"] if r["remote_port"] == 8080]
+    assert len(rows) == 1
+    r = rows[0]
+    # the kernel's close totals win over what crossed (they include uncopied bytes)
+    assert (r["conn_open"], r["conn_close"], r["conn_active"]) == (2, 1, 1)
+    assert r["bytes_sent"] == 5000 + len(REQ) and r["bytes_recv"] == 7000
+    assert r["protocol"] == int(Protocol.HTTP) and r["addr_family"] == 2 and r["time_"] == 600
+
+
+def test_idle_connection_closed_on_tick_and_unmatched_counted(run):
+    p, out = run
+    p.handle_all([opened(8, ts=0), data(8, 10, E, REQ)])
+    p.tick(5000)
+    assert 8 not in p.conns and p.stats.conns_idle_closed == 1
+    assert p.stats.parse.unmatched_requests == 1
+
+
+def test_udp_dns_remote_from_datagram_peer(run):
+    p, out = run
+    q = bytes.fromhex("abcd01000001000000000000") + b"\x03svc\x04test\x00\x00\x01\x00\x01"
+    a = (bytes.fromhex("abcd81800001000100000000") + b"\x03svc\x04test\x00\x00\x01\x00\x01"
+         + bytes.fromhex("c00c000100010000003c00040a010203"))
+    o = ConnOpen(9, 100, 100, 5, 0, Role.CLIENT, socket.AF_INET, "127.0.0.1", 5353, "", 0, 17, 0, 2, "dig")
+    p.handle_all([o, data(9, 10, E, q, Protocol.DNS, peer=("127.0.0.53", 53)),
+                  data(9, 90, I, a, Protocol.DNS, peer=("127.0.0.53", 53))])
+    (row,) = out["dns_events"]
+    assert (row["remote_addr"], row["remote_port"]) == ("127.0.0.53", 53)
+    assert '"10.1.2.3"' in row["resp_body"] and row["latency"] == 80
+
+
+def test_max_conns_evicts_least_recent():
+    out = {}
+    p = Pipeline(lambda t, r: out.setdefault(t, []).extend(r), FakeProcs(), max_conns=2)
+    p.handle_all([opened(1, ts=1), opened(2, ts=2), data(1, 3, E, REQ), opened(3, ts=4)])
+    assert set(p.conns) == {1, 3} and p.stats.conns_idle_closed == 1
+
+
+def test_processinfo_reads_proc(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text("42 (a b) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 1 1 0\n")
+    (tmp_path / "42" / "cgroup").write_text("0::/libpod_parent/libpod-" + "ab" * 32 + "\n")
+    names = {"ab" * 32: "db"}
+    pi = ProcessInfo(proc=str(tmp_path), names=names.get)
+    who = pi.get(42, "postgres")
+    assert who.upid == "0:42:555" and who.container_id == "ab" * 32 and who.container_name == "db"
+    assert pi.get(43, "gone").upid == "0:43:0"
