@@ -43,10 +43,20 @@ class Observer:
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
         self.procstats = ProcStatsSampler()
+        self._registry = None
+        if container_name is None:
+            from ..state.container import ContainerRegistry
+
+            self._registry = ContainerRegistry()
+
+            def container_name(cid: str) -> str | None:
+                info = self._registry.get(cid)
+                return info.name if info is not None else None
         self._container_name = container_name
         self._trace_self = trace_self
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_stats: dict[str, Any] = {}
 
     def start(self) -> None:
         self.store = Store(self.store_settings)
@@ -61,6 +71,8 @@ class Observer:
             self.source = None
             raise
         self.store.start()
+        if self._registry is not None:
+            self._registry.watch()
         self.pipeline = Pipeline(self.store.append, ProcessInfo(names=self._container_name),
                                  self.protocols, idle_ns=self.cfg.idle_timeout_ns)
 
@@ -116,6 +128,7 @@ class Observer:
         return out
 
     def close(self) -> None:
+        """Stop reading, finish every connection, flush; ``last_stats`` keeps the final figures."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -131,7 +144,23 @@ class Observer:
                 self.source = None
         if self.pipeline is not None:
             self.pipeline.close(time.time_ns())
-            self.pipeline = None
+        self.last_stats = self.stats()
+        self.pipeline = None
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+
+def describe(stats: dict[str, Any]) -> str:
+    """The closing line's observability part: rows per table, connections, loss."""
+    rows = stats.get("rows", {})
+    sensor = stats.get("sensor", {})
+    parse = stats.get("parse", {})
+    tables = ", ".join(f"{n} {t}" for t, n in sorted(rows.items()) if n) or "no rows"
+    conns = stats.get("connections", {})
+    return (f"observe: {tables}; {conns.get('opened', 0)} connections; "
+            f"{sensor.get('drops', 0)} records lost, {sensor.get('gap_bytes', 0)} bytes in gaps, "
+            f"{parse.get('invalid', 0)} unparsable spots, {parse.get('unmatched_requests', 0)} unanswered requests")

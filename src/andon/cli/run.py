@@ -1,4 +1,5 @@
-"""``andon run``: the runtime-security agent (Falco's rules on andon's events).
+"""``andon run``: the agent. Falco's rules on andon's events, and protocol tracing into
+Pixie's tables (``observe:``), in one process.
 
 Exit codes: 0 stopped cleanly, 1 the rules files have errors (all printed), 2 bad usage or
 config, 3 not root / kernel feature missing.
@@ -36,6 +37,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--count", type=int, metavar="N", help="stop after N alerts")
     p.add_argument("--no-watch", action="store_true", help="do not reload when a rules file changes (SIGHUP still does)")
+    p.add_argument("--no-observe", action="store_true",
+                   help="no protocol tracing (the config's observe.enabled: false)")
+    p.add_argument("--no-rules", action="store_true", help="protocol tracing only: no rules, no alerts")
+    p.add_argument("--data-dir", metavar="DIR", help="where the tables are kept (the config's store.data_dir)")
     p.set_defaults(func=cmd_run)
 
 
@@ -47,6 +52,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..app.config import find_config, load_config
 
     cfg = load_config(find_config(args.config))
+    if args.no_rules and args.no_observe:
+        raise UsageError("--no-rules and --no-observe leave nothing to run")
+    if args.no_rules and args.read:
+        raise UsageError("-r replays a capture through the rules; it cannot go with --no-rules")
+    if args.data_dir:
+        from ..store.settings import StoreSettings
+
+        cfg = replace(cfg, store=replace(cfg.store or StoreSettings(), data_dir=Path(args.data_dir)))
+    observe = cfg.observe.enabled and not args.no_observe and not args.read
+    if args.no_rules:
+        return _observe_only(cfg, args.duration)
     if args.rule_matching:
         cfg = replace(cfg, rule_matching=args.rule_matching)
     if args.no_watch:
@@ -75,7 +91,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     if args.read:
         summary = agent.run_replay(args.read, count=args.count)
-    else:
+        print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
+        return EXIT_OK
+    observer = _start_observer(cfg) if observe else None
+    try:
         summary = agent.run_live(duration=args.duration, count=args.count)
+    finally:
+        if observer is not None:
+            observer.close()
     print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
+    if observer is not None:
+        from ..app.observer import describe as describe_observe
+
+        print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _start_observer(cfg: Any) -> Any:
+    """Protocol tracing beside the rules; a kernel that cannot do it costs only this part."""
+    from ..app.observer import Observer
+    from ..errors import NotSupported
+
+    observer = Observer(cfg.observe, cfg.store)
+    try:
+        observer.start()
+    except NotSupported as e:
+        print(f"andon: protocol tracing is off: {e}", file=sys.stderr)
+        return None
+    observer.start_thread()
+    print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
+          f"({observer.source.hook})", file=sys.stderr)
+    return observer
+
+
+def _observe_only(cfg: Any, duration: float | None) -> int:
+    """``--no-rules``: protocol tracing until SIGINT/SIGTERM or ``duration``."""
+    import time
+
+    from ..app.observer import Observer
+    from ..app.observer import describe as describe_observe
+    from ..app.stream import StopFlag, polls
+
+    observer = Observer(cfg.observe, cfg.store)
+    observer.start()
+    print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
+          f"({observer.source.hook}); no rules", file=sys.stderr)
+    observer.start_thread()
+    deadline = time.monotonic() + duration if duration else None
+    try:
+        with StopFlag() as stop:
+            for timeout in polls(stop, deadline):
+                time.sleep(timeout)
+    finally:
+        observer.close()
+    print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
     return EXIT_OK
