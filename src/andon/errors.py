@@ -10,6 +10,8 @@ Leaves also derive from the builtin a caller would naturally catch, so code that
     │   └── VerifierError                      the verifier rejected a program; carries its log
     ├── CaptureError(AndonError, ValueError)   a capture file is not ours, or is damaged
     ├── UsageError(AndonError, ValueError)     bad arguments from the command line or config
+    ├── StoreError(AndonError, OSError)        the data directory cannot be used (store/store.py)
+    ├── QueryError(AndonError, ValueError)     a PxL script or SQL query is wrong (query/plan.py)
     └── RuleError(AndonError, ValueError)      a rules file, condition or output format is wrong
         ├── RuleSyntaxError                    a condition or output does not parse (``pos``)
         ├── UnknownFieldError                  no such field (``evt.nope``)
