@@ -40,7 +40,14 @@ enum sd_close_reason {
 /* flags: field `flags` of struct andon_sd_data */
 #define SD_F_TRUNCATED 0x01 /* size > copied: the copy bound cut the chunk */
 #define SD_F_ADDR 0x02      /* raddr/rport/rfamily hold this datagram's peer (UDP) */
-#define SD_F_ENCRYPTED 0x04 /* plaintext of a TLS library call, not the socket bytes */
+#define SD_F_ENCRYPTED 0x04 /* plaintext of a TLS library call, not the socket bytes: pos counts
+			     * plaintext bytes, apart from the socket's own */
+
+/* the TLS library call of a record with SD_F_ENCRYPTED: field `nr` of struct andon_sd_data */
+#define SD_TLS_READ 1     /* SSL_read */
+#define SD_TLS_WRITE 2    /* SSL_write */
+#define SD_TLS_READ_EX 3  /* SSL_read_ex */
+#define SD_TLS_WRITE_EX 4 /* SSL_write_ex */
 
 /* Pixie's endpoint_role_t */
 #define SD_ROLE_UNKNOWN 0
@@ -69,7 +76,10 @@ enum sd_stat {
 	SD_STAT_READ_ERRORS = 5,   /* user memory that could not be read */
 	SD_STAT_CONN_FULL = 6,     /* connections not tracked: the table was full */
 	SD_STAT_DROPPED_BYTES = 7, /* bytes of data records lost to a full ring */
-	SD_STAT_MAX = 8,
+	SD_STAT_TLS_CHUNKS = 8,    /* plaintext records of TLS library calls written */
+	SD_STAT_TLS_CIPHER = 9,    /* bytes of TLS ciphertext on sockets not copied */
+	SD_STAT_TLS_NO_CONN = 10,  /* TLS calls whose socket was never learned (memory BIO) */
+	SD_STAT_MAX = 11,
 };
 
 struct andon_sd_hdr {
@@ -121,7 +131,7 @@ struct andon_sd_data {
 	__u32 size;
 	/* field 3: copied (u32) bytes in data[] (<= size, <= the copy bound) */
 	__u32 copied;
-	/* field 4: nr (u16) x86_64 syscall number */
+	/* field 4: nr (u16) x86_64 syscall number; with SD_F_ENCRYPTED the library call, SD_TLS_* */
 	__u16 nr;
 	/* field 5: direction (u8) SD_EGRESS / SD_INGRESS */
 	__u8 direction;

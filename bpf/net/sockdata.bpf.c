@@ -18,6 +18,16 @@
  * reader can tell what was lost.
  *
  * One object with two entry points on sys_exit, tp_btf and raw_tp; the loader loads one.
+ *
+ * TLS: uprobes on OpenSSL's SSL_read/SSL_write/SSL_read_ex/SSL_write_ex (same object, same
+ * maps, attached per libssl file by src/andon/events/tls.py). The entry probe stashes the
+ * call's buffer per thread in sd_tls; the read/write syscall OpenSSL makes on the socket
+ * during the call runs on the same thread, so sys_exit finds the stash, notes the fd in it,
+ * marks the connection ssl and drops the ciphertext (counted). The return probe copies the
+ * plaintext (length: the return value, or what the _ex calls store through their size_t pointer) into a
+ * data record of that connection flagged SD_F_ENCRYPTED. A call with no nested syscall
+ * (a read served from OpenSSL's buffer) uses the fd last seen under the same SSL *
+ * (sd_sslfd). Protocol inference runs on the plaintext.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -78,9 +88,12 @@ struct sdc_conn {
 	__u64 recv;
 	__u8 role;
 	__u8 protocol;
-	__u8 tries;   /* chunks inference has looked at */
+	__u8 tries;   /* chunks inference has looked at (of plaintext, once ssl) */
 	__u8 l4;
-	__u32 _pad;
+	__u8 ssl;     /* the socket carries TLS: its bytes are never copied */
+	__u8 _pad[3];
+	__u64 tls_sent; /* plaintext bytes written through the TLS library */
+	__u64 tls_recv;
 };
 
 /* LRU: an entry whose close we never see (the process exited, dup2 over it) is
@@ -113,6 +126,47 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sdc_scratch);
 } sd_scratch SEC(".maps");
+
+/* A TLS library call in progress on a thread (key: pid_tgid), from entry to return. */
+struct sdt_call {
+	__u64 ssl;  /* the SSL * */
+	__u64 buf;  /* the caller's plaintext buffer */
+	__u64 outp; /* size_t * of the _ex calls (bytes done), 0 for SSL_read/SSL_write */
+	__s32 fd;   /* socket of a nested read/write seen during the call, -1 until then */
+	__u16 fn;   /* SD_TLS_* */
+	__u16 _pad;
+};
+
+/* LRU: a thread that dies inside a call leaves its entry; it ages out */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct sdt_call);
+} sd_tls SEC(".maps");
+
+struct sdt_ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
+/* (tgid, SSL *) -> the fd its calls were last seen using */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sdt_ssl_key);
+	__type(value, __s32);
+} sd_sslfd SEC(".maps");
+
+/* the uprobe programs' own scratch, as sd_scratch (sized by the loader): a return probe
+ * preempted by a syscall exit on the same CPU does not share a buffer with it */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct sdc_scratch);
+} sd_tscratch SEC(".maps");
 
 /* Wire structs written only through casts get no BTF of their own; anchor them so the
  * ABI test can read their layout from the object. libbpf ignores the section. */
@@ -541,15 +595,35 @@ __noinline __u32 sd__copy(struct sdc_scratch *s, __u32 nr, struct sdc_args *r, _
 	return got;
 }
 
-/* Inference on the copied bytes: protocol | is_request << 8. Global, as sd__copy. */
+#define SDI_REQ 0x100 /* the chunk is a request */
+#define SDI_TLS 0x200 /* the chunk is a TLS record: the socket carries ciphertext */
+
+/* Inference on the copied bytes: protocol | SDI_*. Global, as sd__copy. */
 __noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 n, __u32 size, __u32 l4)
 {
 	if (!s)
 		return 0;
 	int req = 0;
 	__u8 p = sd__infer(s->buf, n, size, l4, &req);
-	return p | (req ? 0x100 : 0);
+	if (!p && l4 == IPPROTO_TCP && n >= 5 && s->buf[0] >= 0x14 && s->buf[0] <= 0x17 && s->buf[1] == 3 &&
+	    s->buf[2] <= 4)
+		return SDI_TLS; /* a TLS record header (RFC 8446 5.1): content type 20..23, version 3.x */
+	return p | (req ? SDI_REQ : 0);
 }
+
+/* The connection carries TLS: from now on its socket bytes are ciphertext, and inference
+ * starts afresh on the plaintext of the library calls. */
+static __always_inline void sd__mark_ssl(struct sdc_conn *c)
+{
+	if (c->ssl)
+		return;
+	c->ssl = 1;
+	if (!c->protocol)
+		c->tries = 0;
+}
+
+static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *c, long nr, struct sdc_args *r,
+					__u64 size, __u64 pos, __u8 dir, int encrypted, long fd, __u64 pid_tgid);
 
 static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid)
 {
@@ -577,6 +651,40 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 
 	__u64 size = ret;
 	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->recv, size) : __sync_fetch_and_add(&c->sent, size);
+
+	/* inside a TLS library call on this thread: this is its ciphertext, and this fd is
+	 * the call's socket */
+	struct sdt_call *call = bpf_map_lookup_elem(&sd_tls, &pid_tgid);
+	if (call) {
+		/* a call whose SSL * is known to use another fd (a stale entry: a return that
+		 * never came) does not claim this socket */
+		struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = call->ssl};
+		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
+		if (known && *known != fd)
+			call = NULL;
+	}
+	if (call || c->ssl) {
+		if (call)
+			call->fd = fd;
+		sd__mark_ssl(c);
+		sd__count(SD_STAT_TLS_CIPHER, size);
+		return;
+	}
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_scratch, &cpu);
+	if (!s)
+		return;
+	sd__deliver(s, c, nr, r, size, pos, dir, 0, fd, pid_tgid);
+}
+
+/*
+ * Infer (while still trying), copy and send one chunk of connection c: size bytes moved,
+ * pos bytes before it in its direction. For a plaintext chunk of a TLS call (encrypted)
+ * the bytes are at r->a[1] and nr is the SD_TLS_* call.
+ */
+static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *c, long nr, struct sdc_args *r,
+					__u64 size, __u64 pos, __u8 dir, int encrypted, long fd, __u64 pid_tgid)
+{
 	__u32 want = size < sd_cfg.max_copy ? size : sd_cfg.max_copy;
 	if (want > SD_COPY_MAX)
 		want = SD_COPY_MAX;
@@ -589,17 +697,19 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 		sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
 		return;
 	}
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_scratch, &cpu);
-	if (!s)
-		return;
-	__u32 got = sd__copy(s, nr, r, want, c->l4);
+	/* a TLS call's plaintext is one flat buffer, as read(2)'s */
+	__u32 got = sd__copy(s, encrypted ? NR_READ : nr, r, want, encrypted ? IPPROTO_TCP : c->l4);
 	if (infer) {
 		c->tries++;
 		int found = sd__infer_chunk(s, got, size, c->l4);
+		if ((found & SDI_TLS) && !encrypted) {
+			sd__mark_ssl(c);
+			sd__count(SD_STAT_TLS_CIPHER, size);
+			return;
+		}
 		__u8 p = found & 0xff;
 		if (p) {
-			int req = found >> 8;
+			int req = !!(found & SDI_REQ);
 			c->protocol = p;
 			/* a request written makes us the client; a request read, the server */
 			if (c->role == SD_ROLE_UNKNOWN)
@@ -623,6 +733,8 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 	d->copied = got;
 	d->nr = nr;
 	d->direction = dir;
+	if (encrypted)
+		d->flags |= SD_F_ENCRYPTED;
 	if (!(d->flags & SD_F_ADDR)) {
 		d->rport = 0;
 		d->rfamily = 0;
@@ -638,6 +750,19 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 		return;
 	}
 	sd__count(SD_STAT_EVENTS, 1);
+	if (encrypted)
+		sd__count(SD_STAT_TLS_CHUNKS, 1);
+}
+
+/* Whether this process is traced at all (the agent itself, the pid filter). */
+static __always_inline int sd__traced(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	if (!sd_cfg.trace_self && tgid == sd_cfg.self_tgid)
+		return 0;
+	if (sd_cfg.pid_filter && !bpf_map_lookup_elem(&sd_pids, &tgid))
+		return 0;
+	return 1;
 }
 
 static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
@@ -653,10 +778,7 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
 		return 0;
 	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!sd_cfg.trace_self && tgid == sd_cfg.self_tgid)
-		return 0;
-	if (sd_cfg.pid_filter && !bpf_map_lookup_elem(&sd_pids, &tgid))
+	if (!sd__traced(pid_tgid))
 		return 0;
 	/* int $0x80 from a 64-bit task uses i386 numbers: not ours */
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -698,4 +820,100 @@ SEC("raw_tp/sys_exit")
 int BPF_PROG(sockdata_exit_raw, struct pt_regs *regs, long ret)
 {
 	return sd__sys_exit(regs, ret);
+}
+
+/* ---- TLS library calls (uprobes on libssl) ------------------------------------------ */
+
+static __always_inline int sdt__enter(void *ssl, void *buf, void *outp, __u16 fn)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!sd__traced(pid_tgid))
+		return 0;
+	struct sdt_call call = {.ssl = (__u64)ssl, .buf = (__u64)buf, .outp = (__u64)outp, .fd = -1, .fn = fn};
+	bpf_map_update_elem(&sd_tls, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
+/* int SSL_read(SSL *ssl, void *buf, int num) */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_read, void *ssl, void *buf, int num)
+{
+	return sdt__enter(ssl, buf, NULL, SD_TLS_READ);
+}
+
+/* int SSL_write(SSL *ssl, const void *buf, int num) */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_write, void *ssl, void *buf, int num)
+{
+	return sdt__enter(ssl, buf, NULL, SD_TLS_WRITE);
+}
+
+/* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_read_ex, void *ssl, void *buf, size_t num, size_t *readbytes)
+{
+	return sdt__enter(ssl, buf, readbytes, SD_TLS_READ_EX);
+}
+
+/* int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written) */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_write_ex, void *ssl, void *buf, size_t num, size_t *written)
+{
+	return sdt__enter(ssl, buf, written, SD_TLS_WRITE_EX);
+}
+
+/* The return of any of the four: the plaintext is in the stashed buffer. */
+SEC("uretprobe")
+int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sdt_call *cp = bpf_map_lookup_elem(&sd_tls, &pid_tgid);
+	if (!cp)
+		return 0; /* missed entry, or not traced */
+	struct sdt_call call = *cp;
+	bpf_map_delete_elem(&sd_tls, &pid_tgid);
+
+	/* the functions return int: only eax is defined */
+	int rc = (int)ret;
+	__u64 size = 0;
+	if (call.outp) {
+		/* the _ex calls return 1 on success with the count in *outp */
+		if (rc != 1 || bpf_probe_read_user(&size, sizeof(size), (void *)call.outp))
+			return 0;
+	} else if (rc > 0) {
+		size = rc;
+	}
+	if (!size)
+		return 0;
+
+	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = call.ssl};
+	long fd = call.fd;
+	if (fd >= 0) {
+		bpf_map_update_elem(&sd_sslfd, &sk, &call.fd, BPF_ANY);
+	} else {
+		/* served from OpenSSL's buffer: no syscall during this call */
+		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
+		if (!known) {
+			sd__count(SD_STAT_TLS_NO_CONN, 1);
+			return 0;
+		}
+		fd = *known;
+	}
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	if (!c) {
+		sd__count(SD_STAT_TLS_NO_CONN, 1);
+		return 0;
+	}
+	sd__mark_ssl(c);
+	__u8 dir = (call.fn == SD_TLS_WRITE || call.fn == SD_TLS_WRITE_EX) ? SD_EGRESS : SD_INGRESS;
+	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->tls_recv, size)
+				      : __sync_fetch_and_add(&c->tls_sent, size);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_tscratch, &cpu);
+	if (!s)
+		return 0;
+	struct sdc_args r = {.a = {fd, call.buf}};
+	sd__deliver(s, c, call.fn, &r, size, pos, dir, 1, fd, pid_tgid);
+	return 0;
 }

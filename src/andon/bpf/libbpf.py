@@ -65,6 +65,18 @@ class bpf_tc_opts(ctypes.Structure):
     ]
 
 
+class bpf_uprobe_opts(ctypes.Structure):
+    """libbpf.h struct bpf_uprobe_opts (1.0+: func_name is its last field)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ref_ctr_offset", c_size_t),
+        ("bpf_cookie", c_uint64),
+        ("retprobe", c_bool),
+        ("func_name", c_char_p),
+    ]
+
+
 # int (*)(enum libbpf_print_level, const char *fmt, va_list ap): on x86_64 and arm64 a
 # va_list argument arrives as a pointer, which vsnprintf accepts as it is.
 PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)

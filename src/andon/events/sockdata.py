@@ -35,6 +35,8 @@ from ..bpf.varring import VarRingReader
 from ..errors import BpfError, NotSupported, PermissionDenied, UsageError
 from ..protocols.base import DataChunk, Direction, Protocol, Role
 from .live import boot_offset_ns, default_bpf_dir, possible_cpus
+from .tls import PROGRAMS as TLS_PROGRAMS
+from .tls import TlsAttacher
 
 log = logging.getLogger("andon.sockdata")
 
@@ -74,7 +76,13 @@ STAT_NAMES = (
     "read_errors",
     "conn_full",
     "dropped_bytes",
+    "tls_chunks",
+    "tls_cipher_bytes",
+    "tls_no_conn",
 )
+
+# the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
+TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex"}
 
 # hook -> the program in net/sockdata.bpf.o, in the order tried
 HOOKS = {"tp_btf": "sockdata_exit_btf", "raw_tp": "sockdata_exit_raw"}
@@ -133,6 +141,11 @@ class Data:
     def truncated(self) -> bool:
         return self.size > len(self.data)
 
+    @property
+    def encrypted(self) -> bool:
+        """Plaintext of a TLS library call (its pos counts plaintext bytes)."""
+        return bool(self.flags & F_ENCRYPTED)
+
     def chunk(self) -> DataChunk:
         return DataChunk(self.ts_ns, self.direction, self.data, self.size, self.gap)
 
@@ -165,6 +178,8 @@ class SockSettings:
     trace_self: bool = False  # also trace this process (tests do; the agent must not)
     hook: str = "auto"  # "auto": tp_btf, else raw_tp; or exactly "tp_btf" / "raw_tp"
     pids: frozenset[int] | None = None  # trace only these processes (more with add_pid); None: all
+    tls: bool = True  # uprobes on OpenSSL: plaintext of TLS connections (andon.events.tls)
+    tls_rescan_s: float = 2.0  # how often read() looks for processes with a new libssl file
     bpf_dir: Path = field(default_factory=default_bpf_dir)
 
     def __post_init__(self) -> None:
@@ -234,6 +249,8 @@ class SockSource:
         self._ncpu = possible_cpus()
         # (conn_id, direction) -> next expected byte position
         self._next: dict[tuple[int, int], int] = {}
+        self.tls: TlsAttacher | None = None
+        self.tls_error = ""  # why TLS capture is off, when settings.tls asked for it
         self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
         self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
 
@@ -248,21 +265,29 @@ class SockSource:
             hooks = list(HOOKS) if self.settings.hook == "auto" else [self.settings.hook]
             for hook in hooks:
                 prog = HOOKS[hook]
-                obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
-                try:
-                    for p in obj.programs():
-                        p.autoload = p.name == prog
-                    obj.set_rodata(cfg)
-                    obj.set_max_entries("sd_ring", ring)
-                    obj.set_max_entries("sd_scratch", self._ncpu)
-                    obj.load()
-                except (BpfError, NotSupported) as e:
-                    obj.close()
-                    errors.append(f"{hook}: {e}")
-                    log.info("%s unavailable (%s)", hook, e)
-                    continue
-                self._obj, self.hook, self._prog = obj, f"{hook}/sys_exit", prog
-                break
+                # with the uprobe programs first; a kernel that refuses them still gets
+                # plain capture
+                for tls in (True, False) if self.settings.tls else (False,):
+                    obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
+                    try:
+                        for p in obj.programs():
+                            p.autoload = p.name == prog or (tls and p.name in TLS_PROGRAMS)
+                        obj.set_rodata(cfg)
+                        obj.set_max_entries("sd_ring", ring)
+                        obj.set_max_entries("sd_scratch", self._ncpu)
+                        obj.set_max_entries("sd_tscratch", self._ncpu if tls else 1)
+                        obj.load()
+                    except (BpfError, NotSupported) as e:
+                        obj.close()
+                        errors.append(f"{hook}{' with TLS uprobes' if tls else ''}: {e}")
+                        log.info("%s%s unavailable (%s)", hook, " with TLS uprobes" if tls else "", e)
+                        continue
+                    self._obj, self.hook, self._prog = obj, f"{hook}/sys_exit", prog
+                    if self.settings.tls and not tls:
+                        self.tls_error = errors[-1]
+                    break
+                if self._obj is not None:
+                    break
             if self._obj is None:
                 raise NotSupported("socket data capture",
                                    f"no sys_exit hook of {'/'.join(hooks)} loads here: " + "; ".join(errors))
@@ -271,9 +296,28 @@ class SockSource:
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
             self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring)
+            if self.settings.tls and not self.tls_error:
+                self._start_tls()
         except BaseException:
             self.close()
             raise
+
+    def _start_tls(self) -> None:
+        assert self._obj is not None
+        tls = TlsAttacher(self._obj, self.settings.tls_rescan_s)
+        try:
+            tls.start()
+        except NotSupported as e:
+            tls.close()
+            self.tls_error = str(e)
+            log.warning("TLS capture off: %s", e)
+            return
+        self.tls = tls
+
+    def note_exec(self, pid: int) -> None:
+        """pid executed a new program: look at its libraries again at the next rescan."""
+        if self.tls is not None:
+            self.tls.note_exec(pid)
 
     def set_protocols(self, protocols: Iterable[Protocol]) -> None:
         """Switch on exactly these protocols' data; takes effect at the next syscall."""
@@ -292,6 +336,8 @@ class SockSource:
     def read(self, timeout: float = 0.1) -> Iterator[Record]:
         """Wait up to ``timeout`` for records, then yield what is there, decoded."""
         assert self.reader is not None, "start() first"
+        if self.tls is not None:
+            self.tls.maybe_rescan()
         if not self.reader.wait(timeout):
             return
         for raw in self.reader.read():
@@ -300,7 +346,8 @@ class SockSource:
                 self.undecodable += 1
                 continue
             if isinstance(rec, Data):
-                key = (rec.conn_id, int(rec.direction))
+                # a TLS connection's plaintext positions are their own stream
+                key = (rec.conn_id, int(rec.direction) | (rec.flags & F_ENCRYPTED))
                 expect = self._next.get(key)
                 if expect is None:
                     expect = 0
@@ -309,8 +356,8 @@ class SockSource:
                     self.gap_bytes += rec.gap
                 self._next[key] = rec.pos + rec.size
             elif isinstance(rec, ConnClose):
-                self._next.pop((rec.conn_id, 0), None)
-                self._next.pop((rec.conn_id, 1), None)
+                for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
+                    self._next.pop((rec.conn_id, k), None)
             yield rec
 
     def drain(self, until: float, stop=None) -> list[Record]:
@@ -331,6 +378,7 @@ class SockSource:
                 raw = m.lookup(idx.to_bytes(4, "little"), 8 * self._ncpu)
                 if raw:
                     out[name] = int(np.frombuffer(raw, dtype="<u8").sum())
+        out["tls_libs"] = len(self.tls.files) if self.tls is not None else 0
         out["undecodable"] = self.undecodable
         out["gap_bytes"] = self.gap_bytes
         return out
@@ -339,6 +387,9 @@ class SockSource:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        if self.tls is not None:
+            self.tls.close()
+            self.tls = None
         for link in reversed(self._links):
             link.destroy()
         self._links.clear()
@@ -372,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = SockSettings(protocols=protos, max_copy=args.max_copy, pids=frozenset(args.pid) if args.pid else None)
     comms: dict[int, str] = {}
     with SockSource(settings) as src:
-        print(f"# {src.hook}, protocols {', '.join(sorted(p.name.lower() for p in protos))}", flush=True)
+        tls = f", tls on {src.stats()['tls_libs']} libssl file(s)" if src.tls else f", tls off ({src.tls_error})"
+        print(f"# {src.hook}{tls}, protocols {', '.join(sorted(p.name.lower() for p in protos))}", flush=True)
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             for r in src.read(0.1):
@@ -386,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{'tcp' if r.l4 == 6 else 'udp'} {r.laddr}:{r.lport} -> {r.raddr}:{r.rport} netns={r.netns}")
                 elif isinstance(r, Data):
                     arrow = ">" if r.direction == Direction.EGRESS else "<"
+                    if r.encrypted:
+                        arrow += f" tls({TLS_CALLS.get(r.nr, r.nr)})"
                     cut = f" (+{r.size - len(r.data)} not copied)" if r.truncated else ""
                     gap = f" gap={r.gap}" if r.gap else ""
                     print(f"data  conn={r.conn_id} {comm}[{r.pid}] {arrow} {r.protocol.name.lower()} "

@@ -1,0 +1,203 @@
+"""Attach the socket data sensor's OpenSSL uprobes to every libssl in use.
+
+The probes themselves (``sockdata_ssl_*`` in ``bpf/net/sockdata.bpf.c``) live in the
+sensor's object and share its maps; this module only decides *where* they go. A uprobe
+is placed on a file's inode, so one attachment with pid -1 covers every process that
+maps that file, including processes started later. What has to be found are the
+distinct files:
+
+* the host's standard library directories, once at start;
+* every ``libssl.so.3`` / ``libssl.so.1.1`` named in ``/proc/<pid>/maps``, opened through
+  ``/proc/<pid>/root`` so that a container's (or any other mount namespace's) own copy is
+  the file attached. Each file is attached once, keyed by (st_dev, st_ino).
+
+:meth:`TlsAttacher.rescan` reads the maps of pids it has not seen before (cheap: a
+directory listing plus one small file per new process), so a process that brings a new
+libssl file is covered within one rescan period; :meth:`TlsAttacher.note_exec` makes a
+pid be read again after it executed a new program.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bpf.object import BpfObject, Link
+from ..errors import BpfError, NotSupported
+
+log = logging.getLogger("andon.tls")
+
+# OpenSSL's sonames; NSS's libssl3.so is another library with other functions
+LIBSSL = re.compile(r"/libssl\.so\.(3|1\.1)$")
+
+# function -> the entry program; every function's return goes to RET_PROG
+ENTRY_PROGS = {
+    "SSL_read": "sockdata_ssl_read",
+    "SSL_write": "sockdata_ssl_write",
+    "SSL_read_ex": "sockdata_ssl_read_ex",
+    "SSL_write_ex": "sockdata_ssl_write_ex",
+}
+RET_PROG = "sockdata_ssl_ret"
+PROGRAMS = frozenset(ENTRY_PROGS.values()) | {RET_PROG}
+
+# where a host installs its libssl (Debian multiarch, Fedora/RHEL lib64, /usr/local builds)
+HOST_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+)
+
+
+@dataclass
+class LibFile:
+    """One libssl file with the probes on it."""
+
+    path: str  # as opened: through /proc/<pid>/root/ for a file of another mount namespace
+    dev: int
+    ino: int
+    pid: int  # the process it was found mapped in; 0 for a host path
+    functions: tuple[str, ...] = ()  # the functions probed (OpenSSL 1.1.0 has no _ex calls)
+    links: list[Link] = field(default_factory=list, repr=False)
+
+
+class TlsAttacher:
+    """Owns the uprobe links of one loaded sensor object; close() detaches them."""
+
+    def __init__(self, obj: BpfObject, rescan_s: float = 2.0, proc: Path = Path("/proc"),
+                 host_dirs: tuple[str, ...] = HOST_DIRS) -> None:
+        self._obj = obj
+        self.rescan_s = rescan_s
+        self._proc = proc
+        self._host_dirs = host_dirs
+        self.files: dict[tuple[int, int], LibFile] = {}
+        self.failed: dict[tuple[int, int], str] = {}  # files that could not be probed, and why
+        self._seen: set[int] = set()
+        self._next_scan = 0.0
+        self.scans = 0
+        self.maps_read = 0  # /proc/<pid>/maps files read, over all scans
+
+    # -- finding files -------------------------------------------------------------------
+    def start(self) -> None:
+        """Probe the host's libssl files and those of every running process.
+
+        Raises NotSupported when not even one file could be probed because uprobes are
+        unavailable (the socket capture itself keeps working without them)."""
+        for d in self._host_dirs:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                continue
+            for name in names:
+                path = f"{d}/{name}"
+                if LIBSSL.search(path):
+                    self._attach(path, 0)
+        self.rescan()
+        if not self.files and self.failed:
+            why = "; ".join(sorted(set(self.failed.values())))
+            raise NotSupported("TLS uprobes", f"no libssl could be probed ({why}): is CONFIG_UPROBE_EVENTS on?")
+
+    def rescan(self) -> int:
+        """Read the maps of processes not seen before; probe new libssl files. Returns
+        how many files were newly probed."""
+        before = len(self.files)
+        try:
+            pids = {int(n) for n in os.listdir(self._proc) if n.isdigit()}
+        except OSError as e:
+            log.warning("cannot list %s: %s", self._proc, e)
+            return 0
+        self._seen &= pids  # forget exited processes: their pids may be reused
+        own = os.getpid()
+        for pid in sorted(pids - self._seen):
+            self._seen.add(pid)
+            if pid == own:
+                continue
+            for path in self._libssl_of(pid):
+                self._attach(path, pid)
+        self.scans += 1
+        self._next_scan = time.monotonic() + self.rescan_s
+        return len(self.files) - before
+
+    def maybe_rescan(self) -> int:
+        """rescan() when the period has passed since the last; cheap to call often."""
+        if time.monotonic() < self._next_scan:
+            return 0
+        return self.rescan()
+
+    def note_exec(self, pid: int) -> None:
+        """pid executed a new program: read its maps again at the next rescan."""
+        self._seen.discard(pid)
+
+    def _libssl_of(self, pid: int) -> list[str]:
+        try:
+            with open(self._proc / str(pid) / "maps", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return []  # exited, or a kernel thread
+        self.maps_read += 1
+        found: set[str] = set()
+        for line in raw.split(b"\n"):
+            if b"libssl.so." not in line:
+                continue
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6:
+                path = parts[5].decode(errors="replace")
+                if LIBSSL.search(path):  # " (deleted)" files do not match: not probed
+                    found.add(path)
+        # the process's own view of its files: right inside a container's mount namespace
+        return [f"{self._proc}/{pid}/root{p}" for p in sorted(found)]
+
+    # -- probing ---------------------------------------------------------------------------
+    def _attach(self, path: str, pid: int) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self.files or key in self.failed:
+            return
+        lib = LibFile(path, st.st_dev, st.st_ino, pid)
+        done: list[str] = []
+        why = ""
+        for fn, prog in ENTRY_PROGS.items():
+            # the return probe first: an entry without its return would leave the thread
+            # marked "inside a TLS call" and its later socket bytes taken for ciphertext
+            try:
+                ret = self._obj.program(RET_PROG).attach_uprobe(path, fn, retprobe=True)
+            except (NotSupported, BpfError) as e:
+                why = why or str(e)
+                continue
+            try:
+                entry = self._obj.program(prog).attach_uprobe(path, fn)
+            except (NotSupported, BpfError) as e:
+                ret.destroy()
+                why = why or str(e)
+                continue
+            lib.links += [ret, entry]
+            done.append(fn)
+        if not {"SSL_read", "SSL_write"} <= set(done):
+            for link in lib.links:
+                link.destroy()
+            self.failed[key] = why or "SSL_read/SSL_write not found"
+            log.info("libssl %s not probed: %s", path, self.failed[key])
+            return
+        lib.functions = tuple(done)
+        self.files[key] = lib
+        log.info("probing %s (%s) for pid %d and every other user of it", path, ", ".join(done), pid)
+
+    def close(self) -> None:
+        for lib in self.files.values():
+            for link in lib.links:
+                link.destroy()
+            lib.links.clear()
+        self.files.clear()
+
+
+__all__ = ["TlsAttacher", "LibFile", "PROGRAMS", "LIBSSL"]
