@@ -26,28 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from . import events as events_cmd
+    from . import doctor, events, query, rules, run, top
 
-    events_cmd.add_parsers(sub)
-    try:
-        from . import doctor as doctor_cmd
-    except ImportError:  # pragma: no cover - doctor lands in its own module
-        doctor_cmd = None
-    if doctor_cmd is not None:
-        doctor_cmd.add_parser(sub)
-    import importlib
-
-    from . import query as query_cmd  # `andon query`: PxL scripts and SQL over the stored tables
-
-    query_cmd.add_parser(sub)
-    for mod in ("rules", "run"):  # runtime security front ends: `andon rules ...`, `andon run`
-        try:
-            m = importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise
-            continue
-        m.add_parser(sub)
+    events.add_parsers(sub)  # andon events / capture
+    doctor.add_parser(sub)
+    rules.add_parser(sub)  # runtime security: andon rules validate|list|fields
+    run.add_parser(sub)  # the agent
+    query.add_parser(sub)  # observability: PxL scripts and SQL over the stored tables
+    top.add_parser(sub)  # observability: the busiest endpoints, live
     return p
 
 
