@@ -344,7 +344,9 @@ http {{
 }}
 """)
         argv = ["nginx", "-p", str(d), "-e", str(d / "server.log"), "-c", str(d / "nginx.conf")]
-        return _serve("nginx", argv, host="127.0.0.1", port=p, workdir=d, probe=_http_probe,
+        def probe(srv: Server) -> bool:  # answering, and every worker forked (tests count them)
+            return _http_probe(srv) and len(srv.worker_pids()) >= workers
+        return _serve("nginx", argv, host="127.0.0.1", port=p, workdir=d, probe=probe,
                       stop_signal=signal.SIGTERM, info=info)
     return _with_retry(_prepared("nginx", None, build), port)
 
