@@ -333,8 +333,8 @@ def test_protocol_is_inferred_from_the_first_message(sd, req, proto):
 def test_unknown_protocol_is_not_copied(sd):
     src = sd
     before = src.stats()["skipped_bytes"]
-    junk = b"\x16\x03\x01" + bytes(200)  # looks like a TLS record: no plaintext protocol
-    resp = b"\x17\x03\x03zz"
+    junk = b"\x01\x02\x03" + bytes(200)  # no protocol the kernel knows (TLS records: test_sockdata_tls.py)
+    resp = b"\x05\x03\x03zz"
     pid, _ = run_child(src, http_child("k.sendall(REQ)\nk.recv(100)", req=junk, resp=resp))
     recs = collect(src, {pid}, closes(2))
     assert not [r for r in recs if isinstance(r, Data)]
