@@ -60,6 +60,7 @@ def test_server_side_and_container(run):
                   data(2, 180, E, RESP, role=Role.SERVER, pid=300)])
     (row,) = out["http_events"]
     assert row["trace_role"] == 2 and row["latency"] == 80
+    assert p.stats.server_rows == {"http_events": 1} and p.stats.rows["http_events"] == 1
     assert row["container_id"] == "c" * 64 and row["container_name"] == "web"
 
 

@@ -120,6 +120,7 @@ class Observer:
         if self.pipeline is not None:
             p = self.pipeline.stats
             out["rows"] = dict(p.rows)
+            out["server_rows"] = dict(p.server_rows)
             out["connections"] = {"opened": p.conns_opened, "closed": p.conns_closed,
                                   "idle_closed": p.conns_idle_closed, "open": len(self.pipeline.conns)}
             out["parse"] = {k: getattr(p.parse, k) for k in p.parse.__slots__}  # type: ignore[attr-defined]
@@ -157,9 +158,12 @@ class Observer:
 def describe(stats: dict[str, Any]) -> str:
     """The closing line's observability part: rows per table, connections, loss."""
     rows = stats.get("rows", {})
+    server = stats.get("server_rows", {})
     sensor = stats.get("sensor", {})
     parse = stats.get("parse", {})
-    tables = ", ".join(f"{n} {t}" for t, n in sorted(rows.items()) if n) or "no rows"
+    tables = ", ".join(
+        f"{n} {t}" + (f" ({server.get(t, 0)} server side)" if t != "conn_stats" else "")
+        for t, n in sorted(rows.items()) if n) or "no rows"
     conns = stats.get("connections", {})
     return (f"observe: {tables}; {conns.get('opened', 0)} connections; "
             f"{sensor.get('drops', 0)} records lost, {sensor.get('gap_bytes', 0)} bytes in gaps, "

@@ -125,6 +125,7 @@ class Conn:
 class PipelineStats:
     records: int = 0
     rows: dict[str, int] = field(default_factory=dict)
+    server_rows: dict[str, int] = field(default_factory=dict)  # of rows, those traced on the server side
     conns_opened: int = 0
     conns_closed: int = 0
     conns_idle_closed: int = 0
@@ -266,6 +267,8 @@ class Pipeline:
             row.update(common)
             out.append(row)
         self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+        if conn.role == Role.SERVER:
+            self.stats.server_rows[table] = self.stats.server_rows.get(table, 0) + len(rows)
 
     def flush(self) -> None:
         """Hand the rows made so far to the sink, one batch per table."""
