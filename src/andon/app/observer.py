@@ -140,12 +140,15 @@ class Observer:
                 if self.pipeline is not None:
                     for rec in self.source.read(0):
                         self.pipeline.handle(rec)
+                if self.pipeline is not None:
+                    self.pipeline.close(time.time_ns())
+                self.last_stats = self.stats()  # the kernel's counters, before the maps go
             finally:
                 self.source.close()
                 self.source = None
-        if self.pipeline is not None:
+        elif self.pipeline is not None:
             self.pipeline.close(time.time_ns())
-        self.last_stats = self.stats()
+            self.last_stats = self.stats()
         self.pipeline = None
         if self.store is not None:
             self.store.close()
