@@ -132,3 +132,18 @@ def test_processinfo_reads_proc(tmp_path):
     who = pi.get(42, "postgres")
     assert who.upid == "0:42:555" and who.container_id == "ab" * 32 and who.container_name == "db"
     assert pi.get(43, "gone").upid == "0:43:0"
+
+
+def test_tls_plaintext_marks_rows_encrypted(run):
+    from andon.events.sockdata import F_ENCRYPTED
+
+    p, out = run
+    req = data(10, 100, E, REQ)
+    resp = data(10, 150, I, RESP)
+    req.flags = resp.flags = F_ENCRYPTED
+    p.handle_all([opened(10), req, resp, opened(11), data(11, 100, E, REQ), data(11, 120, I, RESP)])
+    rows = {r["latency"]: r["encrypted"] for r in out["http_events"]}
+    assert rows == {50: True, 20: False}
+    p.tick(200)
+    ssl = {r["remote_port"]: r["ssl"] for r in out["conn_stats"]}
+    assert ssl == {8080: True}  # one group for both connections: any TLS makes it ssl
