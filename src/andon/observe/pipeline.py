@@ -204,8 +204,6 @@ class Pipeline:
             conn = self._open(ConnOpen(rec.conn_id, rec.pid, rec.tid, rec.fd, rec.ts_ns, rec.role, 0, "", 0,
                                        "", 0, 0, 0, 0, ""))
         conn.last_ns = rec.ts_ns
-        if rec.encrypted:  # plaintext from the TLS library probes: the connection is TLS
-            conn.encrypted = True
         if rec.direction == 0:
             conn.bytes_sent += rec.size
         else:
@@ -286,7 +284,7 @@ class Pipeline:
     def _count(self, conn: Conn, closed: bool = False) -> None:
         """Fold a connection's bytes into its conn_stats group (called on close and at ticks)."""
         raddr, rport = conn.raddr, conn.rport
-        if not rport and conn.peer is not None:  # unconnected UDP: 0.0.0.0:0, the datagram says who
+        if not raddr and conn.peer is not None:
             raddr, rport = conn.peer
         key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
         st = self._connstats.get(key)
@@ -312,7 +310,7 @@ class Pipeline:
         for conn in self.conns.values():
             self._count(conn)
             raddr, rport = conn.raddr, conn.rport
-            if not rport and conn.peer is not None:  # unconnected UDP: 0.0.0.0:0, the datagram says who
+            if not raddr and conn.peer is not None:
                 raddr, rport = conn.peer
             key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
             n, s, r = live.get(key, (0, 0, 0))
