@@ -1,0 +1,479 @@
+"""TLS plaintext from the socket data sensor's OpenSSL uprobes (bpf/net/sockdata.bpf.c,
+src/andon/events/tls.py), with real OpenSSL clients and servers on loopback.
+
+As in test_sockdata.py, each test runs CHILD processes whose pids are added to the
+sensor's filter before they start their work, reads the ring, and asserts on the records
+of those pids only (other processes on this machine make traffic too). The sensor is
+shared per sys_exit entry point: the ciphertext is dropped by the sys_exit program, the
+plaintext comes from the uprobes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from andon.events.sockdata import (
+    F_ENCRYPTED,
+    F_TRUNCATED,
+    ORIGIN_ACCEPT,
+    ORIGIN_CONNECT,
+    ConnClose,
+    ConnOpen,
+    Data,
+    SockSettings,
+    SockSource,
+)
+from andon.events.live import default_bpf_dir
+from andon.protocols.base import Direction, Protocol, Role
+
+if not (default_bpf_dir() / "net/sockdata.bpf.o").exists():
+    pytest.skip("net/sockdata.bpf.o is not built: run `make bpf`", allow_module_level=True)
+
+# SD_TLS_*: the library call in a record's nr
+SSL_READ, SSL_WRITE, SSL_READ_EX, SSL_WRITE_EX = 1, 2, 3, 4
+
+REQ = b"GET /secret HTTP/1.1\r\nHost: localhost\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhidden"
+LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+
+# A child that is an HTTPS server (on a thread) and its own client, with Python's ssl
+# module (OpenSSL 3: SSL_read_ex / SSL_write_ex). It prints {"pid", "port"} first, waits
+# for a line on stdin (the test adds its pid to the filter meanwhile), then serves one
+# request and prints {"port"} at the end. {client}/{server_read} vary the calls.
+TLS_CHILD = r"""
+import json, os, socket, ssl, sys, threading
+CERT, KEY = {cert!r}, {key!r}
+REQ, RESP = {req!r}, {resp!r}
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(CERT, KEY)
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]
+print(json.dumps({{"pid": os.getpid(), "port": port}}), flush=True)
+sys.stdin.readline()
+def serve():
+    c, _ = srv.accept()
+    c = sctx.wrap_socket(c, server_side=True)
+    got = b""
+    while len(got) < len(REQ):
+        got += c.recv({server_read})
+    c.sendall(RESP)
+    c.close()
+t = threading.Thread(target=serve); t.start()
+k = cctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+{client}
+got = b""
+while len(got) < len(RESP):
+    got += k.recv(65536)
+k.close(); t.join(); srv.close()
+print(json.dumps({{"port": port}}), flush=True)
+"""
+
+# An HTTPS server for one request from another program: prints {"pid", "port"}, answers
+# whatever request line arrives with RESP, closes.
+TLS_SERVER = r"""
+import json, os, socket, ssl, sys
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(json.dumps({{"pid": os.getpid(), "port": srv.getsockname()[1]}}), flush=True)
+c, _ = srv.accept()
+c = sctx.wrap_socket(c, server_side=True)
+got = b""
+while b"\r\n\r\n" not in got:
+    got += c.recv(65536)
+c.sendall({resp!r})
+c.close(); srv.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("tls")
+    key, crt = d / "key.pem", d / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-days", "1", "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    return str(crt), str(key)
+
+
+@pytest.fixture(scope="module", params=["tp_btf", "raw_tp"])
+def shared(request: pytest.FixtureRequest) -> Iterator[SockSource]:
+    src = SockSource(SockSettings(hook=request.param, pids=frozenset(), tls_rescan_s=0.2))
+    src.start()
+    if src.tls is None:
+        src.close()
+        pytest.skip(f"TLS uprobes unavailable: {src.tls_error}")
+    yield src
+    src.close()
+
+
+class Child:
+    """A gated child: started, its pid added to the filter, then let go."""
+
+    def __init__(self, src: SockSource, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env)
+        line = self.p.stdout.readline() if self.p.stdout else ""
+        if not line:
+            self.p.kill()
+            raise AssertionError(f"child printed nothing: {self.p.stderr.read() if self.p.stderr else ''}")
+        self.info = json.loads(line)
+        self.pid = int(self.info["pid"])  # its own pid: the host pid even in a --pid host container
+        src.add_pid(self.pid)
+
+    def go(self, timeout: float = 30.0) -> dict:
+        try:
+            out, err = self.p.communicate("go\n", timeout=timeout)
+        finally:
+            self.p.kill()
+        assert self.p.returncode == 0, f"child failed: {err}"
+        lines = out.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+
+def python_child(src: SockSource, cert: tuple[str, str], client: str = "k.sendall(REQ)", server_read: int = 65536,
+                 req: bytes = REQ, resp: bytes = RESP, env: dict[str, str] | None = None) -> Child:
+    code = TLS_CHILD.format(cert=cert[0], key=cert[1], req=req, resp=resp, client=client, server_read=server_read)
+    return Child(src, [sys.executable, "-c", code], env)
+
+
+def collect(src: SockSource, pids: set[int], closes: int, timeout: float = 5.0) -> list:
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out.extend(r for r in src.read(0.05) if r.pid in pids)
+        if sum(isinstance(r, ConnClose) for r in out) >= closes:
+            out.extend(r for r in src.read(0.0) if r.pid in pids)
+            break
+    return out
+
+
+def conns(recs: list) -> dict[Role, list]:
+    """Records per connection, by the role of its open record."""
+    by: dict[int, list] = {}
+    for r in recs:
+        by.setdefault(r.conn_id, []).append(r)
+    out: dict[Role, list] = {}
+    for rs in by.values():
+        assert isinstance(rs[0], ConnOpen), rs[0]
+        assert rs[0].role not in out, f"two {rs[0].role} connections: {by}"
+        out[rs[0].role] = rs
+    return out
+
+
+def data(recs: list, direction: Direction | None = None) -> list[Data]:
+    return [r for r in recs if isinstance(r, Data) and (direction is None or r.direction == direction)]
+
+
+def plain(recs: list, direction: Direction) -> bytes:
+    return b"".join(r.data for r in data(recs, direction))
+
+
+def closed(recs: list) -> ConnClose:
+    c = recs[-1]
+    assert isinstance(c, ConnClose), c
+    return c
+
+
+# -- Python's ssl module at both ends ---------------------------------------------------------
+
+
+def test_python_https_plaintext_both_ends_and_no_ciphertext(shared, cert):
+    src = shared
+    before = src.stats()
+    # TRIGGER
+    child = python_child(src, cert)
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    by = conns(recs)
+    client, server = by[Role.CLIENT], by[Role.SERVER]
+    assert client[0].origin == ORIGIN_CONNECT and server[0].origin == ORIGIN_ACCEPT
+    assert client[0].rport == server[0].lport == child.info["port"]
+    assert plain(client, Direction.EGRESS) == REQ
+    assert plain(client, Direction.INGRESS) == RESP
+    assert plain(server, Direction.INGRESS) == REQ
+    assert plain(server, Direction.EGRESS) == RESP
+    # every delivered chunk is a library call's plaintext: no socket bytes at all
+    for r in data(client) + data(server):
+        assert r.flags & F_ENCRYPTED and r.encrypted
+        assert r.protocol == Protocol.HTTP and r.gap == 0 and r.pos == 0 and not r.truncated
+        assert r.nr == (SSL_WRITE_EX if r.direction == Direction.EGRESS else SSL_READ_EX)
+    assert {r.role for r in data(client)} == {Role.CLIENT}
+    assert {r.role for r in data(server)} == {Role.SERVER}
+    assert {r.tid for r in data(server)} != {r.tid for r in data(client)}  # the server's thread
+    # the sockets carried ciphertext: handshake and records, more than the plaintext
+    cc, sc = closed(client), closed(server)
+    assert cc.bytes_sent == sc.bytes_recv > len(REQ) and cc.bytes_recv == sc.bytes_sent > len(RESP)
+    assert cc.protocol == sc.protocol == Protocol.HTTP
+    after = src.stats()
+    cipher = cc.bytes_sent + cc.bytes_recv + sc.bytes_sent + sc.bytes_recv
+    assert after["tls_cipher_bytes"] - before["tls_cipher_bytes"] == cipher
+    assert after["tls_chunks"] - before["tls_chunks"] == len(data(client) + data(server)) == 4
+    assert after["tls_no_conn"] == before["tls_no_conn"]
+    assert after["tls_libs"] >= 1
+
+
+def test_small_reads_served_from_openssls_buffer(shared, cert):
+    """The server reads 10 bytes at a time: the first SSL_read_ex reads the whole record from
+    the socket, the others are served from OpenSSL's buffer with no syscall, and find the
+    connection through the SSL * -> fd map."""
+    src = shared
+    before = src.stats()
+    # TRIGGER
+    child = python_child(src, cert, server_read=10)
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    server = conns(recs)[Role.SERVER]
+    reads = data(server, Direction.INGRESS)
+    assert [r.data for r in reads] == [REQ[i : i + 10] for i in range(0, len(REQ), 10)]
+    assert [r.pos for r in reads] == list(range(0, len(REQ), 10))
+    assert all(r.encrypted and r.gap == 0 and r.protocol == Protocol.HTTP for r in reads)
+    assert src.stats()["tls_no_conn"] == before["tls_no_conn"]
+
+
+def test_plaintext_positions_and_the_copy_bound(shared, cert):
+    src = shared
+    bound = src.settings.max_copy
+    body = bytes(range(256)) * 40  # 10240 bytes: one SSL_write, beyond the copy bound
+    req = b"POST /up HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    # TRIGGER: the headers and the body in two writes
+    head = req.index(b"\r\n\r\n") + 4
+    child = python_child(src, cert, client=f"k.sendall(REQ[:{head}]); k.sendall(REQ[{head}:])", req=req)
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    by = conns(recs)
+    writes = data(by[Role.CLIENT], Direction.EGRESS)
+    assert [(r.pos, r.size) for r in writes] == [(0, head), (head, len(req) - head)]
+    assert writes[0].data == req[:head] and not writes[0].truncated
+    assert writes[1].data == req[head : head + bound] and writes[1].flags & F_TRUNCATED
+    reads = data(by[Role.SERVER], Direction.INGRESS)
+    assert sum(r.size for r in reads) == len(req)
+    pos = 0
+    for r in reads:  # contiguous plaintext positions, each chunk cut at the bound
+        assert r.pos == pos and r.gap == 0 and r.data == req[pos : pos + min(r.size, bound)]
+        pos += r.size
+
+
+def test_tls_record_bytes_without_uprobes_are_counted_as_ciphertext(shared):
+    """Bytes that look like TLS records on a socket (a TLS library we do not probe) mark the
+    connection ssl: nothing is delivered, the bytes are counted as ciphertext."""
+    src = shared
+    before = src.stats()
+    hello = b"\x16\x03\x01\x00\xc8" + bytes(200)  # a handshake record header
+    code = r"""
+import json, os, socket, sys, threading
+print(json.dumps({"pid": os.getpid()}), flush=True); sys.stdin.readline()
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def serve():
+    c, _ = srv.accept(); c.recv(1000); c.sendall(b"\x17\x03\x03\x00\x02zz"); c.close()
+t = threading.Thread(target=serve); t.start()
+k = socket.create_connection(srv.getsockname()); k.sendall(HELLO); k.recv(100); k.close(); t.join()
+""".replace("HELLO", repr(hello))
+    child = Child(src, [sys.executable, "-c", code])
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    assert not data(recs)
+    assert len([r for r in recs if isinstance(r, ConnOpen)]) == 2
+    after = src.stats()
+    assert after["tls_cipher_bytes"] - before["tls_cipher_bytes"] == 2 * (len(hello) + 7)
+    assert after["skipped_bytes"] == before["skipped_bytes"]
+
+
+# -- other OpenSSL programs ---------------------------------------------------------------------
+
+
+def test_curl_against_python_https_server(shared, cert):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    src = shared
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    server = Child(src, [sys.executable, "-c", TLS_SERVER.format(cert=cert[0], key=cert[1], resp=resp)])
+    port = server.info["port"]
+    # TRIGGER: curl (libcurl -> libssl: SSL_read / SSL_write), gated by a shell that execs it
+    curl = subprocess.Popen(["sh", "-c", f"read x; exec curl -sk --http1.1 https://127.0.0.1:{port}/from-curl"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    src.add_pid(curl.pid)
+    out, err = curl.communicate("go\n", timeout=30)
+    server.go()
+    assert curl.returncode == 0, err
+    assert out == "hello"
+    recs = collect(src, {curl.pid, server.pid}, closes=2)
+    # ASSERT
+    mine = [r for r in recs if r.pid == curl.pid]
+    theirs = [r for r in recs if r.pid == server.pid]
+    c, s = conns(mine)[Role.CLIENT], conns(theirs)[Role.SERVER]
+    assert c[0].comm == "curl" and c[0].rport == port
+    sent = plain(c, Direction.EGRESS)
+    assert sent.startswith(b"GET /from-curl HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % port) and sent.endswith(b"\r\n\r\n")
+    assert plain(c, Direction.INGRESS) == resp
+    assert plain(s, Direction.INGRESS) == sent and plain(s, Direction.EGRESS) == resp
+    assert all(r.encrypted and r.protocol == Protocol.HTTP and r.role == Role.CLIENT for r in data(c))
+    assert {r.nr for r in data(c)} <= {SSL_READ, SSL_WRITE, SSL_READ_EX, SSL_WRITE_EX}
+    assert any(r.nr in (SSL_WRITE, SSL_WRITE_EX) for r in data(c))
+
+
+def test_openssl_s_client_and_s_server(shared, cert):
+    """openssl s_client and s_server in their plain mode call SSL_read/SSL_write. (Its -www
+    and -rev modes read through a BIO_f_ssl, which calls OpenSSL's internal functions, not
+    the exported ones: not seen. See docs/observability.md, TLS, limits.)"""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    src = shared
+    req, resp = b"GET /andon HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nbody\n"
+    # TRIGGER: the server prints what it receives and sends what it reads on its stdin
+    srv = subprocess.Popen(["sh", "-c", f"read x; exec openssl s_server -quiet -naccept 1 "
+                                        f"-accept 127.0.0.1:0 -cert {cert[0]} -key {cert[1]}"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    cli = None
+    try:
+        src.add_pid(srv.pid)
+        assert srv.stdin is not None and srv.stdout is not None
+        srv.stdin.write(b"go\n")
+        srv.stdin.flush()
+        port = _listening_port(srv.pid)
+        cli = subprocess.Popen(["sh", "-c", f"read x; exec openssl s_client -quiet -connect 127.0.0.1:{port}"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        src.add_pid(cli.pid)
+        assert cli.stdin is not None
+        cli.stdin.write(b"go\n" + req)
+        cli.stdin.flush()
+        _read_until(srv.stdout, b"GET /andon", 10.0)  # the server has the request
+        srv.stdin.write(resp)
+        srv.stdin.close()  # end of its input: the server closes the connection and exits
+        out, _ = cli.communicate(timeout=10)
+        srv.wait(timeout=10)
+    finally:
+        for p in (srv, cli):
+            if p is not None:
+                p.kill()
+                p.wait()
+    recs = collect(src, {srv.pid, cli.pid}, closes=2, timeout=3.0)
+    # ASSERT
+    assert out == resp
+    c = conns([r for r in recs if r.pid == cli.pid])[Role.CLIENT]
+    s = conns([r for r in recs if r.pid == srv.pid])[Role.SERVER]
+    assert c[0].comm == s[0].comm == "openssl"
+    assert plain(c, Direction.EGRESS) == req == plain(s, Direction.INGRESS)
+    assert plain(s, Direction.EGRESS) == resp == plain(c, Direction.INGRESS)
+    assert all(r.encrypted and r.protocol == Protocol.HTTP for r in data(c) + data(s))
+    assert {r.nr for r in data(c) + data(s)} == {SSL_READ, SSL_WRITE}
+
+
+def _read_until(f, want: bytes, timeout: float) -> bytes:
+    import select
+
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {want!r} within {timeout}s, got {got!r}"
+        if select.select([f], [], [], left)[0]:
+            chunk = os.read(f.fileno(), 4096)
+            assert chunk, f"EOF before {want!r}: {got!r}"
+            got += chunk
+    return got
+
+
+def _listening_port(pid: int, timeout: float = 10.0) -> int:
+    """The TCP port a process listens on, from /proc/<pid>/net/tcp and its socket inodes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and f"socket:[{f[9]}]" in inodes:  # 0A: TCP_LISTEN
+                    return int(f[1].split(":")[1], 16)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} did not listen within {timeout}s")
+
+
+# -- processes that bring a libssl file of their own ---------------------------------------------
+
+
+def _wait_for_file(src: SockSource, path: Path, timeout: float = 10.0) -> None:
+    """Read (which rescans) until the sensor probes the file ``path``."""
+    st = path.stat()
+    deadline = time.monotonic() + timeout
+    assert src.tls is not None
+    while (st.st_dev, st.st_ino) not in src.tls.files and time.monotonic() < deadline:
+        list(src.read(0.05))
+    assert (st.st_dev, st.st_ino) in src.tls.files, f"{path} not probed: {src.tls.failed}"
+
+
+def test_process_started_later_with_its_own_libssl_is_found_by_rescan(shared, cert, tmp_path):
+    if not Path(LIBSSL).exists():
+        pytest.skip(f"no {LIBSSL}")
+    src = shared
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(LIBSSL, lib / "libssl.so.3")  # a new file: a new inode, not probed yet
+    libs_before = src.stats()["tls_libs"]
+    # TRIGGER: the child loads the copy (LD_LIBRARY_PATH goes before the RUNPATH of _ssl)
+    child = python_child(src, cert, env=dict(os.environ, LD_LIBRARY_PATH=str(lib)))
+    maps = Path(f"/proc/{child.pid}/maps").read_text()
+    assert str(lib / "libssl.so.3") in maps
+    _wait_for_file(src, lib / "libssl.so.3")
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    assert src.stats()["tls_libs"] == libs_before + 1
+    found = next(f for f in src.tls.files.values() if f.path.endswith(str(lib / "libssl.so.3")))
+    assert found.pid == child.pid and found.path == f"/proc/{child.pid}/root{lib}/libssl.so.3"
+    assert set(found.functions) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"}
+    by = conns(recs)
+    assert plain(by[Role.CLIENT], Direction.EGRESS) == REQ and plain(by[Role.SERVER], Direction.EGRESS) == RESP
+    assert all(r.encrypted for r in data(recs))
+
+
+PODMAN_RUN = ["podman", "run", "--rm", "-i", "--runtime", "runc", "--ulimit", "nofile=4096:4096",
+              "--ulimit", "nproc=4096:4096", "--network", "none", "--pid", "host"]
+IMAGE = os.environ.get("ANDON_TEST_IMAGE", "localhost/andon-test:bookworm")
+
+
+def test_podman_container_with_its_own_libssl(shared, cert, tmp_path):
+    """A container (own mount and network namespaces) whose libssl.so.3 at the standard
+    path is not the host's file: found through /proc/<pid>/root, probed, captured."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+        pytest.skip(f"image {IMAGE} is not there (make test-image)")
+    src = shared
+    prefix = Path(sys.base_prefix).resolve()  # the interpreter and its stdlib, mounted read-only
+    libdir = tmp_path / "clib"
+    libdir.mkdir()
+    for name in ("libssl.so.3", "libcrypto.so.3"):
+        shutil.copy(f"/usr/lib/x86_64-linux-gnu/{name}", libdir / name)
+    certdir = Path(cert[0]).parent
+    code = TLS_CHILD.format(cert="/t/cert.pem", key="/t/key.pem", req=REQ, resp=RESP, client="k.sendall(REQ)",
+                            server_read=65536)
+    argv = [*PODMAN_RUN, "-v", f"{prefix}:{prefix}:ro", "-v", f"{certdir}:/t:ro",
+            "-v", f"{libdir}/libssl.so.3:/usr/lib/x86_64-linux-gnu/libssl.so.3:ro",
+            "-v", f"{libdir}/libcrypto.so.3:/usr/lib/x86_64-linux-gnu/libcrypto.so.3:ro",
+            IMAGE, str(prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"), "-c", code]
+    # TRIGGER
+    child = Child(src, argv)
+    _wait_for_file(src, libdir / "libssl.so.3")
+    child.go(timeout=60)
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    found = next(f for f in src.tls.files.values() if f.pid == child.pid)
+    assert found.path == f"/proc/{child.pid}/root/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    by = conns(recs)
+    client, server = by[Role.CLIENT], by[Role.SERVER]
+    assert client[0].netns == server[0].netns != os.stat("/proc/self/ns/net").st_ino
+    assert plain(client, Direction.EGRESS) == REQ == plain(server, Direction.INGRESS)
+    assert plain(server, Direction.EGRESS) == RESP == plain(client, Direction.INGRESS)
+    assert all(r.encrypted and r.protocol == Protocol.HTTP for r in data(recs))
