@@ -77,7 +77,7 @@ enum sd_stat {
 	SD_STAT_CONN_FULL = 6,     /* connections not tracked: the table was full */
 	SD_STAT_DROPPED_BYTES = 7, /* bytes of data records lost to a full ring */
 	SD_STAT_TLS_CHUNKS = 8,    /* plaintext records of TLS library calls written */
-	SD_STAT_TLS_CIPHER = 9,    /* bytes of TLS ciphertext on sockets not copied */
+	SD_STAT_TLS_CIPHER_BYTES = 9, /* bytes of TLS ciphertext on sockets not copied */
 	SD_STAT_TLS_NO_CONN = 10,  /* TLS calls whose socket was never learned (memory BIO) */
 	SD_STAT_MAX = 11,
 };

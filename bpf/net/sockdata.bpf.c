@@ -667,7 +667,7 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 		if (call)
 			call->fd = fd;
 		sd__mark_ssl(c);
-		sd__count(SD_STAT_TLS_CIPHER, size);
+		sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 		return;
 	}
 	__u32 cpu = bpf_get_smp_processor_id();
@@ -704,7 +704,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		int found = sd__infer_chunk(s, got, size, c->l4);
 		if ((found & SDI_TLS) && !encrypted) {
 			sd__mark_ssl(c);
-			sd__count(SD_STAT_TLS_CIPHER, size);
+			sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 			return;
 		}
 		__u8 p = found & 0xff;

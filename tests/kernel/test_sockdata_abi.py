@@ -5,9 +5,11 @@ does for the security event ring. Needs bpftool and the built object, not root."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,32 @@ def test_data_record_and_its_bytes(btf):
 def test_config(btf):
     assert btf["andon_sd_config"][0] == sd.CONFIG.size
     assert btf["andon_sd_config"][1] == _layout(sd.CONFIG, sd.CONFIG_FIELDS)
+
+
+# -- constants: the #defines and enums of the header against the Python names -------------------
+
+HEADER = Path(__file__).resolve().parents[2] / "bpf/abi/sockdata.h"
+
+
+def _defines(prefix: str) -> dict[str, int]:
+    text = HEADER.read_text()
+    return {m[1]: int(m[2], 0) for m in re.finditer(rf"#define ({prefix}\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)}
+
+
+def test_data_flags():
+    assert _defines("SD_F_") == {"SD_F_TRUNCATED": sd.F_TRUNCATED, "SD_F_ADDR": sd.F_ADDR,
+                                 "SD_F_ENCRYPTED": sd.F_ENCRYPTED}
+
+
+def test_tls_calls():
+    names = {"SD_TLS_READ": "SSL_read", "SD_TLS_WRITE": "SSL_write", "SD_TLS_READ_EX": "SSL_read_ex",
+             "SD_TLS_WRITE_EX": "SSL_write_ex"}
+    assert {sd.TLS_CALLS[v]: k for k, v in _defines("SD_TLS_").items()} == {v: k for k, v in names.items()}
+
+
+def test_stat_names_follow_enum_sd_stat():
+    body = HEADER.read_text().split("enum sd_stat {", 1)[1].split("};", 1)[0]
+    entries = [(m[1], int(m[2])) for m in re.finditer(r"SD_STAT_(\w+) = (\d+)", body)]
+    assert entries[-1] == ("MAX", len(sd.STAT_NAMES))
+    assert [v for _, v in entries] == list(range(len(entries)))
+    assert tuple(n.lower() for n, _ in entries[:-1]) == sd.STAT_NAMES
