@@ -723,6 +723,15 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 			return;
 		}
 	}
+	/* STARTTLS: PostgreSQL's SSLRequest and MySQL's SSL request packet come before the
+	 * handshake, so the protocol is known when a TLS handshake record (type 22, version
+	 * 3.x) arrives outside any library call: from then on the socket carries ciphertext */
+	if (!encrypted && got >= 5 && (c->protocol == SD_PROTO_PGSQL || c->protocol == SD_PROTO_MYSQL) &&
+	    s->buf[0] == 0x16 && s->buf[1] == 3 && s->buf[2] <= 4) {
+		sd__mark_ssl(c);
+		sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
+		return;
+	}
 	got = BOUND(got, 2 * SD_COPY_MAX - 1);
 	if (got > want)
 		got = want;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -287,6 +288,66 @@ k = socket.create_connection(srv.getsockname()); k.sendall(HELLO); k.recv(100); 
     after = src.stats()
     assert after["tls_cipher_bytes"] - before["tls_cipher_bytes"] == 2 * (len(hello) + 7)
     assert after["skipped_bytes"] == before["skipped_bytes"]
+
+
+PG_STARTTLS = r"""
+import json, os, socket, ssl, struct, sys, threading
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+QUERY, REPLY = {query!r}, {reply!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(json.dumps({{"pid": os.getpid()}}), flush=True); sys.stdin.readline()
+def serve():
+    c, _ = srv.accept()
+    assert c.recv(8) == struct.pack("!II", 8, 80877103)
+    c.sendall(b"S")
+    c = sctx.wrap_socket(c, server_side=True)
+    got = b""
+    while len(got) < len(QUERY):
+        got += c.recv(65536)
+    c.sendall(REPLY); c.close()
+t = threading.Thread(target=serve); t.start()
+k = socket.create_connection(srv.getsockname())
+k.sendall(struct.pack("!II", 8, 80877103))
+assert k.recv(1) == b"S"
+k = cctx.wrap_socket(k)
+k.sendall(QUERY)
+got = b""
+while len(got) < len(REPLY):
+    got += k.recv(65536)
+k.close(); t.join()
+"""
+
+
+def test_postgres_starttls_handshake_is_not_delivered(shared, cert):
+    """PostgreSQL's SSLRequest, then TLS on the same socket: the 8-byte request and the 'S'
+    answer are plain pgsql data; the handshake that follows is ciphertext (counted); the
+    query and its answer arrive as plaintext of the library calls."""
+    src = shared
+    query = b"Q" + struct.pack("!I", 4 + 9) + b"select 1\0"
+    reply = b"C\0\0\0\x0dSELECT 1\0" + b"Z\0\0\0\x05I"
+    # TRIGGER
+    child = Child(src, [sys.executable, "-c", PG_STARTTLS.format(cert=cert[0], key=cert[1], query=query,
+                                                                 reply=reply)])
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    by = conns(recs)
+    client, server = by[Role.CLIENT], by[Role.SERVER]
+    ssl_request = struct.pack("!II", 8, 80877103)
+    assert [(r.encrypted, r.direction, r.data) for r in data(client)] == [
+        (False, Direction.EGRESS, ssl_request),
+        (False, Direction.INGRESS, b"S"),
+        (True, Direction.EGRESS, query),
+        (True, Direction.INGRESS, reply),
+    ]
+    assert [(r.encrypted, r.direction, r.data) for r in data(server)] == [
+        (False, Direction.INGRESS, ssl_request),
+        (False, Direction.EGRESS, b"S"),
+        (True, Direction.INGRESS, query),
+        (True, Direction.EGRESS, reply),
+    ]
+    assert all(r.protocol == Protocol.PGSQL and r.gap == 0 for r in data(client) + data(server))
 
 
 # -- other OpenSSL programs ---------------------------------------------------------------------
