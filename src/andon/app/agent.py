@@ -279,13 +279,15 @@ class Agent:
                 if name in pf.by_type:
                     sel = [c for c, nm in zip(opens_l, names) if nm == name]
                     bits.update(zip(sel, pf.header_bits(name, may, np.asarray(sel, dtype=np.intp))))
+            evaluated = {nm: engine.evaluates(nm) for nm in set(names)}
+            rules_out = pf.path_rules_out
             okind = []
             for c, name, path in zip(opens_l, names, paths):
-                if not engine.evaluates(name):
+                if not evaluated[name]:
                     okind.append(_LEAN_OPEN)
                 elif not any_l[c]:
                     okind.append(_LEAN_OPEN_SKIP)
-                elif clean_path(path) and not pf.path_may(name, path, bits[c]):
+                elif rules_out(name, path, bits[c]):
                     okind.append(_LEAN_OPEN_PATH)
                 else:
                     okind.append(_FULL)

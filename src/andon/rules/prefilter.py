@@ -309,6 +309,7 @@ class Prefilter:
         self._rows = {t: np.array([r for r, _ in entries], dtype=np.intp) for t, entries in self.by_type.items()}
         # (type, path, header-stage bits of its rules) -> may match (``path_may``)
         self.path_cache: dict[tuple[str, str, int], bool] = {}
+        self._out_cache: dict[tuple[str, str, int], bool] = {}  # path_rules_out
 
     def raw(self, recs: np.ndarray) -> np.ndarray:
         """(rules, records) bool array: rule i may match record j as far as the header says."""
@@ -331,6 +332,19 @@ class Prefilter:
             vals = (np.left_shift(1, np.arange(len(part), dtype=np.int64)) @ part).tolist()
             out = vals if out is None else [a | (b << c) for a, b in zip(out, vals)]
         return out if out is not None else [0] * len(cols)
+
+    def path_rules_out(self, evtype: str, path: str, bits: int) -> bool:
+        """True when the path stage rules out every rule of ``evtype`` for an open of
+        ``path``: the path is fd.name (:func:`clean_path`) and :meth:`path_may` says no.
+        The same pure function of its arguments, cached."""
+        key = (evtype, path, bits)
+        out = self._out_cache.get(key)
+        if out is None:
+            out = clean_path(path) and not self.path_may(evtype, path, bits)
+            if len(self._out_cache) >= 1 << 16:
+                self._out_cache.clear()
+            self._out_cache[key] = out
+        return out
 
     def path_may(self, evtype: str, path: str, bits: int) -> bool:
         """The path stage: may a rule of ``evtype`` whose header stage passed (``bits``, see

@@ -532,7 +532,10 @@ class FdTracker:
     def opened(proc: Any, fd: int, dirfd: int, flags: int, raw: str) -> None:
         """The entry a successful open of ``raw`` (relative to ``dirfd``) returning ``fd``
         makes; also called with raw record values, without an Event (the agent's lean path)."""
-        name = FdTracker.resolve(proc, dirfd, raw) if raw else ""
+        if raw[:1] == "/" and "//" not in raw and "/." not in raw and raw[-1] != "/":
+            name = raw  # resolve() of a clean absolute path, the common case, without the calls
+        else:
+            name = FdTracker.resolve(proc, dirfd, raw) if raw else ""
         typ = "directory" if flags & O_DIRECTORY and not flags & O_TMPFILE_BIT else "file"
         proc.fds.add(FdInfo(fd, typ, name, raw, flags))
 
