@@ -7,7 +7,8 @@ The agent's contract, which these helpers rely on:
 - once the sensor is attached it writes ``andon: observe: <protocols> into DIR (<hook>); no rules``
   on stderr;
 - DIR/control.sock answers ``flush``, so a query sees rows parsed so far;
-- SIGINT stops it (exit 0) with a closing line ``andon: observe: 3 http_events, ...; N connections; ...``.
+- SIGINT stops it (exit 0) with a closing line
+  ``andon: observe: 5 conn_stats, 3 http_events (2 server side), ...; N connections; L records lost, ...``.
 
 Usage::
 
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 ANDON = [sys.executable, "-m", "andon"]
@@ -122,19 +123,21 @@ class ObserveAgent:
         finally:
             catalog.close()
 
-    def wait_rows(self, query: str, n: int, *, timeout: float = 15.0, settle: float = 0.6) -> list[dict[str, Any]]:
-        """Poll ``query`` until it returns at least ``n`` rows (the agent parses behind the
-        clients), then once more after ``settle`` seconds so that rows beyond ``n`` show."""
+    def wait_rows(self, query: str, n: int, *, timeout: float = 15.0, settle: float = 0.6,
+                  until: Callable[[list[dict[str, Any]]], bool] | None = None) -> list[dict[str, Any]]:
+        """Poll ``query`` until it returns at least ``n`` rows (and ``until(rows)`` holds, when
+        given): the agent parses behind the clients. Then once more after ``settle`` seconds,
+        so that rows beyond ``n`` show. After ``timeout``, whatever the query returns."""
         deadline = time.monotonic() + timeout
         rows = self.sql(query)
-        while len(rows) < n:
+        while len(rows) < n or (until is not None and not until(rows)):
             if time.monotonic() > deadline:
                 break
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError("andon run exited:\n" + self.log_tail())
             time.sleep(0.25)
             rows = self.sql(query)
-        if len(rows) >= n and settle:
+        if len(rows) >= n and (until is None or until(rows)) and settle:
             time.sleep(settle)
             rows = self.sql(query)
         return rows
@@ -160,7 +163,11 @@ class ObserveAgent:
         if tables == "no rows":
             return {}
         out = {}
-        for part in tables.split(", "):
+        for part in tables.split(", "):  # "3 http_events (2 server side)"
             n, name = part.split(" ", 1)
-            out[name] = int(n)
+            out[name.split(" (", 1)[0]] = int(n)
         return out
+
+    def closing_lost(self) -> int:
+        """Records the sensor lost (ring full), from the closing line."""
+        return int(CLOSING.match(self.closing_line())["lost"])
