@@ -239,8 +239,18 @@ def _state_stream() -> tuple[list[Event], dict]:
     seed.table.apply(execve(c(), 301, "cat", "/usr/bin/cat", ["cat"]))
     seed.table.apply(opener(c(), 301, "cat", "openat", "/etc", O_DIRECTORY, 9))
     seed.table.get(300).proc_ts = late
+    seed.table.apply(execve(c(), 302, "sh", "/bin/sh", ["sh"]))
+    seed.table.get(302).container = "c0ffee" * 10 + "abcd"  # a container process, next to host ones
     snap = seed.snapshot()
     evs: list[Event] = []
+    # the process stage: rules gated on the `container` macro fire for 302 only
+    for pid in (301, 302, 9998):
+        tcp = Sock(2, 1, 6, 40000, 443, "10.0.0.2", "10.0.0.1", False)
+        evs.append(sysc(c(), "socket", pid, "sh", 5, [2, 1, 6, 0, 0, 0]))
+        evs.append(sysc(c(), "connect", pid, "sh", 0, [5, 0, 0, 0, 0, 0], sock=tcp))
+        for std in (0, 1, 2, 7):
+            evs.append(sysc(c(), "dup2", pid, "sh", std, [5, std, 0, 0, 0, 0]))
+        evs.append(sysc(c(), "socket", pid, "sh", 6, [17, 3, 768, 0, 0, 0]))  # AF_PACKET, SOCK_RAW
     for pid in (300, 301, 9999):
         for name in ("open", "openat", "openat2", "creat"):
             for path in ("/etc/shadow", "/etc/hostname", "shadow", "../etc/shadow", "/tmp/x", "/etc//shadow"):
@@ -286,3 +296,8 @@ def test_fast_paths_leave_the_same_state(batch: int) -> None:
     # pid, and the stale pid's reads before its /proc read are evaluated too
     outputs = [o for r, o in slow[0] if r == "Read sensitive file untrusted"]
     assert sum("file=/etc/shadow" in o for o in outputs) >= 3 * 4, outputs[:3]
+    by_rule: dict[str, int] = {}
+    for r, _o in slow[0]:
+        by_rule[r] = by_rule.get(r, 0) + 1
+    assert by_rule.get("Redirect STDOUT/STDIN to Network Connection in Container") == 3, by_rule  # 302's 0, 1, 2
+    assert by_rule.get("Packet socket created in container") == 1, by_rule

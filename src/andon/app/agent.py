@@ -61,6 +61,12 @@ _NR_CLOSE = BY_NAME["close"].nr
 # is fd.name, see Agent._may_match)
 _FULL, _LEAN_CLOSE, _LEAN_OPEN, _LEAN_OPEN_SKIP, _LEAN_OPEN_PATH = 0, 1, 2, 3, 4
 _NAME_OF_NR = {nr: syscall_name(nr) for nr in OPEN_PATH_NRS}
+_PATH_NAMES = frozenset(_NAME_OF_NR.values())  # their bits are made with the open candidates'
+
+
+def _event_name(key: int) -> str:
+    """Event.name of ``type << 16 | nr``."""
+    return Event(0, key >> 16, key & 0xFFFF, 0, 0, 0, 0, 0, 0, (), "").name
 _OPEN_NR = np.zeros(1 << 16, dtype=bool)
 _OPEN_NR[sorted(OPEN_PATH_NRS)] = True
 
@@ -266,7 +272,14 @@ class Agent:
         any_l = may.any(axis=0).tolist()
         # path opens that carry their path: which can be applied raw, decided before the loop
         # (the prefilter's two stages are pure functions of the record)
-        bits: dict[int, int] = {}  # full position -> header-stage bits, for the path stage
+        bits: dict[int, int] = {}  # full position -> header-stage bits, for the path and process stages
+        if pf.has_proc:  # every record a rule evaluates (opens included, below)
+            keys = (full["type"].astype(np.int64) << 16) | full["nr"]
+            for key in np.unique(keys).tolist():
+                name = _event_name(key)
+                if name in pf.by_type and name not in _PATH_NAMES:
+                    cols = np.flatnonzero(keys == key)
+                    bits.update(zip(cols.tolist(), pf.header_bits(name, may, cols)))
         opens = _open_candidates(full, fpos, bigs)
         o_dirfd = o_flags = o_path = o_name = None
         if len(opens):
@@ -316,28 +329,29 @@ class Agent:
         procs = tracker.table.procs
         handle, advance, close_raw, open_raw = self._handle, tracker.advance, tracker.close_raw, tracker.open_raw
         e = j = o = 0  # next decoded event, full record, lean open
+        seen = truncated = 0  # added to ``counts`` at the end (also on an early return)
         try:
             for i in range(n):
                 kd = kinds_l[i]
-                if kd == _FULL:
+                if kd == _LEAN_CLOSE:
+                    if close_raw(pid_l[i], ts_l[i], fd_l[i], ret_l[i]):
+                        seen += 1
+                        if flags_l[i] & F_TRUNCATED:
+                            truncated += 1
+                        continue
+                    ev = decode_batch(recs[i : i + 1], boot_offset)[0]  # an unknown pid: the full path
+                    k = -1
+                elif kd == _FULL:
                     ev = evs[e]
                     e += 1
                     k = j
                     j += 1
-                elif kd == _LEAN_CLOSE:
-                    if close_raw(pid_l[i], ts_l[i], fd_l[i], ret_l[i]):
-                        counts.seen += 1
-                        if flags_l[i] & F_TRUNCATED:
-                            counts.truncated += 1
-                        continue
-                    ev = decode_batch(recs[i : i + 1], boot_offset)[0]  # an unknown pid: the full path
-                    k = -1
                 else:  # a lean open
                     if open_raw(pid_l[i], ts_l[i], ret_l[i], o_dirfd[o], o_flags[o], o_path[o],  # type: ignore[index]
                                 kd == _LEAN_OPEN_PATH):
-                        counts.seen += 1
+                        seen += 1
                         if flags_l[i] & F_TRUNCATED:
-                            counts.truncated += 1
+                            truncated += 1
                         if kd != _LEAN_OPEN:
                             nm = o_name[o]  # type: ignore[index]
                             skipped[nm] = skipped.get(nm, 0) + 1
@@ -350,9 +364,9 @@ class Agent:
                     o += 1
                     k = j
                     j += 1
-                counts.seen += 1
+                seen += 1
                 if ev.flags & F_TRUNCATED:
-                    counts.truncated += 1
+                    truncated += 1
                 name = ev.name
                 if k < 0 or not engine.evaluates(name):
                     advance(ev)
@@ -365,6 +379,8 @@ class Agent:
                 if count is not None and engine.alerts >= count:
                     return True
         finally:
+            counts.seen += seen
+            counts.truncated += truncated
             for name, c in skipped.items():
                 engine.skipped(name, c)
         return False
@@ -372,8 +388,22 @@ class Agent:
     @staticmethod
     def _may_match(ev: Event, k: int, pf: Any, name: str, may: np.ndarray, bits: dict[int, int],
                    procs: dict[int, Any]) -> bool:
-        """The path stage of the prefilter for full record ``k`` (its header stage passed)."""
-        if ev.type != _SYSCALL or ev.nr not in PATH_NRS or not ev.strings:
+        """The process and path stages of the prefilter for full record ``k`` (its header
+        stage passed), both before the event is applied."""
+        if ev.type != _SYSCALL or name not in pf.by_type:
+            return True
+        b = bits.get(k)
+        if b is None:
+            b = bits[k] = pf.header_bits(name, may, np.array([k], dtype=np.intp))[0]
+        if pf.has_proc:
+            # a syscall leaves its process where it was (in or out of a container), so
+            # the process before apply is the one the rules would see
+            p = procs.get(ev.pid)
+            if p is not None:
+                b = pf.proc_bits(name, b, bool(p.container))
+                if not b:
+                    return False
+        if ev.nr not in PATH_NRS or not ev.strings:
             return True
         path = ev.strings[0]
         if not clean_path(path):
@@ -383,11 +413,6 @@ class Agent:
             p = procs.get(ev.pid)
             if p is None or ev.ts < p.proc_ts:
                 return True
-        if name not in pf.by_type:
-            return True
-        b = bits.get(k)
-        if b is None:
-            b = pf.header_bits(name, may, np.array([k], dtype=np.intp))[0]
         return pf.path_may(name, path, b)
 
     def run_live(self, *, duration: float | None = None, count: int | None = None) -> RunSummary:

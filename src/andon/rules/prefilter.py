@@ -14,6 +14,12 @@ For every rule two *necessary* conditions are derived from its resolved conditio
     open the process known and the event newer than its /proc read (so the table entry is
     the one this event makes; see :func:`path_applies`).
 
+``proc``
+    a predicate on the event's process, from the leaves ``container.id != host`` (Falco's
+    ``container`` macro) and ``container.id = host``: a function of whether the process is
+    in a container. It is used for syscall events of a process already in the table (a
+    syscall never moves its process in or out of a container; an exec may).
+
 Every other leaf, and every ``not``, counts as "may be true", so each condition is implied
 by the rule's: where it is false the rule cannot match, and the event only has to be
 applied to the state tables. ``and``/``or`` keep their meaning. The leaves themselves are
@@ -290,6 +296,43 @@ def path_condition(n: Any) -> PathPred | None:
     return path_leaf(n)
 
 
+# -- the process ---------------------------------------------------------------------------
+
+ProcPred = Callable[[bool], bool]  # in a container? -> may be true
+
+
+def proc_leaf(n: Any) -> ProcPred | None:
+    """``container.id != host`` / ``container.id = host`` as a function of "in a container"
+    (fields._container_id: "host" exactly when the process has no container)."""
+    if not isinstance(n, ast.Compare) or not isinstance(n.left, ast.FieldRef) or n.left.arg is not None:
+        return None
+    if n.left.name != "container.id" or n.mod is not None or not isinstance(n.right, ast.Value):
+        return None
+    if n.right.text != "host":
+        return None
+    if n.op == "!=":
+        return lambda in_container: in_container
+    if n.op == "=":
+        return lambda in_container: not in_container
+    return None
+
+
+def proc_condition(n: Any) -> ProcPred | None:
+    """A necessary condition of ``n`` on the event's process (None: every process)."""
+    if isinstance(n, (ast.And, ast.Or)):
+        parts = [proc_condition(c) for c in n.children]
+        if isinstance(n, ast.And):
+            ps = tuple(p for p in parts if p is not None)
+            if not ps:
+                return None
+            return lambda c: all(p(c) for p in ps)
+        if any(p is None for p in parts):
+            return None
+        ps = tuple(parts)  # type: ignore[arg-type]
+        return lambda c: any(p(c) for p in ps)  # type: ignore[misc]
+    return proc_leaf(n)
+
+
 def clean_path(path: str) -> bool:
     """True when fd.name of an open of ``path`` is ``path`` itself (fd.normalize keeps it)."""
     return path[:1] == "/" and "//" not in path and "/." not in path and not path.endswith("/")
@@ -303,6 +346,8 @@ class Prefilter:
         pos = {id(r): i for i, r in enumerate(self.rules)}
         self._raw = [raw_condition(r.filter.node) for r in self.rules]
         self._path = [path_condition(r.filter.node) for r in self.rules]
+        self._proc = [proc_condition(r.filter.node) for r in self.rules]
+        self.has_proc = any(p is not None for p in self._proc)
         # per event type: (rule position, path predicate or None) in engine order
         self.by_type = {t: tuple((pos[id(r)], self._path[pos[id(r)]]) for r in rs) for t, rs in index.items()}
         # per event type: the rows of ``raw``'s answer that ``header_bits`` packs, in order
@@ -310,6 +355,7 @@ class Prefilter:
         # (type, path, header-stage bits of its rules) -> may match (``path_may``)
         self.path_cache: dict[tuple[str, str, int], bool] = {}
         self._out_cache: dict[tuple[str, str, int], bool] = {}  # path_rules_out
+        self._proc_cache: dict[tuple[str, int, bool], int] = {}  # proc_bits
 
     def raw(self, recs: np.ndarray) -> np.ndarray:
         """(rules, records) bool array: rule i may match record j as far as the header says."""
@@ -362,6 +408,22 @@ class Prefilter:
                 self.path_cache.clear()
             self.path_cache[key] = hit
         return hit
+
+    def proc_bits(self, evtype: str, bits: int, in_container: bool) -> int:
+        """``bits`` (see :meth:`header_bits`) less the rules of ``evtype`` whose process stage
+        is false for a process in a container (``in_container``) or on the host. Cached."""
+        key = (evtype, bits, in_container)
+        out = self._proc_cache.get(key)
+        if out is None:
+            out = bits
+            for j, (r, _pred) in enumerate(self.by_type.get(evtype, ())):
+                pred = self._proc[r]
+                if (bits >> j) & 1 and pred is not None and not pred(in_container):
+                    out &= ~(1 << j)
+            if len(self._proc_cache) >= 1 << 16:
+                self._proc_cache.clear()
+            self._proc_cache[key] = out
+        return out
 
 
 _WORD = 62
