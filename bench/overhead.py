@@ -24,6 +24,7 @@ workload starts (tracers.py checks it in the kernel) and stopped after.
     .venv/bin/python bench/overhead.py                 # both workloads, 5 repetitions
     .venv/bin/python bench/overhead.py --only openclose --repeat 9
     .venv/bin/python bench/overhead.py --only build --repeat 5 --build-files 48
+    .venv/bin/python bench/overhead.py --only execloop --configs andon-raw,sensor-stable,agent-stable
 """
 
 from __future__ import annotations
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--execloop-n", type=int, default=2000)
     ap.add_argument("--build-files", type=int, default=48, help="C files in the build workload's project")
     ap.add_argument("--only", choices=("openclose", "execloop", "build"))
+    ap.add_argument("--configs", help="only these configurations, comma-separated (baseline is always run)")
     ap.add_argument("--no-build", action="store_true", help="use the workloads and the code snapshot already in build/bench")
     args = ap.parse_args(argv)
     tracers.stop_on_signals()
@@ -362,6 +364,10 @@ def main(argv: list[str] | None = None) -> dict:
     todo = [openclose(args.openclose_n), execloop(args.execloop_n), build(args.build_files)]
     if args.only:
         todo = [w for w in todo if w.name == args.only]
+    if args.configs:
+        want = {"baseline", *args.configs.split(",")}
+        for w in todo:
+            w.configs = [c for c in w.configs if c.name in want]
     warnings = []
     for w in todo:
         report.console.print(f"[bold]{w.name} {w.iterations}[/] x {args.repeat}, interleaved")
