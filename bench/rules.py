@@ -6,9 +6,12 @@ Falco's stable rules (``Agent.kernel_types()``): ``openclose`` (openat + close),
 fire), TCP connects to a listener on 127.0.0.1, and a few shells. Each part runs a bounded
 number of iterations. Then replays the capture, in this process, through
 
-    decode      the capture reader's decoder, nothing else
-    state       decode + the Tracker (process and fd tables)
-    rules       decode + state + the stable rules (``Agent.run_replay``, alerts counted, not printed)
+    decode      the capture reader's decoder, every record into an Event, nothing else
+    state       decode every record + the Tracker (process and fd tables), one event at a
+                time: the state cost without the agent's lean paths, for reference
+    rules       the agent (``Agent.run_replay``): state + the stable rules, alerts counted,
+                not printed. Its batch path applies what no rule can match to the tables
+                from the raw records (no Event), so it can be faster than "state".
 
 and prints events per second of CPU time (``time.process_time``, so one core) for each,
 the median of ``--repeat`` runs, with ``rules`` as a ratio to ``decode`` measured in the
