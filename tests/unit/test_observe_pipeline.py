@@ -125,13 +125,18 @@ def test_max_conns_evicts_least_recent():
 
 def test_processinfo_reads_proc(tmp_path):
     (tmp_path / "42").mkdir()
-    (tmp_path / "42" / "stat").write_text("42 (a b) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 1 1 0\n")
+    (tmp_path / "42" / "stat").write_text("42 (dig) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 1 1 0\n")
     (tmp_path / "42" / "cgroup").write_text("0::/libpod_parent/libpod-" + "ab" * 32 + "\n")
     names = {"ab" * 32: "db"}
     pi = ProcessInfo(proc=str(tmp_path), names=names.get)
-    who = pi.get(42, "postgres")
-    assert who.upid == "0:42:555" and who.container_id == "ab" * 32 and who.container_name == "db"
-    assert pi.get(43, "gone").upid == "0:43:0"
+    who = pi.get(42, "isc-net-0000")  # the thread's name: the process's wins
+    assert who.upid == "0:42:555" and who.comm == "dig"
+    assert who.container_id == "ab" * 32 and who.container_name == "db"
+    assert pi.get(43, "gone").upid == "0:43:0" and pi.get(43).comm == "gone"
+    # the pid is reused by a new process: a new upid and name
+    (tmp_path / "42" / "stat").write_text("42 (nc) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 999 1 1 0\n")
+    who2 = pi.get(42, "nc")
+    assert who2.upid == "0:42:999" and who2.comm == "nc"
 
 
 def test_tls_plaintext_marks_rows_encrypted(run):

@@ -60,17 +60,23 @@ class ProcessInfo:
         self.max_entries = max_entries
         self._cache: dict[int, Who] = {}
 
-    def _start_ticks(self, pid: int) -> int:
+    def _stat(self, pid: int) -> tuple[int, str]:
+        """The process's start time (clock ticks since boot) and its name, from /proc/PID/stat.
+
+        The name is the process's (its main thread's), as Falco's ``proc.name``; the socket
+        records carry the name of the thread that made the syscall (``isc-net-0000`` for dig).
+        """
         try:
             with open(f"{self.proc}/{pid}/stat") as f:
                 text = f.read()
         except OSError:
-            return 0
-        rest = text[text.rfind(")") + 1 :].split()
+            return 0, ""
+        end = text.rfind(")")
+        rest = text[end + 1 :].split()
         try:
-            return int(rest[19])
+            return int(rest[19]), text[text.find("(") + 1 : end]
         except (IndexError, ValueError):
-            return 0
+            return 0, ""
 
     def _container(self, pid: int) -> str:
         try:
@@ -81,12 +87,13 @@ class ProcessInfo:
         return m.id if m else ""
 
     def get(self, pid: int, comm: str = "") -> Who:
+        """Who ``pid`` is now; called when a connection opens, so a reused pid is noticed."""
+        start, name = self._stat(pid)
         who = self._cache.get(pid)
-        if who is None:
+        if who is None or (start and who.upid != make_upid(pid, start)):
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
-            cid = self._container(pid)
-            who = Who(make_upid(pid, self._start_ticks(pid)), comm, cid)
+            who = Who(make_upid(pid, start), name or comm, self._container(pid))
             self._cache[pid] = who
         if not who.comm and comm:
             who.comm = comm
