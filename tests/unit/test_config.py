@@ -18,6 +18,10 @@ def test_the_documented_example_is_the_defaults():
     d = AgentConfig()
     assert cfg.rules_files == d.rules_files == (PACKAGE_RULES,)
     assert (cfg.rule_matching, cfg.priority, cfg.watch_config_files, cfg.ring_buffer_mb) == ("first", "debug", True, 64)
+    assert cfg.observe == d.observe
+    from andon.store.settings import StoreSettings
+
+    assert cfg.store == StoreSettings()
     ch = build_channels(cfg.outputs)  # every output key in the example is valid
     try:
         assert list(ch.stats()["channels"]) == ["stdout"]
@@ -53,6 +57,14 @@ def test_falcos_singular_rules_file_key_is_accepted(tmp_path):
         ({"watch_config_files": "yes"}, "watch_config_files"),
         ({"sensor": {"ring_buffer_mb": 0}}, "ring_buffer_mb"),
         ({"sensor": {"ringbuf": 8}}, "unknown key"),
+        ({"observe": {"protocols": ["ftp"]}}, "observe.protocols: unknown ftp"),
+        ({"observe": {"protocols": "http"}}, "observe.protocols must be a list"),
+        ({"observe": {"max_copy_bytes": 20000}}, "observe.max_copy_bytes"),
+        ({"observe": {"enabled": "yes"}}, "observe.enabled"),
+        ({"observe": {"idle_timeout": "soon"}}, "observe.idle_timeout"),
+        ({"observe": {"sample": 1}}, "unknown key.*observe"),
+        ({"store": {"retention": {"max_age": "forever"}}}, "not a duration"),
+        ({"store": {"path": "/x"}}, "store: unknown key"),
     ],
 )
 def test_bad_values_name_the_key(data, message):
@@ -97,3 +109,13 @@ def test_append_output_entries():
     assert config_from_dict({}).append_output is None  # the engine's default: Falco's suggested_output
     with pytest.raises(UsageError, match="match has only"):
         config_from_dict({"append_output": [{"match": {"priority": "x"}}]})
+
+
+def test_observe_and_store_sections(tmp_path):
+    cfg = config_from_dict({"observe": {"protocols": ["HTTP", "dns"], "idle_timeout": "30s", "max_copy_bytes": 16384},
+                            "store": {"data_dir": str(tmp_path), "retention": {"max_age": "2h", "max_bytes": "1GiB"}}})
+    assert cfg.observe.protocols == ("http", "dns") and cfg.observe.idle_timeout_ns == 30 * 10**9
+    assert cfg.observe.max_copy_bytes == 16384 and cfg.observe.enabled
+    assert cfg.store.data_dir == tmp_path and cfg.store.retention.max_age_ns == 7200 * 10**9
+    assert cfg.store.retention.max_bytes == 2**30
+    assert "observe" not in cfg.outputs and "store" not in cfg.outputs
