@@ -39,8 +39,10 @@ Alert = dict[str, Any]
 class AgentRun:
     """One `andon run` process; a context manager that always stops it."""
 
-    def __init__(self, args: list[str], *, ready_timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
-        self.args = ["run", "-o", "json", *args]
+    def __init__(self, args: list[str], *, ready_timeout: float = 30.0, env: dict[str, str] | None = None,
+                 observe: bool = False) -> None:
+        # the rules' tests leave protocol tracing off (tests/e2e/test_observe.py covers it)
+        self.args = ["run", "-o", "json", *([] if observe else ["--no-observe"]), *args]
         self.ready_timeout = ready_timeout
         self.env = env
         self.alerts: list[Alert] = []

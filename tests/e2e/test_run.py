@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -84,8 +88,8 @@ def test_live_alert_is_falcos_json(tmp_path):
 def test_broken_rules_do_not_start_and_say_where(tmp_path):
     rules = tmp_path / "bad.yaml"
     rules.write_text("- rule: Bad\n  desc: x\n  condition: evt.type = openat and and\n  output: x\n  priority: NOTICE\n")
-    p = subprocess.run(ANDON + ["run", "--rules", str(rules), "--duration", "2"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
+    p = subprocess.run(ANDON + ["run", "--no-observe", "--rules", str(rules), "--duration", "2"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
     assert p.returncode == 1
     assert f"{rules}:3:" in p.stderr  # file:line:col of the condition
     assert "nothing was started" in p.stderr
@@ -166,30 +170,59 @@ def test_replay_of_a_capture_raises_the_live_alert(tmp_path):
 
 
 def test_config_file_output_and_count(tmp_path):
+    """One agent, both jobs: rules alerts to a file, and HTTP rows into the data directory."""
+    from andon.store.catalog import Catalog
+
     marker = f"andon-e2e-{uuid.uuid4().hex[:8]}"
     rules = tmp_path / "rules.yaml"
     rules.write_text(OPEN_RULE.format(marker=marker))
     out = tmp_path / "alerts.jsonl"
+    data = tmp_path / "data"
     cfg = tmp_path / "andon.yaml"
     cfg.write_text(
         f"rules_files: [{rules}]\njson_output: true\nstdout_output: {{enabled: false}}\n"
         f"file_output: {{enabled: true, keep_alive: true, filename: {out}}}\n"
+        f"observe: {{protocols: [http]}}\nstore: {{data_dir: {data}}}\n"
     )
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    srv.close()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     p = subprocess.Popen(ANDON + ["run", "-c", str(cfg), "--count", "2", "--duration", "60"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    asked = 0
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             time.sleep(0.5)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{marker}", timeout=5).read()
+            except urllib.error.HTTPError as e:
+                assert e.code == 404
+                asked += 1
+            except OSError:
+                pass  # the server is still starting
             touch_and_read(tmp_path / f"{marker}-{uuid.uuid4().hex[:4]}")
             if p.poll() is not None:
                 break
         stdout, stderr = p.communicate(timeout=30)
     finally:
+        web.kill()
+        web.wait()
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, stderr
     assert stdout == ""  # stdout output off
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) >= 2 and all(a["rule"] == "Marker opened" for a in lines)
-    assert " 2 alerts" in stderr.splitlines()[-1]
+    closing = [x for x in stderr.splitlines() if " alerts" in x]
+    assert closing and " 2 alerts" in closing[-1]
+    assert any(x.startswith("andon: observe: http into") for x in stderr.splitlines())
+    # the requests made while the rules ran are rows of http_events, both ends
+    cat = Catalog(data)
+    rows = cat.con.execute(f"SELECT trace_role, req_path, resp_status FROM http_events "
+                           f"WHERE local_port = {port} OR remote_port = {port}").fetchall()
+    assert asked >= 1
+    assert {(2, f"/{marker}", 404), (1, f"/{marker}", 404)} <= set(rows)
