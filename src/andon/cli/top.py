@@ -72,7 +72,8 @@ def render(rows: list[Any], window_ns: int, now_ns: int, client: bool) -> Any:
         t.add_column(name, justify=just, overflow="fold")
     for r in rows:
         err = f"{100 * r.error_rate:.1f}"
-        t.add_row(r.protocol, r.service, str(r.port), r.endpoint, f"{r.rate:.1f}",
+        rate = f"{r.rate:.1f}" if r.rate >= 1 else f"{r.rate:.2f}"
+        t.add_row(r.protocol, r.service, str(r.port), r.endpoint, rate,
                   f"[red]{err}[/red]" if r.errors else err, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
     if not rows:
         t.caption = "no requests in this window"
