@@ -119,8 +119,10 @@ struct andon_sd_open {
 	__u32 netns;
 	/* field 8: origin (u32) enum sd_origin */
 	__u32 origin;
-	/* field 9: comm (char[16]) */
+	/* field 9: comm (char[16]) the process's name: its thread group leader's comm */
 	char comm[16];
+	/* field 10: tcomm (char[16]) the name of the thread that made the record */
+	char tcomm[16];
 };
 
 struct andon_sd_data {

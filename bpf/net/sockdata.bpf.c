@@ -189,6 +189,8 @@ struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
 #define NR_SENDMSG 46
 #define NR_RECVMSG 47
 #define NR_ACCEPT4 288
+#define NR_RECVMMSG 299
+#define NR_SENDMMSG 307
 #define NR_PREADV2 327
 #define NR_PWRITEV2 328
 
@@ -201,6 +203,13 @@ struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define SD_IOV_MAX 16 /* iovecs walked per call; the rest are counted as not copied */
+#define SD_MMSG_MAX 8 /* messages of one sendmmsg/recvmmsg delivered; the rest are counted */
+
+/* struct mmsghdr (include/linux/socket.h), not in every kernel's BTF */
+struct sd_mmsghdr {
+	struct user_msghdr msg_hdr;
+	unsigned int msg_len;
+};
 
 static __always_inline void sd__count(__u32 idx, __u64 n)
 {
@@ -317,7 +326,10 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 		bpf_probe_read_kernel(r->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	/* the process's name (its group leader's), and the thread's: dig's are dig and isc-net-0000 */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&r->comm, task, group_leader, comm);
+	bpf_get_current_comm(r->tcomm, sizeof(r->tcomm));
 	bpf_ringbuf_submit(r, 0);
 	sd__count(SD_STAT_EVENTS, 1);
 	return cp;
@@ -524,6 +536,27 @@ static __always_inline int sd__is_dns(const __u8 *b, __u32 n, __u32 size, int *r
 	return 1;
 }
 
+/* DNS over TCP (RFC 1035 4.2.2, RFC 7766): a 2-byte message length, then a DNS header with
+ * one question. The length is at least a header and a root question, and either covers
+ * the chunk exactly, ends inside it (pipelined messages), or runs past it by a sane amount
+ * (a large answer read in parts). Any port. */
+static __always_inline int sd__is_dns_tcp(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n < 14)
+		return 0;
+	__u32 len = B(0) << 8 | B(1);
+	if (len < 17 || (len + 2 > size && len > 16384))
+		return 0;
+	__u32 flags = B(4) << 8 | B(5);
+	__u32 qd = B(6) << 8 | B(7), an = B(8) << 8 | B(9), ns = B(10) << 8 | B(11), ar = B(12) << 8 | B(13);
+	if (((flags >> 11) & 0xf) != 0 || (flags & 0x40))
+		return 0;
+	if (qd != 1 || an > 1024 || ns > 256 || ar > 256)
+		return 0;
+	*req = !(flags & 0x8000);
+	return 1;
+}
+
 static __always_inline __u8 sd__infer(const __u8 *b, __u32 n, __u32 size, __u8 l4, int *req)
 {
 	if (l4 == IPPROTO_UDP)
@@ -536,6 +569,8 @@ static __always_inline __u8 sd__infer(const __u8 *b, __u32 n, __u32 size, __u8 l
 		return SD_PROTO_MYSQL;
 	if (sd__is_redis(b, n, size, req))
 		return SD_PROTO_REDIS;
+	if (sd__is_dns_tcp(b, n, size, req))
+		return SD_PROTO_DNS;
 	return 0;
 }
 
@@ -580,7 +615,9 @@ __noinline __u32 sd__copy(struct sdc_scratch *s, __u32 nr, struct sdc_args *r, _
 		got = sd__copy_iov(s, (const struct iovec *)buf, r->a[2], want);
 		break;
 	case NR_SENDMSG:
-	case NR_RECVMSG: {
+	case NR_RECVMSG:
+	case NR_SENDMMSG: /* r->a[1]: this message's struct mmsghdr, whose msg_hdr comes first */
+	case NR_RECVMMSG: {
 		struct user_msghdr mh = {};
 		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)buf)) {
 			sd__count(SD_STAT_READ_ERRORS, 1);
@@ -625,10 +662,46 @@ static __always_inline void sd__mark_ssl(struct sdc_conn *c)
 static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *c, long nr, struct sdc_args *r,
 					__u64 size, __u64 pos, __u8 dir, int encrypted, long fd, __u64 pid_tgid);
 
+/*
+ * sendmmsg/recvmmsg returned ret messages: each of the first SD_MMSG_MAX becomes its own
+ * data record (its length: msg_len as the kernel set it; its peer: its msg_name); the
+ * messages beyond are counted as skipped chunks (their bytes are not read).
+ */
+static __always_inline void sd__on_mmsg(struct sdc_conn *c, long nr, struct sdc_args *r, long ret, __u8 dir, long fd,
+					__u64 pid_tgid)
+{
+	if (c->ssl)
+		return;
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_scratch, &cpu);
+	if (!s)
+		return;
+	struct sd_mmsghdr *vec = (struct sd_mmsghdr *)r->a[1];
+	struct sdc_args m = *r;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < SD_MMSG_MAX; i++) {
+		if (i >= ret)
+			break;
+		__u32 len = 0;
+		if (bpf_probe_read_user(&len, sizeof(len), &vec[i].msg_len)) {
+			sd__count(SD_STAT_READ_ERRORS, 1);
+			break;
+		}
+		if (!len)
+			continue;
+		__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->recv, len) : __sync_fetch_and_add(&c->sent, len);
+		m.a[1] = (__u64)&vec[i];
+		sd__deliver(s, c, nr, &m, len, pos, dir, 0, fd, pid_tgid);
+	}
+	if (ret > SD_MMSG_MAX)
+		sd__count(SD_STAT_SKIPPED_CHUNKS, ret - SD_MMSG_MAX);
+}
+
 static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid)
 {
 	long fd = (int)r->a[0];
-	__u8 dir = (nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG || nr == NR_PREADV2)
+	__u8 dir = (nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG || nr == NR_PREADV2 ||
+		    nr == NR_RECVMMSG)
 			   ? SD_INGRESS
 			   : SD_EGRESS;
 	struct socket *so = sd__fd_socket(fd);
@@ -649,6 +722,10 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 			return;
 	}
 
+	if (nr == NR_SENDMMSG || nr == NR_RECVMMSG) {
+		sd__on_mmsg(c, nr, r, ret, dir, fd, pid_tgid);
+		return;
+	}
 	__u64 size = ret;
 	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->recv, size) : __sync_fetch_and_add(&c->sent, size);
 
@@ -781,6 +858,7 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
 	switch (nr) {
 	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDTO: case NR_RECVFROM:
 	case NR_SENDMSG: case NR_RECVMSG: case NR_PREADV2: case NR_PWRITEV2: case NR_CLOSE:
+	case NR_SENDMMSG: case NR_RECVMMSG:
 	case NR_CONNECT: case NR_ACCEPT: case NR_ACCEPT4:
 		break;
 	default:

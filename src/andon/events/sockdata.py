@@ -51,8 +51,8 @@ AF_INET, AF_INET6 = 2, 10
 
 # struct andon_sd_hdr: type role protocol pid tid fd ts conn_id
 HDR = struct.Struct("<HBBIIiQQ")
-# struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm
-OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s".replace(" ", ""))
+# struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm tcomm
+OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16s".replace(" ", ""))
 # struct andon_sd_data: hdr pos size copied nr direction flags rport rfamily raddr, then data[]
 DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
@@ -62,7 +62,7 @@ CONFIG = struct.Struct("<IIIII")
 
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
-OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm")
+OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
 CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter")
@@ -116,7 +116,8 @@ class ConnOpen:
     l4: int  # 6 TCP, 17 UDP
     netns: int  # inode of the socket's network namespace
     origin: int  # ORIGIN_CONNECT / ORIGIN_ACCEPT / ORIGIN_DATA
-    comm: str
+    comm: str  # the process's name (its thread group leader's)
+    thread: str = ""  # the name of the thread that opened it (dig: isc-net-0000)
 
 
 @dataclass(slots=True)
@@ -211,10 +212,11 @@ def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
     _, role, proto, pid, tid, fd, ts, conn_id = HDR.unpack_from(rec)
     ts += boot_offset
     if typ == REC_OPEN and len(rec) >= OPEN.size:
-        family, l4, lport, rport, laddr, raddr, netns, origin, comm = OPEN.unpack_from(rec)[8:]
+        family, l4, lport, rport, laddr, raddr, netns, origin, comm, tcomm = OPEN.unpack_from(rec)[8:]
         return ConnOpen(conn_id, pid, tid, fd, ts, _role(role), family, _addr(family, laddr), lport,
                         _addr(family, raddr), rport, l4, netns, origin,
-                        comm.split(b"\0", 1)[0].decode(errors="replace"))
+                        comm.split(b"\0", 1)[0].decode(errors="replace"),
+                        tcomm.split(b"\0", 1)[0].decode(errors="replace"))
     if typ == REC_CLOSE and len(rec) >= CLOSE.size:
         sent, recv, reason, _ = CLOSE.unpack_from(rec)[8:]
         return ConnClose(conn_id, pid, tid, fd, ts, _role(role), _proto(proto), sent, recv, reason)
