@@ -94,7 +94,22 @@ struct sdc_conn {
 	__u8 _pad[3];
 	__u64 tls_sent; /* plaintext bytes written through the TLS library */
 	__u64 tls_recv;
+	/* While inferring: the last small chunks of one direction that no protocol matched
+	 * (a 4-byte MySQL header read before its payload, dnsmasq's 2-byte DNS length), held
+	 * so the next chunk is also tried with them in front, and sent ahead of it when
+	 * that recognises a protocol. */
+	__u64 pend_pos; /* their pos */
+	__u16 pend_nr;  /* the syscall (or TLS call) of the first of them */
+	__u8 pend_len;  /* bytes held, <= SD_PEND_MAX; 0: none */
+	__u8 pend_dir;
+	__u8 pend_enc;  /* plaintext of TLS calls */
+	__u8 _pad2[3];
+	__u8 pend[16];
 };
+
+#define SD_PEND_MAX 16 /* bytes of small leading chunks held per connection while inferring */
+#define SD_JOIN_AT (2 * SD_COPY_MAX) /* where in sdc_scratch.buf the held bytes and the next chunk's head are joined */
+#define SD_JOIN_HEAD 48 /* bytes of the next chunk put behind them: enough for every check in sd__infer */
 
 /* LRU: an entry whose close we never see (the process exited, dup2 over it) is
  * eventually evicted instead of filling the table */
@@ -273,6 +288,8 @@ static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, l
 		sd__count(SD_STAT_DROPS, 1);
 		return;
 	}
+	if (c->pend_len) /* held while inferring, never recognised */
+		sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
 	sd__header(&r->h, SD_REC_CLOSE, pid_tgid, fd, c);
 	r->bytes_sent = c->sent;
 	r->bytes_recv = c->recv;
@@ -636,13 +653,15 @@ __noinline __u32 sd__copy(struct sdc_scratch *s, __u32 nr, struct sdc_args *r, _
 #define SDI_TLS 0x200 /* the chunk is a TLS record: the socket carries ciphertext */
 
 /* Inference on the copied bytes: protocol | SDI_*. Global, as sd__copy. */
-__noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 n, __u32 size, __u32 l4)
+__noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 joined, __u32 n, __u32 size, __u32 l4)
 {
 	if (!s)
 		return 0;
 	int req = 0;
-	__u8 p = sd__infer(s->buf, n, size, l4, &req);
-	if (!p && l4 == IPPROTO_TCP && n >= 5 && s->buf[0] >= 0x14 && s->buf[0] <= 0x17 && s->buf[1] == 3 &&
+	/* joined: the bytes at SD_JOIN_AT (held chunks + the head of this one), else the chunk */
+	const __u8 *b = s->buf + BOUND(joined ? SD_JOIN_AT : 0, SD_JOIN_AT);
+	__u8 p = sd__infer(b, n, size, l4, &req);
+	if (!p && !joined && l4 == IPPROTO_TCP && n >= 5 && s->buf[0] >= 0x14 && s->buf[0] <= 0x17 && s->buf[1] == 3 &&
 	    s->buf[2] <= 4)
 		return SDI_TLS; /* a TLS record header (RFC 8446 5.1): content type 20..23, version 3.x */
 	return p | (req ? SDI_REQ : 0);
@@ -655,8 +674,66 @@ static __always_inline void sd__mark_ssl(struct sdc_conn *c)
 	if (c->ssl)
 		return;
 	c->ssl = 1;
+	c->pend_len = 0;
 	if (!c->protocol)
 		c->tries = 0;
+}
+
+/* An uninferred chunk (got bytes in s->buf, all of it): hold it when it is small, behind
+ * held bytes it directly follows; what cannot be held is counted as skipped. */
+static __always_inline void sd__hold(struct sdc_conn *c, struct sdc_scratch *s, __u32 got, __u64 size, __u64 pos,
+				     __u8 dir, long nr, int encrypted)
+{
+	__u32 off = c->pend_len;
+	if (off && (c->pend_dir != dir || c->pend_enc != encrypted || c->pend_pos + off != pos ||
+		    off + size > SD_PEND_MAX)) {
+		sd__count(SD_STAT_SKIPPED_BYTES, off);
+		off = 0;
+	}
+	if (size > SD_PEND_MAX || got != size) {
+		c->pend_len = 0;
+		if (off)
+			sd__count(SD_STAT_SKIPPED_BYTES, off);
+		sd__count(SD_STAT_SKIPPED_BYTES, size);
+		sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
+		return;
+	}
+	if (!off) {
+		c->pend_pos = pos;
+		c->pend_dir = dir;
+		c->pend_nr = nr;
+		c->pend_enc = encrypted;
+	}
+	for (int i = 0; i < SD_PEND_MAX; i++) {
+		if (i >= size)
+			break;
+		c->pend[(off + i) & (SD_PEND_MAX - 1)] = s->buf[i];
+	}
+	c->pend_len = off + size;
+}
+
+/* The held bytes, as one data record ahead of the chunk whose inference they joined. */
+static __always_inline void sd__emit_pend(struct sdc_conn *c, __u64 pid_tgid, long fd)
+{
+	struct andon_sd_data *d = bpf_ringbuf_reserve(&sd_ring, sizeof(*d) + SD_PEND_MAX, 0);
+	if (!d) {
+		sd__count(SD_STAT_DROPS, 1);
+		sd__count(SD_STAT_DROPPED_BYTES, c->pend_len);
+		return;
+	}
+	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
+	d->pos = c->pend_pos;
+	d->size = c->pend_len;
+	d->copied = c->pend_len;
+	d->nr = c->pend_nr;
+	d->direction = c->pend_dir;
+	d->flags = c->pend_enc ? SD_F_ENCRYPTED : 0;
+	d->rport = 0;
+	d->rfamily = 0;
+	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
+	__builtin_memcpy(d->data, c->pend, SD_PEND_MAX);
+	bpf_ringbuf_submit(d, 0);
+	sd__count(SD_STAT_EVENTS, 1);
 }
 
 static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *c, long nr, struct sdc_args *r,
@@ -776,15 +853,28 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 	}
 	/* a TLS call's plaintext is one flat buffer, as read(2)'s */
 	__u32 got = sd__copy(s, encrypted ? NR_READ : nr, r, want, encrypted ? IPPROTO_TCP : c->l4);
+	int joined = 0;
 	if (infer) {
 		c->tries++;
-		int found = sd__infer_chunk(s, got, size, c->l4);
+		int found = sd__infer_chunk(s, 0, got, size, c->l4);
 		if ((found & SDI_TLS) && !encrypted) {
 			sd__mark_ssl(c);
 			sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 			return;
 		}
 		__u8 p = found & 0xff;
+		__u32 held = c->pend_len;
+		if (!p && held && c->l4 == IPPROTO_TCP && c->pend_dir == dir && c->pend_enc == encrypted &&
+		    c->pend_pos + held == pos) {
+			/* the held bytes, then the head of this chunk, inferred as one message */
+			__u32 head = got < SD_JOIN_HEAD ? got : SD_JOIN_HEAD;
+			__builtin_memcpy(&s->buf[SD_JOIN_AT], c->pend, SD_PEND_MAX);
+			bpf_probe_read_kernel(&s->buf[SD_JOIN_AT + BOUND(held, SD_PEND_MAX - 1 + SD_PEND_MAX)],
+					      BOUND(head, 2 * SD_JOIN_HEAD - 1), s->buf);
+			found = sd__infer_chunk(s, 1, held + head, held + size, c->l4);
+			p = found & 0xff;
+			joined = !!p;
+		}
 		if (p) {
 			int req = !!(found & SDI_REQ);
 			c->protocol = p;
@@ -794,11 +884,28 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		}
 		pkey = c->protocol;
 		on = bpf_map_lookup_elem(&sd_protos, &pkey);
+		if (!p) {
+			if (c->l4 == IPPROTO_TCP && c->tries < sd_cfg.infer_tries) {
+				sd__hold(c, s, got, size, pos, dir, nr, encrypted);
+				return;
+			}
+			if (c->pend_len)
+				sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
+			c->pend_len = 0;
+		}
 		if (!p || !on || !*on) {
+			if (joined)
+				sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
+			c->pend_len = 0;
 			sd__count(SD_STAT_SKIPPED_BYTES, size);
 			sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
 			return;
 		}
+		if (joined)
+			sd__emit_pend(c, pid_tgid, fd);
+		else if (c->pend_len)
+			sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
+		c->pend_len = 0;
 	}
 	/* STARTTLS: PostgreSQL's SSLRequest and MySQL's SSL request packet come before the
 	 * handshake, so the protocol is known when a TLS handshake record (type 22, version

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from andon.events.sockdata import F_ADDR, ConnOpen, Data, SockSource
+from andon.events.sockdata import F_ADDR, ConnClose, ConnOpen, Data, SockSource
 from andon.protocols.base import Direction, Protocol, Role
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,3 +139,69 @@ def test_dig_udp_both_sides_and_the_process_name(sd: SockSource, dns_server):
     assert opens and all(o.comm == "dig" for o in opens)  # the process, not its isc-net thread
     srv = [r for r in recs if r.pid == dns_server.pid and isinstance(r, Data) and r.data[:2] == q.data[:2]]
     assert {r.direction for r in srv} == {Direction.EGRESS, Direction.INGRESS}
+
+
+def test_dig_tcp_both_sides_even_when_dnsmasq_reads_the_length_first(sd: SockSource, dns_server):
+    sd.add_pid(dns_server.pid)
+    # TRIGGER: dig +tcp writes length and message at once; dnsmasq reads the 2-byte
+    # length, then the message
+    pid, _ = run_dig(sd, dns_server, "+tcp")
+    recs = collect(sd, {pid, dns_server.pid}, closes(2))
+    # ASSERT: both ends of the TCP connection give DNS records, with the length prefix
+    mine = [r for r in recs if r.pid == pid and isinstance(r, Data)]
+    assert mine and all(r.protocol == Protocol.DNS and r.role == Role.CLIENT for r in mine)
+    query = b"".join(r.data for r in mine if r.direction == Direction.EGRESS)
+    answer = b"".join(r.data for r in mine if r.direction == Direction.INGRESS)
+    assert int.from_bytes(query[:2], "big") == len(query) - 2
+    assert int.from_bytes(answer[:2], "big") == len(answer) - 2
+    assert answer[2:4] == query[2:4] and answer[4] & 0x80 and bytes([10, 1, 2, 3]) in answer
+    # dnsmasq's side, this connection only (its port is dig's): the same bytes, nothing lost
+    dig_port = next(r.lport for r in recs if r.pid == pid and isinstance(r, ConnOpen))
+    conn = next(r.conn_id for r in recs if r.pid == dns_server.pid and isinstance(r, ConnOpen) and r.rport == dig_port)
+    srv = [r for r in recs if r.conn_id == conn and isinstance(r, Data)]
+    assert all(r.protocol == Protocol.DNS and r.role == Role.SERVER and r.gap == 0 for r in srv)
+    got = [r for r in srv if r.direction == Direction.INGRESS]
+    assert got[0].size == 2 and got[0].pos == 0  # the held length, sent ahead of the message
+    assert b"".join(r.data for r in got) == query
+    assert b"".join(r.data for r in srv if r.direction == Direction.EGRESS) == answer
+
+
+# -- a MySQL client that reads each packet's header, then its payload ---------------------------------
+
+MYSQL_CHILD = r"""
+import json, sys
+sys.path.insert(0, {tests!r})
+import servers as S
+class Srv: host, port = "127.0.0.1", {port}
+print(json.dumps({{"rows": S.mysql_prepared(Srv, "select ? + 1", (41,))}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def maria():
+    if shutil.which("mariadbd") is None:
+        pytest.skip("needs mariadb-server")
+    with S.mariadb() as srv:
+        yield srv
+
+
+def test_mysql_connector_client_side_split_reads(sd: SockSource, maria):
+    # TRIGGER: mysql-connector (pure Python) reads the 4-byte header of the greeting, then
+    # its payload: neither read alone is a recognisable MySQL packet
+    code = MYSQL_CHILD.format(tests=str(Path(__file__).resolve().parents[1]), port=maria.port)
+    pid, info = run_child(sd, code, timeout=30)
+    assert info["rows"] == [[42]]
+    recs = collect(sd, {pid}, closes(1))
+    # ASSERT
+    data = [r for r in recs if isinstance(r, Data)]
+    assert data and all(r.protocol == Protocol.MYSQL and r.role == Role.CLIENT and r.gap == 0 for r in data)
+    inn = b"".join(r.data for r in data if r.direction == Direction.INGRESS)
+    out = b"".join(r.data for r in data if r.direction == Direction.EGRESS)
+    # the greeting from its first byte: length, sequence 0, protocol version 10
+    assert int.from_bytes(inn[:3], "little") > 40 and inn[3] == 0 and inn[4] == 0x0A
+    first = next(r for r in data if r.direction == Direction.INGRESS)
+    assert (first.pos, first.size) == (0, 4)
+    # COM_STMT_PREPARE with the statement, then COM_STMT_EXECUTE, as the client wrote them
+    assert b"\x16select ? + 1" in out and b"\x17" in out
+    close = next(r for r in recs if isinstance(r, ConnClose))
+    assert close.bytes_recv == len(inn) and close.bytes_sent == len(out)
