@@ -12,7 +12,7 @@
  * A connection is an entry in sd_conns keyed by (tgid, fd), made at connect (client),
  * accept (server) or the first read/write on a socket we had not seen (role inferred
  * from the first message). The protocol is inferred from the first chunks of data
- * (HTTP/1, PostgreSQL, MySQL, Redis on TCP; DNS on UDP) as Pixie's protocol_inference.h
+ * (HTTP/1, PostgreSQL, MySQL, Redis, DNS on TCP; DNS on UDP) as Pixie's protocol_inference.h
  * does; only chunks of protocols switched on in sd_protos are copied into the ring, the
  * rest are counted. Every data record carries its byte position in its direction so the
  * reader can tell what was lost.
