@@ -143,10 +143,13 @@ def parse_message(msg: bytes) -> Message:
 
 
 def _looks_tcp(chunk: DataChunk) -> bool:
-    """A first chunk shorter than a DNS header, or made of whole length-prefixed messages."""
+    """A first chunk shorter than a DNS header, made of whole length-prefixed messages, or
+    whose question count sits two bytes late (one question is the usual query)."""
     if chunk.size < 12:
         return True
     data, pos = chunk.data, 0
+    if data[6:8] == b"\x00\x01" and data[4:6] != b"\x00\x01":
+        return True
     while pos + 2 <= len(data):
         pos += 2 + struct.unpack_from("!H", data, pos)[0]
         if pos == chunk.size:

@@ -175,9 +175,7 @@ class HTTPParser(StreamParser):
         return len(method) <= 20 and (not method or re.fullmatch(_TOKEN, method) is not None)
 
     def _invalid(self, side: Side) -> None:
-        self.stats.invalid += 1
-        side.state = None
-        side.resync = True
+        self._desync(side)
 
     def _parse_head(self, side: Side) -> Message | None:
         buf = side.buf

@@ -246,8 +246,7 @@ class PgSQLParser(StreamParser):
         return out
 
     def _bad(self, side: Side) -> None:
-        self.stats.invalid += 1
-        side.resync = True
+        self._desync(side)
 
     def _message(self, side: Side, tag: str, payload: bytes, ts: int) -> list[dict]:
         try:

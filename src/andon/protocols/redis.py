@@ -290,8 +290,7 @@ class RedisParser(StreamParser):
         return out
 
     def _bad(self, side: Side) -> None:
-        self.stats.invalid += 1
-        side.resync = True
+        self._desync(side)
 
     def _bad_frame(self) -> None:
         self.stats.invalid += 1

@@ -245,6 +245,16 @@ class StreamParser(ConnParser):
         side.resync = True
         return out + self._run(side)
 
+    def _desync(self, side: Side) -> None:
+        """The bytes at the front of ``side.buf`` are not a frame: count it, drop the first
+        byte (so the boundary search cannot find the same place again) and resynchronise."""
+        self.stats.invalid += 1
+        if side.buf:
+            self.stats.bytes_skipped += 1
+            side.consume(1)
+        self._reset(side)
+        side.resync = True
+
     def _begin_skip(self, side: Side, n: int, done: Callable[[int, bool], list[dict]]) -> None:
         side.skip = n
         side.skip_lost = False
@@ -282,7 +292,7 @@ class StreamParser(ConnParser):
                 self.stats.bytes_skipped += side.drop_all()
         for old in self.early:
             self.stats.bytes_skipped += len(old.data)
-        self.early = []
+        self.early, self.early_bytes = [], 0
         return out
 
     def pending_bytes(self) -> int:
