@@ -354,3 +354,39 @@ def test_apply_open_declines_what_it_cannot_do_alone():
     assert t.apply_open(PID, 10**15 - 1, -2, -100, 0, "/old", fresh=True)  # a failed open makes none anyway
     assert t.apply_open(PID, 10**15 + 1, 3, -100, 0, "/new", fresh=True)
     assert p.fds.get(3).name == "/new" and p.last_seen == 10**15 + 1
+
+
+def test_add_remove_leaves_what_add_then_remove_leaves():
+    for start, fd in (({}, 3), ({3: "old"}, 3), ({4: "x"}, 3)):
+        for max_fds in (1, 8):
+            a, b = FdTable(max_fds), FdTable(max_fds)
+            for t in (a, b):
+                for n, name in start.items():
+                    t.add(FdInfo(n, "file", name))
+            shared = a.fork()  # copy-on-write: the sharer must not see either side's change
+            a.add(FdInfo(fd, "file", "/new"))
+            a.remove(fd)
+            b.add_remove(fd)
+            assert [(n, fi.name) for n, fi in b.items()] == [(n, fi.name) for n, fi in a.items()]
+            assert b.dropped == a.dropped, (start, fd, max_fds)
+            assert sorted(shared._d) == sorted(start)
+    full = FdTable(1)
+    full.add(FdInfo(4, "file", "/x"))
+    full.add_remove(3)
+    assert full.dropped == 1 and sorted(full._d) == [4]
+
+
+def test_apply_open_close_pairs_only_what_it_can():
+    t = ProcessTable(StateSettings(proc_root=None))
+    assert not t.apply_open_close(PID, 10, 11, 3, 0)  # unknown pid
+    t.apply(exec_ev(cwd="/srv"))
+    p = t.get(PID)
+    t.apply(sc("openat", 3, AT_FDCWD64, 0, 0, strings=("/etc/hostname",)))
+    assert p.fds.get(3) is not None
+    assert not t.apply_open_close(PID, _ts[0] + 1, _ts[0] + 2, 3, -4)  # EINTR: the entry would stay
+    assert p.fds.get(3) is not None
+    assert t.apply_open_close(PID, _ts[0] + 1, _ts[0] + 2, 3, 0)
+    assert p.fds.get(3) is None and p.last_seen == _ts[0] + 2
+    assert t.apply_open_close(PID, _ts[0] + 3, _ts[0] + 4, 5, -9)  # EBADF also removes
+    p.proc_ts = 10**18
+    assert not t.apply_open_close(PID, 10**18 - 2, 10**18 + 1, 3, 0)  # the open is older than /proc

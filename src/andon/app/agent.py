@@ -60,6 +60,7 @@ _NR_CLOSE = BY_NAME["close"].nr
 # rules out every rule (_SKIP), or whose path does (_PATH: only where the fd entry it makes
 # is fd.name, see Agent._may_match)
 _FULL, _LEAN_CLOSE, _LEAN_OPEN, _LEAN_OPEN_SKIP, _LEAN_OPEN_PATH = 0, 1, 2, 3, 4
+_DONE = 5  # a close applied with the open just before it (Tracker.open_close_raw)
 _NAME_OF_NR = {nr: syscall_name(nr) for nr in OPEN_PATH_NRS}
 _PATH_NAMES = frozenset(_NAME_OF_NR.values())  # their bits are made with the open candidates'
 
@@ -319,12 +320,25 @@ class Agent:
             for i, big in bigs.items():
                 evs[int(where[i])] = decode_record(big, boot_offset)
         kinds_l = kinds.tolist()
+        pair_l = None
         if o_path is not None or keep is not None:
-            pid_l = recs["pid"].tolist()
+            pid = recs["pid"]
+            ret = recs["ret"]
+            pid_l = pid.tolist()
             ts_l = (recs["ts"].astype(np.int64) + boot_offset).tolist()
-            ret_l = recs["ret"].tolist()
+            ret_l = ret.tolist()
             flags_l = recs["flags"].tolist()
-            fd_l = recs["args"][:, 0].astype(np.uint32).astype(np.int32).tolist() if keep is not None else None
+            fd = recs["args"][:, 0].astype(np.uint32).astype(np.int32) if keep is not None else None
+            fd_l = fd.tolist() if fd is not None else None
+            if o_path is not None and fd is not None and n > 1:
+                # a lean open whose next record is the same process closing the fd it got:
+                # the pair is applied in one step, without building the fd entry
+                nxt = slice(1, None)
+                pair = ((kinds[:-1] >= _LEAN_OPEN) & (kinds[nxt] == _LEAN_CLOSE) & (pid[:-1] == pid[nxt])
+                        & (ret[:-1] >= 0) & (fd[nxt] == ret[:-1]))
+                if pair.any():
+                    pair_l = pair.tolist() + [False]
+        open_close = tracker.open_close_raw
         skipped: dict[str, int] = {}
         procs = tracker.table.procs
         handle, advance, close_raw, open_raw = self._handle, tracker.advance, tracker.close_raw, tracker.open_raw
@@ -346,7 +360,23 @@ class Agent:
                     e += 1
                     k = j
                     j += 1
+                elif kd == _DONE:
+                    continue
                 else:  # a lean open
+                    if pair_l is not None and pair_l[i] and open_close(pid_l[i], ts_l[i], ts_l[i + 1], ret_l[i],
+                                                                       ret_l[i + 1]):
+                        kinds_l[i + 1] = _DONE
+                        seen += 2
+                        if flags_l[i] & F_TRUNCATED:
+                            truncated += 1
+                        if flags_l[i + 1] & F_TRUNCATED:
+                            truncated += 1
+                        if kd != _LEAN_OPEN:
+                            nm = o_name[o]  # type: ignore[index]
+                            skipped[nm] = skipped.get(nm, 0) + 1
+                        o += 1
+                        j += 1
+                        continue
                     if open_raw(pid_l[i], ts_l[i], ret_l[i], o_dirfd[o], o_flags[o], o_path[o],  # type: ignore[index]
                                 kd == _LEAN_OPEN_PATH):
                         seen += 1

@@ -170,6 +170,15 @@ class Tracker:
         self.nevents += 1
         return True
 
+    def open_close_raw(self, pid: int, ts_open: int, ts_close: int, fd: int, close_ret: int) -> bool:
+        """``open_raw`` then ``close_raw`` of two consecutive records, an open that returned
+        ``fd`` and its close (see :meth:`~andon.state.process.ProcessTable.apply_open_close`).
+        False when they must be applied one by one."""
+        if not self.table.apply_open_close(pid, ts_open, ts_close, fd, close_ret):
+            return False
+        self.nevents += 2
+        return True
+
     def follow_capture(self, reader: Any) -> None:
         """Replay: take container metadata from the capture's side records where they
         are, and let a pending container look a bounded stretch ahead for its record."""

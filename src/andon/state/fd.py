@@ -386,6 +386,16 @@ class FdTable:
         d[fi.num] = fi
         return fi
 
+    def add_remove(self, fd: int) -> None:
+        """``add`` of a new entry for ``fd`` and at once ``remove(fd)``: what an open closed
+        right away leaves, without building the entry (an entry already there is gone; a
+        full table counts the add it refused)."""
+        d = self._d
+        if fd in d:
+            self._own().pop(fd, None)
+        elif len(d) >= self.max_fds:
+            self.dropped += 1
+
     def remove(self, fd: int) -> FdInfo | None:
         if fd not in self._d:
             return None

@@ -434,6 +434,18 @@ class ProcessTable:
             FdTracker.opened(p, fd, dirfd, flags, path)
         return True
 
+    def apply_open_close(self, pid: int, ts_open: int, ts_close: int, fd: int, close_ret: int) -> bool:
+        """``apply_open`` of a path open that returned ``fd`` (>= 0) and then ``apply_close``
+        of ``fd``, for two consecutive records of one process: the entry is not built. False
+        (nothing done) unless the pid is in the table, both events are newer than its /proc
+        read and the close removes the entry (returned 0 or EBADF); then apply them one by one."""
+        p = self.procs.get(pid)
+        if p is None or ts_open < p.proc_ts or ts_close < p.proc_ts or not (close_ret == 0 or close_ret == -_EBADF):
+            return False
+        p.last_seen = ts_close
+        p.fds.add_remove(fd)
+        return True
+
     def apply_all(self, events: Any) -> None:
         apply = self.apply
         for ev in events:
