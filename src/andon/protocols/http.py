@@ -45,6 +45,14 @@ _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
 _REQ_START = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) \S+ HTTP/1\.[0-9]\r\n")
 _RESP_START = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r]")
 _METHOD_PREFIX = re.compile(rb"[A-Z]{3,10} [/*a-zA-Z]")
+_TOKEN_RE = re.compile(_TOKEN)
+_HEX_RE = re.compile(rb"[0-9A-Fa-f]+")
+# the fast path for an ASCII header block with no continuation lines: every line
+# "name:[ \t]*value[ \t]*" (the same as _HEADER per line), then all pairs in one findall
+_TOKEN_S = _TOKEN.decode()
+_HEADER_BLOCK_S = re.compile(r"(?:" + _TOKEN_S + r":[ \t]*.*?[ \t]*\r\n)*")
+_HEADER_ALL_S = re.compile(r"(" + _TOKEN_S + r"):[ \t]*(.*?)[ \t]*\r\n")
+_json_str = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 
 
 @dataclass(slots=True)
@@ -63,13 +71,13 @@ class Message:
     chunk_state: str = "size"  # size | data | crlf | trailer
     lost: bool = False
     ts: int = 0
+    hmap: dict[str, str] | None = None  # lower-case name -> first value, built on first lookup
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        hmap = self.hmap
+        if hmap is None:  # the first of a repeated name wins
+            hmap = self.hmap = {k.lower(): v for k, v in reversed(self.headers)}
+        return hmap.get(name.lower())
 
     def take_body(self, data: bytes | bytearray) -> None:
         room = BODY_KEEP - len(self.body)
@@ -80,13 +88,13 @@ class Message:
 def headers_json(headers: list[tuple[str, str]]) -> str:
     """Pixie's ``ToJSONString(HeadersMap)``: a compact JSON object, keys in case-insensitive
     order, a repeated header name repeated as a key."""
+    enc = _json_str
     items = sorted(headers, key=lambda kv: kv[0].lower())
-    parts = [json.dumps(k, ensure_ascii=False) + ":" + json.dumps(v, ensure_ascii=False) for k, v in items]
-    return "{" + ",".join(parts) + "}"
+    return "{" + ",".join([enc(k) + ":" + enc(v) for k, v in items]) + "}"
 
 
 def _text(b: bytes | bytearray) -> str:
-    return bytes(b).decode("utf-8", errors="replace")
+    return b.decode("utf-8", "replace")
 
 
 def _req_body(msg: Message) -> str:
@@ -114,6 +122,7 @@ def _resp_body(msg: Message) -> str:
 class HTTPParser(StreamParser):
     protocol = Protocol.HTTP
     table = "http_events"
+    drains = True  # _parse takes every whole message there is
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -172,7 +181,7 @@ class HTTPParser(StreamParser):
         method = head if sp < 0 else head[:sp]
         if sp < 0 and len(head) > 20:
             return False
-        return len(method) <= 20 and (not method or re.fullmatch(_TOKEN, method) is not None)
+        return len(method) <= 20 and (not method or _TOKEN_RE.fullmatch(method) is not None)
 
     def _invalid(self, side: Side) -> None:
         self._desync(side)
@@ -196,37 +205,58 @@ class HTTPParser(StreamParser):
             if len(buf) >= MAX_HEAD:
                 self._invalid(side)
             return None
-        lines = bytes(buf[:end]).split(b"\r\n")
+        head = bytes(buf[:end])
+        nl = head.find(b"\r\n")
+        first = head if nl < 0 else head[:nl]
         msg = Message(is_req=side.is_req)
         if side.is_req:
-            m = _REQ_LINE.fullmatch(lines[0])
+            m = _REQ_LINE.fullmatch(first)
             if not m:
                 self._invalid(side)
                 return None
             msg.method, msg.path, msg.minor = _text(m.group(1)), _text(m.group(2)), int(m.group(3))
         else:
-            m = _RESP_LINE.fullmatch(lines[0])
+            m = _RESP_LINE.fullmatch(first)
             if not m:
                 self._invalid(side)
                 return None
             msg.minor, msg.status = int(m.group(1)), int(m.group(2))
             msg.reason = _text(m.group(3) or b"")
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t") and msg.headers:
-                name, value = msg.headers[-1]
-                msg.headers[-1] = (name, (value + " " + _text(line.strip())).strip())
-                continue
-            h = _HEADER.fullmatch(line)
-            if not h:
-                self._invalid(side)
-                return None
-            msg.headers.append((_text(h.group(1)), _text(h.group(2))))
+        if nl >= 0 and not self._fast_headers(msg, head, nl) and not self._headers(msg, head.split(b"\r\n")[1:]):
+            self._invalid(side)
+            return None
         msg.ts = side.ts_at(end + 4)
         side.consume(end + 4)
         if not self._body_mode(msg):
             self._invalid(side)
             return None
         return msg
+
+    @staticmethod
+    def _fast_headers(msg: Message, head: bytes, nl: int) -> bool:
+        """The common case in one regex pass: ASCII, no continuation lines, all well formed.
+        False means "use the line by line path", which decides validity."""
+        block = head[nl + 2 :] + b"\r\n"
+        if not block.isascii():
+            return False
+        text = block.decode("ascii")
+        if _HEADER_BLOCK_S.fullmatch(text) is None:
+            return False
+        msg.headers = _HEADER_ALL_S.findall(text)
+        return True
+
+    @staticmethod
+    def _headers(msg: Message, lines: list[bytes]) -> bool:
+        for line in lines:
+            if line[:1] in (b" ", b"\t") and msg.headers:
+                name, value = msg.headers[-1]
+                msg.headers[-1] = (name, (value + " " + _text(line.strip())).strip())
+                continue
+            h = _HEADER.fullmatch(line)
+            if not h:
+                return False
+            msg.headers.append((_text(h.group(1)), _text(h.group(2))))
+        return True
 
     def _body_mode(self, msg: Message) -> bool:
         if not msg.is_req:
@@ -281,7 +311,7 @@ class HTTPParser(StreamParser):
                     side.consume(pos)
                     return None
                 size_text = bytes(buf[pos:nl]).split(b";", 1)[0].strip()
-                if not size_text or len(size_text) > 15 or not re.fullmatch(rb"[0-9A-Fa-f]+", size_text):
+                if not size_text or len(size_text) > 15 or _HEX_RE.fullmatch(size_text) is None:
                     self._invalid(side)
                     return None
                 size = int(size_text, 16)

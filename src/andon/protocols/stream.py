@@ -98,6 +98,9 @@ class StreamParser(ConnParser):
 
     max_pending_bytes = MAX_PENDING_BYTES
     max_pending_requests = MAX_PENDING_REQUESTS
+    # True if one _parse call takes every whole frame it can (or sets resync): _run then
+    # skips the second call that would only find out nothing more can be done
+    drains = False
 
     def __init__(self, role: Role = Role.UNKNOWN, stats: ParseStats | None = None) -> None:
         super().__init__(role, stats if stats is not None else ParseStats())
@@ -217,6 +220,8 @@ class StreamParser(ConnParser):
             out += self._parse(side)
             if side.resync:
                 continue
+            if self.drains:
+                return out
             if (side.base, len(side.buf), side.skip) == before:
                 return out
 
