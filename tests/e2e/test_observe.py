@@ -11,12 +11,8 @@ ASSERT: the tables hold exactly those N exchanges, on the client side (trace_rol
 the server side (trace_role 2), with the protocol fields the client sent and received.
 
 What the sensor does not see, and these tests therefore do not ask for (docs/observability.md):
-- dig's own side of DNS: dig (libuv) sends with sendmmsg and reads with recvmmsg, which are
-  not captured; the server side (dnsmasq) is, and a plain UDP client's side is.
-- DNS over TCP (`dig +tcp`): not inferred by the sensor.
-- the client side of mysql-connector (pure Python): it reads the 4-byte packet header and
-  the payload in two reads, so the first chunks the sensor infers on are too short to be
-  recognised as MySQL; the server side and the mysql CLI's side are traced.
+- a socket duplicated onto other fds (a bash /dev/tcp client): each fd is its own connection,
+  so the request and the response never pair.
 """
 
 from __future__ import annotations
@@ -353,10 +349,11 @@ def test_dns_dig_and_udp_client(agent: ObserveAgent, dns: S.Server):
 
     rows = agent.wait_rows("SELECT trace_role, req_header, req_body, resp_header, resp_body, latency, comm, pid, "
                            f"remote_addr, remote_port, local_port FROM dns_events WHERE {_on_port(dns.port, t0)} "
-                           "ORDER BY time_", 4, timeout=WAIT_S)
+                           "ORDER BY time_", 6, timeout=WAIT_S)
     clients, servers_ = _sides(rows)
-    assert (len(clients), len(servers_)) == (1, 3), rows
-    _made("dns_events", 4)
+    # dig's own side too: it sends and receives with sendmmsg/recvmmsg, which the sensor walks
+    assert (len(clients), len(servers_)) == (3, 3), rows
+    _made("dns_events", 6)
     names = [json.loads(x["req_body"])["queries"] for x in servers_]
     assert names == [[{"name": n, "type": "A"}] for n in ("svc.andon.test", "missing.andon.test", "both.andon.test")]
     answers = [json.loads(x["resp_body"])["answers"] for x in servers_]
@@ -367,7 +364,11 @@ def test_dns_dig_and_udp_client(agent: ObserveAgent, dns: S.Server):
     # dnsmasq answers from one unconnected socket: the remote end is each datagram's sender
     assert {x["remote_addr"] for x in servers_} == {"127.0.0.1"}
     assert servers_[2]["remote_port"] == local_port and all(x["remote_port"] > 0 for x in servers_)
-    (c,) = clients
+    digs = [x for x in clients if x["comm"] == "dig"]  # the process's name, not its thread's (isc-net-0000)
+    assert [json.loads(x["req_body"])["queries"][0]["name"] for x in digs] == ["svc.andon.test", "missing.andon.test"]
+    assert [json.loads(x["resp_header"])["rcode"] for x in digs] == [0, 3]
+    assert all(x["remote_port"] == dns.port for x in digs)
+    (c,) = [x for x in clients if x["pid"] == os.getpid()]
     assert (c["pid"], c["local_port"], c["remote_port"]) == (os.getpid(), local_port, dns.port)
     assert json.loads(c["req_header"])["txid"] == txid and json.loads(c["resp_header"])["num_answers"] == 1
     assert c["resp_body"] == servers_[2]["resp_body"]
@@ -533,7 +534,7 @@ def test_bundled_scripts_and_pxl_vs_sql(agent: ObserveAgent, named_clients: dict
     assert [(x["source"], x["destination"], x["remote_port"], x["req_cmd"], x["req_args"], x["resp"])
             for x in table("redis")] == [
         (f"r{tag}", "127.0.0.1", redis.port, "GET", _js({"key": f"q_{tag}"}), "<NULL>")]
-    d = [x for x in table("dns") if tag in x["req_body"]]  # dig's side is not captured: dnsmasq's
+    d = [x for x in table("dns") if tag in x["req_body"]]  # dns_data shows the server side (dnsmasq)
     assert [(x["source"], x["destination"], json.loads(x["resp_header"])["rcode"]) for x in d] == [
         ("127.0.0.1", "dnsmasq", 3)]
     # service_stats for the client's name: its status codes and LET are exactly this test's
