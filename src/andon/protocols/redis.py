@@ -63,8 +63,14 @@ _PUB = {"message", "pmessage", "smessage"}
 _SUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"}
 
 
+_INT_RE = re.compile(rb"-?[0-9]+")
+_CMD_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
+# what json.dumps(value, ensure_ascii=False, separators=(",", ":")) builds on every call
+_js_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _js(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _js_encode(value)
 
 
 @dataclass(slots=True)
@@ -85,7 +91,7 @@ def _line(buf: bytearray, pos: int) -> tuple[bytes, int] | object:
 
 
 def _size(text: bytes) -> int | None:
-    if len(text) > 16 or not re.fullmatch(rb"-?[0-9]+", text):
+    if len(text) > 16 or _INT_RE.fullmatch(text) is None:
         return None
     n = int(text)
     return n if n >= -1 else None
@@ -204,7 +210,7 @@ class Request:
 
 def command(words: list[str]) -> Request:
     """The request record's ``req_cmd`` and ``req_args`` from a command's words."""
-    if not words or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", words[0]):
+    if not words or _CMD_RE.fullmatch(words[0]) is None:
         return Request("", _js(words), 0)
     cmd = words[0].upper()
     rest = words[1:]
