@@ -232,6 +232,8 @@ class Case:
     name: str
     server: str                       # key into the servers started once per case family
     load: Callable[[S.Server], Load]
+    table: str = ""                   # the Pixie table its requests land in ({table} in --captured-regex)
+    rows_per_req: int = 1             # rows a request makes there (pgbench -M extended: Parse, Bind, Describe, Execute)
 
 
 def measured(case: Case, srv: S.Server) -> Load:
@@ -243,13 +245,16 @@ def measured(case: Case, srv: S.Server) -> Load:
 
 def cases(seconds: int, redis_n: int) -> list[Case]:
     return [
-        Case("nginx-1k", "nginx", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds)),
-        Case("nginx-small", "nginx", lambda s: wrk(s.url("/"), threads=1, conns=4, seconds=seconds)),
-        Case("nginx-tls", "nginx-tls", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds)),
-        Case("pg-simple", "postgres", lambda s: pgbench(s, mode="simple", clients=4, seconds=seconds)),
-        Case("pg-extended", "postgres", lambda s: pgbench(s, mode="extended", clients=4, seconds=seconds)),
-        Case("redis-p1", "redis", lambda s: redis_benchmark(s, pipeline=1, n=redis_n)),
-        Case("redis-p16", "redis", lambda s: redis_benchmark(s, pipeline=16, n=redis_n * 8)),
+        Case("nginx-1k", "nginx", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds),
+             "http_events"),
+        Case("nginx-small", "nginx", lambda s: wrk(s.url("/"), threads=1, conns=4, seconds=seconds), "http_events"),
+        Case("nginx-tls", "nginx-tls", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds),
+             "http_events"),
+        Case("pg-simple", "postgres", lambda s: pgbench(s, mode="simple", clients=4, seconds=seconds), "pgsql_events"),
+        Case("pg-extended", "postgres", lambda s: pgbench(s, mode="extended", clients=4, seconds=seconds),
+             "pgsql_events", 4),
+        Case("redis-p1", "redis", lambda s: redis_benchmark(s, pipeline=1, n=redis_n), "redis_events"),
+        Case("redis-p16", "redis", lambda s: redis_benchmark(s, pipeline=16, n=redis_n * 8), "redis_events"),
     ]
 
 
@@ -267,13 +272,15 @@ def _prepare(kind: str, srv: S.Server) -> None:
 def run(args: argparse.Namespace) -> dict:
     tracer_argv = shlex.split(args.tracer) if args.tracer else None
     chosen = [c for c in cases(args.seconds, args.redis_n) if not args.only or any(c.name == o or c.name.startswith(o + "-") for o in args.only)]
-    rx = re.compile(args.captured_regex) if args.captured_regex else None
     results: dict = {"cases": {}, "tracer": args.tracer, "seconds": args.seconds, "repeat": args.repeat,
                      "started": datetime.now().isoformat(timespec="seconds"), "foreign_tracing": []}
     for kind in dict.fromkeys(c.server for c in chosen):
         with STARTERS[kind]() as srv:
             _prepare(kind, srv)
             for case in (c for c in chosen if c.server == kind):
+                # "{table}" in the regex: this case's table (andon's closing line counts rows per table)
+                rx = (re.compile(args.captured_regex.replace("{table}", case.table)) if args.captured_regex
+                      else None)
                 runs: dict[str, list] = {"off": [], "on": []}
                 for i in range(args.repeat):
                     for mode in ("off", "on") if tracer_argv else ("off",):
@@ -285,7 +292,8 @@ def run(args: argparse.Namespace) -> dict:
                                     load = measured(case, srv)
                             rec = asdict(load) | {"tracer_cpu_s": tr.cpu_s, "tracer_hwm_kb": tr.hwm_kb}
                             if rx:
-                                rec["captured"] = sum(int(m) for m in rx.findall(tr.output))
+                                rec["captured_rows"] = sum(int(m) for m in rx.findall(tr.output))
+                                rec["captured"] = rec["captured_rows"] / case.rows_per_req
                         else:
                             with ForeignWatch(set()) as watch:
                                 load = measured(case, srv)
@@ -350,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-s", type=float, default=2.0, help="seconds to let the tracer attach (default 2)")
     ap.add_argument("--ready-line", help="wait for this text in the tracer's output instead of --ready-s")
     ap.add_argument("--captured-regex", help="regex with one group: a count of captured requests in the tracer's "
-                                             "output, summed over matches")
+                                             "output, summed over matches; {table} is replaced by the case's "
+                                             "table (http_events, pgsql_events, redis_events) and the count "
+                                             "divided by the rows one request makes there")
     ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk and pgbench run (default 10)")
     ap.add_argument("--redis-n", type=int, default=200_000, help="requests per redis-benchmark test at -P 1 "
                                                                  "(x8 at -P 16)")
