@@ -28,6 +28,18 @@ PAGE = mmap.PAGESIZE
 _HDR_LEN_MASK = ~(RINGBUF_BUSY | RINGBUF_DISCARD) & 0xFFFFFFFF
 
 
+def map_ring(fd: int, size: int) -> tuple[mmap.mmap, mmap.mmap, ctypes.c_uint64]:
+    """Map a ring buffer map as the kernel lays it out.
+
+    Returns the writable consumer page, the read-only producer page followed by the data
+    area mapped twice (so a wrapping record is contiguous), and ``consumer_pos`` as a
+    ctypes u64 over the first page: one aligned 8-byte store per update, never a torn one.
+    """
+    cons_map = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+    prod_map = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+    return cons_map, prod_map, ctypes.c_uint64.from_buffer(cons_map)
+
+
 class RingReader:
     """Consume the ring buffer map ``fd`` of ``size`` bytes (its max_entries)."""
 
@@ -37,9 +49,7 @@ class RingReader:
         self.fd = fd
         self.size = size
         self.mask = size - 1
-        self._cons_map = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod_map = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
-        self._cons = ctypes.c_uint64.from_buffer(self._cons_map)
+        self._cons_map, self._prod_map, self._cons = map_ring(fd, size)
         # producer_pos is read through numpy: a plain aligned 8-byte load
         self._prod = np.frombuffer(self._prod_map, dtype="<u8", count=1, offset=0)
         self._data = np.frombuffer(self._prod_map, dtype=np.uint8, offset=PAGE, count=2 * size)

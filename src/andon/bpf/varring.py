@@ -13,11 +13,12 @@ sensor's) and hands each one out as bytes.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import select
 import struct
 from collections.abc import Iterator
+
+from .ringbuf import map_ring
 
 PAGE = mmap.PAGESIZE
 BUSY = 1 << 31
@@ -35,10 +36,8 @@ class VarRingReader:
         self.fd = fd
         self.size = size
         self.mask = size - 1
-        self._cons_map = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod_map = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
         # one aligned 8-byte store/load each: the producer must never see a torn position
-        self._cons = ctypes.c_uint64.from_buffer(self._cons_map)
+        self._cons_map, self._prod_map, self._cons = map_ring(fd, size)
         self._view = memoryview(self._prod_map)
         self._prod = self._view[0:8].cast("Q")
         self._ep = select.epoll()
