@@ -12,16 +12,24 @@ into :class:`andon.observe.pipeline.Pipeline` (no kernel, no ring buffer, no sto
 
 Prints, per replay, records/s and µs of CPU (process_time, the median of ``--repeat`` runs)
 per row made. ``--profile NAME`` prints the cProfile of one replay instead.
-The figures measured before the hot path was optimised are in docs/performance.md
-(## Observability); this script prints them next to the current ones as a ratio.
 
-    .venv/bin/python bench/observe_pipeline.py [--n 20000] [--repeat 5] [--only http-server ...]
+``--baseline REV`` (e.g. a65d968, the commit before the hot-path work) also runs every replay
+on the ``src/andon`` of that git revision (``git archive`` into a temporary directory), each run
+in its own process, old and new interleaved, and prints new/old: on a shared machine that
+ratio is steadier than either figure. Without it, the µs/row measured before the work
+(``BEFORE_US``, another day's load) is printed for orientation only.
+
+    .venv/bin/python bench/observe_pipeline.py [--n 20000] [--repeat 5] [--only http-server ...] [--baseline a65d968]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
+import os
+import subprocess
+import tempfile
 import pstats
 import statistics
 import struct
@@ -124,13 +132,56 @@ def run_once(recs: list) -> tuple[float, int]:
     return dt, rows[0]
 
 
+def _worker(src: str, name: str, n: int) -> tuple[float, int, int]:
+    """One replay in a fresh process on the andon package under ``src``: (CPU s, rows, records)."""
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(n)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    return r["cpu_s"], r["rows"], r["records"]
+
+
+def compare(a: argparse.Namespace) -> int:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    new_src = os.path.join(repo, "src")
+    with tempfile.TemporaryDirectory(prefix="andon-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", repo, "archive", a.baseline, "src/andon"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        old_src = os.path.join(tmp, "src")
+        print(f"{'replay':<13} {'rows':>7} {'old us/row':>10} {'new us/row':>10} {'new/old':>8} {'spread':>12}")
+        for name in a.only or NAMES:
+            old, new, ratios = [], [], []
+            for _ in range(a.repeat):
+                o_dt, o_rows, _ = _worker(old_src, name, a.n)
+                n_dt, n_rows, _ = _worker(new_src, name, a.n)
+                if o_rows != n_rows:
+                    print(f"{name}: rows differ, old {o_rows} new {n_rows}", file=sys.stderr)
+                old.append(o_dt / o_rows * 1e6)
+                new.append(n_dt / n_rows * 1e6)
+                ratios.append(new[-1] / old[-1])
+            ratios.sort()
+            print(f"{name:<13} {n_rows:>7} {statistics.median(old):>10.1f} {statistics.median(new):>10.1f} "
+                  f"{statistics.median(ratios):>8.3f} {ratios[0]:>5.2f}-{ratios[-1]:<5.2f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="exchanges per replay")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", nargs="*", choices=NAMES)
     ap.add_argument("--profile", choices=NAMES)
+    ap.add_argument("--baseline", metavar="REV", help="also run the replays on src/andon of this git revision")
+    ap.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.worker:
+        recs = records(a.worker, a.n)
+        dt, rows = run_once(recs)
+        print(json.dumps({"cpu_s": dt, "rows": rows, "records": len(recs)}))
+        return 0
+    if a.baseline:
+        return compare(a)
     if a.profile:
         recs = records(a.profile, a.n)
         p = Pipeline(lambda t, r: None, ProcessInfo())
