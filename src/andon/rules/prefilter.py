@@ -196,10 +196,32 @@ def raw_leaf(n: Any) -> Mask | None:
     return None
 
 
-def raw_condition(n: Any) -> Mask:
-    """A necessary condition of the tree ``n`` on raw records (True: every record)."""
+class _SharedLeaf:
+    """One leaf's mask, shared by every rule that has the leaf (macros repeat them: 41 leaves
+    of the stable rules are 17 distinct ones), computed once per ``Prefilter.raw`` call."""
+
+    __slots__ = ("fn", "recs", "out")
+
+    def __init__(self, fn: Mask) -> None:
+        self.fn = fn
+        self.recs: Any = None
+        self.out: Any = None
+
+    def __call__(self, recs: np.ndarray) -> Any:
+        if recs is not self.recs:
+            self.out = self.fn(recs)
+            self.recs = recs
+        return self.out
+
+    def forget(self) -> None:
+        self.recs = self.out = None
+
+
+def raw_condition(n: Any, leaves: dict[Any, _SharedLeaf] | None = None) -> Mask:
+    """A necessary condition of the tree ``n`` on raw records (True: every record).
+    ``leaves`` (node -> mask) shares equal leaves between the trees built with it."""
     if isinstance(n, (ast.And, ast.Or)):
-        parts = [raw_condition(c) for c in n.children]
+        parts = [raw_condition(c, leaves) for c in n.children]
         if isinstance(n, ast.And):
             parts = [p for p in parts if p is not True]
             if not parts:
@@ -222,8 +244,15 @@ def raw_condition(n: Any) -> Mask:
             return m
 
         return any_
+    if leaves is not None and n in leaves:
+        return leaves[n]
     leaf = raw_leaf(n)
-    return True if leaf is None else leaf
+    if leaf is None:
+        return True
+    if leaves is None:
+        return leaf
+    shared = leaves[n] = _SharedLeaf(leaf)
+    return shared
 
 
 # -- paths ------------------------------------------------------------------------------------
@@ -344,7 +373,8 @@ class Prefilter:
     def __init__(self, rules: list[Any], index: dict[str, tuple[Any, ...]]) -> None:
         self.rules = list(rules)
         pos = {id(r): i for i, r in enumerate(self.rules)}
-        self._raw = [raw_condition(r.filter.node) for r in self.rules]
+        self._leaves: dict[Any, _SharedLeaf] = {}
+        self._raw = [raw_condition(r.filter.node, self._leaves) for r in self.rules]
         self._path = [path_condition(r.filter.node) for r in self.rules]
         self._proc = [proc_condition(r.filter.node) for r in self.rules]
         self.has_proc = any(p is not None for p in self._proc)
@@ -361,9 +391,13 @@ class Prefilter:
         """(rules, records) bool array: rule i may match record j as far as the header says."""
         n = len(recs)
         out = np.ones((len(self.rules), n), dtype=bool)
-        for i, m in enumerate(self._raw):
-            if m is not True:
-                out[i] = m(recs)
+        try:
+            for i, m in enumerate(self._raw):
+                if m is not True:
+                    out[i] = m(recs)
+        finally:
+            for leaf in self._leaves.values():  # shared within this call only
+                leaf.forget()
         return out
 
     def header_bits(self, evtype: str, may: np.ndarray, cols: np.ndarray) -> list[int]:
