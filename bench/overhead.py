@@ -200,7 +200,7 @@ def clean(run: dict) -> bool:
     return not run["foreign_tracing"] and run["other_cpu_s"] <= OTHER_CPU_MAX * run["elapsed_ns"] / 1e9
 
 
-def measure(w: Workload, repeat: int, log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+def measure(w: Workload, repeat: int, log: Callable[[str], None] = print, attempts: int = ATTEMPTS) -> dict[str, list[dict]]:
     """Interleaved repetitions of every configuration; returns config name -> list of runs."""
     workloads.run(w.name, *w.args)  # warm-up, untimed: page cache, CPU frequency, dentry cache
     runs: dict[str, list[dict]] = {c.name: [] for c in w.configs}
@@ -208,7 +208,7 @@ def measure(w: Workload, repeat: int, log: Callable[[str], None] = print) -> dic
     for r in range(repeat):
         order = [w.configs[(r + i) % k] for i in range(k)]
         for cfg in order:
-            for attempt in range(1, ATTEMPTS + 1):
+            for attempt in range(1, attempts + 1):
                 run = run_once(w, cfg)
                 run["attempt"] = attempt
                 dirty = "" if clean(run) else (
@@ -218,7 +218,7 @@ def measure(w: Workload, repeat: int, log: Callable[[str], None] = print) -> dic
                     + andon_line(w, run) + dirty)
                 if not dirty:
                     break
-                if attempt < ATTEMPTS:
+                if attempt < attempts:
                     time.sleep(2.0)
             runs[cfg.name].append(run)  # the last attempt, clean or not (flagged in the JSON)
     return runs
@@ -337,7 +337,7 @@ def loud_warnings(w: Workload, summ: dict) -> list[str]:
     for name, r in summ.items():
         if r["unclean_runs"]:
             msgs.append(f"!!! {w.name}/{name}: {r['unclean_runs']} run(s) overlapped other tracing or other CPU load "
-                        f"even after {ATTEMPTS} attempts; see foreign_tracing / other_cpu_s in the JSON.")
+                        f"even after the attempts allowed; see foreign_tracing / other_cpu_s in the JSON.")
         if r.get("agent_lost_total"):
             msgs.append(f"!!! {w.name}/{name}: andon run lost {r['agent_lost_total']} events in the kernel (ring full).")
         if r.get("kernel_drops_total"):
@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--execloop-n", type=int, default=2000)
     ap.add_argument("--build-files", type=int, default=48, help="C files in the build workload's project")
     ap.add_argument("--only", choices=("openclose", "execloop", "build"))
+    ap.add_argument("--attempts", type=int, default=ATTEMPTS,
+                    help=f"runs of one configuration when the machine was busy (default {ATTEMPTS}); "
+                         "1 on a machine that is busy all the time: every run is kept and flagged")
     ap.add_argument("--configs", help="only these configurations, comma-separated (baseline is always run)")
     ap.add_argument("--no-build", action="store_true", help="use the workloads and the code snapshot already in build/bench")
     args = ap.parse_args(argv)
@@ -377,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     warnings = []
     for w in todo:
         report.console.print(f"[bold]{w.name} {w.iterations}[/] x {args.repeat}, interleaved")
-        runs = measure(w, args.repeat)
+        runs = measure(w, args.repeat, attempts=max(1, args.attempts))
         summ = summarize(w, runs)
         data["workloads"][w.name] = {"args": w.args, "expected": w.expected, "summary": summ, "runs": runs}
         rs, styles = rows(w, summ)
