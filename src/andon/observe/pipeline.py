@@ -126,6 +126,7 @@ class Conn:
     last_ns: int = 0
     peer: tuple[str, int] | None = None  # the last UDP datagram's remote end
     counted_open: bool = False
+    common: dict | None = None  # the connection's columns of its rows, built on the first row
 
 
 @dataclass
@@ -215,13 +216,16 @@ class Pipeline:
             conn.bytes_sent += rec.size
         else:
             conn.bytes_recv += rec.size
-        if rec.peer is not None:
+        if rec.peer is not None and rec.peer != conn.peer:
             conn.peer = rec.peer
-        if rec.encrypted:
+            conn.common = None
+        if rec.encrypted and not conn.encrypted:
             # plaintext from the TLS library's uprobes: the connection's rows say encrypted
             conn.encrypted = True
+            conn.common = None
         if conn.role == Role.UNKNOWN and rec.role != Role.UNKNOWN:
             conn.role = rec.role
+            conn.common = None
         if conn.parser is None:
             proto = rec.protocol
             if proto == Protocol.UNKNOWN or proto not in self.protocols or proto not in PARSERS:
@@ -262,15 +266,18 @@ class Pipeline:
     # -- rows ------------------------------------------------------------------------------
     def _emit(self, conn: Conn, rows: list[dict]) -> None:
         who = conn.who
-        raddr, rport = conn.raddr, conn.rport
-        if not rport and conn.peer is not None:  # unconnected UDP: 0.0.0.0:0, the datagram says who
-            raddr, rport = conn.peer
-        common = {
-            "upid": who.upid, "remote_addr": raddr, "remote_port": rport, "local_addr": conn.laddr,
-            "local_port": conn.lport, "trace_role": int(conn.role), "encrypted": conn.encrypted,
-            "pid": conn.pid, "comm": who.comm, "container_id": who.container_id,
-            "container_name": who.container_name,
-        }
+        common = conn.common
+        # the Who is shared by a process's connections and may learn its comm/container name later
+        if common is None or common["comm"] is not who.comm or common["container_name"] is not who.container_name:
+            raddr, rport = conn.raddr, conn.rport
+            if not rport and conn.peer is not None:  # unconnected UDP: 0.0.0.0:0, the datagram says who
+                raddr, rport = conn.peer
+            common = conn.common = {
+                "upid": who.upid, "remote_addr": raddr, "remote_port": rport, "local_addr": conn.laddr,
+                "local_port": conn.lport, "trace_role": int(conn.role), "encrypted": conn.encrypted,
+                "pid": conn.pid, "comm": who.comm, "container_id": who.container_id,
+                "container_name": who.container_name,
+            }
         table = conn.parser.table if conn.parser is not None else ""
         out = self._pending.setdefault(table, [])
         for row in rows:

@@ -151,6 +151,10 @@ class StreamParser(ConnParser):
     def feed(self, chunk: DataChunk) -> list[dict]:
         if self.closed:
             return []
+        if self.req_dir is not None:  # the usual case: a direction already seen
+            side = self.sides.get(chunk.direction)
+            if side is not None:
+                return self._feed_side(side, chunk)
         try:
             direction = Direction(chunk.direction)
         except ValueError:
@@ -176,7 +180,9 @@ class StreamParser(ConnParser):
         return self._feed_known(chunk)
 
     def _feed_known(self, chunk: DataChunk) -> list[dict]:
-        side = self._side(Direction(chunk.direction))
+        return self._feed_side(self._side(Direction(chunk.direction)), chunk)
+
+    def _feed_side(self, side: Side, chunk: DataChunk) -> list[dict]:
         out: list[dict] = []
         ts = chunk.ts_ns
         if chunk.gap > 0:
