@@ -33,6 +33,7 @@ from andon.protocols.base import DataChunk, Protocol
 from andon.protocols.stream import Side, StreamParser, bound, latency
 
 FRAME_CAP = 256 * 1024  # message bytes kept; the rest of a longer message is skipped
+_I32 = struct.Struct("!i")
 PROTOCOL_3 = 196608
 SSL_REQUEST = 80877103
 GSS_REQUEST = 80877104
@@ -193,7 +194,25 @@ class PgSQLParser(StreamParser):
     def _parse(self, side: Side) -> list[dict]:
         out: list[dict] = []
         buf = side.buf
-        while buf and not self.encrypted and not side.resync:
+        is_req = side.is_req
+        tags = _FRONT_TAGS if is_req else _BACK_TAGS
+        pos = 0  # bytes of buf taken by whole tagged frames, consumed in one go
+        while len(buf) > pos and not self.encrypted and not side.resync:
+            # the usual case: a whole tagged frame at pos; anything else takes the path below
+            if len(buf) - pos >= 5 and (buf[pos] if is_req else not self.ssl_answer):
+                tag = buf[pos]
+                n = _I32.unpack_from(buf, pos + 1)[0]
+                end = pos + 1 + n
+                if tag in tags and 4 <= n and 1 + n <= FRAME_CAP and end <= len(buf):
+                    ts = side.ts_at(end)
+                    payload = bytes(buf[pos + 5 : end])
+                    pos = end
+                    out += self._message(side, chr(tag), payload, ts)
+                    continue
+            if pos:
+                side.consume(pos)
+                pos = 0
+                continue
             if not side.is_req and self.ssl_answer:
                 self.ssl_answer = False
                 answer = buf[0]
@@ -243,6 +262,8 @@ class PgSQLParser(StreamParser):
             payload = bytes(buf[5 : 1 + n])
             side.consume(1 + n)
             out += self._message(side, chr(tag), payload, ts)
+        if pos:
+            side.consume(pos)
         return out
 
     def _bad(self, side: Side) -> None:
