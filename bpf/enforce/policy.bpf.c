@@ -1,0 +1,528 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Label-based network policy at TC, on an endpoint's host-side veth (Cilium's model on
+ * one host). Two programs share all maps:
+ *   tc__from_endpoint  clsact ingress of the host veth: what the endpoint sends (EGRESS)
+ *   tc__to_endpoint    clsact egress of the host veth: what it receives     (INGRESS)
+ *
+ * Per packet: endpoint config by ifindex -> conntrack (a hit skips the policy) -> peer
+ * identity from the ip LPM -> deny tries then allow tries (deny wins at every level) ->
+ * default deny -> verdict, counters, a flow record for what is worth reporting.
+ * Maps and wire structs: bpf/abi/netpolicy.h.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "../abi/netpolicy.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_ICMPV6_ 58
+
+/* conntrack lifetimes (ns), by last-seen */
+#define SEC_NS 1000000000ULL
+#define CT_TCP_SYN (60 * SEC_NS)          /* a SYN nobody answered */
+#define CT_TCP_EST (21600 * SEC_NS)       /* established: six hours, as Cilium */
+#define CT_TCP_CLOSE (10 * SEC_NS)        /* after FINs both ways or a RST: let the last ACKs by */
+#define CT_UDP (60 * SEC_NS)
+#define CT_ICMP (30 * SEC_NS)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct np_ip_key);
+	__type(value, struct np_ip_val);
+} np_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct np_endpoint);
+} np_endpoints SEC(".maps");
+
+/* two generations of the policy: np_gen[0] says which one packets use */
+#define POLICY_TRIE(name) \
+	struct { \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE); \
+		__uint(max_entries, 262144); \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, struct np_pol_key); \
+		__type(value, struct np_pol_val); \
+	} name SEC(".maps")
+POLICY_TRIE(np_allow0);
+POLICY_TRIE(np_allow1);
+POLICY_TRIE(np_deny0);
+POLICY_TRIE(np_deny1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} np_gen SEC(".maps");
+
+/* Written by user space after a flip, never read here: an update of a map-in-map makes
+ * the bpf(2) call wait for every running BPF program (kernel/bpf/syscall.c
+ * maybe_wait_bpf_programs), so afterwards no packet still uses the old generation. */
+struct np_sync_inner_t {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} np_sync_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct np_sync_inner_t);
+} np_sync SEC(".maps") = {
+	.values = { &np_sync_inner },
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct np_ct_key);
+	__type(value, struct np_ct_val);
+} np_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct np_cnt_key);
+	__type(value, struct np_cnt_val);
+} np_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NP_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} np_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); /* resized by the loader */
+} np_flows SEC(".maps");
+
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;      /* L4 ports, host order; ICMP echo: the id both ways */
+	__u16 dport;
+	__u16 pol_port;   /* the port the policy matches: dport, or the ICMP type */
+	__u8 family;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 fragment;
+};
+
+static __always_inline void np__count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&np_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* Parse Ethernet + IPv4/IPv6 + the first L4 header. 0 ok, 1 not IP, -1 truncated. */
+static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	void *l4;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return -1;
+		if (ip->ihl < 5)
+			return -1;
+		p->family = 4;
+		p->proto = ip->protocol;
+		__builtin_memcpy(p->saddr, &ip->saddr, 4);
+		__builtin_memcpy(p->daddr, &ip->daddr, 4);
+		/* a non-first fragment has no L4 header: tracked by addresses and proto only */
+		if (ip->frag_off & bpf_htons(0x1fff)) {
+			p->fragment = 1;
+			return 0;
+		}
+		l4 = (void *)ip + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		p->family = 6;
+		p->proto = ip6->nexthdr; /* extension headers are not walked: matched by that proto, no ports */
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return 1;
+	}
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return -1;
+		p->sport = bpf_ntohs(th->source);
+		p->dport = bpf_ntohs(th->dest);
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->pol_port = p->dport;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		p->sport = bpf_ntohs(uh->source);
+		p->dport = bpf_ntohs(uh->dest);
+		p->pol_port = p->dport;
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_) {
+		__u8 *ih = l4;
+		if ((void *)(ih + 8) > end)
+			return -1;
+		p->icmp_type = ih[0];
+		p->icmp_code = ih[1];
+		p->pol_port = ih[0];
+		/* echo request/reply (v4 8/0, v6 128/129): the id on both sides, so the reply
+		 * reverses onto the request's conntrack key */
+		if (ih[0] == 8 || ih[0] == 0 || ih[0] == 128 || ih[0] == 129) {
+			__u16 id = (ih[4] << 8) | ih[5];
+			p->sport = id;
+			p->dport = id;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void np__ct_key(struct np_ct_key *k, const struct pkt *p, __u32 ifindex, int reverse)
+{
+	if (reverse) {
+		__builtin_memcpy(k->saddr, p->daddr, 16);
+		__builtin_memcpy(k->daddr, p->saddr, 16);
+		k->sport = p->dport;
+		k->dport = p->sport;
+	} else {
+		__builtin_memcpy(k->saddr, p->saddr, 16);
+		__builtin_memcpy(k->daddr, p->daddr, 16);
+		k->sport = p->sport;
+		k->dport = p->dport;
+	}
+	k->proto = p->proto;
+	k->family = p->family;
+	k->pad = 0;
+	k->ifindex = ifindex;
+}
+
+static __always_inline __u64 np__ct_lifetime(const struct np_ct_val *v, __u8 proto)
+{
+	if (proto == IPPROTO_TCP) {
+		if ((v->flags & (NP_CT_FIN_FWD | NP_CT_FIN_REV)) == (NP_CT_FIN_FWD | NP_CT_FIN_REV))
+			return CT_TCP_CLOSE;
+		return (v->flags & NP_CT_REPLY_SEEN) ? CT_TCP_EST : CT_TCP_SYN;
+	}
+	if (proto == IPPROTO_UDP)
+		return CT_UDP;
+	return CT_ICMP;
+}
+
+static __always_inline __u32 np__identity(const __u8 *addr, __u8 family)
+{
+	struct np_ip_key k = {};
+	struct np_ip_val *v;
+
+	k.prefixlen = 32 + (family == 4 ? 32 : 128);
+	k.family = family;
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&np_ipcache, &k);
+	return v ? v->identity : NP_ID_WORLD;
+}
+
+static __always_inline struct np_pol_val *np__pol(__u32 gen, int deny, struct np_pol_key *k)
+{
+	if (gen & 1)
+		return deny ? bpf_map_lookup_elem(&np_deny1, k) : bpf_map_lookup_elem(&np_allow1, k);
+	return deny ? bpf_map_lookup_elem(&np_deny0, k) : bpf_map_lookup_elem(&np_allow0, k);
+}
+
+/* specific peer first, then any peer: the longest prefix inside each is Cilium's order */
+static __always_inline struct np_pol_val *np__lookup(__u32 gen, int deny, __u32 ep, __u32 peer, __u8 dir,
+						     const struct pkt *p)
+{
+	struct np_pol_key k = {
+		.prefixlen = NP_POL_PREFIX_FULL,
+		.ep_identity = ep,
+		.peer_identity = peer,
+		.direction = dir,
+		.proto = p->proto,
+		.dport = bpf_htons(p->pol_port),
+	};
+	struct np_pol_val *v = np__pol(gen, deny, &k);
+	if (v)
+		return v;
+	k.peer_identity = 0;
+	return np__pol(gen, deny, &k);
+}
+
+static __always_inline void np__account(__u32 ifindex, __u8 dir, __u8 verdict, __u32 len)
+{
+	struct np_cnt_key k = { .ifindex = ifindex, .direction = dir };
+	struct np_cnt_val *c = bpf_map_lookup_elem(&np_counters, &k);
+
+	if (!c) {
+		struct np_cnt_val zero = {};
+		bpf_map_update_elem(&np_counters, &k, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&np_counters, &k);
+		if (!c)
+			return;
+	}
+	if (verdict == NP_VERDICT_DROPPED) {
+		c->drop_packets++;
+		c->drop_bytes += len;
+	} else if (verdict == NP_VERDICT_AUDIT) {
+		c->audit_packets++;
+		c->audit_bytes += len;
+	} else {
+		c->fwd_packets++;
+		c->fwd_bytes += len;
+	}
+}
+
+struct verdict {
+	__u32 src_id;
+	__u32 dst_id;
+	__u32 policy_id;
+	__u32 rule_index;
+	__u8 verdict;
+	__u8 drop_reason;
+	__u8 match_type;
+	__u8 is_reply;
+	__u8 flags;
+};
+
+static __always_inline void np__emit(struct __sk_buff *skb, const struct pkt *p, const struct verdict *v, __u8 dir)
+{
+	struct np_flow *f = bpf_ringbuf_reserve(&np_flows, sizeof(*f), 0);
+
+	if (!f) {
+		np__count(NP_STAT_RING_FULL);
+		return;
+	}
+	f->ts = bpf_ktime_get_boot_ns();
+	f->ifindex = skb->ifindex;
+	f->src_identity = v->src_id;
+	f->dst_identity = v->dst_id;
+	f->policy_id = v->policy_id;
+	f->rule_index = v->rule_index;
+	f->len = skb->len;
+	__builtin_memcpy(f->saddr, p->saddr, 16);
+	__builtin_memcpy(f->daddr, p->daddr, 16);
+	f->sport = p->sport;
+	f->dport = p->dport;
+	f->family = p->family;
+	f->proto = p->proto;
+	f->verdict = v->verdict;
+	f->drop_reason = v->drop_reason;
+	f->direction = dir;
+	f->is_reply = v->is_reply;
+	f->match_type = v->match_type;
+	f->tcp_flags = p->tcp_flags;
+	f->icmp_type = p->icmp_type;
+	f->icmp_code = p->icmp_code;
+	f->flags = v->flags;
+	f->pad = 0;
+	bpf_ringbuf_submit(f, 0);
+}
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct np_endpoint *ep;
+	struct pkt p = {};
+	struct verdict v = {};
+	struct np_ct_key ck;
+	struct np_ct_val *ct;
+	__u64 now;
+	int rc;
+
+	ep = bpf_map_lookup_elem(&np_endpoints, &ifindex);
+	if (!ep) {
+		np__count(NP_STAT_UNMANAGED);
+		return TC_ACT_OK;
+	}
+	np__count(NP_STAT_PACKETS);
+	rc = np__parse(skb, &p);
+	if (rc > 0) {
+		np__count(NP_STAT_NON_IP);
+		return TC_ACT_OK;
+	}
+	if (rc < 0) {
+		np__count(NP_STAT_BAD_HDR);
+		v.verdict = NP_VERDICT_DROPPED;
+		v.drop_reason = NP_DROP_CT_INVALID_HDR;
+		np__account(ifindex, dir, NP_VERDICT_DROPPED, skb->len);
+		np__emit(skb, &p, &v, dir);
+		return TC_ACT_SHOT;
+	}
+	if (p.fragment)
+		np__count(NP_STAT_FRAGMENTS);
+
+	/* -- conntrack: the original direction, then the reversed tuple (a reply) ---------- */
+	now = bpf_ktime_get_boot_ns();
+	np__ct_key(&ck, &p, ifindex, 0);
+	ct = bpf_map_lookup_elem(&np_ct, &ck);
+	if (!ct) {
+		np__ct_key(&ck, &p, ifindex, 1);
+		ct = bpf_map_lookup_elem(&np_ct, &ck);
+		v.is_reply = ct != 0;
+	}
+	if (ct && now - ct->last_seen > np__ct_lifetime(ct, p.proto)) {
+		bpf_map_delete_elem(&np_ct, &ck); /* expired: decide again as a new connection */
+		ct = 0;
+		v.is_reply = 0;
+	}
+	if (ct) {
+		int report = 0;
+
+		np__count(NP_STAT_CT_HIT);
+		ct->last_seen = now;
+		__sync_fetch_and_add(&ct->packets, 1);
+		__sync_fetch_and_add(&ct->bytes, skb->len);
+		if (v.is_reply && !(ct->flags & NP_CT_REPLY_SEEN)) {
+			ct->flags |= NP_CT_REPLY_SEEN;
+			report = 1;
+		}
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FIN | TCP_RST))) {
+			if (p.tcp_flags & TCP_RST)
+				ct->flags |= NP_CT_FIN_FWD | NP_CT_FIN_REV;
+			else
+				ct->flags |= v.is_reply ? NP_CT_FIN_REV : NP_CT_FIN_FWD;
+			report = 1;
+		}
+		v.verdict = ct->verdict;
+		if (report) {
+			v.src_id = v.is_reply ? ct->dst_identity : ct->src_identity;
+			v.dst_id = v.is_reply ? ct->src_identity : ct->dst_identity;
+			v.policy_id = ct->policy_id;
+			v.rule_index = ct->rule_index;
+			v.match_type = ct->match_type;
+			v.flags = (ct->flags & NP_CT_AUDIT) ? NP_FLOW_F_EP_AUDIT : 0;
+			np__emit(skb, &p, &v, dir);
+		}
+		np__account(ifindex, dir, v.verdict, skb->len);
+		return TC_ACT_OK;
+	}
+
+	/* -- policy -------------------------------------------------------------------------- */
+	{
+		__u32 zero = 0, gen = 0, peer, *g;
+		struct np_pol_val *pv;
+		int denied_by_default = 0;
+
+		np__count(NP_STAT_POLICY_LOOKUPS);
+		g = bpf_map_lookup_elem(&np_gen, &zero);
+		if (g)
+			gen = *g; /* read once: this packet sees one generation, whole */
+		if (dir == NP_DIR_EGRESS) {
+			peer = np__identity(p.daddr, p.family);
+			v.src_id = ep->identity;
+			v.dst_id = peer;
+		} else {
+			peer = np__identity(p.saddr, p.family);
+			v.src_id = peer;
+			v.dst_id = ep->identity;
+		}
+
+		pv = np__lookup(gen, 1, ep->identity, peer, dir, &p);
+		if (pv) {
+			v.verdict = (pv->flags & NP_POL_F_AUDIT) ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
+			v.drop_reason = NP_DROP_POLICY_DENY;
+		} else {
+			pv = np__lookup(gen, 0, ep->identity, peer, dir, &p);
+			if (pv) {
+				v.verdict = NP_VERDICT_FORWARDED;
+			} else if (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS)) {
+				denied_by_default = 1;
+				v.verdict = NP_VERDICT_DROPPED;
+				v.drop_reason = NP_DROP_POLICY;
+				v.policy_id = dir == NP_DIR_EGRESS ? ep->deny_policy_egress : ep->deny_policy_ingress;
+			} else {
+				v.verdict = NP_VERDICT_FORWARDED; /* no policy selects this direction */
+			}
+		}
+		if (pv) {
+			v.policy_id = pv->policy_id;
+			v.rule_index = pv->rule_index;
+			v.match_type = pv->match_type;
+		}
+		(void)denied_by_default;
+		if (v.verdict == NP_VERDICT_DROPPED && (ep->flags & NP_EP_AUDIT)) {
+			v.verdict = NP_VERDICT_AUDIT;
+			v.flags |= NP_FLOW_F_EP_AUDIT;
+		}
+	}
+
+	if (v.verdict == NP_VERDICT_DROPPED) {
+		np__account(ifindex, dir, v.verdict, skb->len);
+		np__emit(skb, &p, &v, dir);
+		return TC_ACT_SHOT;
+	}
+
+	/* -- a new connection: remember it so its replies and later packets skip the policy -- */
+	{
+		struct np_ct_val nv = {
+			.created = now,
+			.last_seen = now,
+			.packets = 1,
+			.bytes = skb->len,
+			.policy_id = v.policy_id,
+			.rule_index = v.rule_index,
+			.src_identity = v.src_id,
+			.dst_identity = v.dst_id,
+			.flags = v.verdict == NP_VERDICT_AUDIT ? NP_CT_AUDIT : 0,
+			.direction = dir,
+			.match_type = v.match_type,
+			.verdict = v.verdict,
+		};
+		/* a lone RST or a fragment opens nothing */
+		if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_RST)) && !p.fragment) {
+			np__ct_key(&ck, &p, ifindex, 0);
+			if (bpf_map_update_elem(&np_ct, &ck, &nv, BPF_ANY) == 0) {
+				np__count(NP_STAT_CT_NEW);
+				v.flags |= NP_FLOW_F_CT_NEW;
+			} else {
+				np__count(NP_STAT_CT_FULL);
+			}
+		}
+	}
+	np__account(ifindex, dir, v.verdict, skb->len);
+	np__emit(skb, &p, &v, dir);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc__from_endpoint(struct __sk_buff *skb)
+{
+	return np__handle(skb, NP_DIR_EGRESS);
+}
+
+SEC("tc")
+int tc__to_endpoint(struct __sk_buff *skb)
+{
+	return np__handle(skb, NP_DIR_INGRESS);
+}
