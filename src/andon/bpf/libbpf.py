@@ -65,6 +65,16 @@ class bpf_tc_opts(ctypes.Structure):
     ]
 
 
+class bpf_xdp_attach_opts(ctypes.Structure):
+    """libbpf.h struct bpf_xdp_attach_opts (sz, old_prog_fd, padded to 8)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("old_prog_fd", c_int),
+        ("_pad", c_uint32 * 1),
+    ]
+
+
 class bpf_uprobe_opts(ctypes.Structure):
     """libbpf.h struct bpf_uprobe_opts (1.0+: func_name is its last field)."""
 
@@ -151,6 +161,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_link__fd": (c_int, [c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+    "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint32, c_void_p]),
+    "bpf_xdp_detach": (c_int, [c_int, c_uint32, c_void_p]),
     "bpf_tc_hook_create": (c_int, [ctypes.POINTER(bpf_tc_hook)]),
     "bpf_tc_hook_destroy": (c_int, [ctypes.POINTER(bpf_tc_hook)]),
     "bpf_tc_attach": (c_int, [ctypes.POINTER(bpf_tc_hook), ctypes.POINTER(bpf_tc_opts)]),

@@ -57,6 +57,28 @@ class Map:
             raise BpfError(f"lookup in map {self.name}", err)
         return v.raw
 
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; False when it was not there."""
+        k = ctypes.create_string_buffer(key, len(key))
+        rc = lb.lib().bpf_map_delete_elem(self.fd, k)
+        if rc < 0:
+            err = -rc if rc != -1 else ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise BpfError(f"delete from map {self.name}", err)
+        return True
+
+    def keys(self, key_size: int) -> Iterator[bytes]:
+        """Every key, in the kernel's order (a snapshot-free walk: concurrent changes may
+        show or hide a key)."""
+        nxt = ctypes.create_string_buffer(key_size)
+        rc = lb.lib().bpf_map_get_next_key(self.fd, None, nxt)
+        while rc == 0:
+            cur = nxt.raw
+            yield cur
+            prev = ctypes.create_string_buffer(cur, key_size)
+            rc = lb.lib().bpf_map_get_next_key(self.fd, prev, nxt)
+
 
 class Program:
     def __init__(self, obj: BpfObject, ptr: int) -> None:
