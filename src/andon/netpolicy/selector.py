@@ -108,7 +108,7 @@ class EndpointSelector:
         return all(r.matches(labels) for r in self.requirements)
 
     def __str__(self) -> str:
-        return "{" + ", ".join(str(r) for r in self.requirements) + "}" if self.requirements else "{} (all endpoints)"
+        return "{" + ", ".join(sorted(str(r) for r in self.requirements)) + "}" if self.requirements else "{} (all endpoints)"
 
 
 WILDCARD = EndpointSelector()
