@@ -458,7 +458,7 @@ def _l4(pr: PeerRule) -> list[tuple[int, int, int]]:
 
 
 def _report_shadowed(res: Resolution) -> None:
-    """An allow entry that a deny entry for the same peer (or any peer) fully covers: deny wins."""
+    """An allow entry that a deny entry for the same peer (or any peer) overlaps: deny wins there."""
     seen: set[tuple] = set()
     for epp in res.endpoints.values():
         denies = [e for e in epp.entries if e.verdict == DENY]
@@ -470,7 +470,7 @@ def _report_shadowed(res: Resolution) -> None:
             for d in denies:
                 if d.direction != a.direction or d.peer not in (a.peer, ANY_PEER):
                     continue
-                if d.proto not in (0, a.proto) or not (d.port_lo <= a.port_lo and a.port_hi <= d.port_hi):
+                if not (d.proto == 0 or a.proto == 0 or d.proto == a.proto) or d.port_hi < a.port_lo or a.port_hi < d.port_lo:
                     continue
                 key = (a, d)
                 if key in seen:
@@ -479,7 +479,7 @@ def _report_shadowed(res: Resolution) -> None:
                 res.problems.append(
                     PolicyProblem(
                         code="NP_CONFLICT",
-                        message=f"on {epp.endpoint.name}: {a.describe()} is overridden by {d.describe()}: deny wins",
+                        message=f"on {epp.endpoint.name}: {a.describe()} overlaps {d.describe()}: deny wins where they overlap",
                         file="", item=f"endpoint '{epp.endpoint.name}'", severity="warning",
                     )
                 )
