@@ -1,0 +1,620 @@
+"""The network policy datapath on a real endpoint: a network namespace of the test's own,
+reached through its host-side veth, with TC programs on that veth and entries written by
+hand (no policy model). Peers are the host's side of the veth: its address (identity
+PEER) and a second address on the same veth (a CIDR identity), so no forwarding is needed.
+
+Directions are the endpoint's: a client inside the namespace is EGRESS, a client on the
+host connecting in is INGRESS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from andon.errors import UsageError
+from andon.events.live import default_bpf_dir
+from andon.netpolicy.datapath import (
+    DROP_POLICY,
+    DROP_POLICY_DENY,
+    Datapath,
+    Flow,
+    PolicyEntry,
+    PolicyEntryError,
+    wait_flows,
+)
+from andon.netpolicy.kernel_firewall import HostFirewall
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import servers as S  # noqa: E402  (tests/servers.py: netns())
+
+EP = 300                 # the endpoint's identity
+PEER = 1001              # the host side's address
+CIDR_ID = (1 << 24) + 7  # the second host address, as a CIDR identity
+DENY_POLICY = 42         # the policy that "switched default deny on"
+TIMEOUT = 1.0            # a connection that gets no answer in this long was dropped
+
+OBJ = default_bpf_dir() / "enforce/policy.bpf.o"
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+# -- namespaces and sockets ------------------------------------------------------------------------
+def in_netns(name: str, fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a thread that joined network namespace ``name``; sockets it makes stay there."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            box["v"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["e"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]  # type: ignore[misc]
+    return box.get("v")
+
+
+class Server:
+    """TCP and UDP echo on ``ip:port`` (a listening socket made where the caller says)."""
+
+    def __init__(self, make: Callable[[Callable[[], object]], object], ip: str, port: int) -> None:
+        def listen() -> tuple[socket.socket, socket.socket]:
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind((ip, port))
+            t.listen(64)
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((ip, port))
+            return t, u
+
+        self.tcp, self.udp = make(listen)  # type: ignore[misc]
+        self.tcp.settimeout(0.2)
+        self.udp.settimeout(0.2)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._tcp_loop, daemon=True),
+                         threading.Thread(target=self._udp_loop, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _tcp_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                c, _ = self.tcp.accept()
+            except (TimeoutError, OSError):
+                continue
+            with c:
+                c.settimeout(TIMEOUT)
+                with contextlib.suppress(OSError):
+                    data = c.recv(64)
+                    c.sendall(data)
+
+    def _udp_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.udp.recvfrom(64)
+            except (TimeoutError, OSError):
+                continue
+            with contextlib.suppress(OSError):
+                self.udp.sendto(data, peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self.tcp.close()
+        self.udp.close()
+
+
+def tcp_ok(ip: str, port: int, *, ns: str | None = None, src: str | None = None, timeout: float = TIMEOUT) -> bool:
+    """True when a new TCP connection to ip:port completes and echoes a message."""
+    def go() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            if src:
+                s.bind((src, 0))
+            try:
+                s.connect((ip, port))
+                s.sendall(b"ping")
+                return s.recv(64) == b"ping"
+            except OSError:
+                return False
+    return bool(in_netns(ns, go) if ns else go())
+
+
+def udp_ok(ip: str, port: int, *, ns: str | None = None, timeout: float = TIMEOUT) -> bool:
+    def go() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"ping", (ip, port))
+            try:
+                return s.recvfrom(64)[0] == b"ping"
+            except OSError:
+                return False
+    return bool(in_netns(ns, go) if ns else go())
+
+
+def _checksum(b: bytes) -> int:
+    s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+
+def ping_ok(ns: S.NetNs, ip: str, timeout: float = TIMEOUT) -> bool:
+    """One ICMP echo request from inside the namespace (a raw socket: no ping binary here);
+    True when its reply comes back."""
+    ident = random.randint(1, 0xFFFF)
+
+    def go() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"andon!"  # even length: the checksum below sums 16-bit words
+            s.sendto(body[:2] + struct.pack("!H", _checksum(body)) + body[4:], (ip, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    pkt, (src, _) = s.recvfrom(256)
+                except OSError:
+                    return False
+                icmp = pkt[(pkt[0] & 0x0F) * 4:]
+                if src == ip and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+                    return True
+            return False
+    return bool(in_netns(ns.name, go))
+
+
+def free_ports(n: int) -> list[int]:
+    base = random.randrange(20000, 30000, 200)
+    return [base + i for i in range(n)]
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[S.NetNs, str]]:
+    if not OBJ.exists():
+        pytest.skip(f"{OBJ} not built: run `make bpf`")
+    with S.netns() as ns:
+        used = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+        for _ in range(100):
+            alt = f"10.249.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            if alt not in used:
+                break
+        subprocess.run(["ip", "addr", "add", f"{alt}/32", "dev", ns.host_if], check=True)
+        ns.exec(["ip", "route", "add", f"{alt}/32", "dev", ns.ns_if], check=True)
+        yield ns, alt
+
+
+@pytest.fixture(scope="module")
+def dp(env) -> Iterator[Datapath]:
+    ns, alt = env
+    d = Datapath()
+    try:
+        d.attach_endpoint(ns.host_if, EP)
+        d.set_ip_identity(f"{ns.host_ip}/32", PEER)
+        d.set_cidr_identity(f"{alt.rsplit('.', 1)[0]}.0/24", CIDR_ID)
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh(request) -> Iterator[None]:
+    """Each test starts with no policy, no conntrack, no pending flows, deny both ways."""
+    if "dp" not in request.fixturenames:
+        yield
+        return
+    d: Datapath = request.getfixturevalue("dp")
+    ns, _ = request.getfixturevalue("env")
+    d.apply([])
+    d.flush_conntrack()
+    list(d.flows())
+    config(d, ns)
+    yield
+
+
+def config(d: Datapath, ns: S.NetNs, *, ingress: bool = True, egress: bool = True, audit: bool = False) -> None:
+    d.set_endpoint_config(socket.if_nametoindex(ns.host_if), EP, default_deny_ingress=ingress,
+                          default_deny_egress=egress, audit=audit, deny_policy_id=DENY_POLICY)
+
+
+def entry(direction: str, peer: int, proto: int | str, port: int = 0, end: int = 0, verdict: str = "allow",
+          policy: int = 7, rule: int = 0, audit: bool = False) -> PolicyEntry:
+    return PolicyEntry(EP, direction, peer, proto, port, end, verdict, policy, rule, audit)
+
+
+@pytest.fixture
+def host_server(env) -> Iterator[Callable[[int], Server]]:
+    """Servers on the host side (ns.host_ip and the alt address): the endpoint's EGRESS peers."""
+    made: list[Server] = []
+
+    def make(port: int, ip: str | None = None) -> Server:
+        s = Server(lambda f: f(), ip or env[0].host_ip, port)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def ns_server(env) -> Iterator[Callable[[int], Server]]:
+    """Servers inside the endpoint: INGRESS."""
+    made: list[Server] = []
+
+    def make(port: int) -> Server:
+        s = Server(lambda f: in_netns(env[0].name, f), env[0].ns_ip, port)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+def flows_of(d: Datapath, want: int, timeout: float = 2.0) -> list[Flow]:
+    return wait_flows(d, want, timeout)
+
+
+def syns(flows: list[Flow], dport: int) -> list[Flow]:
+    return [f for f in flows if f.proto == 6 and f.dport == dport and f.tcp_flags & 0x02 and not f.tcp_flags & 0x10]
+
+
+# -- TCP: allow, deny, replies --------------------------------------------------------------------------
+def test_egress_allowed_connection_and_its_flows(dp, env, host_server):
+    ns, _ = env
+    port, other = free_ports(2)
+    host_server(port)
+    host_server(other)
+    dp.apply([entry("egress", PEER, "tcp", port, rule=3)])
+
+    # TRIGGER
+    assert tcp_ok(ns.host_ip, port, ns=ns.name)
+    assert not tcp_ok(ns.host_ip, other, ns=ns.name)
+
+    # ASSERT: the SYN was forwarded by rule 3, an exact L3_L4 match, and opened conntrack
+    flows = flows_of(dp, 4)
+    syn = syns(flows, port)[0]
+    assert (syn.verdict, syn.traffic_direction, syn.is_reply) == ("FORWARDED", "EGRESS", False)
+    assert (syn.src_identity, syn.dst_identity) == (EP, PEER)
+    assert (syn.policy_id, syn.rule_index, syn.policy_match_type) == (7, 3, "L3_L4")
+    assert (syn.src_ip, syn.dst_ip, syn.dport) == (ns.ns_ip, ns.host_ip, port)
+    assert syn.tcp_flag_names == ("SYN",) and syn.ct_new
+    # the SYN-ACK came back through conntrack (ingress is default deny with no entry at all)
+    synack = [f for f in flows if f.is_reply and f.sport == port][0]
+    assert synack.verdict == "FORWARDED" and synack.traffic_direction == "INGRESS"
+    assert set(synack.tcp_flag_names) >= {"SYN", "ACK"}
+    assert (synack.src_identity, synack.dst_identity) == (PEER, EP)
+    # the other port: default deny, named by the policy that switched it on
+    drop = syns(flows, other)[0]
+    assert (drop.verdict, drop.drop_reason, drop.drop_reason_desc) == ("DROPPED", DROP_POLICY, "POLICY_DENIED")
+    assert (drop.policy_id, drop.policy_match_type) == (DENY_POLICY, "NONE")
+
+
+def test_ingress_allowed_and_replies_pass_without_reverse_entry(dp, env, ns_server):
+    ns, _ = env
+    port, other = free_ports(2)
+    ns_server(port)
+    ns_server(other)
+    dp.apply([entry("ingress", PEER, "tcp", port, rule=1)])  # nothing for egress, which is default deny
+
+    assert tcp_ok(ns.ns_ip, port)
+    assert not tcp_ok(ns.ns_ip, other)
+
+    flows = flows_of(dp, 3)
+    syn = syns(flows, port)[0]
+    assert (syn.verdict, syn.traffic_direction, syn.src_identity, syn.dst_identity) == ("FORWARDED", "INGRESS",
+                                                                                        PEER, EP)
+    reply = [f for f in flows if f.is_reply and f.sport == port][0]
+    assert (reply.traffic_direction, reply.verdict) == ("EGRESS", "FORWARDED")
+    assert syns(flows, other)[0].verdict == "DROPPED"
+    assert dp.stats()["ct_hit"] > 0
+
+
+def test_no_default_deny_forwards_without_entries(dp, env, host_server):
+    ns, _ = env
+    port, = free_ports(1)
+    host_server(port)
+    config(dp, ns, ingress=False, egress=False)
+    assert tcp_ok(ns.host_ip, port, ns=ns.name)
+    syn = syns(flows_of(dp, 1), port)[0]
+    assert (syn.verdict, syn.policy_match_type, syn.policy_id) == ("FORWARDED", "NONE", 0)
+
+
+def test_default_deny_with_no_entries_drops_both_ways(dp, env, host_server, ns_server):
+    ns, _ = env
+    a, b = free_ports(2)
+    host_server(a)
+    ns_server(b)
+    assert not tcp_ok(ns.host_ip, a, ns=ns.name)
+    assert not tcp_ok(ns.ns_ip, b)
+    flows = flows_of(dp, 2)
+    assert {(f.traffic_direction, f.verdict) for f in syns(flows, a) + syns(flows, b)} == {
+        ("EGRESS", "DROPPED"), ("INGRESS", "DROPPED")}
+
+
+def test_deny_beats_allow_at_every_level(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    dp.apply([
+        entry("egress", PEER, "tcp", p, rule=1),                        # exact allow
+        entry("egress", PEER, 0, rule=2),                                # L3-only allow
+        entry("egress", 0, "tcp", p, verdict="deny", policy=9, rule=5),  # any-peer deny of p
+    ])
+    assert not tcp_ok(ns.host_ip, p, ns=ns.name)
+    assert tcp_ok(ns.host_ip, q, ns=ns.name)
+    flows = flows_of(dp, 3)
+    denied = syns(flows, p)[0]
+    assert (denied.verdict, denied.drop_reason, denied.drop_reason_desc) == ("DROPPED", DROP_POLICY_DENY,
+                                                                             "POLICY_DENY")
+    assert (denied.policy_id, denied.rule_index, denied.policy_match_type) == (9, 5, "L4_ONLY")
+    allowed = syns(flows, q)[0]
+    assert (allowed.verdict, allowed.rule_index, allowed.policy_match_type) == ("FORWARDED", 2, "L3_ONLY")
+
+
+@pytest.mark.parametrize("peer,proto,port,match", [
+    (PEER, "tcp", True, "L3_L4"),
+    (PEER, "tcp", False, "L3_PROTO"),
+    (PEER, 0, False, "L3_ONLY"),
+    (0, "tcp", True, "L4_ONLY"),
+    (0, "tcp", False, "PROTO_ONLY"),
+    (0, 0, False, "ALL"),
+])
+def test_wildcard_levels_report_their_match_type(dp, env, host_server, peer, proto, port, match):
+    ns, _ = env
+    p, = free_ports(1)
+    host_server(p)
+    dp.apply([entry("egress", peer, proto, p if port else 0, rule=11),
+              entry("egress", PEER + 1, "tcp", p, rule=12)])  # another peer's entry: never used
+    assert tcp_ok(ns.host_ip, p, ns=ns.name)
+    syn = syns(flows_of(dp, 1), p)[0]
+    assert (syn.rule_index, syn.policy_match_type) == (11, match)
+
+
+def test_port_range(dp, env, host_server):
+    ns, _ = env
+    lo = random.randrange(31000, 40000, 200)
+    ports = [lo - 1, lo, lo + 50, lo + 100, lo + 101]
+    for p in ports:
+        host_server(p)
+    dp.apply([entry("egress", PEER, "tcp", lo, lo + 100, rule=4)])
+    got = {p: tcp_ok(ns.host_ip, p, ns=ns.name, timeout=0.5) for p in ports}
+    assert got == {lo - 1: False, lo: True, lo + 50: True, lo + 100: True, lo + 101: False}
+
+
+def test_udp_allowed_and_reply_via_conntrack(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    dp.apply([entry("egress", PEER, "udp", p, rule=2)])
+    assert udp_ok(ns.host_ip, p, ns=ns.name)
+    assert not udp_ok(ns.host_ip, q, ns=ns.name, timeout=0.3)
+    flows = flows_of(dp, 3)
+    assert [(f.verdict, f.is_reply) for f in flows if f.proto == 17 and p in (f.sport, f.dport)] == [
+        ("FORWARDED", False), ("FORWARDED", True)]
+    assert [f.verdict for f in flows if f.proto == 17 and f.dport == q] == ["DROPPED"]
+
+
+def test_cidr_identity_most_specific_prefix(dp, env, ns_server):
+    ns, alt = env
+    p, = free_ports(1)
+    ns_server(p)
+    dp.apply([entry("ingress", CIDR_ID, "tcp", p, rule=6)])
+    # TRIGGER: from the alt address (in the CIDR's /24) and from the host address (PEER)
+    assert tcp_ok(ns.ns_ip, p, src=alt)
+    assert not tcp_ok(ns.ns_ip, p, src=ns.host_ip)
+    flows = flows_of(dp, 2)
+    assert {(f.src_identity, f.verdict) for f in syns(flows, p)} == {(CIDR_ID, "FORWARDED"), (PEER, "DROPPED")}
+    # a longer prefix inside the /24 gets its own identity, and the /24's entry no longer applies
+    dp.set_cidr_identity(f"{alt}/32", CIDR_ID + 1)
+    try:
+        dp.flush_conntrack()
+        assert not tcp_ok(ns.ns_ip, p, src=alt)
+        assert syns(flows_of(dp, 1), p)[0].src_identity == CIDR_ID + 1
+    finally:
+        dp.delete_ip_identity(f"{alt}/32")
+
+
+def test_icmp_echo_allowed_and_denied(dp, env):
+    ns, _ = env
+    assert not ping_ok(ns, ns.host_ip)
+    dp.apply([entry("egress", PEER, "icmp", 8, rule=8)])  # echo request; the reply is not in the policy
+    assert ping_ok(ns, ns.host_ip)
+    flows = [f for f in flows_of(dp, 3) if f.proto == 1]
+    assert [(f.icmp_type, f.verdict, f.is_reply) for f in flows] == [
+        (8, "DROPPED", False), (8, "FORWARDED", False), (0, "FORWARDED", True)]
+    assert (flows[1].rule_index, flows[1].policy_match_type) == (8, "L3_L4")
+
+
+def test_audit_mode_lets_would_be_drops_through(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    config(dp, ns, audit=True)
+    dp.apply([entry("egress", 0, "tcp", q, verdict="deny", policy=13, rule=2)])
+    assert tcp_ok(ns.host_ip, p, ns=ns.name)  # default deny, audited
+    assert tcp_ok(ns.host_ip, q, ns=ns.name)  # deny entry, audited
+    flows = flows_of(dp, 4)
+    a, b = syns(flows, p)[0], syns(flows, q)[0]
+    assert (a.verdict, a.drop_reason_desc, a.policy_id) == ("AUDIT", "POLICY_DENIED", DENY_POLICY)
+    assert (b.verdict, b.drop_reason_desc, b.policy_id, b.rule_index) == ("AUDIT", "POLICY_DENY", 13, 2)
+
+
+def test_audit_on_a_deny_entry_only(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    dp.apply([entry("egress", PEER, "tcp", p, verdict="deny", policy=14, rule=0, audit=True),
+              entry("egress", PEER, "tcp", q, verdict="deny", policy=14, rule=1)])
+    assert tcp_ok(ns.host_ip, p, ns=ns.name)
+    assert not tcp_ok(ns.host_ip, q, ns=ns.name)
+    flows = flows_of(dp, 3)
+    assert syns(flows, p)[0].verdict == "AUDIT"
+    assert syns(flows, q)[0].verdict == "DROPPED"
+
+
+def test_counters_match_the_flows(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    before = dp.counters().get((socket.if_nametoindex(ns.host_if), "EGRESS"))
+    dp.apply([entry("egress", PEER, "tcp", p)])
+    for _ in range(3):
+        assert tcp_ok(ns.host_ip, p, ns=ns.name)
+    assert not tcp_ok(ns.host_ip, q, ns=ns.name, timeout=0.3)
+    flows = flows_of(dp, 20, timeout=1.0)
+    after = dp.counters()[(socket.if_nametoindex(ns.host_if), "EGRESS")]
+    b = before or type(after)()
+    drops = [f for f in flows if f.verdict == "DROPPED" and f.traffic_direction == "EGRESS"]
+    # every drop is both counted and reported; forwarded packets are counted, not each reported
+    assert after.drop_packets - b.drop_packets == len(drops) >= 1
+    assert after.drop_bytes - b.drop_bytes == sum(f.len for f in drops)
+    # 3 connections, each at least SYN, ACK, data, FIN from the endpoint
+    assert after.fwd_packets - b.fwd_packets >= 12
+    assert after.fwd_bytes - b.fwd_bytes > 12 * 54
+
+
+def test_atomic_flips_under_a_connection_loop(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    filler = [entry("egress", 5000 + i, "tcp", 1000 + i % 500, rule=100) for i in range(1500)]
+    gen_a = [entry("egress", PEER, "tcp", p, rule=1), entry("egress", PEER, "tcp", q, verdict="deny", rule=1)]
+    gen_b = [entry("egress", 0, "tcp", p - 5, p + 5, rule=2), entry("egress", 0, "tcp", q, verdict="deny", rule=2)]
+    dp.apply(gen_a + filler)
+    stop = threading.Event()
+    flips = []
+
+    def flipper() -> None:
+        for i in range(50):
+            flips.append(dp.apply((gen_b if i % 2 == 0 else gen_a) + filler))
+        stop.set()
+
+    t = threading.Thread(target=flipper)
+    t.start()
+    wrong = []
+    n = 0
+    try:
+        while not stop.is_set() or n < 10:
+            n += 1
+            if not tcp_ok(ns.host_ip, p, ns=ns.name):
+                wrong.append(("p refused", n))
+            if tcp_ok(ns.host_ip, q, ns=ns.name, timeout=0.05):
+                wrong.append(("q allowed", n))
+    finally:
+        t.join()
+    assert len(flips) == 50 and wrong == []
+    flows = wait_flows(dp, 10 ** 6, timeout=0.5)
+    p_syns, q_syns = syns(flows, p), syns(flows, q)
+    assert len(p_syns) >= n and {f.verdict for f in p_syns} == {"FORWARDED"}
+    assert {f.verdict for f in q_syns} == {"DROPPED"}
+    assert {f.rule_index for f in p_syns} <= {1, 2}
+    assert dp.stats()["ring_full"] == 0
+
+
+def test_bad_entry_is_rejected_and_the_policy_stays(dp, env):
+    dp.apply([entry("egress", PEER, "tcp", 80)])
+    keys, gen = dp.policy_keys(), dp.generation
+    for bad in (entry("egress", PEER, 0, 80),               # a port without a protocol
+                entry("egress", PEER, "tcp", 90, 80),        # endPort below port
+                entry("sideways", PEER, "tcp", 80),          # no such direction
+                entry("egress", PEER, "tcp", 80, verdict="allow", audit=True),
+                entry("egress", PEER, "icmp", 300)):         # no such ICMP type
+        with pytest.raises(PolicyEntryError):
+            dp.apply([entry("egress", PEER, "tcp", 81), bad])
+        assert (dp.policy_keys(), dp.generation) == (keys, gen)
+
+
+def test_detach_removes_filters_and_our_qdisc():
+    if not OBJ.exists():
+        pytest.skip("make bpf")
+    with S.netns() as ns:
+        d = Datapath()
+        try:
+            d.attach_endpoint(ns.host_if, EP)
+            shown = subprocess.run(["tc", "filter", "show", "dev", ns.host_if, "ingress"], capture_output=True,
+                                   text=True).stdout
+            assert "tc__from_endpoi" in shown  # the kernel keeps 15 characters of a name
+            with pytest.raises(UsageError):
+                d.attach_endpoint(ns.host_if, EP)
+        finally:
+            d.close()
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", ns.host_if], capture_output=True, text=True).stdout
+        assert "clsact" not in qdiscs
+
+
+# -- XDP host firewall -------------------------------------------------------------------------------
+@pytest.fixture
+def fw_ns() -> Iterator[S.NetNs]:
+    """A namespace of its own: the policy endpoint of the other tests stays out of the way."""
+    if not (default_bpf_dir() / "enforce/xdp_fw.bpf.o").exists():
+        pytest.skip("make bpf")
+    with S.netns() as ns:
+        yield ns
+
+
+@pytest.mark.parametrize("mode", [None, "generic"])
+def test_xdp_firewall_drops_cidr_proto_port_and_counts(fw_ns, mode):
+    ns = fw_ns
+    p, q = free_ports(2)
+    servers = [Server(lambda f: f(), ns.host_ip, port) for port in (p, q)]
+    try:
+        with HostFirewall(ns.host_if, mode=mode) as fw:
+            # TRIGGER: a port rule for the endpoint's /32, an ICMP rule for the /24 around it
+            r_tcp = fw.add_rule(f"{ns.ns_ip}/32", "tcp", p)
+            r_icmp = fw.add_rule(f"{ns.ns_ip.rsplit('.', 1)[0]}.0/24", "icmp")
+            r_other = fw.add_rule("192.0.2.0/24", "udp", 53)  # covers nothing we send
+            assert not tcp_ok(ns.host_ip, p, ns=ns.name, timeout=0.5)
+            assert tcp_ok(ns.host_ip, q, ns=ns.name)
+            assert not ping_ok(ns, ns.host_ip)
+            # ASSERT: per-rule counters; the /32 set carries the /24's ICMP rule too
+            c = fw.counters()
+            assert c[r_tcp][0] >= 1 and c[r_icmp][0] == 1 and c[r_other] == (0, 0)
+            assert c[r_icmp][1] == 14 + 20 + 8 + 6  # one echo request: eth + ip + icmp + 6 bytes
+            assert c["pass"][0] >= 4  # SYN, ACK, data, FIN of the allowed connection
+            fw.remove_rule(r_icmp)
+            assert ping_ok(ns, ns.host_ip)
+            assert [r.rule_id for r in fw.rules()] == [r_tcp, r_other]
+        # gone with close(): everything passes again
+        assert tcp_ok(ns.host_ip, p, ns=ns.name)
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_xdp_firewall_rejects_bad_rules(fw_ns):
+    with HostFirewall(fw_ns.host_if) as fw:
+        for args in (("10.0.0.0/33",), ("10.0.0.0/8", 0, 80), ("10.0.0.0/8", "tcp", 90, 80), ("10.0.0.0/8", "tcpx")):
+            with pytest.raises(UsageError):
+                fw.add_rule(*args)
+        for bits in range(8, 16):  # nested: 10.0.0.0/8 ... /15, each set holds all that cover it
+            fw.add_rule(f"10.0.0.0/{bits}", "udp", 100 + bits)
+        with pytest.raises(UsageError):  # a ninth prefix covering 10.0.0.0/16
+            fw.add_rule("10.0.0.0/16", "udp", 99)
+        fw.add_rule("10.128.0.0/16", "udp", 99)  # under /8 only: two rules in its set
+        assert len(fw.rules()) == 9
