@@ -12,6 +12,7 @@ Leaves also derive from the builtin a caller would naturally catch, so code that
     ├── UsageError(AndonError, ValueError)     bad arguments from the command line or config
     ├── StoreError(AndonError, OSError)        the data directory cannot be used (store/store.py)
     ├── QueryError(AndonError, ValueError)     a PxL script or SQL query is wrong (query/plan.py)
+    ├── PolicyError(AndonError, ValueError)    a label, selector, endpoint or policy is malformed
     └── RuleError(AndonError, ValueError)      a rules file, condition or output format is wrong
         ├── RuleSyntaxError                    a condition or output does not parse (``pos``)
         ├── UnknownFieldError                  no such field (``evt.nope``)
@@ -103,3 +104,8 @@ class UndefinedMacroError(RuleError):
 
 class MacroCycleError(RuleError):
     """Macros refer to each other in a loop."""
+
+
+class PolicyError(AndonError, ValueError):
+    """A label, selector, endpoint or policy is malformed (raised by the programmatic API;
+    policy files report problems instead of raising)."""

@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..errors import AndonError
+from ..errors import PolicyError  # noqa: F401 (re-exported)
+
+# PolicyError lives in the errors tree; netpolicy modules import it from here too
 
 SOURCE_ANY = "any"
 SOURCE_K8S = "k8s"
@@ -23,11 +25,6 @@ DEFAULT_SOURCE = SOURCE_K8S
 
 # a source is a short word; "io.kubernetes.pod.namespace" or "example.com/x" before a ':' is a key
 _SOURCE_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
-
-
-class PolicyError(AndonError, ValueError):
-    """A label, selector, endpoint or policy is malformed (raised by the programmatic API;
-    policy files report problems instead of raising)."""
 
 
 def split_key(text: str, default_source: str) -> tuple[str, str]:
