@@ -112,6 +112,10 @@ struct {
 	__uint(max_entries, 1 << 20); /* resized by the loader */
 } np_flows SEC(".maps");
 
+/* never written: keeps struct np_flow in the object's BTF (a ring buffer has no value
+ * type), so the ABI test can compare it with the Python format */
+struct np_flow np_flow_btf __attribute__((used));
+
 struct pkt {
 	__u8 saddr[16];
 	__u8 daddr[16];
