@@ -164,7 +164,8 @@ enum np_stat {
 	NP_STAT_CT_FULL = 7,      /* conntrack insert failed */
 	NP_STAT_POLICY_LOOKUPS = 8,
 	NP_STAT_FRAGMENTS = 9,    /* non-first IP fragments: no L4 header, tracked by L3 only */
-	NP_STAT_MAX = 10,
+	NP_STAT_ND = 10,          /* ICMPv6 neighbour discovery / MLD: passed, IPv6 cannot work without it */
+	NP_STAT_MAX = 11,
 };
 
 /* A flow record, one per verdict worth reporting: every new connection, every drop,

@@ -385,6 +385,12 @@ static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (p.fragment)
 		np__count(NP_STAT_FRAGMENTS);
+	/* neighbour discovery (133-137) and MLD (130-132, 143) are link plumbing, not
+	 * connections: Cilium answers them itself; here they pass, counted */
+	if (p.proto == IPPROTO_ICMPV6_ && ((p.icmp_type >= 130 && p.icmp_type <= 137) || p.icmp_type == 143)) {
+		np__count(NP_STAT_ND);
+		return TC_ACT_OK;
+	}
 
 	/* -- conntrack: the original direction, then the reversed tuple (a reply) ---------- */
 	now = bpf_ktime_get_boot_ns();

@@ -90,7 +90,7 @@ FLOW_FIELDS = ("ts", "ifindex", "src_identity", "dst_identity", "policy_id", "ru
                "daddr", "sport", "dport", "family", "proto", "verdict", "drop_reason", "direction", "is_reply",
                "match_type", "tcp_flags", "icmp_type", "icmp_code", "flags", "pad")
 STAT_NAMES = ("packets", "unmanaged", "non_ip", "bad_hdr", "ring_full", "ct_new", "ct_hit", "ct_full",
-              "policy_lookups", "fragments")
+              "policy_lookups", "fragments", "nd")
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
