@@ -13,7 +13,7 @@ Leaves also derive from the builtin a caller would naturally catch, so code that
     ├── StoreError(AndonError, OSError)        the data directory cannot be used (store/store.py)
     ├── QueryError(AndonError, ValueError)     a PxL script or SQL query is wrong (query/plan.py)
     ├── PolicyError(AndonError, ValueError)    a label, selector, endpoint or policy is malformed
-    │   (PolicyEntryError(AndonError, ValueError) in netpolicy/datapath.py: an entry the maps cannot hold)
+    ├── PolicyEntryError(AndonError, ValueError)  an entry the datapath's maps cannot hold (netpolicy/datapath.py)
     └── RuleError(AndonError, ValueError)      a rules file, condition or output format is wrong
         ├── RuleSyntaxError                    a condition or output does not parse (``pos``)
         ├── UnknownFieldError                  no such field (``evt.nope``)
