@@ -39,6 +39,9 @@ $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/include/vmlinux.h
 
 bpf: $(BPF_OBJS)
 
+# the tp_btf build #includes the raw_tp source: rebuild it when that changes
+$(BUILD)/bpf/syscalls/sys_exit_btf.bpf.o: bpf/syscalls/sys_exit.bpf.c
+
 # the minimal Debian image the container tests run (debootstrap + podman import, once)
 test-image: deps
 	@bash scripts/build-test-image.sh
