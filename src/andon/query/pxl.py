@@ -21,6 +21,7 @@ columns rebind the variable to a new Frame, as PxL does.
 
 from __future__ import annotations
 
+import abc
 import ast
 import datetime as _dt
 import re
@@ -71,11 +72,12 @@ class _GroupBy:
         self.keys = keys
 
 
-class SourceTables:
+class SourceTables(abc.ABC):
     """What ``px.DataFrame(table=...)`` reads; the runner gives a catalog-backed one."""
 
-    def frame(self, table: str, since_ns: int | None, until_ns: int | None) -> Frame:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def frame(self, table: str, since_ns: int | None, until_ns: int | None) -> Frame:
+        """The rows of ``table`` with ``time_`` in [since_ns, until_ns) (None: unbounded)."""
 
 
 def parse_time(v: Any, now_ns: int, what: str) -> int | None:
