@@ -16,6 +16,13 @@ the inactive generation, flips ``np_gen[0]`` (one 4-byte array write, read once 
 packet), waits until no program still runs with the old generation (an update of the
 ``np_sync`` map-in-map makes the kernel wait for running BPF programs), then empties the
 old one. A packet therefore sees the whole old policy or the whole new one.
+
+Pinning (``pin_dir``): the maps are pinned in a bpffs directory and re-used by the next
+:class:`Datapath` opened on the same directory, and the TC filters stay on the veths after
+``close(detach=False)``, so the enforcement outlives the process (``andon endpoint`` /
+``andon policy`` run once each). A later process takes over an endpoint attached earlier with
+:meth:`Datapath.adopt_endpoint` (its filter handles come from :meth:`endpoint_record`), and
+:meth:`Datapath.unpin` removes the pins once no endpoint is left.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -364,14 +372,37 @@ def _ifindex(ifname: str | int) -> int:
         raise UsageError(f"no network interface {ifname!r}") from None
 
 
+# maps shared through pins; np_sync/np_sync_inner stay per process (only the userspace wait uses them)
+PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_allow0", "np_allow1", "np_deny0", "np_deny1", "np_gen", "np_ct",
+               "np_counters", "np_stats", "np_flows")
+
+
+def _obj_get(path: Path) -> int:
+    fn = lb.lib().bpf_obj_get
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_char_p]
+    fd = fn(str(path).encode())
+    if fd < 0:
+        raise BpfError(f"open pinned map {path}", ctypes.get_errno() if fd == -1 else -fd)
+    return fd
+
+
+def _obj_pin(fd: int, path: Path) -> None:
+    fn = lb.lib().bpf_obj_pin
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]
+    rc = fn(fd, str(path).encode())
+    if rc < 0:
+        raise BpfError(f"pin map at {path}", ctypes.get_errno() if rc == -1 else -rc)
+
+
 class Datapath:
     """The loaded policy program, its maps, and the endpoints it is attached to."""
 
     def __init__(self, bpf_dir: Path | None = None, *, ring_bytes: int = 1 << 20, ct_entries: int = 65536,
-                 policy_entries: int = 262144, ipcache_entries: int = 65536) -> None:
+                 policy_entries: int = 262144, ipcache_entries: int = 65536, pin_dir: Path | None = None) -> None:
         self._obj = BpfObject((bpf_dir or default_bpf_dir()) / "enforce/policy.bpf.o")
         self._endpoints: dict[int, _Endpoint] = {}
         self._reader: VarRingReader | None = None
+        self.pin_dir = Path(pin_dir) if pin_dir is not None else None
         try:
             ring = page_aligned_size(ring_bytes)
             self._obj.set_max_entries("np_flows", ring)
@@ -379,7 +410,9 @@ class Datapath:
             self._obj.set_max_entries("np_ipcache", ipcache_entries)
             for name in ("np_allow0", "np_allow1", "np_deny0", "np_deny1"):
                 self._obj.set_max_entries(name, policy_entries)
+            reused = self._reuse_pins()
             self._obj.load()
+            self._pin(reused)
             self.ncpu = possible_cpus()
             m = self._obj.map
             self.ipcache, self.endpoints_map, self.ct = m("np_ipcache"), m("np_endpoints"), m("np_ct")
@@ -389,11 +422,49 @@ class Datapath:
             self._deny = (m("np_deny0"), m("np_deny1"))
             self._reader = VarRingReader(m("np_flows").fd, ring)
             self._offset = boot_offset_ns()
-            self.generation = 0
+            raw = self.gen_map.lookup(struct.pack("<I", 0), 4)
+            self.generation = struct.unpack("<I", raw)[0] & 1 if raw else 0  # pinned: the running one
             self.entries_installed = 0
         except BaseException:
             self._obj.close()
             raise
+
+    def _reuse_pins(self) -> set[str]:
+        if self.pin_dir is None:
+            return set()
+        reused = set()
+        for name in PINNED_MAPS:
+            path = self.pin_dir / name
+            if path.exists():
+                fd = _obj_get(path)
+                try:
+                    self._obj.reuse_map(name, fd)  # libbpf dups the fd
+                finally:
+                    os.close(fd)
+                reused.add(name)
+        return reused
+
+    def _pin(self, reused: set[str]) -> None:
+        if self.pin_dir is None:
+            return
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        for name in PINNED_MAPS:
+            if name not in reused:
+                _obj_pin(self._obj.map(name).fd, self.pin_dir / name)
+
+    def unpin(self) -> None:
+        """Remove the pins (the maps live on while a filter or process still holds them)."""
+        if self.pin_dir is None:
+            return
+        for name in PINNED_MAPS:
+            try:
+                (self.pin_dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            self.pin_dir.rmdir()
+        except OSError:
+            pass
 
     # -- endpoints ---------------------------------------------------------------------------
     def attach_endpoint(self, ifname: str | int, endpoint_identity: int, *, default_deny_ingress: bool = False,
@@ -425,6 +496,24 @@ class Datapath:
         except BaseException:
             self.detach_endpoint(ifindex)
             raise
+        return ifindex
+
+    def endpoint_record(self, ifindex: int) -> dict[str, object]:
+        """What a later process needs to take the endpoint over (JSON-able)."""
+        ep = self._endpoints[ifindex]
+        return {"ifname": ep.ifname, "ifindex": ep.ifindex, "identity": ep.identity, "created_qdisc": ep.created_qdisc,
+                "filters": [[f.attach_point, f.handle, f.priority] for f in ep.filters]}
+
+    def adopt_endpoint(self, record: dict[str, object]) -> int:
+        """Take over an endpoint a previous process attached (from :meth:`endpoint_record`)."""
+        try:
+            ifindex = int(record["ifindex"])  # type: ignore[arg-type]
+            filters = [_TcFilter(ifindex, int(p), int(h), int(pr)) for p, h, pr in record["filters"]]  # type: ignore[union-attr]
+            ep = _Endpoint(str(record["ifname"]), ifindex, int(record["identity"]), filters,  # type: ignore[arg-type]
+                           bool(record["created_qdisc"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"endpoint record {record!r} is malformed: {e}") from None
+        self._endpoints[ifindex] = ep
         return ifindex
 
     def detach_endpoint(self, ifname: str | int) -> None:
@@ -548,8 +637,9 @@ class Datapath:
         return out
 
     # -- lifetime --------------------------------------------------------------------------------
-    def close(self) -> None:
-        for ifindex in list(self._endpoints):
+    def close(self, detach: bool = True) -> None:
+        """Release the object; ``detach=False`` leaves the TC filters (and pinned maps) in place."""
+        for ifindex in list(self._endpoints) if detach else ():
             try:
                 self.detach_endpoint(ifindex)
             except OSError:
