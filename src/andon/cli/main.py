@@ -28,11 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import doctor, events, query, rules, run, top
     from . import policy
+    from . import endpoint
 
     events.add_parsers(sub)  # andon events / capture
     doctor.add_parser(sub)
     rules.add_parser(sub)  # runtime security: andon rules validate|list|fields
     policy.add_parser(sub)  # network policy: andon policy validate (apply|list|delete with the datapath)
+    endpoint.add_parser(sub)  # network policy: andon endpoint add|list|remove
     run.add_parser(sub)  # the agent
     query.add_parser(sub)  # observability: PxL scripts and SQL over the stored tables
     top.add_parser(sub)  # observability: the busiest endpoints, live

@@ -394,6 +394,19 @@ def _obj_pin(fd: int, path: Path) -> None:
         raise BpfError(f"pin map at {path}", ctypes.get_errno() if rc == -1 else -rc)
 
 
+def unpin(pin_dir: Path) -> None:
+    """Remove a datapath's pins and their directory."""
+    for name in PINNED_MAPS:
+        try:
+            (Path(pin_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        Path(pin_dir).rmdir()
+    except OSError:
+        pass
+
+
 class Datapath:
     """The loaded policy program, its maps, and the endpoints it is attached to."""
 
@@ -454,17 +467,8 @@ class Datapath:
 
     def unpin(self) -> None:
         """Remove the pins (the maps live on while a filter or process still holds them)."""
-        if self.pin_dir is None:
-            return
-        for name in PINNED_MAPS:
-            try:
-                (self.pin_dir / name).unlink()
-            except FileNotFoundError:
-                pass
-        try:
-            self.pin_dir.rmdir()
-        except OSError:
-            pass
+        if self.pin_dir is not None:
+            unpin(self.pin_dir)
 
     # -- endpoints ---------------------------------------------------------------------------
     def attach_endpoint(self, ifname: str | int, endpoint_identity: int, *, default_deny_ingress: bool = False,

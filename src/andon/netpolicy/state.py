@@ -80,3 +80,72 @@ class NetpolicyState:
         if name not in self.policy_ids:
             self.policy_ids[name] = max(self.policy_ids.values(), default=0) + 1
         return self.policy_ids[name]
+
+
+# -- from the state to the kernel ----------------------------------------------------------------
+def host_addresses() -> list[str]:
+    """Every address on the host's own interfaces (they have the host identity)."""
+    import subprocess
+
+    out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", []) if "local" in a]
+
+
+def netns_addresses(netns: str) -> list[str]:
+    """Global addresses inside a named network namespace (not loopback, not link-local)."""
+    import subprocess
+
+    r = subprocess.run(["ip", "-n", netns, "-j", "addr", "show"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PolicyError(f"network namespace {netns!r}: {r.stderr.strip() or 'not found'}")
+    return [a["local"] for link in json.loads(r.stdout) if link.get("ifname") != "lo"
+            for a in link.get("addr_info", []) if a.get("scope") == "global" and "local" in a]
+
+
+def endpoints_of(state: NetpolicyState) -> list[Any]:
+    from .identity import Endpoint
+
+    return [Endpoint.make(name, rec.get("kind", "netns"), rec.get("labels", []), rec.get("addresses", []),
+                          rec.get("ifname")) for name, rec in sorted(state.endpoints.items())]
+
+
+def compute(state: NetpolicyState, policy_files: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """(PolicyLoadResult, Resolution) of the state's endpoints and policies (or ``policy_files``).
+    The identity allocation in ``state`` grows as needed."""
+    from .identity import IdentityAllocator
+    from .policy import load_texts
+    from .resolve import resolve
+
+    loaded = load_texts(list((policy_files if policy_files is not None else state.policy_files).items()))
+    alloc = IdentityAllocator.from_dict(state.identities) if state.identities else IdentityAllocator()
+    res = resolve(endpoints_of(state), loaded.policies if loaded.ok else [], alloc, host_addresses())
+    state.identities = alloc.to_dict()
+    return loaded, res
+
+
+def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
+    """Put a resolution into a datapath: ip -> identity, then the whole policy atomically, then
+    each endpoint's default deny; stale ip entries go last. Returns the policy entries installed."""
+    from .datapath import IP_KEY, PolicyEntry, ip_key
+
+    cache = res.ipcache()
+    for net, ident in cache.items():
+        dp.set_ip_identity(net, ident)
+    entries = [PolicyEntry(d.ep_identity, d.direction, d.peer_identity, d.proto, d.port_lo, d.port_hi,
+                           d.verdict.lower(), state.policy_id(d.policy), d.rule, d.audit)
+               for d in res.datapath_entries()]
+    dp.apply(entries)
+    for name, epp in res.endpoints.items():
+        rec = state.endpoints[name]
+        deny_in, deny_out = epp.default_deny["ingress"], epp.default_deny["egress"]
+        dp.set_endpoint_config(int(rec["ifindex"]), epp.identity.id,
+                               default_deny_ingress=epp.is_default_deny("ingress"),
+                               default_deny_egress=epp.is_default_deny("egress"), audit=epp.endpoint.audit,
+                               deny_policy_ingress=state.policy_id(deny_in[0]) if deny_in else 0,
+                               deny_policy_egress=state.policy_id(deny_out[0]) if deny_out else 0)
+    keep = {ip_key(n) for n in cache}
+    for k in list(dp.ipcache.keys(IP_KEY.size)):
+        if k not in keep:
+            dp.ipcache.delete(k)
+    state.identities = res.allocator.to_dict()  # CIDR identities allocated on the way
+    return dp.entries_installed
