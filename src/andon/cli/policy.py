@@ -5,8 +5,11 @@
 same as JSON with ``-o json``. Warnings (parts andon parses but cannot enforce on one host) do
 not fail it: exit 0 when every file loads, 1 on any error.
 
-``apply``, ``list`` and ``delete`` need the running datapath; they are added beside
-``validate`` as further ``_SUBCOMMANDS`` entries.
+``apply FILE...`` validates the files together with the ones applied before (any error: nothing
+changes, exit 1), then resolves every applied policy against every endpoint (``andon endpoint``)
+and replaces the kernel's policy in one atomic step; it prints what each endpoint got. ``list``
+shows the applied policies, ``delete NAME`` removes the file that defined policy NAME (a policy
+name or a file name) and re-applies the rest.
 """
 
 from __future__ import annotations
@@ -36,11 +39,128 @@ def _add_validate(sub: Any) -> None:
     p.set_defaults(func=run_validate)
 
 
-_SUBCOMMANDS = (_add_validate,)
+def _print_resolution(res: Any, loaded: Any) -> None:
+    for w in loaded.warnings:
+        print(w.render())
+    for name, epp in sorted(res.endpoints.items()):
+        dirs = []
+        for d in ("ingress", "egress"):
+            n = sum(1 for e in epp.entries if e.direction == d)
+            deny = f"default deny by {', '.join(epp.default_deny[d])}" if epp.is_default_deny(d) else "default allow"
+            dirs.append(f"{d}: {deny}, {n} entries")
+        print(f"endpoint {name} (identity {epp.identity.id}): {'; '.join(dirs)}")
+    for p in res.problems:
+        print(p.render())
+
+
+def _reapply(args: argparse.Namespace, state: Any, files: dict[str, str]) -> tuple[int, Any, Any]:
+    """Resolve ``files`` against the endpoints and put the result in the kernel; exit code first."""
+    from ..netpolicy.state import compute, enforce
+    from .endpoint import open_datapath
+
+    loaded, res = compute(state, files)
+    if not loaded.ok:
+        print(loaded.render(warnings=False))
+        print("andon: nothing applied, the running policy is unchanged")
+        return EXIT_FAIL, loaded, res
+    if state.endpoints:
+        dp = open_datapath(args, state)
+        try:
+            enforce(dp, state, res)
+        finally:
+            dp.close(detach=False)
+    state.policy_files = files
+    state.save()
+    return EXIT_OK, loaded, res
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..netpolicy.policy import load_files
+    from ..netpolicy.state import NetpolicyState
+
+    checked = load_files(args.files)  # the files' own problems, with their paths
+    if not checked.ok:
+        print(checked.render(warnings=False))
+        print("andon: nothing applied, the running policy is unchanged")
+        return EXIT_FAIL
+    state = NetpolicyState.load(args.state_dir)
+    files = dict(state.policy_files)
+    for f in args.files:
+        key = str(Path(f).resolve())
+        files.pop(key, None)  # re-applying a file moves it last (later definitions win)
+        files[key] = Path(f).read_text(encoding="utf-8")
+    rc, loaded, res = _reapply(args, state, files)
+    if rc == EXIT_OK:
+        print(f"applied {len(checked.policies)} policies from {len(args.files)} files "
+              f"({len(loaded.policies)} policies in force, {len(state.endpoints)} endpoints)")
+        _print_resolution(res, loaded)
+    return rc
+
+
+def _policies(state: Any) -> list[Any]:
+    from ..netpolicy.policy import load_texts
+
+    return load_texts(list(state.policy_files.items())).policies
+
+
+def run_list(args: argparse.Namespace) -> int:
+    import json
+
+    from ..netpolicy.state import NetpolicyState
+
+    state = NetpolicyState.load(args.state_dir)
+    rows = [{"name": p.name, "kind": p.kind, "file": p.file, "rules": len(p.rules), "id": state.policy_ids.get(p.name)}
+            for p in _policies(state)]
+    if args.output == "json":
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['name']}  {r['kind']}  {r['rules']} rules  {r['file']}")
+        print(f"{len(rows)} policies applied")
+    return EXIT_OK
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..netpolicy.state import NetpolicyState
+
+    state = NetpolicyState.load(args.state_dir)
+    pols = _policies(state)
+    files = {p.file for p in pols if p.name == args.name} | {f for f in state.policy_files if f == args.name}
+    if not files:
+        raise UsageError(f"no applied policy or file named {args.name!r} (andon policy list)")
+    gone = sorted(p.name for p in pols if p.file in files)
+    rest = {f: t for f, t in state.policy_files.items() if f not in files}
+    rc, _, res = _reapply(args, state, rest)
+    if rc == EXIT_OK:
+        print(f"deleted {', '.join(gone)} ({', '.join(sorted(files))})")
+    return rc
+
+
+def _add_apply(sub: Any) -> None:
+    from .endpoint import add_state_args
+
+    p = sub.add_parser("apply", help="validate, then enforce policy files on the endpoints")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    add_state_args(p)
+    p.set_defaults(func=run_apply)
+    ls = sub.add_parser("list", help="the applied policies")
+    ls.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_state_args(ls)
+    ls.set_defaults(func=run_list)
+    d = sub.add_parser("delete", help="remove an applied policy (by policy or file name)")
+    d.add_argument("name")
+    add_state_args(d)
+    d.set_defaults(func=run_delete)
+
+
+_SUBCOMMANDS = (_add_validate, _add_apply)
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("policy", help="network policy: Cilium policy files (validate)")
+    p = sub.add_parser("policy", help="network policy: Cilium policy files (validate|apply|list|delete)")
     psub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     psub.required = True
     for add in _SUBCOMMANDS:
