@@ -25,7 +25,6 @@ warning that says what happens instead:
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import ipaddress
 import re
@@ -37,7 +36,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ..rules.loader import LoadResult, Problem
+from ..rules.loader import LoadResult, Problem, SourceText
 from .identity import IPNetwork
 from .labels import SOURCE_ANY, split_key
 from .selector import OPERATORS, EndpointSelector, Requirement, canonical_operator
@@ -339,24 +338,6 @@ class PolicyLoadResult(LoadResult):
 # the reader
 
 
-class _Source:
-    def __init__(self, name: str, text: str) -> None:
-        self.name = name
-        self.text = text
-        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def line_text(self, line: int) -> str:
-        if not 1 <= line <= len(self._starts):
-            return ""
-        start = self._starts[line - 1]
-        end = self.text.find("\n", start)
-        return self.text[start : end if end >= 0 else len(self.text)].rstrip("\r")
-
-    def linecol(self, index: int) -> tuple[int, int]:
-        ln = bisect.bisect_right(self._starts, max(0, index)) - 1
-        return ln + 1, index - self._starts[ln] + 1
-
-
 _NULL = "tag:yaml.org,2002:null"
 _INT = "tag:yaml.org,2002:int"
 _STR = "tag:yaml.org,2002:str"
@@ -372,7 +353,7 @@ class _Reader:
         self.warnings: list[Problem] = []
         self.files: list[str] = []
         self.policies: list[Policy] = []
-        self.src: _Source | None = None
+        self.src: SourceText | None = None
         self.item = ""
 
     # -- problems ---------------------------------------------------------------------------
@@ -455,7 +436,7 @@ class _Reader:
 
     def read(self, name: str, text: str) -> None:
         self.files.append(name)
-        self.src = _Source(name, text)
+        self.src = SourceText(name, text)
         self.item = ""
         try:
             docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))

@@ -330,7 +330,9 @@ class LoadResult:
 # positions: every YAML node knows its file; condition offsets map back into the file
 
 
-class _Source:
+class SourceText:
+    """A file's text with line starts: offsets to (line, col), and a line's text for snippets."""
+
     def __init__(self, name: str, text: str) -> None:
         self.name = name
         self.text = text
@@ -351,15 +353,15 @@ class _Source:
 
 @dataclass(frozen=True)
 class _Loc:
-    src: _Source
+    src: SourceText
     index: int
 
     @classmethod
-    def of(cls, src: _Source, node: Node) -> _Loc:
+    def of(cls, src: SourceText, node: Node) -> _Loc:
         return cls(src, node.start_mark.index)
 
 
-def _scalar_offsets(src: _Source, node: ScalarNode, upto: int) -> int:
+def _scalar_offsets(src: SourceText, node: ScalarNode, upto: int) -> int:
     """The index in the file of character ``upto`` of a scalar's value.
 
     The value was made from the source by dropping indentation, folding line breaks and
@@ -395,7 +397,7 @@ class _Piece:
 
     start: int
     end: int
-    src: _Source
+    src: SourceText
     node: Node | None  # a ScalarNode whose value holds this stretch at ``voff``, or None
     index: int  # the file index to use when node is None
     voff: int = 0
@@ -409,12 +411,12 @@ class _Text:
         self.pieces: list[_Piece] = []
 
     @classmethod
-    def of(cls, src: _Source, node: ScalarNode) -> _Text:
+    def of(cls, src: SourceText, node: ScalarNode) -> _Text:
         t = cls()
         t.add(node.value, src, node)
         return t
 
-    def add(self, s: str, src: _Source, node: Node | None = None, index: int | None = None, voff: int = 0) -> None:
+    def add(self, s: str, src: SourceText, node: Node | None = None, index: int | None = None, voff: int = 0) -> None:
         start = len(self.text)
         self.text += s
         if node is not None or index is not None:
@@ -666,7 +668,7 @@ class _Loader:
 
     def read(self, name: str, text: str) -> None:
         self.files.append(name)
-        src = _Source(name, text)
+        src = SourceText(name, text)
         try:
             docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         except yaml.MarkedYAMLError as e:
@@ -717,7 +719,7 @@ class _Loader:
     # -- value decoding (rule_loader_reader.cpp decode_val & co) -------------------------------
 
     @staticmethod
-    def _mapping(src: _Source, node: Node, what: str) -> dict[str, tuple[ScalarNode, Node]]:
+    def _mapping(src: SourceText, node: Node, what: str) -> dict[str, tuple[ScalarNode, Node]]:
         if not isinstance(node, MappingNode):
             raise _Fail("LOAD_ERR_YAML_VALIDATE", what, _Loc.of(src, node))
         out: dict[str, tuple[ScalarNode, Node]] = {}
@@ -728,7 +730,7 @@ class _Loader:
         return out
 
     @staticmethod
-    def _str(src: _Source, m: dict, key: str, item: Node, *, optional: bool = False, empty_ok: bool = False) -> str | None:
+    def _str(src: SourceText, m: dict, key: str, item: Node, *, optional: bool = False, empty_ok: bool = False) -> str | None:
         if key not in m:
             if optional:
                 return None
@@ -749,7 +751,7 @@ class _Loader:
             raise _Fail("LOAD_ERR_YAML_VALIDATE", "Value must be non-empty", _Loc.of(src, v))
         return v.value
 
-    def _bool(self, src: _Source, m: dict, key: str, item: Node, *, optional: bool = True) -> bool | None:
+    def _bool(self, src: SourceText, m: dict, key: str, item: Node, *, optional: bool = True) -> bool | None:
         s = self._str(src, m, key, item, optional=optional)
         if s is None:
             return None
@@ -763,7 +765,7 @@ class _Loader:
                 return False
         raise _Fail("LOAD_ERR_YAML_VALIDATE", "Can't decode YAML scalar value", _Loc.of(src, v), f"'{key}' is true or false")
 
-    def _int(self, src: _Source, m: dict, key: str, item: Node) -> int | None:
+    def _int(self, src: SourceText, m: dict, key: str, item: Node) -> int | None:
         s = self._str(src, m, key, item, optional=True)
         if s is None:
             return None
@@ -772,7 +774,7 @@ class _Loader:
         except ValueError:
             raise _Fail("LOAD_ERR_YAML_VALIDATE", "Can't decode YAML scalar value", _Loc.of(src, m[key][1])) from None
 
-    def _seq_of_str(self, src: _Source, m: dict, key: str, item: Node, *, optional: bool) -> list[str] | None:
+    def _seq_of_str(self, src: SourceText, m: dict, key: str, item: Node, *, optional: bool) -> list[str] | None:
         if key not in m:
             if optional:
                 return None
@@ -787,7 +789,7 @@ class _Loader:
             out.append(e.value)
         return out
 
-    def _warn_unknown_keys(self, src: _Source, m: dict, known: frozenset[str], label: str) -> None:
+    def _warn_unknown_keys(self, src: SourceText, m: dict, known: frozenset[str], label: str) -> None:
         import difflib
 
         for key, (k, _v) in m.items():
@@ -798,7 +800,7 @@ class _Loader:
                     f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}", label,
                 )  # fmt: skip
 
-    def _overrides(self, src: _Source, m: dict, appendable: tuple[str, ...] | frozenset[str], replaceable: tuple[str, ...] | frozenset[str]) -> tuple[set[str], set[str]]:
+    def _overrides(self, src: SourceText, m: dict, appendable: tuple[str, ...] | frozenset[str], replaceable: tuple[str, ...] | frozenset[str]) -> tuple[set[str], set[str]]:
         if "override" not in m:
             return set(), set()
         k, v = m["override"]
@@ -825,7 +827,7 @@ class _Loader:
 
     # -- items ---------------------------------------------------------------------------------
 
-    def read_item(self, src: _Source, item: Node) -> None:
+    def read_item(self, src: SourceText, item: Node) -> None:
         m = self._mapping(src, item, "Unexpected element type. Each element should be a yaml associative array.")
         if "required_engine_version" in m:
             self._engine_version(src, m, item)
@@ -843,7 +845,7 @@ class _Loader:
                 "items are rule, macro, list, required_engine_version or required_plugin_versions; this one is ignored",
             )  # fmt: skip
 
-    def _engine_version(self, src: _Source, m: dict, item: Node) -> None:
+    def _engine_version(self, src: SourceText, m: dict, item: Node) -> None:
         self._warn_unknown_keys(src, m, frozenset({"required_engine_version"}), "required_engine_version")
         s = self._str(src, m, "required_engine_version", item)
         vnode = m["required_engine_version"][1]
@@ -869,7 +871,7 @@ class _Loader:
         if self.required_engine is None or self.required_engine < ver:
             self.required_engine = ver
 
-    def _plugin_versions(self, src: _Source, m: dict, item: Node) -> None:
+    def _plugin_versions(self, src: SourceText, m: dict, item: Node) -> None:
         self._warn_unknown_keys(src, m, frozenset({"required_plugin_versions"}), "required_plugin_versions")
         _k, seq = m["required_plugin_versions"]
         if not isinstance(seq, SequenceNode):
@@ -913,7 +915,7 @@ class _Loader:
         self.index += 1
         table[info.name] = info
 
-    def _list(self, src: _Source, m: dict, item: Node) -> None:
+    def _list(self, src: SourceText, m: dict, item: Node) -> None:
         name = self._str(src, m, "list", item)
         label = f"list '{name}'"
         loc = _Loc.of(src, item)
@@ -943,7 +945,7 @@ class _Loader:
         else:
             self._define(self.lists, _ListInfo(name, items, loc))
 
-    def _macro(self, src: _Source, m: dict, item: Node) -> None:
+    def _macro(self, src: SourceText, m: dict, item: Node) -> None:
         name = self._str(src, m, "macro", item)
         label = f"macro '{name}'"
         loc = _Loc.of(src, item)
@@ -975,7 +977,7 @@ class _Loader:
         else:
             self._define(self.macros, _MacroInfo(name, cond, loc))
 
-    def _exceptions(self, src: _Source, m: dict, item: Node, append: bool, label: str) -> list[_ExInfo]:
+    def _exceptions(self, src: SourceText, m: dict, item: Node, append: bool, label: str) -> list[_ExInfo]:
         if "exceptions" not in m:
             return []
         _k, exs = m["exceptions"]
@@ -1013,7 +1015,7 @@ class _Loader:
             out.append(info)
         return out
 
-    def _entry(self, src: _Source, v: Node) -> _Entry:
+    def _entry(self, src: SourceText, v: Node) -> _Entry:
         loc = _Loc.of(src, v)
         if isinstance(v, ScalarNode):
             if v.value == "" or (v.tag == _NULL_TAG and v.style is None):
@@ -1023,7 +1025,7 @@ class _Loader:
             return _Entry(True, "", [self._entry(src, e) for e in v.value], True, loc)
         raise _Fail("LOAD_ERR_YAML_VALIDATE", "Exception fields, comps and values are strings or lists", loc)
 
-    def _priority(self, src: _Source, m: dict, item: Node) -> Priority:
+    def _priority(self, src: SourceText, m: dict, item: Node) -> Priority:
         s = self._str(src, m, "priority", item)
         p = _parse_priority(s)
         if p is None:
@@ -1033,7 +1035,7 @@ class _Loader:
             )  # fmt: skip
         return p
 
-    def _rule(self, src: _Source, m: dict, item: Node) -> None:
+    def _rule(self, src: SourceText, m: dict, item: Node) -> None:
         name = self._str(src, m, "rule", item)
         label = f"rule '{name}'"
         loc = _Loc.of(src, item)
@@ -1134,7 +1136,7 @@ class _Loader:
                 r.exceptions_loc = _Loc.of(src, m["exceptions"][0])
             self._define_rule(r, label)
 
-    def _update_value(self, src: _Source, m: dict, item: Node, key: str, append: bool, label: str) -> Any:
+    def _update_value(self, src: SourceText, m: dict, item: Node, key: str, append: bool, label: str) -> Any:
         if key in ("condition", "output"):
             self._str(src, m, key, item)
             node = m[key][1]
