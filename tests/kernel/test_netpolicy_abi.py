@@ -5,15 +5,13 @@ not root."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import btf as btf_reader
 from andon.events.live import default_bpf_dir
 from andon.netpolicy import datapath as dp
 from andon.netpolicy import kernel_firewall as fw
@@ -22,22 +20,8 @@ HEADER = Path(__file__).resolve().parents[2] / "bpf/abi/netpolicy.h"
 
 
 def _btf(obj: Path) -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
-    if shutil.which("bpftool") is None or not obj.exists():
-        pytest.skip(f"needs bpftool and {obj.name} (make bpf)")
-    out = subprocess.run(["bpftool", "btf", "dump", "file", str(obj), "-j"], capture_output=True, text=True,
-                         check=True)
-    types = {t["id"]: t for t in json.loads(out.stdout)["types"]}
-
-    def size_of(tid: int) -> int:
-        t = types[tid]
-        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
-            return t["size"]
-        if t["kind"] == "ARRAY":
-            return t["nr_elems"] * size_of(t["type_id"])
-        return size_of(t["type_id"])  # typedef, const, volatile
-
-    return {t["name"]: (t["size"], [(m["name"], m["bits_offset"] // 8, size_of(m["type_id"])) for m in t["members"]])
-            for t in types.values() if t["kind"] == "STRUCT" and t.get("name", "").startswith("np_")}
+    btf_reader.need(obj)
+    return btf_reader.structs(obj, lambda name: name.startswith("np_"))
 
 
 @pytest.fixture(scope="module")

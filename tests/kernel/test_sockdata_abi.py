@@ -4,15 +4,13 @@ does for the security event ring. Needs bpftool and the built object, not root."
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import btf as btf_reader
 from andon.events import sockdata as sd
 from andon.events.live import default_bpf_dir
 
@@ -21,26 +19,8 @@ OBJ = default_bpf_dir() / "net/sockdata.bpf.o"
 
 @pytest.fixture(scope="module")
 def btf() -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
-    if shutil.which("bpftool") is None or not OBJ.exists():
-        pytest.skip("needs bpftool and net/sockdata.bpf.o (make bpf)")
-    out = subprocess.run(["bpftool", "btf", "dump", "file", str(OBJ), "-j"], capture_output=True, text=True,
-                         check=True)
-    types = {t["id"]: t for t in json.loads(out.stdout)["types"]}
-
-    def size_of(tid: int) -> int:
-        t = types[tid]
-        if t["kind"] in ("INT", "STRUCT", "UNION", "ENUM"):
-            return t["size"]
-        if t["kind"] == "ARRAY":
-            return t["nr_elems"] * size_of(t["type_id"])
-        return size_of(t["type_id"])  # typedef, const, volatile
-
-    found = {}
-    for t in types.values():
-        if t["kind"] == "STRUCT" and t.get("name", "").startswith("andon_sd_"):
-            found[t["name"]] = (t["size"], [(m["name"], m["bits_offset"] // 8, size_of(m["type_id"]))
-                                            for m in t["members"]])
-    return found
+    btf_reader.need(OBJ)
+    return btf_reader.structs(OBJ, lambda name: name.startswith("andon_sd_"))
 
 
 def _layout(fmt: struct.Struct, names: tuple[str, ...]) -> list[tuple[str, int, int]]:

@@ -15,11 +15,11 @@ import json
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import btf as btf_reader
 from andon.events import schema
 from andon.events.live import default_bpf_dir
 from andon.events.schema import CONFIG, EVENT_DTYPE, EXEC_INFO, SOCK, ExecInfo, pack_config
@@ -41,35 +41,9 @@ def _objects() -> list[Path]:
     return paths
 
 
-@functools.cache
 def _btf_structs(path: Path) -> dict[str, tuple[int, list[Member]]]:
     """The wire structs in the object's BTF: name -> (size, [(member, offset, size)])."""
-    out = subprocess.run(["bpftool", "btf", "dump", "file", str(path), "-j"], capture_output=True, text=True)
-    assert out.returncode == 0, f"bpftool failed on {path}: {out.stderr}"
-    types = {t["id"]: t for t in json.loads(out.stdout)["types"]}
-
-    def size_of(tid: int) -> int:
-        t = types[tid]
-        kind = t["kind"]
-        if kind in ("INT", "STRUCT", "UNION", "ENUM", "ENUM64", "FLOAT"):
-            return t["size"]
-        if kind == "PTR":
-            return 8
-        if kind == "ARRAY":
-            return t["nr_elems"] * size_of(t["type_id"])
-        if kind in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
-            return size_of(t["type_id"])
-        raise AssertionError(f"unexpected BTF kind {kind} in a wire struct")
-
-    structs = {}
-    for t in types.values():
-        if t["kind"] == "STRUCT" and t.get("name") in WIRE_STRUCTS:
-            members = []
-            for m in t["members"]:
-                assert m["bits_offset"] % 8 == 0 and not m.get("bitfield_size"), f"bitfield {m['name']} in {t['name']}"
-                members.append((m["name"], m["bits_offset"] // 8, size_of(m["type_id"])))
-            structs[t["name"]] = (t["size"], members)
-    return structs
+    return btf_reader.structs(path, lambda name: name in WIRE_STRUCTS)
 
 
 @functools.cache
