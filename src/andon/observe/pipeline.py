@@ -159,6 +159,18 @@ class _ConnStat:
 _FAMILY = {int(socket.AF_INET): 2, int(socket.AF_INET6): 10}
 
 
+def _group_key(conn: Conn) -> tuple:
+    """A connection's conn_stats group: process, remote end, role and protocol, as Pixie keys it.
+
+    A socket with no address of its own (unconnected UDP before any datagram) is grouped by
+    the last datagram's peer.
+    """
+    raddr, rport = conn.raddr, conn.rport
+    if not raddr and conn.peer is not None:
+        raddr, rport = conn.peer
+    return (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
+
+
 class Pipeline:
     """Turns socket records into table rows; ``sink(table, rows)`` receives them in batches."""
 
@@ -297,10 +309,7 @@ class Pipeline:
     # -- periodic --------------------------------------------------------------------------
     def _count(self, conn: Conn, closed: bool = False) -> None:
         """Fold a connection's bytes into its conn_stats group (called on close and at ticks)."""
-        raddr, rport = conn.raddr, conn.rport
-        if not raddr and conn.peer is not None:
-            raddr, rport = conn.peer
-        key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
+        key = _group_key(conn)
         st = self._connstats.get(key)
         if st is None:
             st = self._connstats[key] = _ConnStat(_FAMILY.get(int(conn.family), int(conn.family)), pid=conn.pid, who=conn.who)
@@ -323,10 +332,7 @@ class Pipeline:
         live: dict[tuple, tuple[int, int, int]] = {}
         for conn in self.conns.values():
             self._count(conn)
-            raddr, rport = conn.raddr, conn.rport
-            if not raddr and conn.peer is not None:
-                raddr, rport = conn.peer
-            key = (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
+            key = _group_key(conn)
             n, s, r = live.get(key, (0, 0, 0))
             live[key] = (n + 1, s + conn.bytes_sent, r + conn.bytes_recv)
         rows = []
