@@ -1,5 +1,6 @@
 # andon: two commands for a new user (README.md):
-#   make run    set everything up, then run the agent: andon's default rules, alerts on stdout (andon run)
+#   make run    set everything up, then run the agent: andon's default rules, alerts on stdout, and
+#               protocol tracing into /var/lib/andon (andon run)
 #   make test   set everything up, then run the whole test suite
 SHELL := /bin/bash
 PY ?= python3

@@ -17,6 +17,7 @@ fi
 # observability tests and benchmarks: real servers and clients on loopback (nginx, PostgreSQL,
 #        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl) and load
 #        generators (wrk; pgbench and redis-benchmark come with the server packages)
+# network policy benchmark: iptables, the baseline andon's datapath is measured against
 PKGS=(
 	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc pkg-config
 	python3 python3-venv python3-dev
@@ -25,6 +26,7 @@ PKGS=(
 	git netcat-traditional openssh-client
 	nginx-light postgresql postgresql-contrib mariadb-server mariadb-client redis-server redis-tools
 	dnsmasq-base bind9-dnsutils openssl wrk
+	iptables
 )
 
 missing=()
