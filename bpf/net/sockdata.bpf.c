@@ -35,6 +35,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "../abi/sockdata.h"
+#include "../include/fdsock.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -215,8 +216,6 @@ struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 #define SD_IOV_MAX 16 /* iovecs walked per call; the rest are counted as not copied */
 #define SD_MMSG_MAX 8 /* messages of one sendmmsg/recvmmsg delivered; the rest are counted */
 
@@ -231,26 +230,6 @@ static __always_inline void sd__count(__u32 idx, __u64 n)
 	__u64 *v = bpf_map_lookup_elem(&sd_stats, &idx);
 	if (v)
 		*v += n;
-}
-
-/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
-static __always_inline struct socket *sd__fd_socket(long fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-
-	if (fd < 0 || fd >= max)
-		return NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f)
-		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	return (struct socket *)BPF_CORE_READ(f, private_data);
 }
 
 /* The inet sock of a socket, with its family and protocol; NULL for anything but
@@ -355,7 +334,7 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 /* connect/accept: a new connection on fd whatever was there before. */
 static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 pid_tgid)
 {
-	struct socket *so = sd__fd_socket(fd);
+	struct socket *so = andon_fd_socket(fd);
 	__u16 family = 0;
 	__u8 l4 = 0;
 	if (!so)
@@ -781,7 +760,7 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 		    nr == NR_RECVMMSG)
 			   ? SD_INGRESS
 			   : SD_EGRESS;
-	struct socket *so = sd__fd_socket(fd);
+	struct socket *so = andon_fd_socket(fd);
 	if (!so)
 		return;
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};

@@ -11,6 +11,7 @@
  * sys_exit_btf.bpf.o (tp_btf, cheaper reads); the loader tries tp_btf first.
  */
 #include "../include/andon.h"
+#include "../include/fdsock.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -32,8 +33,6 @@ struct {
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 #define UNIX_PATH_MAX 108
 
 /* Wire structs used here only through casts get no BTF of their own; these anchors put
@@ -55,27 +54,6 @@ static __always_inline __u64 reg_arg(struct pt_regs *r, int i)
 	case 5: return r->r9;
 	}
 	return 0;
-}
-
-/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
-static __always_inline struct socket *fd_socket(long fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct files_struct *files = BPF_CORE_READ(task, files);
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-
-	if (fd < 0 || fd >= max)
-		return NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f)
-		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	return (struct socket *)BPF_CORE_READ(f, private_data);
 }
 
 static __always_inline void sock_tuple(struct socket *so, struct andon_sock *t)
@@ -318,7 +296,7 @@ slow:;
 		off = sizeof(*t);
 		if (sp->sock_fd != ANDON_ARG_NONE) {
 			long fd = sp->sock_fd == ANDON_ARG_RET ? ret : (long)(int)reg_arg(&r, sp->sock_fd);
-			struct socket *so = fd_socket(fd);
+			struct socket *so = andon_fd_socket(fd);
 			if (so)
 				sock_tuple(so, t);
 		}
