@@ -67,6 +67,8 @@ struct np_ip_val {
 #define NP_EP_DENY_INGRESS 0x01
 #define NP_EP_DENY_EGRESS 0x02
 #define NP_EP_AUDIT 0x04
+#define NP_EP_AUDIT_DD_INGRESS 0x08 /* ingress default deny only audits (switched on by audited policies only) */
+#define NP_EP_AUDIT_DD_EGRESS 0x10  /* same for egress */
 struct np_endpoint {
 	__u32 identity;           /* field 0: identity (u32) of the endpoint */
 	__u32 flags;              /* field 1: flags (u32): NP_EP_* */

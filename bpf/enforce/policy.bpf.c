@@ -468,7 +468,9 @@ static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
 				v.verdict = NP_VERDICT_FORWARDED;
 			} else if (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS)) {
 				denied_by_default = 1;
-				v.verdict = NP_VERDICT_DROPPED;
+				/* default deny switched on by audited policies only: report, let pass */
+				v.verdict = (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_AUDIT_DD_EGRESS : NP_EP_AUDIT_DD_INGRESS))
+						    ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
 				v.drop_reason = NP_DROP_POLICY;
 				v.policy_id = dir == NP_DIR_EGRESS ? ep->deny_policy_egress : ep->deny_policy_ingress;
 			} else {

@@ -87,7 +87,8 @@ def test_constants():
                                          "NP_POL_PREFIX_PROTO": dp.POL_PREFIX_PROTO,
                                          "NP_POL_PREFIX_FULL": dp.POL_PREFIX_FULL}
     assert _defines("NP_EP_") == {"NP_EP_DENY_INGRESS": dp.EP_DENY_INGRESS, "NP_EP_DENY_EGRESS": dp.EP_DENY_EGRESS,
-                                  "NP_EP_AUDIT": dp.EP_AUDIT}
+                                  "NP_EP_AUDIT": dp.EP_AUDIT, "NP_EP_AUDIT_DD_INGRESS": dp.EP_AUDIT_DD_INGRESS,
+                                  "NP_EP_AUDIT_DD_EGRESS": dp.EP_AUDIT_DD_EGRESS}
     assert _defines("NP_FLOW_F_") == {"NP_FLOW_F_CT_NEW": dp.FLOW_F_CT_NEW, "NP_FLOW_F_EP_AUDIT": dp.FLOW_F_EP_AUDIT}
     fw_defines = _defines("NP_FW_")
     assert (fw_defines["NP_FW_RULES"], fw_defines["NP_FW_MAX_RULES"]) == (fw.FW_RULES, fw.FW_MAX_RULES)

@@ -65,6 +65,7 @@ MATCH_TYPES = {0: "NONE", 1: "L3_ONLY", 2: "L3_L4", 3: "L4_ONLY", 4: "ALL", 5: "
 ID_HOST, ID_WORLD = 1, 2
 LOCAL_IDENTITY_MIN = 1 << 24  # Cilium's node-local scope: CIDR identities
 EP_DENY_INGRESS, EP_DENY_EGRESS, EP_AUDIT = 0x01, 0x02, 0x04
+EP_AUDIT_DD_INGRESS, EP_AUDIT_DD_EGRESS = 0x08, 0x10  # default deny of that direction only audits
 POL_F_AUDIT = 0x01
 POL_PREFIX_PEER, POL_PREFIX_PROTO, POL_PREFIX_FULL = 72, 80, 96
 FLOW_F_CT_NEW, FLOW_F_EP_AUDIT = 0x01, 0x02
@@ -535,11 +536,14 @@ class Datapath:
 
     def set_endpoint_config(self, ifindex: int, endpoint_identity: int, *, default_deny_ingress: bool = False,
                             default_deny_egress: bool = False, audit: bool = False, deny_policy_id: int = 0,
-                            deny_policy_ingress: int | None = None, deny_policy_egress: int | None = None) -> None:
+                            deny_policy_ingress: int | None = None, deny_policy_egress: int | None = None,
+                            audit_default_deny_ingress: bool = False, audit_default_deny_egress: bool = False) -> None:
         """Default deny per direction, audit mode, and the policy that switched default deny
-        on (one id for both directions, or one each)."""
+        on (one id for both directions, or one each). ``audit_default_deny_*``: that direction's
+        default deny only audits (it was switched on by audited policies only)."""
         flags = (EP_DENY_INGRESS if default_deny_ingress else 0) | (EP_DENY_EGRESS if default_deny_egress else 0) \
-            | (EP_AUDIT if audit else 0)
+            | (EP_AUDIT if audit else 0) | (EP_AUDIT_DD_INGRESS if audit_default_deny_ingress else 0) \
+            | (EP_AUDIT_DD_EGRESS if audit_default_deny_egress else 0)
         pin = deny_policy_id if deny_policy_ingress is None else deny_policy_ingress
         pout = deny_policy_id if deny_policy_egress is None else deny_policy_egress
         self.endpoints_map.update(struct.pack("<I", ifindex), ENDPOINT.pack(endpoint_identity, flags, pin, pout))

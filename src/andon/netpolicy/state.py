@@ -142,7 +142,9 @@ def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
                                default_deny_ingress=epp.is_default_deny("ingress"),
                                default_deny_egress=epp.is_default_deny("egress"), audit=epp.endpoint.audit,
                                deny_policy_ingress=state.policy_id(deny_in[0]) if deny_in else 0,
-                               deny_policy_egress=state.policy_id(deny_out[0]) if deny_out else 0)
+                               deny_policy_egress=state.policy_id(deny_out[0]) if deny_out else 0,
+                               audit_default_deny_ingress=epp.default_deny_audit["ingress"],
+                               audit_default_deny_egress=epp.default_deny_audit["egress"])
     keep = {ip_key(n) for n in cache}
     for k in list(dp.ipcache.keys(IP_KEY.size)):
         if k not in keep:
