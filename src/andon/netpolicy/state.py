@@ -34,6 +34,7 @@ class NetpolicyState:
     policy_files: dict[str, str] = field(default_factory=dict)  # file name -> text, in apply order
     identities: dict[str, Any] = field(default_factory=dict)  # IdentityAllocator.to_dict()
     policy_ids: dict[str, int] = field(default_factory=dict)  # policy name -> id the kernel reports
+    audit_files: list[str] = field(default_factory=list)  # applied files in audit mode (policy apply --audit)
 
     @property
     def path(self) -> Path:
@@ -53,14 +54,15 @@ class NetpolicyState:
             raise PolicyError(f"{path}: not an andon netpolicy state of format {FORMAT}")
         try:
             return cls(d, dict(data["endpoints"]), dict(data["policy_files"]), dict(data["identities"]),
-                       {str(k): int(v) for k, v in data["policy_ids"].items()})
+                       {str(k): int(v) for k, v in data["policy_ids"].items()},
+                       [str(f) for f in data.get("audit_files", [])])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PolicyError(f"{path}: malformed state ({e!r})") from None
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "endpoints": self.endpoints, "policy_files": self.policy_files,
-                "identities": self.identities, "policy_ids": self.policy_ids}
+                "identities": self.identities, "policy_ids": self.policy_ids, "audit_files": self.audit_files}
         fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -116,7 +118,8 @@ def compute(state: NetpolicyState, policy_files: dict[str, str] | None = None) -
     from .policy import load_texts
     from .resolve import resolve
 
-    loaded = load_texts(list((policy_files if policy_files is not None else state.policy_files).items()))
+    loaded = load_texts(list((policy_files if policy_files is not None else state.policy_files).items()),
+                        audit_files=state.audit_files)
     alloc = IdentityAllocator.from_dict(state.identities) if state.identities else IdentityAllocator()
     res = resolve(endpoints_of(state), loaded.policies if loaded.ok else [], alloc, host_addresses())
     state.identities = alloc.to_dict()
