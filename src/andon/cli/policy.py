@@ -7,7 +7,10 @@ not fail it: exit 0 when every file loads, 1 on any error.
 
 ``apply FILE...`` validates the files together with the ones applied before (any error: nothing
 changes, exit 1), then resolves every applied policy against every endpoint (``andon endpoint``)
-and replaces the kernel's policy in one atomic step; it prints what each endpoint got. ``list``
+and replaces the kernel's policy in one atomic step; it prints what each endpoint got.
+``apply --audit`` puts the files' policies in audit mode (kept in state.json with the files;
+the ``andon.io/policy-audit-mode: "true"`` annotation does the same from the file): their deny
+entries, and default deny switched on only by audited policies, let packets through as AUDIT. ``list``
 shows the applied policies, ``delete NAME`` removes the file that defined policy NAME (a policy
 name or a file name) and re-applies the rest.
 """
@@ -47,6 +50,8 @@ def _print_resolution(res: Any, loaded: Any) -> None:
         for d in ("ingress", "egress"):
             n = sum(1 for e in epp.entries if e.direction == d)
             deny = f"default deny by {', '.join(epp.default_deny[d])}" if epp.is_default_deny(d) else "default allow"
+            if epp.is_default_deny(d) and (epp.default_deny_audit[d] or epp.endpoint.audit):
+                deny += " (audit)"
             dirs.append(f"{d}: {deny}, {n} entries")
         print(f"endpoint {name} (identity {epp.identity.id}): {'; '.join(dirs)}")
     for p in res.problems:
@@ -80,7 +85,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from ..netpolicy.policy import load_files
     from ..netpolicy.state import NetpolicyState
 
-    checked = load_files(args.files)  # the files' own problems, with their paths
+    audit = getattr(args, "audit", False)
+    checked = load_files(args.files, audit_files=args.files if audit else ())  # the files' own problems, with their paths
     if not checked.ok:
         print(checked.render(warnings=False))
         print("andon: nothing applied, the running policy is unchanged")
@@ -91,9 +97,16 @@ def run_apply(args: argparse.Namespace) -> int:
         key = str(Path(f).resolve())
         files.pop(key, None)  # re-applying a file moves it last (later definitions win)
         files[key] = Path(f).read_text(encoding="utf-8")
+        # --audit is a property of this application of the file: applying it again without
+        # --audit enforces it
+        if key in state.audit_files:
+            state.audit_files.remove(key)
+        if audit:
+            state.audit_files.append(key)
+    state.audit_files = [f for f in state.audit_files if f in files]
     rc, loaded, res = _reapply(args, state, files)
     if rc == EXIT_OK:
-        print(f"applied {len(checked.policies)} policies from {len(args.files)} files "
+        print(f"applied {len(checked.policies)} policies from {len(args.files)} files{' in audit mode' if audit else ''} "
               f"({len(loaded.policies)} policies in force, {len(state.endpoints)} endpoints)")
         _print_resolution(res, loaded)
     return rc
@@ -102,7 +115,7 @@ def run_apply(args: argparse.Namespace) -> int:
 def _policies(state: Any) -> list[Any]:
     from ..netpolicy.policy import load_texts
 
-    return load_texts(list(state.policy_files.items())).policies
+    return load_texts(list(state.policy_files.items()), audit_files=state.audit_files).policies
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -111,13 +124,15 @@ def run_list(args: argparse.Namespace) -> int:
     from ..netpolicy.state import NetpolicyState
 
     state = NetpolicyState.load(args.state_dir)
-    rows = [{"name": p.name, "kind": p.kind, "file": p.file, "rules": len(p.rules), "id": state.policy_ids.get(p.name)}
+    rows = [{"name": p.name, "kind": p.kind, "file": p.file, "rules": len(p.rules), "id": state.policy_ids.get(p.name),
+             "audit": p.audit, "audit_by": ("apply --audit" if p.file in state.audit_files else "annotation") if p.audit else None}
             for p in _policies(state)]
     if args.output == "json":
         print(json.dumps(rows, indent=1))
     else:
         for r in rows:
-            print(f"{r['name']}  {r['kind']}  {r['rules']} rules  {r['file']}")
+            mode = f"AUDIT ({r['audit_by']})" if r["audit"] else "enforced"
+            print(f"{r['name']}  {r['kind']}  {r['rules']} rules  {mode}  {r['file']}")
         print(f"{len(rows)} policies applied")
     return EXIT_OK
 
@@ -133,6 +148,7 @@ def run_delete(args: argparse.Namespace) -> int:
         raise UsageError(f"no applied policy or file named {args.name!r} (andon policy list)")
     gone = sorted(p.name for p in pols if p.file in files)
     rest = {f: t for f, t in state.policy_files.items() if f not in files}
+    state.audit_files = [f for f in state.audit_files if f in rest]
     rc, _, res = _reapply(args, state, rest)
     if rc == EXIT_OK:
         print(f"deleted {', '.join(gone)} ({', '.join(sorted(files))})")
@@ -144,6 +160,8 @@ def _add_apply(sub: Any) -> None:
 
     p = sub.add_parser("apply", help="validate, then enforce policy files on the endpoints")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--audit", action="store_true",
+                   help="audit mode for these files' policies: their would-be drops pass and are reported as AUDIT")
     add_state_args(p)
     p.set_defaults(func=run_apply)
     ls = sub.add_parser("list", help="the applied policies")

@@ -42,6 +42,8 @@ from .labels import SOURCE_ANY, split_key
 from .selector import OPERATORS, EndpointSelector, Requirement, canonical_operator
 
 KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
+# metadata.annotations key: "true" puts the policy in audit mode (its would-be drops pass as AUDIT)
+AUDIT_ANNOTATION = "andon.io/policy-audit-mode"
 API_VERSIONS = ("cilium.io/v2",)
 
 CODES = {
@@ -348,7 +350,8 @@ def _is_null(node: Node | None) -> bool:
 
 
 class _Reader:
-    def __init__(self) -> None:
+    def __init__(self, audit_files: Iterable[str] = ()) -> None:
+        self.audit_files = frozenset(str(f) for f in audit_files)
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.files: list[str] = []
@@ -496,6 +499,7 @@ class _Reader:
         else:
             self.error("NP_SCHEMA", "the document has no 'apiVersion'", doc, "add 'apiVersion: cilium.io/v2'")
         name, namespace = "", ""
+        audit = self.src is not None and self.src.name in self.audit_files
         if "metadata" not in top:
             self.error("NP_SCHEMA", "the document has no 'metadata'", doc, "add metadata: {name: ...}")
         else:
@@ -505,6 +509,8 @@ class _Reader:
                     self.error("NP_SCHEMA", "metadata has no 'name'", top["metadata"][0], "every policy needs a name")
                 else:
                     name = self.scalar(meta["name"][1], "metadata.name") or ""
+                if "annotations" in meta:
+                    audit = self.annotations(meta["annotations"][1]) or audit
                 if "namespace" in meta:
                     namespace = self.scalar(meta["namespace"][1], "metadata.namespace") or ""
                     if kind == KINDS[1]:
@@ -535,7 +541,25 @@ class _Reader:
                 self.policies.remove(prev)
                 break
         assert self.src is not None
-        return Policy(name, kind, tuple(rules), namespace, self.src.name, doc.start_mark.line + 1)
+        return Policy(name, kind, tuple(rules), namespace, self.src.name, doc.start_mark.line + 1, audit)
+
+    def annotations(self, node: Node) -> bool:
+        """``metadata.annotations``: strings to strings, as Kubernetes demands; andon reads
+        ``andon.io/policy-audit-mode`` ("true" or "false"). Returns the audit mode it asks for."""
+        m = self.mapping(node, "metadata.annotations", _ANY_KEY)
+        if not m or AUDIT_ANNOTATION not in m:
+            return False
+        vnode = m[AUDIT_ANNOTATION][1]
+        if not (isinstance(vnode, ScalarNode) and vnode.tag == _STR):
+            self.error(
+                "NP_INVALID_VALUE", f"annotation {AUDIT_ANNOTATION} must be the string \"true\" or \"false\", not {_kind(vnode)}", vnode,
+                f'annotations are strings in Kubernetes: quote it, {AUDIT_ANNOTATION}: "true"',
+            )  # fmt: skip
+            return False
+        if vnode.value not in ("true", "false"):
+            self.error("NP_INVALID_VALUE", f"annotation {AUDIT_ANNOTATION} is \"true\" or \"false\", not {vnode.value!r}", vnode)
+            return False
+        return vnode.value == "true"
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -1025,17 +1049,18 @@ def find_conflicts(policies: Iterable[Policy]) -> list[tuple[Rule, PeerRule, Rul
 # entry points
 
 
-def load_texts(sources: Iterable[tuple[str, str]]) -> PolicyLoadResult:
-    """Read ``(name, text)`` pairs in order; a later policy of the same kind and name replaces an earlier one."""
-    rd = _Reader()
+def load_texts(sources: Iterable[tuple[str, str]], audit_files: Iterable[str] = ()) -> PolicyLoadResult:
+    """Read ``(name, text)`` pairs in order; a later policy of the same kind and name replaces an earlier one.
+    Every policy of a source named in ``audit_files`` is in audit mode (``andon policy apply --audit``)."""
+    rd = _Reader(audit_files)
     for name, text in sources:
         rd.read(name, text)
     _report_conflicts(rd)
     return _result(rd)
 
 
-def load_files(paths: Iterable[str | Path]) -> PolicyLoadResult:
-    rd = _Reader()
+def load_files(paths: Iterable[str | Path], audit_files: Iterable[str] = ()) -> PolicyLoadResult:
+    rd = _Reader(audit_files)
     for p in paths:
         try:
             text = Path(p).read_text(encoding="utf-8")
@@ -1048,8 +1073,8 @@ def load_files(paths: Iterable[str | Path]) -> PolicyLoadResult:
     return _result(rd)
 
 
-def load_text(text: str, name: str = "<policy>") -> PolicyLoadResult:
-    return load_texts([(name, text)])
+def load_text(text: str, name: str = "<policy>", *, audit: bool = False) -> PolicyLoadResult:
+    return load_texts([(name, text)], [name] if audit else ())
 
 
 def _report_conflicts(rd: _Reader) -> None:

@@ -389,7 +389,9 @@ def resolve(
                         peers = _peers(pr, select_peers, managed, lambda s: nothing(rule, s, "peer selector") if eps else None)
                         for peer in peers:
                             for proto, lo, hi in _l4(pr):
-                                e = Entry(direction, peer, proto, lo, hi, DENY if deny else ALLOW, pol.name, rule.index, pr.index, pol.audit)
+                                # audit marks deny entries only: allows forward anyway (the datapath refuses audited allows)
+                                e = Entry(direction, peer, proto, lo, hi, DENY if deny else ALLOW, pol.name, rule.index, pr.index,
+                                          pol.audit and deny)  # fmt: skip
                                 allow_entries.append(e)
                 dd = rule.default_deny_ingress if direction == INGRESS else rule.default_deny_egress
                 for epp in subjects:
