@@ -1,52 +1,64 @@
-"""CPU cost of the observability hot path: socket records -> Pipeline -> parser -> rows.
+"""CPU cost of the agent's observability hot path, per row, from ring bytes to Parquet.
 
-Synthetic replays of what the socket sensor delivers under a load generator, fed straight
-into :class:`andon.observe.pipeline.Pipeline` (no kernel, no ring buffer, no store flush):
+Synthetic replays of what the socket sensor writes under a load generator, as ring records
+laid out byte for byte as the kernel writes them (``bpf/abi/sockdata.h``) into memory laid
+out as a mapped BPF ring buffer (``MemoryRing``), then the agent's whole chain: VarRingReader
+-> SockSource decode -> the Observer loop -> Pipeline -> parser -> Store.append, and at the
+end the pipeline closed and the Store flushed to a Parquet segment on a temporary directory.
+Only the agent's side is timed (process_time, all threads: DuckDB's too), not the writing of
+the ring.
 
 * ``http-server``  nginx-like keep-alive GET /size/1024, server side (1 read + 1 write per request)
 * ``http-client``  the same traffic seen by the client (wrk)
+* ``http-varied``  server side, every request path and response head different
 * ``redis-p16``    redis-benchmark -P 16 GET/SET, server side (one read of 16 commands, one write of 16 replies)
 * ``redis-p1``     redis-benchmark GET/SET one at a time, server side
 * ``pg-extended``  pgbench -S -M extended, server side (Parse/Bind/Describe/Execute/Sync, one row back)
 * ``mysql-query``  COM_QUERY with a one-row result set, server side
 
-Prints, per replay, records/s and µs of CPU (process_time, the median of ``--repeat`` runs)
-per row made. ``--profile NAME`` prints the cProfile of one replay instead.
+Prints, per replay, records/s and µs of CPU (the median of ``--repeat`` runs) per row
+written. ``--profile NAME`` prints the cProfile of one replay instead.
 
-``--baseline REV`` (e.g. a65d968, the commit before the hot-path work) also runs every replay
-on the ``src/andon`` of that git revision (``git archive`` into a temporary directory), each run
-in its own process, old and new interleaved, and prints new/old: on a shared machine that
-ratio is steadier than either figure. Without it, the µs/row measured before the work
-(``BEFORE_US``, another day's load) is printed for orientation only.
+``--baseline REV`` (e.g. e2bfc90, the commit before the second hot-path round) also runs every
+replay on the ``src/andon`` of that git revision (``git archive`` into a temporary directory),
+each run in its own process, old and new interleaved, and prints new/old: on a shared machine
+that ratio is steadier than either figure.
 
-    .venv/bin/python bench/observe_pipeline.py [--n 20000] [--repeat 5] [--only http-server ...] [--baseline a65d968]
+    .venv/bin/python bench/observe_pipeline.py [--n 20000] [--repeat 5] [--only http-server ...] [--baseline e2bfc90]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import json
+import mmap
 import os
-import subprocess
-import tempfile
 import pstats
+import select
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from andon.events.sockdata import ConnOpen, Data
+from andon.app.config import ObserveConfig
+from andon.app.observer import Observer
+from andon.bpf.varring import VarRingReader
+from andon.events import sockdata as sd
+from andon.events.sockdata import SockSettings, SockSource
 from andon.observe.pipeline import Pipeline, ProcessInfo
 from andon.protocols.base import Direction, Protocol, Role
+from andon.store.settings import StoreSettings
+from andon.store.store import Store
 
 CONNS = 4
+PAGE = mmap.PAGESIZE
 E, I = Direction.EGRESS, Direction.INGRESS
-
-# µs of CPU per row (median of 3, --n 10000) measured on this machine at a65d968, before the optimisation,
-# same script, same --n; see docs/performance.md
-BEFORE_US = {"http-server": 85.1, "http-client": 92.7, "redis-p16": 28.9, "redis-p1": 45.4,
-             "pg-extended": 18.6, "mysql-query": 24.4}
 
 HTTP_REQ = b"GET /size/1024 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 HTTP_RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 22 Nov 2026 00:00:00 GMT\r\n"
@@ -101,35 +113,126 @@ def _pairs(name: str) -> tuple[Protocol, Role, list[tuple[Direction, bytes]], in
     raise SystemExit(f"unknown replay {name}")
 
 
-NAMES = ["http-server", "http-client", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
+NAMES = ["http-server", "http-client", "http-varied", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
+TABLES = {Protocol.HTTP: "http_events", Protocol.REDIS: "redis_events", Protocol.PGSQL: "pgsql_events",
+          Protocol.MYSQL: "mysql_events"}
+PID = 3_999_999  # no such process: ProcessInfo falls back to the record's comm
+RING = 8 << 20  # the agent's default ring (observe.ring_buffer_mb)
 
 
-def records(name: str, n: int) -> list:
-    proto, role, chunks, _ = _pairs(name)
-    recs: list = [ConnOpen(c, 100, 100, 5, 0, role, 2, "127.0.0.1", 8080, "127.0.0.1", 40000 + c, 6, 0, 1, "srv")
-                  for c in range(CONNS)]
-    t, pos = 0, {}
+def _exchanges(name: str, n: int) -> Iterator[tuple[int, list[tuple[Direction, bytes]]]]:
+    """(connection, chunks of one exchange) n times, round robin over CONNS connections."""
+    if name != "http-varied":
+        _, _, chunks, _ = _pairs(name)
+        for i in range(n):
+            yield i % CONNS, chunks
+        return
+    # every head different (path, ETag, Date): nothing learned from one message helps the next
     for i in range(n):
-        c = i % CONNS
+        req = b"GET /item/%d?v=%d HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n" % (i, i * 7)
+        resp = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 22 Nov 2026 00:%02d:%02d GMT\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 64\r\nConnection: keep-alive\r\n"
+                b"ETag: \"%08x\"\r\n\r\n" % (i // 60 % 60, i % 60, i) + b"y" * 64)
+        yield i % CONNS, [(I, req), (E, resp)]
+
+
+def ring_records(name: str, n: int) -> list[bytes]:
+    """The replay as the kernel writes it into the ring (bpf/abi/sockdata.h): opens, data, closes."""
+    proto, role, _, _ = _pairs("http-server" if name == "http-varied" else name)
+    addr = bytes([127, 0, 0, 1]) + bytes(12)
+    out = [sd.OPEN.pack(sd.REC_OPEN, int(role), int(proto), PID, PID, 5 + c, 1000, c + 1, 2, 6, 8080, 40000 + c,
+                        addr, addr, 4026531840, 2, b"srv", b"srv") for c in range(CONNS)]
+    t, pos = 1000, {}
+    for c, chunks in _exchanges(name, n):
         for d, data in chunks:
             t += 500
             p = pos.get((c, d), 0)
-            recs.append(Data(c, 100, 100, 5, t, d, proto, role, data, len(data), p))
+            out.append(sd.DATA.pack(sd.REC_DATA, int(role), int(proto), PID, PID, 5 + c, t, c + 1, p, len(data),
+                                    len(data), 0 if d == I else 1, int(d), 0, 0, 0, bytes(16)) + data)
             pos[(c, d)] = p + len(data)
-    return recs
+    for c in range(CONNS):
+        t += 500
+        out.append(sd.CLOSE.pack(sd.REC_CLOSE, int(role), int(proto), PID, PID, 5 + c, t, c + 1,
+                                 pos.get((c, E), 0), pos.get((c, I), 0), sd.CLOSE_SYSCALL, 0))
+    return out
 
 
-def run_once(recs: list) -> tuple[float, int]:
-    rows = [0]
+class MemoryRing:
+    """A BPF ring buffer's memory laid out as the kernel maps it (kernel/bpf/ringbuf.c): the
+    producer page, then the data area twice in a row; this side is the producer."""
 
-    def sink(table: str, batch: list[dict]) -> None:
-        rows[0] += len(batch)
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.mem = bytearray(PAGE + 2 * size)
+        self.prod = 0
+        self.cons = ctypes.c_uint64(0)  # the consumer position the reader advances
 
-    p = Pipeline(sink, ProcessInfo())
-    t0 = time.process_time()
-    p.handle_all(recs)
-    dt = time.process_time() - t0
-    return dt, rows[0]
+    def put(self, rec: bytes) -> bool:
+        total = (len(rec) + 8 + 7) & ~7
+        if self.prod + total - self.cons.value > self.size:
+            return False
+        off = self.prod & (self.size - 1)
+        item = struct.pack("<II", len(rec), 0) + rec
+        for base in (off, off + self.size):  # both mappings of the data area
+            end = min(base + len(item), 2 * self.size)
+            self.mem[PAGE + base : PAGE + end] = item[: end - base]
+        if off + len(item) > self.size:  # the wrapped tail, seen at the start of the first mapping
+            self.mem[PAGE : PAGE + off + len(item) - self.size] = item[self.size - off :]
+        self.prod += total
+        struct.pack_into("<Q", self.mem, 0, self.prod)
+        return True
+
+    def reader(self) -> VarRingReader:
+        """A VarRingReader on this memory (what map_ring gives it on a real ring)."""
+        r = VarRingReader.__new__(VarRingReader)
+        r.fd, r.size, r.mask = -1, self.size, self.size - 1
+        r._cons_map, r._prod_map, r._cons = None, self.mem, self.cons
+        r._view = memoryview(self.mem)
+        r._prod = r._view[0:8].cast("Q")
+        r._ep = select.epoll()
+        r.records_read = r.bytes_read = 0
+        return r
+
+
+def run_chain(name: str, n: int) -> tuple[float, int, int]:
+    """The agent's whole path on one replay: ring records -> VarRingReader -> SockSource decode ->
+    Observer loop -> Pipeline -> parser -> Store.append, then Store.flush to Parquet.
+    Returns (CPU s of the agent's side only, rows written, records)."""
+    recs = ring_records(name, n)
+    ring = MemoryRing(RING)
+    src = SockSource(SockSettings(tls=False))
+    src.boot_offset = 0
+    src.reader = ring.reader()
+    table = TABLES[_pairs("http-server" if name == "http-varied" else name)[0]]
+    with tempfile.TemporaryDirectory(prefix="andon-bench-") as tmp:
+        store = Store(StoreSettings(data_dir=Path(tmp), control_socket=False))
+        obs = Observer(ObserveConfig(), StoreSettings(data_dir=Path(tmp)), container_name=lambda cid: None)
+        obs.source, obs.store = src, store
+        obs.pipeline = Pipeline(store.append, ProcessInfo(names=obs._container_name), obs.protocols)
+        pump = getattr(obs, "pump", None)
+        if pump is None:  # the loop body of Observer.run before it had pump()
+            def pump(timeout: float) -> None:
+                for rec in src.read(timeout):
+                    obs.pipeline.handle(rec)
+                obs.pipeline.flush()
+        cpu = 0.0
+        i = 0
+        while i < len(recs):
+            while i < len(recs) and ring.put(recs[i]):
+                i += 1
+            t0 = time.process_time()
+            while src.reader.pending_bytes() > 0:
+                pump(0)
+            cpu += time.process_time() - t0
+        t0 = time.process_time()
+        obs.pipeline.close(2**62)
+        store.flush()
+        cpu += time.process_time() - t0
+        rows = store.stats.per_table.get(table, 0)
+        if store.stats.rows_dropped_write:
+            raise SystemExit(f"{name}: the store dropped {store.stats.rows_dropped_write} rows")
+        store._con.close()
+    return cpu, rows, len(recs)
 
 
 def _worker(src: str, name: str, n: int) -> tuple[float, int, int]:
@@ -149,6 +252,8 @@ def compare(a: argparse.Namespace) -> int:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         old_src = os.path.join(tmp, "src")
+        print(f"whole chain (ring bytes -> Store flushed), µs of CPU per row, median of {a.repeat}; "
+              f"old = {a.baseline}")
         print(f"{'replay':<13} {'rows':>7} {'old us/row':>10} {'new us/row':>10} {'new/old':>8} {'spread':>12}")
         for name in a.only or NAMES:
             old, new, ratios = [], [], []
@@ -166,6 +271,11 @@ def compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def profile(name: str, n: int) -> None:
+    cProfile.runctx("run_chain(name, n)", globals(), {"name": name, "n": n}, "/tmp/observe_pipeline.prof")
+    pstats.Stats("/tmp/observe_pipeline.prof").sort_stats("tottime").print_stats(25)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="exchanges per replay")
@@ -176,33 +286,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        recs = records(a.worker, a.n)
-        dt, rows = run_once(recs)
-        print(json.dumps({"cpu_s": dt, "rows": rows, "records": len(recs)}))
+        dt, rows, nrec = run_chain(a.worker, a.n)
+        print(json.dumps({"cpu_s": dt, "rows": rows, "records": nrec}))
         return 0
     if a.baseline:
         return compare(a)
     if a.profile:
-        recs = records(a.profile, a.n)
-        p = Pipeline(lambda t, r: None, ProcessInfo())
-        cProfile.runctx("p.handle_all(recs)", globals(), {"p": p, "recs": recs}, "/tmp/observe_pipeline.prof")
-        pstats.Stats("/tmp/observe_pipeline.prof").sort_stats("tottime").print_stats(20)
+        profile(a.profile, a.n)
         return 0
-    print(f"{'replay':<13} {'records':>8} {'rows':>7} {'rec/s':>10} {'us/row':>8} {'spread':>13} {'before':>7} {'speedup':>7}")
+    print(f"whole chain (ring bytes -> Store flushed), µs of CPU per row, median of {a.repeat}")
+    print(f"{'replay':<13} {'records':>8} {'rows':>7} {'rec/s':>10} {'us/row':>8} {'spread':>13}")
     for name in a.only or NAMES:
-        recs = records(name, a.n)
-        runs = [run_once(recs) for _ in range(a.repeat)]
-        rows = runs[0][1]
+        runs = [run_chain(name, a.n) for _ in range(a.repeat)]
+        rows, nrec = runs[0][1], runs[0][2]
         if rows == 0:
             print(f"{name:<13} made no rows", file=sys.stderr)
             continue
-        us = sorted(dt / rows * 1e6 for dt, _ in runs)
-        med = statistics.median(us)
-        rate = len(recs) / statistics.median(dt for dt, _ in runs)
-        before = BEFORE_US.get(name, 0.0)
-        ratio = f"{before / med:6.1f}x" if before else "      -"
-        print(f"{name:<13} {len(recs):>8} {rows:>7} {rate:>10,.0f} {med:>8.1f} {us[0]:>5.1f}-{us[-1]:<6.1f} "
-              f"{before or '-':>7} {ratio}")
+        us = sorted(dt / rows * 1e6 for dt, _, _ in runs)
+        rate = nrec / statistics.median(dt for dt, _, _ in runs)
+        print(f"{name:<13} {nrec:>8} {rows:>7} {rate:>10,.0f} {statistics.median(us):>8.1f} "
+              f"{us[0]:>5.1f}-{us[-1]:<6.1f}", flush=True)
     return 0
 
 
