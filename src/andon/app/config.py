@@ -31,12 +31,13 @@ PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_
 SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
-               "append_output", "observe", "store"}
+               "append_output", "observe", "store", "flows"}
 _OBSERVE_KEYS = {"enabled", "protocols", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
                  "conn_stats_interval", "idle_timeout"}
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
 _MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
+_FLOWS_KEYS = {"enabled", "pin_dir", "state_dir", "poll_interval"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,18 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class FlowsConfig:
+    """The ``flows:`` section: the network policy datapath's verdicts as Hubble flows in the
+    store's ``flows`` table (docs/networking.md, Flows). Kept as long as the store keeps tables
+    (``store.retention``)."""
+
+    enabled: bool = True
+    pin_dir: Path = Path("/sys/fs/bpf/andon/netpolicy")  # where `andon endpoint add` pinned the maps
+    state_dir: Path = Path("/var/lib/andon/netpolicy")  # state.json: endpoint names, labels, policies
+    poll_interval_ns: int = 2 * 10**9  # look for the pins this often while they are missing
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     rules_files: tuple[Path, ...] = (PACKAGE_RULES,)
     rule_matching: str = "first"
@@ -64,6 +77,7 @@ class AgentConfig:
     append_output: tuple[Any, ...] | None = None  # engine.AppendOutput entries; None: Falco's default
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     store: Any = None  # store.settings.StoreSettings; None: its defaults
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
     path: Path | None = None  # where this config came from
 
     def rule_paths(self) -> list[Path]:
@@ -160,6 +174,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
             kw["store"] = StoreSettings.from_config(data["store"] or {})
         except (UsageError, ValueError, TypeError) as e:
             raise UsageError(f"{where}{e}") from None
+    if "flows" in data:
+        kw["flows"] = _flows(data["flows"], where)
     kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
 
@@ -204,6 +220,37 @@ def _observe(sec: Any, where: str) -> ObserveConfig:
                 raise UsageError(f"{where}observe.{key} must be longer than 0")
             kw[f"{key}_ns"] = ns
     return ObserveConfig(**kw)
+
+
+def _flows(sec: Any, where: str) -> FlowsConfig:
+    from ..store.settings import parse_duration_ns
+
+    if sec is None:
+        return FlowsConfig()
+    if not isinstance(sec, dict):
+        raise UsageError(f"{where}flows must be a mapping")
+    unknown = set(sec) - _FLOWS_KEYS
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) under flows: {', '.join(sorted(unknown))}")
+    kw: dict[str, Any] = {}
+    if "enabled" in sec:
+        if not isinstance(sec["enabled"], bool):
+            raise UsageError(f"{where}flows.enabled must be true or false")
+        kw["enabled"] = sec["enabled"]
+    for key in ("pin_dir", "state_dir"):
+        if key in sec:
+            if not isinstance(sec[key], str) or not sec[key]:
+                raise UsageError(f"{where}flows.{key} must be a directory path")
+            kw[key] = Path(sec[key])
+    if "poll_interval" in sec:
+        try:
+            ns = parse_duration_ns(sec["poll_interval"])
+        except (UsageError, ValueError) as e:
+            raise UsageError(f"{where}flows.poll_interval: {e}") from None
+        if ns <= 0:
+            raise UsageError(f"{where}flows.poll_interval must be longer than 0")
+        kw["poll_interval_ns"] = ns
+    return FlowsConfig(**kw)
 
 
 def _rules_path(name: str, base: Path) -> Path:

@@ -41,6 +41,8 @@ def add_parser(sub: Any) -> None:
                    help="no protocol tracing (the config's observe.enabled: false)")
     p.add_argument("--no-rules", action="store_true", help="protocol tracing only: no rules, no alerts")
     p.add_argument("--data-dir", metavar="DIR", help="where the tables are kept (the config's store.data_dir)")
+    p.add_argument("--no-flows", action="store_true",
+                   help="do not store the network policy verdicts as flows (the config's flows.enabled: false)")
     p.set_defaults(func=cmd_run)
 
 
@@ -61,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, store=replace(cfg.store or StoreSettings(), data_dir=Path(args.data_dir)))
     observe = cfg.observe.enabled and not args.no_observe and not args.read
+    if args.no_flows:
+        cfg = replace(cfg, flows=replace(cfg.flows, enabled=False))
     if args.no_rules:
         return _observe_only(cfg, args.duration)
     if args.rule_matching:
@@ -94,9 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
         return EXIT_OK
     observer = _start_observer(cfg) if observe else None
+    flows = _start_flows(cfg, observer)
     try:
         summary = agent.run_live(duration=args.duration, count=args.count)
     finally:
+        if flows is not None:
+            flows.close()
         if observer is not None:
             observer.close()
     print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
@@ -104,7 +111,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..app.observer import describe as describe_observe
 
         print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
+    if flows is not None:
+        print(f"andon: {flows.describe()}", file=sys.stderr)
     return EXIT_OK
+
+
+def _start_flows(cfg: Any, observer: Any) -> Any:
+    """The policy datapath's verdicts into the ``flows`` table: into the observer's store when
+    protocol tracing runs, else into a store of its own on the same data directory."""
+    if not cfg.flows.enabled:
+        return None
+    from ..netpolicy.flows import FlowService
+
+    store = observer.store if observer is not None else None
+    service = FlowService(cfg.flows, store=store, store_settings=cfg.store, node_name=cfg.hostname)
+    service.start()
+    state = f"reading {cfg.flows.pin_dir}" if service.ring is not None else f"waiting for {cfg.flows.pin_dir}"
+    print(f"andon: flows: {state} (names from {cfg.flows.state_dir})", file=sys.stderr)
+    return service
 
 
 def _start_observer(cfg: Any) -> Any:
@@ -137,12 +161,17 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
     print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
           f"({observer.source.hook}); no rules", file=sys.stderr)
     observer.start_thread()
+    flows = _start_flows(cfg, observer)
     deadline = time.monotonic() + duration if duration else None
     try:
         with StopFlag() as stop:
             for timeout in polls(stop, deadline):
                 time.sleep(timeout)
     finally:
+        if flows is not None:
+            flows.close()
         observer.close()
     print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
+    if flows is not None:
+        print(f"andon: {flows.describe()}", file=sys.stderr)
     return EXIT_OK

@@ -109,6 +109,28 @@ TABLES: dict[str, TableSchema] = {t.name: t for t in (
 )}
 
 
+# andon's own table (not Pixie's): one row per verdict of the network policy datapath, in
+# Hubble's words (flow.proto: ``verdict``, ``drop_reason_desc``, ``traffic_direction``, ``is_reply``,
+# ``policy_match_type``...). Written by the agent's flow service (andon.netpolicy.flows), read by
+# ``andon observe``; labels are JSON lists of ``source:key=value`` strings; ``decided_by`` says which
+# policy and rule decided ("allowed by P rule 0 (ingress item 0)", "default deny by P", ...).
+FLOWS = TableSchema("flows", _cols(
+    ("time_", TIME64NS), ("node_name", STRING), ("verdict", STRING), ("drop_reason", INT64),
+    ("drop_reason_desc", STRING), ("event_type", STRING), ("traffic_direction", STRING), ("is_reply", BOOLEAN),
+    ("policy_match_type", STRING), ("ip_version", INT64), ("source_ip", STRING), ("destination_ip", STRING),
+    ("l4_protocol", STRING), ("source_port", INT64), ("destination_port", INT64), ("tcp_flags", STRING),
+    ("icmp_type", INT64), ("icmp_code", INT64),
+    ("source_identity", INT64), ("source_id", INT64), ("source_name", STRING), ("source_namespace", STRING),
+    ("source_labels", STRING),
+    ("destination_identity", INT64), ("destination_id", INT64), ("destination_name", STRING),
+    ("destination_namespace", STRING), ("destination_labels", STRING),
+    ("endpoint", STRING), ("ifindex", INT64), ("policy_id", INT64), ("policy_name", STRING), ("policy_kind", STRING),
+    ("rule_index", INT64), ("policy_rule", STRING), ("policy_direction", STRING), ("decided_by", STRING),
+    ("ct_new", BOOLEAN), ("bytes", INT64), ("summary", STRING)),
+    "network policy verdicts as Hubble flows (andon observe)")
+TABLES[FLOWS.name] = FLOWS
+
+
 def upid(pid: int, start_ts: int, asid: int = 0) -> str:
     """The ``upid`` string for a process: ``"asid:pid:start_ts"``."""
     return f"{asid}:{pid}:{start_ts}"
