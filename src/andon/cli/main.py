@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)  # the agent
     query.add_parser(sub)  # observability: PxL scripts and SQL over the stored tables
     top.add_parser(sub)  # observability: the busiest endpoints, live
+    from . import observe; observe.add_parser(sub)  # network flows, as hubble observe
     return p
 
 
