@@ -55,33 +55,74 @@ _HEADER_ALL_S = re.compile(r"(" + _TOKEN_S + r"):[ \t]*(.*?)[ \t]*\r\n")
 _json_str = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 
 
-@dataclass(slots=True)
+class Head:
+    """What the bytes of one message head say (start line and headers), parsed once.
+
+    Immutable once built, so equal head bytes share one (``_HEAD_CACHE``): a load generator
+    sends the same request head over and over, and a server's response heads differ only
+    when its Date header ticks.
+    """
+
+    __slots__ = ("minor", "method", "path", "status", "reason", "headers", "hmap", "hjson", "chunked", "cl",
+                 "ctype", "gzip")
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.minor = 1
+        self.method = "-"
+        self.path = "-"
+        self.status = -1
+        self.reason = "-"
+        self.headers = headers
+        hmap = self.hmap = {k.lower(): v for k, v in reversed(headers)}  # the first of a repeated name wins
+        self.hjson = bound(headers_json(headers), HEADERS_COLUMN)
+        te = hmap.get("transfer-encoding")
+        self.chunked = te is not None and te.lower().split(",")[-1].strip() == "chunked"
+        cl = hmap.get("content-length")
+        # None: no Content-Length; -1: one that is not a length (the message is invalid)
+        self.cl = None if cl is None else (int(cl) if cl.isdigit() and len(cl) <= 18 else -1)
+        self.ctype = hmap.get("content-type")
+        self.gzip = hmap.get("content-encoding") == "gzip"
+
+
+_HEAD_CACHE: dict[bytes, Head] = {}
+_HEAD_CACHE_MAX = 1024  # entries; heads longer than _HEAD_CACHE_KEY are not kept
+_HEAD_CACHE_KEY = 2048
+
+
 class Message:
-    is_req: bool
-    minor: int = 1
-    method: str = "-"
-    path: str = "-"
-    status: int = -1
-    reason: str = "-"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
-    body_size: int = 0
-    mode: str = "none"  # none | cl | chunked | close
-    remaining: int = 0  # cl: body bytes to come; chunked: bytes of the current chunk
-    chunk_state: str = "size"  # size | data | crlf | trailer
-    lost: bool = False
-    ts: int = 0
-    hmap: dict[str, str] | None = None  # lower-case name -> first value, built on first lookup
+    """One message being read: its head and what arrived of its body."""
+
+    __slots__ = ("is_req", "head", "minor", "method", "path", "status", "reason", "body", "body_size", "mode",
+                 "remaining", "chunk_state", "lost", "ts")
+
+    def __init__(self, is_req: bool, head: Head, ts: int = 0) -> None:
+        self.is_req = is_req
+        self.head = head
+        self.minor = head.minor
+        self.method = head.method
+        self.path = head.path
+        self.status = head.status
+        self.reason = head.reason
+        self.body = b""
+        self.body_size = 0
+        self.mode = "none"  # none | cl | chunked | close
+        self.remaining = 0  # cl: body bytes to come; chunked: bytes of the current chunk
+        self.chunk_state = "size"  # size | data | crlf | trailer
+        self.lost = False
+        self.ts = ts
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return self.head.headers
 
     def header(self, name: str) -> str | None:
-        hmap = self.hmap
-        if hmap is None:  # the first of a repeated name wins
-            hmap = self.hmap = {k.lower(): v for k, v in reversed(self.headers)}
-        return hmap.get(name.lower())
+        return self.head.hmap.get(name.lower())
 
     def take_body(self, data: bytes | bytearray) -> None:
         room = BODY_KEEP - len(self.body)
         if room > 0:
+            if type(self.body) is not bytearray:
+                self.body = bytearray(self.body)
             self.body += data[:room]
 
 
@@ -98,25 +139,91 @@ def _text(b: bytes | bytearray) -> str:
 
 
 def _req_body(msg: Message) -> str:
+    if not msg.body:
+        return ""
     body = _text(msg.body)
-    ctype = msg.header("Content-Type")
-    if ctype == "application/x-www-form-urlencoded":
+    if msg.head.ctype == "application/x-www-form-urlencoded":
         body = urllib.parse.unquote_plus(body, errors="replace")
     return body
 
 
 def _resp_body(msg: Message) -> str:
-    ctype = msg.header("Content-Type")
+    ctype = msg.head.ctype
     if ctype is None:
         return "<removed: unknown content-type>" if msg.body_size > 0 else _text(msg.body)
     if "json" not in ctype and "text/" not in ctype:
         return "<removed: non-text content-type>"
-    if msg.header("Content-Encoding") == "gzip":
+    if msg.head.gzip:
         try:
             return _text(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bytes(msg.body), BODY_KEEP))
         except zlib.error:
             return "<Failed to gunzip body>"
     return _text(msg.body)
+
+
+def parse_head(is_req: bool, head: bytes) -> Head | None:
+    """A message head (without its blank line) -> :class:`Head`; None if it is not HTTP/1.x."""
+    nl = head.find(b"\r\n")
+    first = head if nl < 0 else head[:nl]
+    if is_req:
+        m = _REQ_LINE.fullmatch(first)
+    else:
+        m = _RESP_LINE.fullmatch(first)
+    if not m:
+        return None
+    headers: list[tuple[str, str]] | None = []
+    if nl >= 0:
+        headers = _fast_headers(head, nl)
+        if headers is None:
+            headers = _slow_headers(head.split(b"\r\n")[1:])
+            if headers is None:
+                return None
+    h = Head(headers)
+    if is_req:
+        h.method, h.path, h.minor = _text(m.group(1)), _text(m.group(2)), int(m.group(3))
+    else:
+        h.minor, h.status = int(m.group(1)), int(m.group(2))
+        h.reason = _text(m.group(3) or b"")
+    return h
+
+
+def _fast_headers(head: bytes, nl: int) -> list[tuple[str, str]] | None:
+    """The common case in one regex pass: ASCII, no continuation lines, all well formed.
+    None means "use the line by line path", which decides validity."""
+    block = head[nl + 2 :] + b"\r\n"
+    if not block.isascii():
+        return None
+    text = block.decode("ascii")
+    if _HEADER_BLOCK_S.fullmatch(text) is None:
+        return None
+    return _HEADER_ALL_S.findall(text)
+
+
+def _slow_headers(lines: list[bytes]) -> list[tuple[str, str]] | None:
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, (value + " " + _text(line.strip())).strip())
+            continue
+        h = _HEADER.fullmatch(line)
+        if not h:
+            return None
+        headers.append((_text(h.group(1)), _text(h.group(2))))
+    return headers
+
+
+def _head(is_req: bool, head: bytes) -> Head | None:
+    """:func:`parse_head` through the cache of heads already seen."""
+    key = (b"Q" if is_req else b"R") + head
+    h = _HEAD_CACHE.get(key)
+    if h is None:
+        h = parse_head(is_req, head)
+        if h is not None and len(key) <= _HEAD_CACHE_KEY:
+            if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
+                _HEAD_CACHE.clear()
+            _HEAD_CACHE[key] = h
+    return h
 
 
 class HTTPParser(StreamParser):
@@ -149,7 +256,42 @@ class HTTPParser(StreamParser):
         if self.upgraded:
             self.stats.bytes_skipped += len(chunk.data)
             return []
+        side = self.sides.get(chunk.direction)
+        if (side is not None and not side.buf and side.state is None and not side.skip and not side.resync
+                and not chunk.gap and not self.closed and self.req_dir is not None):
+            out = self._whole(side, chunk)
+            if out is not None:
+                return out
         return super().feed(chunk)
+
+    def _whole(self, side: Side, chunk: DataChunk) -> list[dict] | None:
+        """The usual chunk: exactly one whole message, nothing buffered before it. Parsed
+        straight from the chunk (no buffer, no copies); None sends it the general way,
+        which makes the same records from it (tests/unit/test_observe_hotpath.py)."""
+        data = chunk.data
+        n = len(data)
+        if chunk.size != n or data[:2] == b"\r\n":
+            return None
+        end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            return None
+        is_req = side.is_req
+        head = _head(is_req, data[:end])
+        if head is None or (is_req and len(head.method) > 20):  # _plausible_start's bound
+            return None
+        msg = Message(is_req, head, chunk.ts_ns)
+        if not self._body_mode(msg):
+            return None
+        rest = n - end - 4
+        if msg.mode == "cl":
+            if rest != msg.remaining:
+                return None
+            msg.take_body(data[end + 4 :])
+            msg.remaining = 0
+        elif msg.mode != "none" or rest:
+            return None
+        side.last_ts = chunk.ts_ns
+        return self._finish(side, msg)
 
     def _parse(self, side: Side) -> list[dict]:
         out: list[dict] = []
@@ -205,76 +347,33 @@ class HTTPParser(StreamParser):
             if len(buf) >= MAX_HEAD:
                 self._invalid(side)
             return None
-        head = bytes(buf[:end])
-        nl = head.find(b"\r\n")
-        first = head if nl < 0 else head[:nl]
-        msg = Message(is_req=side.is_req)
-        if side.is_req:
-            m = _REQ_LINE.fullmatch(first)
-            if not m:
-                self._invalid(side)
-                return None
-            msg.method, msg.path, msg.minor = _text(m.group(1)), _text(m.group(2)), int(m.group(3))
-        else:
-            m = _RESP_LINE.fullmatch(first)
-            if not m:
-                self._invalid(side)
-                return None
-            msg.minor, msg.status = int(m.group(1)), int(m.group(2))
-            msg.reason = _text(m.group(3) or b"")
-        if nl >= 0 and not self._fast_headers(msg, head, nl) and not self._headers(msg, head.split(b"\r\n")[1:]):
+        head = _head(side.is_req, bytes(buf[:end]))
+        if head is None:
             self._invalid(side)
             return None
-        msg.ts = side.ts_at(end + 4)
+        msg = Message(side.is_req, head, side.ts_at(end + 4))
         side.consume(end + 4)
         if not self._body_mode(msg):
             self._invalid(side)
             return None
         return msg
 
-    @staticmethod
-    def _fast_headers(msg: Message, head: bytes, nl: int) -> bool:
-        """The common case in one regex pass: ASCII, no continuation lines, all well formed.
-        False means "use the line by line path", which decides validity."""
-        block = head[nl + 2 :] + b"\r\n"
-        if not block.isascii():
-            return False
-        text = block.decode("ascii")
-        if _HEADER_BLOCK_S.fullmatch(text) is None:
-            return False
-        msg.headers = _HEADER_ALL_S.findall(text)
-        return True
-
-    @staticmethod
-    def _headers(msg: Message, lines: list[bytes]) -> bool:
-        for line in lines:
-            if line[:1] in (b" ", b"\t") and msg.headers:
-                name, value = msg.headers[-1]
-                msg.headers[-1] = (name, (value + " " + _text(line.strip())).strip())
-                continue
-            h = _HEADER.fullmatch(line)
-            if not h:
-                return False
-            msg.headers.append((_text(h.group(1)), _text(h.group(2))))
-        return True
-
     def _body_mode(self, msg: Message) -> bool:
+        head = msg.head
         if not msg.is_req:
-            status = msg.status
-            head = bool(self.reqs) and self.reqs[0].method == "HEAD"
-            if head or 100 <= status < 200 or status in (204, 304):
+            status = head.status
+            if (self.reqs and self.reqs[0].method == "HEAD") or 100 <= status < 200 or status in (204, 304):
                 msg.mode = "none"
                 return True
-        te = msg.header("Transfer-Encoding")
-        if te is not None and te.lower().split(",")[-1].strip() == "chunked":
+        if head.chunked:
             msg.mode, msg.chunk_state = "chunked", "size"
             return True
-        cl = msg.header("Content-Length")
+        cl = head.cl
         if cl is not None:
-            if not cl.isdigit() or len(cl) > 18:
+            if cl < 0:
                 return False
-            msg.mode, msg.remaining, msg.body_size = "cl", int(cl), int(cl)
-            if msg.remaining == 0:
+            msg.mode, msg.remaining, msg.body_size = "cl", cl, cl
+            if cl == 0:
                 msg.mode = "none"
             return True
         msg.mode = "none" if msg.is_req else "close"
@@ -402,20 +501,21 @@ class HTTPParser(StreamParser):
         return [self._emit(self._record(req, msg))]
 
     def _record(self, req: Message, resp: Message) -> dict:
-        ctype = resp.header("Content-Type") or ""
+        rh = resp.head
+        ctype = rh.ctype
         return {
             "time_": resp.ts,
             "major_version": 1,
-            "minor_version": resp.minor,
-            "content_type": 1 if "json" in ctype else 0,
-            "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
+            "minor_version": rh.minor,
+            "content_type": 1 if ctype and "json" in ctype else 0,
+            "req_headers": req.head.hjson,
             "req_method": req.method,
             "req_path": req.path,
-            "req_body": bound(_req_body(req), BODY_COLUMN),
+            "req_body": bound(_req_body(req), BODY_COLUMN) if req.body else "",
             "req_body_size": req.body_size,
-            "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
-            "resp_status": resp.status,
-            "resp_message": resp.reason,
+            "resp_headers": rh.hjson,
+            "resp_status": rh.status,
+            "resp_message": rh.reason,
             "resp_body": bound(_resp_body(resp), BODY_COLUMN),
             "resp_body_size": resp.body_size,
             "latency": latency(req.ts, resp.ts),
