@@ -268,7 +268,7 @@ def policy_memlock(dp: Datapath) -> int:
     """Sum of the kernel's memlock for the policy maps (both generations, allow and deny),
     from /proc/self/fdinfo: the figure ``bpftool map show`` prints."""
     total = 0
-    for m in (*dp._allow, *dp._deny):
+    for m in dp.policy_maps():
         for line in Path(f"/proc/self/fdinfo/{m.fd}").read_text().splitlines():
             if line.startswith("memlock:"):
                 total += int(line.split()[1])

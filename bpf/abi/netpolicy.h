@@ -63,7 +63,13 @@ struct np_ip_val {
 	__u32 flags;       /* field 1: flags (u32): unused, 0 */
 };
 
-/* endpoint config: hash keyed by the host veth's ifindex (u32) */
+/* endpoint config: np_endpoints is a hash keyed by the host veth's ifindex (u32); cgroup
+ * endpoints (cgroup_skb programs) have the same value in np_cgroups, keyed by the cgroup v2
+ * id (u64). Conntrack and counters key an endpoint by a u32: the ifindex, or for a cgroup
+ * NP_KEY_CGROUP | the low 31 bits of its id. Both fit: the kernel hands out ifindexes and
+ * kernfs inode numbers below 2^31 (xa_limit_31b, idr_alloc_cyclic up to INT_MAX), and the
+ * low bits are unique among live cgroups. */
+#define NP_KEY_CGROUP 0x80000000
 #define NP_EP_DENY_INGRESS 0x01
 #define NP_EP_DENY_EGRESS 0x02
 #define NP_EP_AUDIT 0x04
@@ -116,7 +122,8 @@ struct np_ct_key {
 	__u8 proto;          /* field 4: proto (u8) */
 	__u8 family;         /* field 5: family (u8): 4 or 6 */
 	__u16 pad;           /* field 6: pad (u16) */
-	__u32 ifindex;       /* field 7: ifindex (u32): each veth tracks on its own, so both endpoints enforce */
+	__u32 ifindex;       /* field 7: ifindex (u32): the endpoint key (ifindex or NP_KEY_CGROUP|id): each
+			      * endpoint tracks on its own, so both ends of a connection enforce */
 };
 
 #define NP_CT_FIN_FWD 0x01     /* FIN seen from the original sender */
@@ -139,9 +146,9 @@ struct np_ct_val {
 	__u32 pad;           /* field 12: pad (u32) */
 };
 
-/* per-endpoint counters: PERCPU_HASH keyed by {ifindex, direction} */
+/* per-endpoint counters: PERCPU_HASH keyed by {endpoint key, direction} */
 struct np_cnt_key {
-	__u32 ifindex;       /* field 0: ifindex (u32) */
+	__u32 ifindex;       /* field 0: ifindex (u32): the endpoint key (ifindex or NP_KEY_CGROUP|id) */
 	__u32 direction;     /* field 1: direction (u32) */
 };
 
@@ -157,7 +164,7 @@ struct np_cnt_val {
 /* datapath-wide counters: PERCPU_ARRAY indexed by enum np_stat */
 enum np_stat {
 	NP_STAT_PACKETS = 0,      /* packets seen on managed endpoints */
-	NP_STAT_UNMANAGED = 1,    /* packets on an ifindex with no endpoint config (passed) */
+	NP_STAT_UNMANAGED = 1,    /* packets on an ifindex or cgroup with no endpoint config (passed) */
 	NP_STAT_NON_IP = 2,       /* not IPv4/IPv6 (passed: ARP must work) */
 	NP_STAT_BAD_HDR = 3,      /* truncated headers (dropped) */
 	NP_STAT_RING_FULL = 4,    /* flow records lost: ring full */
@@ -176,7 +183,7 @@ enum np_stat {
 #define NP_FLOW_F_EP_AUDIT 0x02  /* AUDIT because the endpoint is in audit mode */
 struct np_flow {
 	__u64 ts;            /* field 0: ts (u64) bpf_ktime_get_boot_ns */
-	__u32 ifindex;       /* field 1: ifindex (u32) host veth */
+	__u32 ifindex;       /* field 1: ifindex (u32) host veth; 0 for a cgroup endpoint */
 	__u32 src_identity;  /* field 2: src_identity (u32) */
 	__u32 dst_identity;  /* field 3: dst_identity (u32) */
 	__u32 policy_id;     /* field 4: policy_id (u32): the entry's, or the default-deny policy's */
@@ -198,6 +205,7 @@ struct np_flow {
 	__u8 icmp_code;      /* field 20: icmp_code (u8) */
 	__u8 flags;          /* field 21: flags (u8): NP_FLOW_F_* */
 	__u8 pad;            /* field 22: pad (u8) */
+	__u64 cgroup_id;     /* field 23: cgroup_id (u64): cgroup endpoints (ifindex 0 then); 0 on a veth */
 };
 
 /* XDP host firewall: LPM keyed by source address (same layout as np_ip_key) -> a rule

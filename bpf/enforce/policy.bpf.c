@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Label-based network policy at TC, on an endpoint's host-side veth (Cilium's model on
- * one host). Two programs share all maps:
+ * one host), and on cgroups of processes on the host network. Four programs share all maps:
  *   tc__from_endpoint  clsact ingress of the host veth: what the endpoint sends (EGRESS)
  *   tc__to_endpoint    clsact egress of the host veth: what it receives     (INGRESS)
+ *   cgroup_skb__egress   what sockets of an endpoint cgroup send (EGRESS; a drop makes
+ *                        connect()/send() fail with EPERM)
+ *   cgroup_skb__ingress  what they receive (INGRESS)
  *
- * Per packet: endpoint config by ifindex -> conntrack (a hit skips the policy) -> peer
+ * Per packet: endpoint config by ifindex (cgroup id) -> conntrack (a hit skips the policy) -> peer
  * identity from the ip LPM -> deny tries then allow tries (deny wins at every level) ->
  * default deny -> verdict, counters, a flow record for what is worth reporting.
  * Maps and wire structs: bpf/abi/netpolicy.h.
@@ -45,6 +48,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct np_endpoint);
 } np_endpoints SEC(".maps");
+
+/* cgroup endpoints: cgroup v2 id -> config; a socket in a descendant cgroup belongs to the
+ * deepest endpoint cgroup above it */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct np_endpoint);
+} np_cgroups SEC(".maps");
 
 /* two generations of the policy: np_gen[0] says which one packets use */
 #define POLICY_TRIE(name) \
@@ -115,6 +127,13 @@ struct {
 /* never written: keeps struct np_flow in the object's BTF (a ring buffer has no value
  * type), so the ABI test can compare it with the Python format */
 struct np_flow np_flow_btf __attribute__((used));
+
+/* where a packet is enforced: key for conntrack and counters, what flows report */
+struct where {
+	__u32 key;        /* ifindex, or NP_KEY_CGROUP | low 31 bits of the cgroup id */
+	__u32 ifindex;    /* the flow's ifindex: the veth, 0 for a cgroup */
+	__u64 cgroup_id;  /* the flow's cgroup_id: 0 for a veth */
+};
 
 struct pkt {
 	__u8 saddr[16];
@@ -200,6 +219,72 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		p->pol_port = ih[0];
 		/* echo request/reply (v4 8/0, v6 128/129): the id on both sides, so the reply
 		 * reverses onto the request's conntrack key */
+		if (ih[0] == 8 || ih[0] == 0 || ih[0] == 128 || ih[0] == 129) {
+			__u16 id = (ih[4] << 8) | ih[5];
+			p->sport = id;
+			p->dport = id;
+		}
+	}
+	return 0;
+}
+
+/* The same for cgroup_skb, whose data starts at the IP header (the family is in
+ * skb->protocol); headers are copied with bpf_skb_load_bytes, which also reads past the
+ * linear part. 0 ok, 1 not IP, -1 truncated. */
+static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		if (ip.ihl < 5)
+			return -1;
+		p->family = 4;
+		p->proto = ip.protocol;
+		__builtin_memcpy(p->saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->daddr, &ip.daddr, 4);
+		if (ip.frag_off & bpf_htons(0x1fff)) {
+			p->fragment = 1;
+			return 0;
+		}
+		off = ip.ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		p->family = 6;
+		p->proto = ip6.nexthdr;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		off = sizeof(ip6);
+	} else {
+		return 1;
+	}
+
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr th;
+		if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
+			return -1;
+		p->sport = bpf_ntohs(th.source);
+		p->dport = bpf_ntohs(th.dest);
+		p->tcp_flags = ((__u8 *)&th)[13];
+		p->pol_port = p->dport;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr uh;
+		if (bpf_skb_load_bytes(skb, off, &uh, sizeof(uh)))
+			return -1;
+		p->sport = bpf_ntohs(uh.source);
+		p->dport = bpf_ntohs(uh.dest);
+		p->pol_port = p->dport;
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_) {
+		__u8 ih[8];
+		if (bpf_skb_load_bytes(skb, off, ih, sizeof(ih)))
+			return -1;
+		p->icmp_type = ih[0];
+		p->icmp_code = ih[1];
+		p->pol_port = ih[0];
 		if (ih[0] == 8 || ih[0] == 0 || ih[0] == 128 || ih[0] == 129) {
 			__u16 id = (ih[4] << 8) | ih[5];
 			p->sport = id;
@@ -314,7 +399,8 @@ struct verdict {
 	__u8 flags;
 };
 
-static __always_inline void np__emit(struct __sk_buff *skb, const struct pkt *p, const struct verdict *v, __u8 dir)
+static __always_inline void np__emit(__u32 len, const struct where *w, const struct pkt *p,
+				     const struct verdict *v, __u8 dir)
 {
 	struct np_flow *f = bpf_ringbuf_reserve(&np_flows, sizeof(*f), 0);
 
@@ -323,12 +409,12 @@ static __always_inline void np__emit(struct __sk_buff *skb, const struct pkt *p,
 		return;
 	}
 	f->ts = bpf_ktime_get_boot_ns();
-	f->ifindex = skb->ifindex;
+	f->ifindex = w->ifindex;
 	f->src_identity = v->src_id;
 	f->dst_identity = v->dst_id;
 	f->policy_id = v->policy_id;
 	f->rule_index = v->rule_index;
-	f->len = skb->len;
+	f->len = len;
 	__builtin_memcpy(f->saddr, p->saddr, 16);
 	__builtin_memcpy(f->daddr, p->daddr, 16);
 	f->sport = p->sport;
@@ -345,6 +431,7 @@ static __always_inline void np__emit(struct __sk_buff *skb, const struct pkt *p,
 	f->icmp_code = p->icmp_code;
 	f->flags = v->flags;
 	f->pad = 0;
+	f->cgroup_id = w->cgroup_id;
 	bpf_ringbuf_submit(f, 0);
 }
 
@@ -353,35 +440,84 @@ static __always_inline void np__emit(struct __sk_buff *skb, const struct pkt *p,
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
-static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
+/* The policy's verdict on a new connection's first packet (no conntrack hit): deny tries, then
+ * allow tries, then the endpoint's default deny and audit mode. Fills `v`. */
+static __always_inline void np__policy(const struct np_endpoint *ep, const struct pkt *p, __u8 dir,
+				       struct verdict *v)
 {
-	__u32 ifindex = skb->ifindex;
-	struct np_endpoint *ep;
-	struct pkt p = {};
+	__u32 zero = 0, gen = 0, peer, *g;
+	struct np_pol_val *pv;
+	int denied_by_default = 0;
+
+	np__count(NP_STAT_POLICY_LOOKUPS);
+	g = bpf_map_lookup_elem(&np_gen, &zero);
+	if (g)
+		gen = *g; /* read once: this packet sees one generation, whole */
+	if (dir == NP_DIR_EGRESS) {
+		peer = np__identity(p->daddr, p->family);
+		v->src_id = ep->identity;
+		v->dst_id = peer;
+	} else {
+		peer = np__identity(p->saddr, p->family);
+		v->src_id = peer;
+		v->dst_id = ep->identity;
+	}
+
+	pv = np__lookup(gen, 1, ep->identity, peer, dir, p);
+	if (pv) {
+		v->verdict = (pv->flags & NP_POL_F_AUDIT) ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
+		v->drop_reason = NP_DROP_POLICY_DENY;
+	} else {
+		pv = np__lookup(gen, 0, ep->identity, peer, dir, p);
+		if (pv) {
+			v->verdict = NP_VERDICT_FORWARDED;
+		} else if (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS)) {
+			denied_by_default = 1;
+			/* default deny switched on by audited policies only: report, let pass */
+			v->verdict = (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_AUDIT_DD_EGRESS : NP_EP_AUDIT_DD_INGRESS))
+					    ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
+			v->drop_reason = NP_DROP_POLICY;
+			v->policy_id = dir == NP_DIR_EGRESS ? ep->deny_policy_egress : ep->deny_policy_ingress;
+		} else {
+			v->verdict = NP_VERDICT_FORWARDED; /* no policy selects this direction */
+		}
+	}
+	if (pv) {
+		v->policy_id = pv->policy_id;
+		v->rule_index = pv->rule_index;
+		v->match_type = pv->match_type;
+	}
+	(void)denied_by_default;
+	if (v->verdict == NP_VERDICT_DROPPED && (ep->flags & NP_EP_AUDIT)) {
+		v->verdict = NP_VERDICT_AUDIT;
+		v->flags |= NP_FLOW_F_EP_AUDIT;
+	}
+}
+
+/* The verdict on one packet of endpoint `ep` (parsed into `p`, `rc` from the parser):
+ * 1 pass, 0 drop. Shared by the TC and the cgroup_skb programs. */
+static __always_inline int np__decide(struct __sk_buff *skb, const struct where *w, struct np_endpoint *ep,
+				      struct pkt *pp, int rc, __u8 dir)
+{
+	__u32 ifindex = w->key;
+	struct pkt p = *pp;
 	struct verdict v = {};
 	struct np_ct_key ck;
 	struct np_ct_val *ct;
 	__u64 now;
-	int rc;
 
-	ep = bpf_map_lookup_elem(&np_endpoints, &ifindex);
-	if (!ep) {
-		np__count(NP_STAT_UNMANAGED);
-		return TC_ACT_OK;
-	}
 	np__count(NP_STAT_PACKETS);
-	rc = np__parse(skb, &p);
 	if (rc > 0) {
 		np__count(NP_STAT_NON_IP);
-		return TC_ACT_OK;
+		return 1;
 	}
 	if (rc < 0) {
 		np__count(NP_STAT_BAD_HDR);
 		v.verdict = NP_VERDICT_DROPPED;
 		v.drop_reason = NP_DROP_CT_INVALID_HDR;
 		np__account(ifindex, dir, NP_VERDICT_DROPPED, skb->len);
-		np__emit(skb, &p, &v, dir);
-		return TC_ACT_SHOT;
+		np__emit(skb->len, w, &p, &v, dir);
+		return 0;
 	}
 	if (p.fragment)
 		np__count(NP_STAT_FRAGMENTS);
@@ -389,7 +525,7 @@ static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
 	 * connections: Cilium answers them itself; here they pass, counted */
 	if (p.proto == IPPROTO_ICMPV6_ && ((p.icmp_type >= 130 && p.icmp_type <= 137) || p.icmp_type == 143)) {
 		np__count(NP_STAT_ND);
-		return TC_ACT_OK;
+		return 1;
 	}
 
 	/* -- conntrack: the original direction, then the reversed tuple (a reply) ---------- */
@@ -432,67 +568,19 @@ static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
 			v.rule_index = ct->rule_index;
 			v.match_type = ct->match_type;
 			v.flags = (ct->flags & NP_CT_AUDIT) ? NP_FLOW_F_EP_AUDIT : 0;
-			np__emit(skb, &p, &v, dir);
+			np__emit(skb->len, w, &p, &v, dir);
 		}
 		np__account(ifindex, dir, v.verdict, skb->len);
-		return TC_ACT_OK;
+		return 1;
 	}
 
 	/* -- policy -------------------------------------------------------------------------- */
-	{
-		__u32 zero = 0, gen = 0, peer, *g;
-		struct np_pol_val *pv;
-		int denied_by_default = 0;
-
-		np__count(NP_STAT_POLICY_LOOKUPS);
-		g = bpf_map_lookup_elem(&np_gen, &zero);
-		if (g)
-			gen = *g; /* read once: this packet sees one generation, whole */
-		if (dir == NP_DIR_EGRESS) {
-			peer = np__identity(p.daddr, p.family);
-			v.src_id = ep->identity;
-			v.dst_id = peer;
-		} else {
-			peer = np__identity(p.saddr, p.family);
-			v.src_id = peer;
-			v.dst_id = ep->identity;
-		}
-
-		pv = np__lookup(gen, 1, ep->identity, peer, dir, &p);
-		if (pv) {
-			v.verdict = (pv->flags & NP_POL_F_AUDIT) ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
-			v.drop_reason = NP_DROP_POLICY_DENY;
-		} else {
-			pv = np__lookup(gen, 0, ep->identity, peer, dir, &p);
-			if (pv) {
-				v.verdict = NP_VERDICT_FORWARDED;
-			} else if (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS)) {
-				denied_by_default = 1;
-				/* default deny switched on by audited policies only: report, let pass */
-				v.verdict = (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_AUDIT_DD_EGRESS : NP_EP_AUDIT_DD_INGRESS))
-						    ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
-				v.drop_reason = NP_DROP_POLICY;
-				v.policy_id = dir == NP_DIR_EGRESS ? ep->deny_policy_egress : ep->deny_policy_ingress;
-			} else {
-				v.verdict = NP_VERDICT_FORWARDED; /* no policy selects this direction */
-			}
-		}
-		if (pv) {
-			v.policy_id = pv->policy_id;
-			v.rule_index = pv->rule_index;
-			v.match_type = pv->match_type;
-		}
-		(void)denied_by_default;
-		if (v.verdict == NP_VERDICT_DROPPED && (ep->flags & NP_EP_AUDIT)) {
-			v.verdict = NP_VERDICT_AUDIT;
-			v.flags |= NP_FLOW_F_EP_AUDIT;
-		}
-	}
+	np__policy(ep, &p, dir, &v);
 
 	if (v.verdict == NP_VERDICT_DROPPED) {
 		np__account(ifindex, dir, v.verdict, skb->len);
-		np__emit(skb, &p, &v, dir);
-		return TC_ACT_SHOT;
+		np__emit(skb->len, w, &p, &v, dir);
+		return 0;
 	}
 
 	/* -- a new connection: remember it so its replies and later packets skip the policy -- */
@@ -523,18 +611,165 @@ static __always_inline int np__handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 	np__account(ifindex, dir, v.verdict, skb->len);
-	np__emit(skb, &p, &v, dir);
-	return TC_ACT_OK;
+	np__emit(skb->len, w, &p, &v, dir);
+	return 1;
+}
+
+static __always_inline int np__tc(struct __sk_buff *skb, __u8 dir)
+{
+	struct where w = { .key = skb->ifindex, .ifindex = skb->ifindex };
+	struct np_endpoint *ep = bpf_map_lookup_elem(&np_endpoints, &w.key);
+	struct pkt p = {};
+	int rc;
+
+	if (!ep) {
+		np__count(NP_STAT_UNMANAGED);
+		return TC_ACT_OK;
+	}
+	rc = np__parse(skb, &p);
+	return np__decide(skb, &w, ep, &p, rc, dir) ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
 SEC("tc")
 int tc__from_endpoint(struct __sk_buff *skb)
 {
-	return np__handle(skb, NP_DIR_EGRESS);
+	return np__tc(skb, NP_DIR_EGRESS);
 }
 
 SEC("tc")
 int tc__to_endpoint(struct __sk_buff *skb)
 {
-	return np__handle(skb, NP_DIR_INGRESS);
+	return np__tc(skb, NP_DIR_INGRESS);
+}
+
+/* how many cgroup levels below an endpoint cgroup a socket's cgroup may be */
+#define NP_CG_MAX_DEPTH 16
+
+/* The endpoint of the socket's cgroup: its own config, else the deepest ancestor's. */
+static __always_inline struct np_endpoint *np__cg_endpoint(struct __sk_buff *skb, __u64 *cgid)
+{
+	__u64 id = bpf_skb_cgroup_id(skb);
+	struct np_endpoint *ep = bpf_map_lookup_elem(&np_cgroups, &id);
+	int level;
+
+	if (ep) {
+		*cgid = id;
+		return ep;
+	}
+	for (level = NP_CG_MAX_DEPTH; level >= 1; level--) {
+		id = bpf_skb_ancestor_cgroup_id(skb, level);
+		if (!id)
+			continue; /* deeper than the socket's own cgroup */
+		ep = bpf_map_lookup_elem(&np_cgroups, &id);
+		if (ep) {
+			*cgid = id;
+			return ep;
+		}
+	}
+	return 0;
+}
+
+/* The same for the calling task's cgroup (connect: process context). */
+static __always_inline struct np_endpoint *np__cg_current(__u64 *cgid)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	struct np_endpoint *ep = bpf_map_lookup_elem(&np_cgroups, &id);
+	int level;
+
+	if (ep) {
+		*cgid = id;
+		return ep;
+	}
+	for (level = NP_CG_MAX_DEPTH; level >= 1; level--) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			continue;
+		ep = bpf_map_lookup_elem(&np_cgroups, &id);
+		if (ep) {
+			*cgid = id;
+			return ep;
+		}
+	}
+	return 0;
+}
+
+static __always_inline int np__cg(struct __sk_buff *skb, __u8 dir)
+{
+	struct where w = {};
+	struct np_endpoint *ep = np__cg_endpoint(skb, &w.cgroup_id);
+	struct pkt p = {};
+	int rc;
+
+	if (!ep) {
+		np__count(NP_STAT_UNMANAGED);
+		return 1;
+	}
+	w.key = NP_KEY_CGROUP | (__u32)(w.cgroup_id & 0x7fffffff);
+	rc = np__parse_l3(skb, &p);
+	return np__decide(skb, &w, ep, &p, rc, dir);
+}
+
+/* return 1 passes, 0 drops (on egress the sending call gets EPERM) */
+SEC("cgroup_skb/egress")
+int cgroup_skb__egress(struct __sk_buff *skb)
+{
+	return np__cg(skb, NP_DIR_EGRESS);
+}
+
+SEC("cgroup_skb/ingress")
+int cgroup_skb__ingress(struct __sk_buff *skb)
+{
+	return np__cg(skb, NP_DIR_INGRESS);
+}
+
+/* TCP ignores an error from sending its SYN (tcp_connect() passes on ECONNREFUSED only, and
+ * cgroup_skb programs cannot choose the error), so a SYN dropped at cgroup_skb egress would
+ * leave connect() retrying until its timeout. The connect hooks decide the same egress policy
+ * before anything is sent: a drop makes connect() fail with EPERM at once, reported as a
+ * DROPPED flow with a SYN and no source address yet. What passes (or is only audited) is
+ * decided, tracked and reported again on the SYN by cgroup_skb__egress. UDP connect() sends
+ * nothing: its datagrams are decided at cgroup_skb (send() gets EPERM). */
+static __always_inline int np__connect(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct where w = {};
+	struct np_endpoint *ep;
+	struct pkt p = {};
+	struct verdict v = {};
+
+	if (ctx->type != 1 /* SOCK_STREAM */)
+		return 1;
+	ep = np__cg_current(&w.cgroup_id);
+	if (!ep)
+		return 1;
+	w.key = NP_KEY_CGROUP | (__u32)(w.cgroup_id & 0x7fffffff);
+	p.family = family;
+	p.proto = IPPROTO_TCP;
+	p.tcp_flags = TCP_SYN;
+	if (family == 4) {
+		__u32 a = ctx->user_ip4;
+		__builtin_memcpy(p.daddr, &a, 4);
+	} else {
+		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+		__builtin_memcpy(p.daddr, a, 16);
+	}
+	p.dport = bpf_ntohs((__u16)ctx->user_port);
+	p.pol_port = p.dport;
+	np__policy(ep, &p, NP_DIR_EGRESS, &v);
+	if (v.verdict != NP_VERDICT_DROPPED)
+		return 1;
+	np__account(w.key, NP_DIR_EGRESS, v.verdict, 0);
+	np__emit(0, &w, &p, &v, NP_DIR_EGRESS);
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int cgroup__connect4(struct bpf_sock_addr *ctx)
+{
+	return np__connect(ctx, 4);
+}
+
+SEC("cgroup/connect6")
+int cgroup__connect6(struct bpf_sock_addr *ctx)
+{
+	return np__connect(ctx, 6);
 }

@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..bpf import libbpf as lb
 from ..bpf.object import BpfObject, Map
@@ -67,6 +68,7 @@ LOCAL_IDENTITY_MIN = 1 << 24  # Cilium's node-local scope: CIDR identities
 EP_DENY_INGRESS, EP_DENY_EGRESS, EP_AUDIT = 0x01, 0x02, 0x04
 EP_AUDIT_DD_INGRESS, EP_AUDIT_DD_EGRESS = 0x08, 0x10  # default deny of that direction only audits
 POL_F_AUDIT = 0x01
+KEY_CGROUP = 0x80000000  # conntrack/counters key of a cgroup endpoint: KEY_CGROUP | low 31 bits of its id
 POL_PREFIX_PEER, POL_PREFIX_PROTO, POL_PREFIX_FULL = 72, 80, 96
 FLOW_F_CT_NEW, FLOW_F_EP_AUDIT = 0x01, 0x02
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
@@ -94,10 +96,11 @@ CNT_KEY = struct.Struct("<II")
 CNT_KEY_FIELDS = ("ifindex", "direction")
 CNT_VAL = struct.Struct("<QQQQQQ")
 CNT_VAL_FIELDS = ("fwd_packets", "fwd_bytes", "drop_packets", "drop_bytes", "audit_packets", "audit_bytes")
-FLOW = struct.Struct("<QIIIIII16s16sHHBBBBBBBBBBBB")
+FLOW = struct.Struct("<QIIIIII16s16sHHBBBBBBBBBBBBQ")
 FLOW_FIELDS = ("ts", "ifindex", "src_identity", "dst_identity", "policy_id", "rule_index", "len", "saddr",
                "daddr", "sport", "dport", "family", "proto", "verdict", "drop_reason", "direction", "is_reply",
-               "match_type", "tcp_flags", "icmp_type", "icmp_code", "flags", "pad")
+               "match_type", "tcp_flags", "icmp_type", "icmp_code", "flags", "pad", "cgroup_id")
+FLOW_V1_SIZE = 80  # records before cgroup_id was appended (same fields at the same offsets)
 STAT_NAMES = ("packets", "unmanaged", "non_ip", "bad_hdr", "ring_full", "ct_new", "ct_hit", "ct_full",
               "policy_lookups", "fragments", "nd")
 
@@ -251,6 +254,7 @@ class Flow:
     icmp_type: int
     icmp_code: int
     flags: int
+    cgroup_id: int = 0  # a cgroup endpoint's flow (ifindex 0 then)
 
     @property
     def verdict(self) -> str:
@@ -291,16 +295,18 @@ class Flow:
 
 
 def decode_flow(raw: bytes, offset_ns: int = 0) -> Flow:
-    if len(raw) < FLOW.size:
+    if len(raw) < FLOW_V1_SIZE:
         raise ValueError(f"flow record of {len(raw)} bytes, expected {FLOW.size}")
+    if len(raw) < FLOW.size:  # an object built before cgroup_id: no cgroup endpoints
+        raw = bytes(raw[:FLOW_V1_SIZE]) + bytes(FLOW.size - FLOW_V1_SIZE)
     (ts, ifindex, sid, did, pid, ridx, length, saddr, daddr, sport, dport, family, proto, verdict, reason,
-     direction, is_reply, match, tflags, itype, icode, flags, _pad) = FLOW.unpack_from(raw)
+     direction, is_reply, match, tflags, itype, icode, flags, _pad, cgid) = FLOW.unpack_from(raw)
     if family == 6:
         src, dst = str(ipaddress.IPv6Address(saddr)), str(ipaddress.IPv6Address(daddr))
     else:
         src, dst = str(ipaddress.IPv4Address(saddr[:4])), str(ipaddress.IPv4Address(daddr[:4]))
     return Flow(ts + offset_ns, ifindex, sid, did, pid, ridx, length, src, dst, sport, dport, family, proto,
-                verdict, reason, direction, bool(is_reply), match, tflags, itype, icode, flags)
+                verdict, reason, direction, bool(is_reply), match, tflags, itype, icode, flags, cgid)
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,14 @@ class _Endpoint:
     created_qdisc: bool
 
 
+@dataclass
+class _CgroupEndpoint:
+    path: str
+    cgroup_id: int
+    identity: int
+    prog_ids: dict[str, int]  # direction -> attached program id
+
+
 def _ifindex(ifname: str | int) -> int:
     if isinstance(ifname, int):
         return ifname
@@ -374,7 +388,7 @@ def _ifindex(ifname: str | int) -> int:
 
 
 # maps shared through pins; np_sync/np_sync_inner stay per process (only the userspace wait uses them)
-PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_allow0", "np_allow1", "np_deny0", "np_deny1", "np_gen", "np_ct",
+PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_cgroups", "np_allow0", "np_allow1", "np_deny0", "np_deny1", "np_gen", "np_ct",
                "np_counters", "np_stats", "np_flows")
 
 
@@ -408,6 +422,19 @@ def unpin(pin_dir: Path) -> None:
         pass
 
 
+def _endpoint_value(identity: int, *, default_deny_ingress: bool = False, default_deny_egress: bool = False,
+                    audit: bool = False, deny_policy_id: int = 0, deny_policy_ingress: int | None = None,
+                    deny_policy_egress: int | None = None, audit_default_deny_ingress: bool = False,
+                    audit_default_deny_egress: bool = False) -> bytes:
+    """struct np_endpoint for an endpoint's config (see :meth:`Datapath.set_endpoint_config`)."""
+    flags = (EP_DENY_INGRESS if default_deny_ingress else 0) | (EP_DENY_EGRESS if default_deny_egress else 0) \
+        | (EP_AUDIT if audit else 0) | (EP_AUDIT_DD_INGRESS if audit_default_deny_ingress else 0) \
+        | (EP_AUDIT_DD_EGRESS if audit_default_deny_egress else 0)
+    pin = deny_policy_id if deny_policy_ingress is None else deny_policy_ingress
+    pout = deny_policy_id if deny_policy_egress is None else deny_policy_egress
+    return ENDPOINT.pack(identity, flags, pin, pout)
+
+
 class Datapath:
     """The loaded policy program, its maps, and the endpoints it is attached to."""
 
@@ -415,6 +442,7 @@ class Datapath:
                  policy_entries: int = 262144, ipcache_entries: int = 65536, pin_dir: Path | None = None) -> None:
         self._obj = BpfObject((bpf_dir or default_bpf_dir()) / "enforce/policy.bpf.o")
         self._endpoints: dict[int, _Endpoint] = {}
+        self._cgroups: dict[int, _CgroupEndpoint] = {}
         self._reader: VarRingReader | None = None
         self.pin_dir = Path(pin_dir) if pin_dir is not None else None
         try:
@@ -430,6 +458,7 @@ class Datapath:
             self.ncpu = possible_cpus()
             m = self._obj.map
             self.ipcache, self.endpoints_map, self.ct = m("np_ipcache"), m("np_endpoints"), m("np_ct")
+            self.cgroups_map = m("np_cgroups")
             self.gen_map, self.sync_map, self.sync_inner = m("np_gen"), m("np_sync"), m("np_sync_inner")
             self.counters_map, self.stats_map = m("np_counters"), m("np_stats")
             self._allow = (m("np_allow0"), m("np_allow1"))
@@ -541,14 +570,76 @@ class Datapath:
         """Default deny per direction, audit mode, and the policy that switched default deny
         on (one id for both directions, or one each). ``audit_default_deny_*``: that direction's
         default deny only audits (it was switched on by audited policies only)."""
-        flags = (EP_DENY_INGRESS if default_deny_ingress else 0) | (EP_DENY_EGRESS if default_deny_egress else 0) \
-            | (EP_AUDIT if audit else 0) | (EP_AUDIT_DD_INGRESS if audit_default_deny_ingress else 0) \
-            | (EP_AUDIT_DD_EGRESS if audit_default_deny_egress else 0)
-        pin = deny_policy_id if deny_policy_ingress is None else deny_policy_ingress
-        pout = deny_policy_id if deny_policy_egress is None else deny_policy_egress
-        self.endpoints_map.update(struct.pack("<I", ifindex), ENDPOINT.pack(endpoint_identity, flags, pin, pout))
+        self.endpoints_map.update(struct.pack("<I", ifindex), _endpoint_value(
+            endpoint_identity, default_deny_ingress=default_deny_ingress, default_deny_egress=default_deny_egress,
+            audit=audit, deny_policy_id=deny_policy_id, deny_policy_ingress=deny_policy_ingress,
+            deny_policy_egress=deny_policy_egress, audit_default_deny_ingress=audit_default_deny_ingress,
+            audit_default_deny_egress=audit_default_deny_egress))
         if ifindex in self._endpoints:
             self._endpoints[ifindex].identity = endpoint_identity
+
+    # -- cgroup endpoints ------------------------------------------------------------------------
+    def attach_cgroup(self, path: str | Path, endpoint_identity: int, **config: Any) -> int:
+        """Enforce on the sockets of a cgroup v2 directory (and of its descendants) with the
+        cgroup_skb programs; returns the cgroup id. ``config``: as :meth:`set_endpoint_config`.
+        The config goes in first, then the programs."""
+        from . import cgroup as cg
+
+        p = cg.resolve(path)
+        cgid = cg.cgroup_id(p)
+        if cgid in self._cgroups:
+            raise UsageError(f"cgroup {path} is already an endpoint")
+        self.set_cgroup_config(cgid, endpoint_identity, **config)
+        ep = _CgroupEndpoint(str(p), cgid, endpoint_identity, {})
+        self._cgroups[cgid] = ep
+        try:
+            for hook, prog in cg.PROGRAMS.items():
+                ep.prog_ids[hook] = cg.attach(self._obj.program(prog).fd, p, hook)
+        except BaseException:
+            self.detach_cgroup(cgid)
+            raise
+        return cgid
+
+    def cgroup_record(self, cgid: int) -> dict[str, object]:
+        """What a later process needs to take a cgroup endpoint over (JSON-able)."""
+        ep = self._cgroups[cgid]
+        return {"cgroup": ep.path, "cgroup_id": ep.cgroup_id, "identity": ep.identity, "prog_ids": dict(ep.prog_ids)}
+
+    def adopt_cgroup(self, record: dict[str, object]) -> int:
+        """Take over a cgroup endpoint a previous process attached (from :meth:`cgroup_record`)."""
+        try:
+            ids = {str(d): int(i) for d, i in record["prog_ids"].items()}  # type: ignore[union-attr]
+            ep = _CgroupEndpoint(str(record["cgroup"]), int(record["cgroup_id"]),  # type: ignore[arg-type]
+                                 int(record["identity"]), ids)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UsageError(f"cgroup endpoint record {record!r} is malformed: {e}") from None
+        self._cgroups[ep.cgroup_id] = ep
+        return ep.cgroup_id
+
+    def detach_cgroup(self, cgid: int) -> None:
+        from . import cgroup as cg
+
+        ep = self._cgroups.pop(cgid, None)
+        if ep is None:
+            raise UsageError(f"cgroup id {cgid} is not an endpoint of this datapath")
+        for direction, pid in ep.prog_ids.items():
+            cg.detach(ep.path, direction, pid)  # False: gone with its cgroup, fine
+        self.cgroups_map.delete(struct.pack("<Q", cgid))
+
+    def set_cgroup_config(self, cgid: int, endpoint_identity: int, **config: Any) -> None:
+        """As :meth:`set_endpoint_config`, for a cgroup endpoint (keyed by its cgroup id)."""
+        self.cgroups_map.update(struct.pack("<Q", cgid), _endpoint_value(endpoint_identity, **config))
+        if cgid in self._cgroups:
+            self._cgroups[cgid].identity = endpoint_identity
+
+    # -- maps, for tools that read them (bench, debugging) ---------------------------------------
+    def policy_maps(self) -> tuple[Map, Map, Map, Map]:
+        """The policy tries: allow generation 0 and 1, deny generation 0 and 1."""
+        return (*self._allow, *self._deny)
+
+    def map(self, name: str) -> Map:
+        """One of the object's maps by its C name (``np_ct``, ``np_flows``, ...)."""
+        return self._obj.map(name)
 
     # -- identities ----------------------------------------------------------------------------
     def set_ip_identity(self, prefix: str | IPNetwork, identity: int) -> None:
@@ -610,6 +701,7 @@ class Datapath:
         return list(m.keys(POL_KEY.size))
 
     def flush_conntrack(self, ifindex: int | None = None) -> int:
+        """Drop conntrack entries (of one endpoint key: an ifindex, or KEY_CGROUP | cgroup id bits)."""
         n = 0
         for k in list(self.ct.keys(CT_KEY.size)):
             if ifindex is None or CT_KEY.unpack(k)[-1] == ifindex:
@@ -650,6 +742,11 @@ class Datapath:
         for ifindex in list(self._endpoints) if detach else ():
             try:
                 self.detach_endpoint(ifindex)
+            except OSError:
+                pass
+        for cgid in list(self._cgroups) if detach else ():
+            try:
+                self.detach_cgroup(cgid)
             except OSError:
                 pass
         if self._reader is not None:
