@@ -1,0 +1,184 @@
+"""Every Cilium example policy in the shared corpus, applied with ``andon policy apply`` to real
+endpoints, or rejected for its documented reason (as root).
+
+Six namespace endpoints carry the labels the files select (a label key at most once per
+endpoint, so each file's selectors pick exactly the endpoints meant), two unmanaged namespaces
+are "world" peers (``U1`` in 10.200-250.x, ``U2`` in 10.96.0.0/12, the part ``l3__cidr`` carves
+out), and ``host@X`` is the host's address on X's link. Files are applied one at a time and
+deleted after. For each file a handful of probes (TCP connect + echo, UDP echo, ICMP echo, on the
+file's ports and off them) must get through exactly when the model's ``decide_flow`` says so,
+and, where written down, as checked by hand from Cilium's semantics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from andon.events.live import default_bpf_dir
+from andon.netpolicy.state import NetpolicyState, compute
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from corpus import CORPUS  # noqa: E402
+from nplab import Lab  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, TC, bpffs)"),
+    pytest.mark.skipif(not (default_bpf_dir() / "enforce/policy.bpf.o").exists(), reason="make bpf first"),
+]
+
+POLICIES = CORPUS / "cilium-policies"
+PORTS = [53, 80, 81, 443, 8080, 9092]
+LABELS = {
+    "A": ["role=backend", "app=myService", "env=dev"],
+    "B": ["role=frontend", "env=prod", "app=empire-hq", "k8s:io.kubernetes.pod.namespace=production",
+          "k8s:cilium.example.com/policy=strict"],
+    "C": ["role=victim", "app=service", "org=empire", "class=mediabot"],
+    "D": ["role=restricted", "app=kafka", "id=app2", "org=alliance"],
+    "E": ["k8s:io.kubernetes.pod.namespace=kube-system", "k8s:k8s-app=kube-dns"],
+    "F": ["app=test-app"],
+}
+
+# file -> probes (src, dst, proto, port, hand-checked outcome: True passes, False dropped, None: model only)
+Y, N = True, False
+PROBES: dict[str, list[tuple[str, str, str, int, bool | None]]] = {
+    # backend (A) takes anything from frontend (B), nothing from others; A's egress is not selected
+    "l3__simple__l3.yaml": [("B", "A", "TCP", 8080, Y), ("B", "A", "UDP", 53, Y), ("B", "A", "ICMP", 8, Y),
+                            ("C", "A", "TCP", 8080, N), ("U1", "A", "TCP", 8080, N), ("A", "C", "TCP", 8080, Y)],
+    "l4__l3_l4_combined.yaml": [("B", "A", "TCP", 80, Y), ("B", "A", "TCP", 81, N), ("B", "A", "UDP", 80, N),
+                                ("C", "A", "TCP", 80, N), ("B", "A", "ICMP", 8, N)],
+    # myService (A) may send TCP/80 anywhere and nothing else; its ingress stays open
+    "l4__l4.yaml": [("A", "B", "TCP", 80, Y), ("A", "U1", "TCP", 80, Y), ("A", "B", "TCP", 81, N),
+                    ("A", "B", "UDP", 53, N), ("A", "B", "ICMP", 8, N), ("B", "A", "TCP", 8080, Y)],
+    # 10/8 except 10.96/12 and 20.1.1.1: U1 yes, U2 (in the exception) no; endpoints and the
+    # host are not CIDR peers
+    "l3__cidr__cidr.yaml": [("A", "U1", "TCP", 8080, Y), ("A", "U1", "UDP", 53, Y), ("A", "U1", "ICMP", 8, Y),
+                            ("A", "U2", "TCP", 8080, N), ("A", "B", "TCP", 8080, N), ("A", "host@A", "TCP", 8080, N)],
+    "l3__egress-default-deny__egress-default-deny.yaml": [
+        ("D", "A", "TCP", 8080, N), ("D", "A", "UDP", 53, N), ("D", "A", "ICMP", 8, N), ("A", "D", "TCP", 8080, Y)],
+    "l3__ingress-allow-all__ingress-allow-all.yaml": [
+        ("A", "C", "TCP", 8080, Y), ("B", "C", "UDP", 53, Y), ("U1", "C", "TCP", 8080, N),
+        ("host@C", "C", "TCP", 8080, N), ("C", "U1", "TCP", 8080, Y)],
+    "l3__egress-allow-all__egress-allow-all.yaml": [
+        ("B", "A", "TCP", 8080, Y), ("B", "C", "ICMP", 8, Y), ("B", "U1", "TCP", 8080, N),
+        ("B", "host@B", "TCP", 8080, N)],
+    "l3__entities__host.yaml": [("A", "host@A", "TCP", 8080, Y), ("A", "B", "TCP", 8080, N),
+                                ("A", "U1", "TCP", 8080, N)],
+    # ingressDeny world wins over ingress all; endpoints and the host still get in; replies to
+    # A's own connection out to the world come back (conntrack)
+    "l3__entities__from_world_deny.yaml": [
+        ("U1", "A", "TCP", 8080, N), ("U2", "B", "UDP", 53, N), ("B", "A", "TCP", 8080, Y),
+        ("host@A", "A", "TCP", 8080, Y), ("A", "U1", "TCP", 8080, Y)],
+    # every endpoint takes ingress only from production+strict (B)
+    "l3__match-expressions__and-statement.yaml": [
+        ("B", "A", "TCP", 8080, Y), ("B", "C", "UDP", 53, Y), ("C", "A", "TCP", 8080, N), ("U1", "A", "TCP", 8080, N),
+        ("host@A", "A", "TCP", 8080, N)],
+    "kubernetes__clusterwide__wildcard-from-endpoints.yaml": [
+        ("A", "E", "UDP", 53, Y), ("A", "E", "TCP", 53, N), ("U1", "E", "UDP", 53, N), ("A", "E", "TCP", 8080, N)],
+    # specs[1] selects every endpoint: egress only to kube-dns on 53 (ANY = TCP, UDP, SCTP)
+    "getting-started__dns-matchname.yaml": [
+        ("C", "E", "UDP", 53, Y), ("A", "E", "TCP", 53, Y), ("A", "B", "TCP", 8080, N), ("C", "U1", "TCP", 443, N),
+        ("E", "A", "TCP", 8080, N)],
+    "getting-started__dns-port.yaml": [
+        ("C", "E", "UDP", 53, Y), ("C", "U1", "TCP", 443, N), ("A", "E", "TCP", 80, N)],
+    # nodeSelector rules are not applied: nothing changes
+    "host__demo-host-policy.yaml": [("U1", "A", "TCP", 8080, Y), ("A", "U1", "ICMP", 8, Y)],
+    "host__lock-down-dev-vms.yaml": [("U1", "A", "TCP", 8080, Y), ("A", "U1", "UDP", 53, Y)],
+    # egress default deny on, toEntities all allows everything
+    "hubble__l7_80_53.yaml": [("A", "B", "TCP", 80, Y), ("A", "U1", "TCP", 8080, Y), ("A", "B", "UDP", 53, Y)],
+    "l3__fqdn__fqdn.yaml": [("F", "E", "UDP", 53, Y), ("F", "E", "TCP", 53, Y), ("F", "E", "TCP", 80, N),
+                            ("F", "U1", "TCP", 443, N)],
+    "l3__fqdn__fqdn-cascade.yaml": [("F", "E", "UDP", 53, Y), ("F", "U1", "TCP", 443, N)],
+    "l7__dns__dns-visibility.yaml": [("D", "E", "UDP", 53, Y), ("D", "A", "TCP", 8080, N)],
+    # toServices selects nothing here: id=app2 (D) may send nothing
+    "l3__service__service.yaml": [("D", "A", "TCP", 8080, N), ("A", "D", "TCP", 8080, Y)],
+    "l3__service__service-labels.yaml": [("D", "A", "TCP", 8080, N), ("A", "D", "TCP", 8080, Y)],
+    # init never occurs; UDP/53 from anyone
+    "l4__from_init.yaml": [("B", "A", "UDP", 53, Y), ("U1", "A", "UDP", 53, Y), ("B", "A", "TCP", 8080, N),
+                           ("B", "A", "TCP", 53, N)],
+    "l4__l4_sni.yaml": [("A", "U1", "TCP", 443, Y), ("A", "B", "TCP", 443, Y), ("A", "B", "TCP", 80, N)],
+    "l7__http__http.yaml": [("B", "A", "TCP", 80, Y), ("U1", "A", "TCP", 80, Y), ("B", "A", "TCP", 81, N)],
+    "l7__http__simple__l7.yaml": [("B", "C", "TCP", 80, Y), ("A", "C", "TCP", 80, N), ("B", "C", "TCP", 81, N)],
+    "l7__kafka__kafka.yaml": [("B", "D", "TCP", 9092, Y), ("A", "D", "TCP", 9092, N), ("B", "D", "TCP", 80, N)],
+    "l7__kafka__kafka-role.yaml": [("B", "D", "TCP", 9092, Y), ("A", "D", "TCP", 9092, N)],
+}
+# rejected files: the exact error codes; then traffic is as with no policy
+REJECTED = {"l3__requires__requires.yaml": ["NP_REMOVED_FIELD"]}
+REJECTED_PROBES = [("C", "A", "TCP", 8080, Y), ("U1", "A", "TCP", 8080, Y)]
+
+
+def _unit_expected() -> dict:
+    """The warning codes tests/unit/test_netpolicy_corpus.py expects of each file."""
+    spec = importlib.util.spec_from_file_location("_np_corpus_unit", HERE.parent / "unit" / "test_netpolicy_corpus.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.EXPECTED
+
+
+def test_every_corpus_file_has_probes_or_a_reason():
+    assert sorted([*PROBES, *REJECTED]) == sorted(p.name for p in POLICIES.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp("npcorpus")
+    lab = Lab(tmp / "state", Path("/sys/fs/bpf") / f"andon-corpus-{os.getpid()}")
+    try:
+        for name in LABELS:
+            lab.add_v4(name, ports=PORTS)
+        lab.add_v4("U1", ports=PORTS)
+        lab.add_v4("U2", octets=(96, 111), ports=PORTS)
+        for name in ("A", "B", "C"):
+            lab.host_server(lab.nodes[name].gateway, [8080])
+        for name, labels in LABELS.items():
+            lab.endpoint(name, labels)
+        yield lab
+    finally:
+        lab.close()
+    assert not lab.pin_dir.exists(), "the last endpoint removed takes the pins with it"
+
+
+def _check(lab: Lab, probes, label: str) -> list[str]:
+    """Run the probes against the model's verdicts; the list of disagreements."""
+    _, res = compute(NetpolicyState.load(lab.state_dir))
+    bad = []
+    for src, dst, proto, port, hand in probes:
+        want = res.decide_flow(lab.where(src)[1], lab.where(dst)[1], proto, port)
+        got = lab.reach(src, dst, proto, port, expect_pass=want.allowed)
+        if got != want.allowed or (hand is not None and got != hand):
+            bad.append(f"{label}: {src}->{dst} {proto}/{port}: got {'pass' if got else 'drop'}, model {want.verdict} "
+                       f"({want.reason}), by hand {hand}")
+    return bad
+
+
+def test_corpus_applies_as_the_model_says(lab):
+    expected_codes = _unit_expected()
+    bad: list[str] = []
+    for name, probes in PROBES.items():
+        # TRIGGER: apply the file alone
+        r = lab.andon("policy", "apply", str(POLICIES / name))
+        # ASSERT: it reports the warnings its unenforced parts deserve, and traffic is as the model says
+        for code in set(expected_codes[name][2]):
+            assert f"warning {code}" in r.stdout, f"{name}: {code} not reported\n{r.stdout}"
+        bad += _check(lab, probes, name)
+        lab.andon("policy", "delete", str((POLICIES / name).resolve()))
+    assert not bad, "\n".join(bad)
+
+
+def test_rejected_files_change_nothing(lab):
+    for name, codes in REJECTED.items():
+        r = lab.andon("policy", "apply", str(POLICIES / name), check=False)
+        assert r.returncode == 1
+        found = [c for c in ("NP_YAML_PARSE", "NP_SCHEMA", "NP_UNKNOWN_FIELD", "NP_REMOVED_FIELD", "NP_INVALID_VALUE",
+                             "NP_UNSUPPORTED_COMBINATION") for _ in range(r.stdout.count(f"error {c}"))]
+        assert found == codes, r.stdout
+        assert "nothing applied, the running policy is unchanged" in r.stdout
+        assert lab.andon("policy", "list").stdout.strip() == "0 policies applied"
+        assert not _check(lab, REJECTED_PROBES, name)
