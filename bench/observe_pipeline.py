@@ -163,7 +163,7 @@ class MemoryRing:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.mem = bytearray(PAGE + 2 * size)
+        self.mem = mmap.mmap(-1, PAGE + 2 * size)  # anonymous: slicing it gives bytes, as the real ring's
         self.prod = 0
         self.cons = ctypes.c_uint64(0)  # the consumer position the reader advances
 
@@ -184,7 +184,9 @@ class MemoryRing:
 
     def reader(self) -> VarRingReader:
         """A VarRingReader on this memory (what map_ring gives it on a real ring)."""
-        r = VarRingReader.__new__(VarRingReader)
+        if hasattr(VarRingReader, "on_memory"):
+            return VarRingReader.on_memory(self.mem, self.cons, self.size)
+        r = VarRingReader.__new__(VarRingReader)  # before on_memory: its attributes by hand
         r.fd, r.size, r.mask = -1, self.size, self.size - 1
         r._cons_map, r._prod_map, r._cons = None, self.mem, self.cons
         r._view = memoryview(self.mem)

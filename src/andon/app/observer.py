@@ -87,12 +87,9 @@ class Observer:
         proc_every = self.cfg.process_stats_interval_ns / 1e9
         next_conn = time.monotonic() + conn_every
         next_proc = time.monotonic()
-        handle = self.pipeline.handle
         while not self._stop.is_set():
             try:
-                for rec in self.source.read(0.1):
-                    handle(rec)
-                self.pipeline.flush()
+                self.pump(0.1)
                 now = time.monotonic()
                 if now >= next_conn:
                     next_conn = now + conn_every
@@ -102,6 +99,14 @@ class Observer:
                     self.sample_processes(time.time_ns())
             except Exception:  # one bad record or file must not stop tracing: log, go on
                 log.exception("observability loop error")
+
+    def pump(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for records, put every one there is through the pipeline,
+        hand the rows made to the store. Returns records read."""
+        assert self.source is not None and self.pipeline is not None
+        n = self.source.read_into(self.pipeline.data, self.pipeline.handle, timeout)
+        self.pipeline.flush()
+        return n
 
     def sample_processes(self, now_ns: int) -> int:
         """Write one process_stats row per live process."""

@@ -13,6 +13,7 @@ sensor's) and hands each one out as bytes.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import select
 import struct
@@ -37,13 +38,27 @@ class VarRingReader:
         self.size = size
         self.mask = size - 1
         # one aligned 8-byte store/load each: the producer must never see a torn position
-        self._cons_map, self._prod_map, self._cons = map_ring(fd, size)
-        self._view = memoryview(self._prod_map)
-        self._prod = self._view[0:8].cast("Q")
+        self._setup(*map_ring(fd, size))
         self._ep = select.epoll()
         self._ep.register(fd, select.EPOLLIN)
+
+    def _setup(self, cons_map: object, prod_map: mmap.mmap, cons: ctypes.c_uint64) -> None:
+        self._cons_map, self._prod_map, self._cons = cons_map, prod_map, cons
+        self._view = memoryview(self._prod_map)
+        self._prod = self._view[0:8].cast("Q")
         self.records_read = 0
         self.bytes_read = 0
+
+    @classmethod
+    def on_memory(cls, mem: mmap.mmap, consumer: ctypes.c_uint64, size: int) -> VarRingReader:
+        """A reader of a ring laid out in ``mem`` as the kernel maps one (the producer page,
+        then the data area twice), whose consumer position is ``consumer``: for tests and
+        bench/observe_pipeline.py, which play the producer."""
+        r = cls.__new__(cls)
+        r.fd, r.size, r.mask = -1, size, size - 1
+        r._setup(None, mem, consumer)
+        r._ep = select.epoll()  # nothing registered: wait() returns on pending bytes only
+        return r
 
     @property
     def consumer_pos(self) -> int:
@@ -63,35 +78,43 @@ class VarRingReader:
         return bool(self._ep.poll(timeout))
 
     def read(self, max_records: int = 1 << 16) -> Iterator[bytes]:
-        """Yield committed records in order, advancing the consumer after each one."""
-        cons = self.consumer_pos
-        prod = self.producer_pos
-        data = self._view[PAGE:]
-        try:
-            yield from self._records(data, cons, prod, max_records)
-        finally:
-            data.release()
+        """Yield committed records in order (the consumer advanced past each batch)."""
+        while True:
+            batch = self.read_batch(min(max_records, 4096))
+            if not batch:
+                return
+            yield from batch
+            max_records -= len(batch)
+            if max_records <= 0:
+                return
 
-    def _records(self, data: memoryview, cons: int, prod: int, max_records: int) -> Iterator[bytes]:
+    def read_batch(self, max_records: int = 1 << 16) -> list[bytes]:
+        """The committed records there are now (at most ``max_records``), copied out, in
+        order; the consumer position then moves past them all in one store."""
+        cons = self._cons.value
+        prod = self._prod[0]
+        mem = self._prod_map  # slicing the mmap copies straight into a bytes object
+        mask = self.mask
+        unpack = _U32.unpack_from
+        out: list[bytes] = []
+        append = out.append
+        start = cons
         n = 0
         while cons < prod and n < max_records:
-            off = cons & self.mask
-            hdr = _U32.unpack_from(data, off)[0]
+            off = PAGE + (cons & mask)
+            hdr = unpack(mem, off)[0]
             if hdr & BUSY:
                 break  # reserved, not committed yet
             length = hdr & _LEN_MASK
-            total = (length + 8 + 7) & ~7
             if not hdr & DISCARD:
-                rec = bytes(data[off + 8 : off + 8 + length])
+                append(mem[off + 8 : off + 8 + length])
                 n += 1
-                self.records_read += 1
-                self.bytes_read += total
-                cons += total
-                self._cons.value = cons
-                yield rec
-            else:
-                cons += total
-                self._cons.value = cons
+            cons += (length + 15) & ~7
+        if cons != start:
+            self._cons.value = cons
+            self.records_read += n
+            self.bytes_read += cons - start
+        return out
 
     def close(self) -> None:
         try:
@@ -103,6 +126,8 @@ class VarRingReader:
             self._view.release()
             self._prod = None  # type: ignore[assignment]
         del self._cons
+        if self._cons_map is None:  # on_memory: the memory is its owner's
+            return
         for m in (self._cons_map, self._prod_map):
             try:
                 m.close()

@@ -23,7 +23,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,30 +337,52 @@ class SockSource:
     # -- reading --------------------------------------------------------------------------
     def read(self, timeout: float = 0.1) -> Iterator[Record]:
         """Wait up to ``timeout`` for records, then yield what is there, decoded."""
+        out: list[Record] = []
+        self.read_into(lambda *f: out.append(Data(*f)), out.append, timeout)
+        yield from out
+
+    def read_into(self, on_data: Callable[..., object], on_other: Callable[[Record], object],
+                  timeout: float = 0.1) -> int:
+        """Wait up to ``timeout`` for records, then hand each one over, in ring order: a data
+        record as ``on_data(*fields)`` with :class:`Data`'s fields in its order (no object
+        made: the hot path), any other as ``on_other(record)``. Returns records read."""
         assert self.reader is not None, "start() first"
         if self.tls is not None:
             self.tls.maybe_rescan()
         if not self.reader.wait(timeout):
-            return
-        for raw in self.reader.read():
-            rec = decode(raw, self.boot_offset)
+            return 0
+        raws = self.reader.read_batch()
+        unpack = DATA.unpack_from
+        dsize = DATA.size
+        boot = self.boot_offset
+        nxt = self._next
+        dirs, protos, roles = _DIRS, _PROTOS, _ROLES
+        unknown_p, unknown_r = Protocol.UNKNOWN, Role.UNKNOWN
+        for raw in raws:
+            if len(raw) >= dsize and raw[0] == REC_DATA and raw[1] == 0:
+                (_, role, proto, pid, tid, fd, ts, conn_id, pos, size, copied, nr, direction, flags, rport, rfamily,
+                 raddr) = unpack(raw)
+                # a TLS connection's plaintext positions are their own stream
+                key = (conn_id, (direction & 1) | (flags & F_ENCRYPTED))
+                expect = nxt.get(key, 0)
+                gap = 0
+                if pos > expect:
+                    gap = pos - expect
+                    self.gap_bytes += gap
+                nxt[key] = pos + size
+                on_data(conn_id, pid, tid, fd, ts + boot, dirs[direction & 1], protos.get(proto, unknown_p),
+                        roles.get(role, unknown_r), raw[dsize : dsize + copied], size, pos, gap, nr, flags,
+                        (_addr(rfamily, raddr), rport) if flags & F_ADDR else None)
+                continue
+            rec = decode(raw, boot)
             if rec is None:
                 self.undecodable += 1
                 continue
-            if isinstance(rec, Data):
-                # a TLS connection's plaintext positions are their own stream
-                key = (rec.conn_id, int(rec.direction) | (rec.flags & F_ENCRYPTED))
-                expect = self._next.get(key)
-                if expect is None:
-                    expect = 0
-                if rec.pos > expect:
-                    rec.gap = rec.pos - expect
-                    self.gap_bytes += rec.gap
-                self._next[key] = rec.pos + rec.size
-            elif isinstance(rec, ConnClose):
+            if isinstance(rec, ConnClose):
                 for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
-                    self._next.pop((rec.conn_id, k), None)
-            yield rec
+                    nxt.pop((rec.conn_id, k), None)
+            on_other(rec)
+        return len(raws)
 
     def drain(self, until: float, stop=None) -> list[Record]:
         """Read until ``time.monotonic() >= until`` or ``stop(records)`` is true."""

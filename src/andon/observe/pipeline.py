@@ -23,9 +23,9 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..events.sockdata import ConnClose, ConnOpen, Data
+from ..events.sockdata import F_ENCRYPTED, ConnClose, ConnOpen, Data
 from ..protocols import PARSERS
-from ..protocols.base import ConnParser, ParseStats, Protocol, Role
+from ..protocols.base import ConnParser, DataChunk, Direction, ParseStats, Protocol, Role
 from ..state.container import match_proc_cgroup
 from ..store.schema import upid as make_upid
 
@@ -194,10 +194,12 @@ class Pipeline:
         self.flush()
 
     def handle(self, rec: ConnOpen | Data | ConnClose) -> None:
-        self.stats.records += 1
         if isinstance(rec, Data):
-            self._data(rec)
-        elif isinstance(rec, ConnOpen):
+            self.data(rec.conn_id, rec.pid, rec.tid, rec.fd, rec.ts_ns, rec.direction, rec.protocol, rec.role,
+                      rec.data, rec.size, rec.pos, rec.gap, rec.nr, rec.flags, rec.peer)
+            return
+        self.stats.records += 1
+        if isinstance(rec, ConnOpen):
             self._open(rec)
         elif isinstance(rec, ConnClose):
             self._close(rec)
@@ -215,37 +217,41 @@ class Pipeline:
         self.stats.conns_opened += 1
         return conn
 
-    def _data(self, rec: Data) -> None:
-        conn = self.conns.get(rec.conn_id)
+    def data(self, conn_id: int, pid: int, tid: int, fd: int, ts_ns: int, direction: Direction,
+             protocol: Protocol, role: Role, data: bytes, size: int, pos: int, gap: int = 0, nr: int = 0,
+             flags: int = 0, peer: tuple[str, int] | None = None) -> None:
+        """One data record, as :class:`Data`'s fields in their order (the source's hot path
+        calls this without making the object)."""
+        self.stats.records += 1
+        conn = self.conns.get(conn_id)
         if conn is None:
             # the open record was lost (ring full) or came before we started: carry on with
             # what the data record says
             self.stats.data_without_conn += 1
-            conn = self._open(ConnOpen(rec.conn_id, rec.pid, rec.tid, rec.fd, rec.ts_ns, rec.role, 0, "", 0,
-                                       "", 0, 0, 0, 0, ""))
-        conn.last_ns = rec.ts_ns
-        if rec.direction == 0:
-            conn.bytes_sent += rec.size
+            conn = self._open(ConnOpen(conn_id, pid, tid, fd, ts_ns, role, 0, "", 0, "", 0, 0, 0, 0, ""))
+        conn.last_ns = ts_ns
+        if direction == 0:
+            conn.bytes_sent += size
         else:
-            conn.bytes_recv += rec.size
-        if rec.peer is not None and rec.peer != conn.peer:
-            conn.peer = rec.peer
+            conn.bytes_recv += size
+        if peer is not None and peer != conn.peer:
+            conn.peer = peer
             conn.common = None
-        if rec.encrypted and not conn.encrypted:
+        if flags & F_ENCRYPTED and not conn.encrypted:
             # plaintext from the TLS library's uprobes: the connection's rows say encrypted
             conn.encrypted = True
             conn.common = None
-        if conn.role == Role.UNKNOWN and rec.role != Role.UNKNOWN:
-            conn.role = rec.role
+        if conn.role == Role.UNKNOWN and role != Role.UNKNOWN:
+            conn.role = role
             conn.common = None
-        if conn.parser is None:
-            proto = rec.protocol
-            if proto == Protocol.UNKNOWN or proto not in self.protocols or proto not in PARSERS:
+        parser = conn.parser
+        if parser is None:
+            if protocol == Protocol.UNKNOWN or protocol not in self.protocols or protocol not in PARSERS:
                 self.stats.data_unknown_protocol += 1
                 return
-            conn.protocol = proto
-            conn.parser = PARSERS[proto](conn.role)
-        rows = conn.parser.feed(rec.chunk())
+            conn.protocol = protocol
+            parser = conn.parser = PARSERS[protocol](conn.role)
+        rows = parser.feed(DataChunk(ts_ns, direction, data, size, gap))
         if rows:
             self._emit(conn, rows)
 
