@@ -182,3 +182,88 @@ def test_rejected_files_change_nothing(lab):
         assert "nothing applied, the running policy is unchanged" in r.stdout
         assert lab.andon("policy", "list").stdout.strip() == "0 policies applied"
         assert not _check(lab, REJECTED_PROBES, name)
+
+
+# -- audit mode per policy ------------------------------------------------------------------------------
+AUDITED_DENY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: no-frontend-8080
+  annotations:
+    andon.io/policy-audit-mode: "{audit}"
+spec:
+  endpointSelector: {{matchLabels: {{role: backend}}}}
+  ingressDeny:
+  - fromEndpoints: [{{matchLabels: {{role: frontend}}}}]
+    toPorts: [{{ports: [{{port: "8080", protocol: TCP}}]}}]
+  ingress:
+  - fromEntities: [all]
+"""
+
+
+def _flows_and_counters(lab: Lab) -> tuple[list, dict]:
+    """Every flow record waiting in the pinned ring, and the per-endpoint counters."""
+    from andon.netpolicy.datapath import Datapath, wait_flows
+
+    dp = Datapath(pin_dir=lab.pin_dir)
+    try:
+        return wait_flows(dp, 100000, timeout=0.5), dp.counters()
+    finally:
+        dp.close(detach=False)
+
+
+def _syn(flows: list, src: str, dst: str, port: int):
+    return [f for f in flows if f.src_ip == src and f.dst_ip == dst and f.dport == port and f.tcp_flags == 0x02
+            and f.traffic_direction == "INGRESS"]
+
+
+def test_audit_flag_and_annotation(lab, tmp_path):
+    a, b, c = (lab.nodes[n] for n in "ABC")
+    a_ifindex = int(NetpolicyState.load(lab.state_dir).endpoints["A"]["ifindex"])
+    combined = str(POLICIES / "l4__l3_l4_combined.yaml")
+    _flows_and_counters(lab)  # empty the ring
+    # TRIGGER: apply --audit: default deny of backend (A) switched on by an audited policy only
+    r = lab.andon("policy", "apply", "--audit", combined)
+    assert "in audit mode" in r.stdout and "ingress: default deny by l4-rule (audit)" in r.stdout
+    [row] = __import__("json").loads(lab.andon("policy", "list", "-o", "json").stdout)
+    assert (row["name"], row["audit"], row["audit_by"]) == ("l4-rule", True, "apply --audit")
+    # ASSERT: would-be drops pass; the flows say AUDIT, the counters count them
+    assert lab.reach("B", "A", "TCP", 81, expect_pass=True)
+    assert lab.reach("C", "A", "TCP", 80, expect_pass=True)
+    assert lab.reach("B", "A", "TCP", 80, expect_pass=True)
+    flows, counters = _flows_and_counters(lab)
+    [f81] = _syn(flows, b.addr, a.addr, 81)
+    [f80c] = _syn(flows, c.addr, a.addr, 80)
+    [f80b] = _syn(flows, b.addr, a.addr, 80)
+    assert (f81.verdict, f81.drop_reason_desc, f81.policy_match_type) == ("AUDIT", "POLICY_DENIED", "NONE")
+    assert (f80c.verdict, f80c.drop_reason_desc) == ("AUDIT", "POLICY_DENIED")
+    assert (f80b.verdict, f80b.policy_match_type) == ("FORWARDED", "L3_L4")
+    assert counters[(a_ifindex, "INGRESS")].audit_packets >= 2
+    assert counters[(a_ifindex, "INGRESS")].drop_packets == 0
+
+    # TRIGGER: the same file again without --audit enforces it
+    lab.andon("policy", "apply", combined)
+    assert lab.andon("policy", "list").stdout.count("enforced") == 1
+    assert not lab.reach("B", "A", "TCP", 81)
+    lab.andon("policy", "delete", "l4-rule")
+
+    # TRIGGER: the annotation audits a deny entry
+    audited, enforced = tmp_path / "audited.yaml", tmp_path / "enforced.yaml"
+    audited.write_text(AUDITED_DENY.format(audit="true"))
+    lab.andon("policy", "apply", str(audited))
+    assert "AUDIT (annotation)" in lab.andon("policy", "list").stdout
+    assert lab.reach("B", "A", "TCP", 8080, expect_pass=True)
+    assert lab.reach("C", "A", "TCP", 8080, expect_pass=True)
+    flows, _ = _flows_and_counters(lab)
+    [fb] = _syn(flows, b.addr, a.addr, 8080)
+    [fc] = _syn(flows, c.addr, a.addr, 8080)
+    assert (fb.verdict, fb.drop_reason_desc, fb.policy_match_type) == ("AUDIT", "POLICY_DENY", "L3_L4")
+    assert (fc.verdict, fc.policy_match_type) == ("FORWARDED", "ALL")
+    lab.andon("policy", "delete", "no-frontend-8080")
+    # ASSERT: "false" enforces the deny
+    enforced.write_text(AUDITED_DENY.format(audit="false"))
+    lab.andon("policy", "apply", str(enforced))
+    assert not lab.reach("B", "A", "TCP", 8080)
+    assert lab.reach("C", "A", "TCP", 8080, expect_pass=True)
+    lab.andon("policy", "delete", "no-frontend-8080")
