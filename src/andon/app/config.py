@@ -31,13 +31,15 @@ PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_
 SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
-               "append_output", "observe", "store", "flows"}
+               "append_output", "observe", "store", "flows", "network"}
 _OBSERVE_KEYS = {"enabled", "protocols", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
                  "conn_stats_interval", "idle_timeout"}
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
 _MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
 _FLOWS_KEYS = {"enabled", "pin_dir", "state_dir", "poll_interval"}
+_NETWORK_KEYS = {"state_dir", "pin_dir", "containers", "container_label", "endpoints"}
+_ENDPOINT_KEYS = {"name", "netns", "ifname", "addresses", "container", "cgroup", "labels", "audit"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,24 @@ class FlowsConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """The ``network:`` section: policy endpoints applied by ``andon run`` at start and by
+    ``andon endpoint sync --config`` (docs/networking.md, Endpoints). Each endpoint is a dict
+    {name, netns+ifname[+addresses] | container | cgroup, labels: [k=v...], audit}."""
+
+    state_dir: Path = Path("/var/lib/andon/netpolicy")
+    pin_dir: Path = Path("/sys/fs/bpf/andon/netpolicy")
+    containers: str = "off"  # podman containers as endpoints: label | all | off
+    container_label: str = "andon.endpoint=true"  # what `label` looks for (k=v or k)
+    endpoints: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """Anything for the agent to apply at start."""
+        return bool(self.endpoints) or self.containers != "off"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     rules_files: tuple[Path, ...] = (PACKAGE_RULES,)
     rule_matching: str = "first"
@@ -78,6 +98,7 @@ class AgentConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     store: Any = None  # store.settings.StoreSettings; None: its defaults
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     path: Path | None = None  # where this config came from
 
     def rule_paths(self) -> list[Path]:
@@ -176,6 +197,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
             raise UsageError(f"{where}{e}") from None
     if "flows" in data:
         kw["flows"] = _flows(data["flows"], where)
+    if "network" in data:
+        kw["network"] = _network(data["network"], where)
     kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
 
@@ -251,6 +274,66 @@ def _flows(sec: Any, where: str) -> FlowsConfig:
             raise UsageError(f"{where}flows.poll_interval must be longer than 0")
         kw["poll_interval_ns"] = ns
     return FlowsConfig(**kw)
+
+
+def _network(sec: Any, where: str) -> NetworkConfig:
+    if sec is None:
+        return NetworkConfig()
+    if not isinstance(sec, dict):
+        raise UsageError(f"{where}network must be a mapping")
+    unknown = set(sec) - _NETWORK_KEYS
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) under network: {', '.join(sorted(unknown))}")
+    kw: dict[str, Any] = {}
+    for key in ("pin_dir", "state_dir"):
+        if key in sec:
+            if not isinstance(sec[key], str) or not sec[key]:
+                raise UsageError(f"{where}network.{key} must be a directory path")
+            kw[key] = Path(sec[key])
+    if "containers" in sec:
+        if sec["containers"] not in ("label", "all", "off") and sec["containers"] is not False:
+            raise UsageError(f"{where}network.containers must be label, all or off")
+        kw["containers"] = sec["containers"] or "off"  # YAML reads a bare off as false
+    if "container_label" in sec:
+        if not isinstance(sec["container_label"], str) or not sec["container_label"].split("=")[0]:
+            raise UsageError(f"{where}network.container_label must be 'key=value' or 'key'")
+        kw["container_label"] = sec["container_label"]
+    eps = sec.get("endpoints") or []
+    if not isinstance(eps, list):
+        raise UsageError(f"{where}network.endpoints must be a list")
+    out, names = [], set()
+    for i, e in enumerate(eps):
+        at = f"{where}network.endpoints[{i}]"
+        if not isinstance(e, dict):
+            raise UsageError(f"{at} must be a mapping")
+        unknown = set(e) - _ENDPOINT_KEYS
+        if unknown:
+            raise UsageError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+        name = e.get("name")
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{at}: needs a name")
+        if name in names:
+            raise UsageError(f"{at}: endpoint {name!r} is given twice")
+        names.add(name)
+        kinds = [k for k in ("netns", "container", "cgroup") if e.get(k)]
+        if len(kinds) != 1:
+            raise UsageError(f"{at} ({name}): exactly one of netns, container, cgroup")
+        if kinds == ["netns"] and not e.get("ifname"):
+            raise UsageError(f"{at} ({name}): netns needs ifname (its host-side veth)")
+        labels = e.get("labels") or []
+        if isinstance(labels, dict):
+            labels = [f"{k}={v}" if v not in (None, "") else str(k) for k, v in labels.items()]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise UsageError(f"{at} ({name}): labels is a list of k=v or a mapping")
+        addrs = e.get("addresses") or []
+        if not isinstance(addrs, list):
+            raise UsageError(f"{at} ({name}): addresses is a list")
+        if "audit" in e and not isinstance(e["audit"], bool):
+            raise UsageError(f"{at} ({name}): audit must be true or false")
+        out.append({**{k: v for k, v in e.items() if k in _ENDPOINT_KEYS}, "labels": labels,
+                    "addresses": [str(a) for a in addrs], "audit": bool(e.get("audit", False))})
+    kw["endpoints"] = tuple(out)
+    return NetworkConfig(**kw)
 
 
 def _rules_path(name: str, base: Path) -> Path:
