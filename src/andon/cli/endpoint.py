@@ -1,16 +1,23 @@
-"""``andon endpoint add|list|remove``: the workloads network policy applies to.
+"""``andon endpoint add|list|remove|audit|sync``: the workloads network policy applies to.
 
-An endpoint here is a network namespace seen through its host-side veth. ``add`` attaches the
-policy programs to that veth and keeps them there after andon exits (maps pinned in bpffs,
-state in ``--state-dir``); every add or remove recomputes identities and policy for all
-endpoints and applies the result in one atomic step.
+An endpoint is a network namespace seen through its host-side veth (``--netns``), a podman
+container (``--container``: its labels, addresses and veth come from podman), or a cgroup v2
+directory of processes on the host network (``--cgroup``). ``add`` attaches the policy
+programs and keeps them there after andon exits (maps pinned in bpffs, state in
+``--state-dir``); every change recomputes identities and policy for all endpoints and applies
+the result in one atomic step, under the state directory's lock. ``sync`` makes the
+endpoints follow a config file and podman's running containers, once or (``--follow``)
+as containers start and stop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
+import threading
+import time
 from typing import Any
 
 from ..errors import UsageError
@@ -27,84 +34,76 @@ def add_state_args(p: argparse.ArgumentParser) -> None:
 
 def open_datapath(args: argparse.Namespace, state: Any) -> Any:
     """The datapath on the pinned maps, with the endpoints attached by earlier runs taken over."""
-    from pathlib import Path
+    from ..netpolicy.state import open_datapath as open_dp
 
-    from ..netpolicy.datapath import Datapath
+    return open_dp(state, args.pin_dir)
 
-    dp = Datapath(pin_dir=Path(args.pin_dir))
-    for rec in state.endpoints.values():
-        if "datapath" in rec:  # not yet for the one being added
-            dp.adopt_endpoint(rec["datapath"])
-    return dp
+
+def _labels(text: str | None) -> list[str]:
+    from ..netpolicy.labels import labels_from
+
+    labels = [s for s in (text or "").split(",") if s]
+    labels_from(labels)  # bad labels fail before anything changes
+    return labels
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from ..netpolicy.labels import labels_from
-    from ..netpolicy.state import NetpolicyState, compute, enforce, netns_addresses
+    from ..netpolicy import podman
+    from ..netpolicy.state import add_endpoint, netns_addresses
 
-    state = NetpolicyState.load(args.state_dir)
-    if args.name in state.endpoints:
-        raise UsageError(f"endpoint {args.name!r} exists already (andon endpoint remove it first)")
-    try:
-        socket.if_nametoindex(args.ifname)
-    except OSError:
-        raise UsageError(f"no network interface {args.ifname!r} on the host") from None
-    labels = [s for s in (args.labels or "").split(",") if s]
-    labels_from(labels)  # bad labels fail before anything changes
-    addresses = args.address or netns_addresses(args.netns)
-    if not addresses:
-        raise UsageError(f"no address in network namespace {args.netns!r}: give --address")
-    state.endpoints[args.name] = {"kind": "netns", "netns": args.netns, "ifname": args.ifname, "labels": labels,
-                                  "addresses": addresses}
-    loaded, res = compute(state)
-    epp = res.endpoints[args.name]
-    dp = open_datapath(args, state)
-    try:
-        ifindex = dp.attach_endpoint(args.ifname, epp.identity.id,
-                                     default_deny_ingress=epp.is_default_deny("ingress"),
-                                     default_deny_egress=epp.is_default_deny("egress"))
-        state.endpoints[args.name]["ifindex"] = ifindex
+    labels = _labels(args.labels)
+    if args.container:
+        c = podman.inspect(args.container)
+        if c is None:
+            raise UsageError(f"podman knows no container {args.container!r}")
+        rec = podman.endpoint_record(c, labels, args.audit)
+        if args.address:
+            rec["addresses"] = args.address
+    elif args.cgroup:
+        from ..netpolicy import cgroup
+
+        rec = {"kind": "cgroup", "cgroup": str(cgroup.resolve(args.cgroup)), "ifname": None, "labels": labels,
+               "addresses": [], "audit": args.audit}
+    else:
+        if not args.ifname:
+            raise UsageError("--netns needs --ifname (the namespace's host-side veth)")
         try:
-            enforce(dp, state, res)
-        except BaseException:
-            dp.detach_endpoint(ifindex)
-            raise
-        state.endpoints[args.name]["datapath"] = dp.endpoint_record(ifindex)
-        state.save()
-    finally:
-        dp.close(detach=False)
-    print(f"endpoint {args.name}: identity {epp.identity.id}, {args.ifname} (ifindex {ifindex}), "
-          f"addresses {', '.join(addresses)}")
+            socket.if_nametoindex(args.ifname)
+        except OSError:
+            raise UsageError(f"no network interface {args.ifname!r} on the host") from None
+        addresses = args.address or netns_addresses(args.netns)
+        if not addresses:
+            raise UsageError(f"no address in network namespace {args.netns!r}: give --address")
+        rec = {"kind": "netns", "netns": args.netns, "ifname": args.ifname, "labels": labels, "addresses": addresses,
+               "audit": args.audit}
+    out = add_endpoint(args.state_dir, args.pin_dir, args.name, rec)
+    print(f"endpoint {args.name}: {_where(out)}, identity {out['identity']}, labels {','.join(out['labels']) or '-'}"
+          f"{', audit mode' if out.get('audit') else ''}")
     return EXIT_OK
 
 
+def _where(rec: dict[str, Any]) -> str:
+    kind = rec.get("kind", "netns")
+    if kind == "cgroup":
+        return f"cgroup {rec['cgroup']} (id {rec.get('cgroup_id')})"
+    head = f"container {rec.get('container_name') or rec.get('container_id', '')[:12]}, " if kind == "container" else ""
+    return f"{head}{rec['ifname']} (ifindex {rec.get('ifindex')}), addresses {', '.join(rec['addresses'])}"
+
+
 def run_remove(args: argparse.Namespace) -> int:
-    from ..netpolicy.state import NetpolicyState, compute, enforce
+    from ..netpolicy.state import remove_endpoint
 
-    state = NetpolicyState.load(args.state_dir)
-    rec = state.endpoints.get(args.name)
-    if rec is None:
-        raise UsageError(f"no endpoint {args.name!r}")
-    dp = open_datapath(args, state)
-    try:
-        try:
-            dp.detach_endpoint(int(rec["ifindex"]))
-        except OSError:
-            pass  # the veth went away with its namespace
-        del state.endpoints[args.name]
-        _, res = compute(state)
-        enforce(dp, state, res)
-        state.save()
-        last = not state.endpoints
-    finally:
-        dp.close(detach=False)
-    if last:
-        from pathlib import Path
-
-        from ..netpolicy.datapath import unpin
-
-        unpin(Path(args.pin_dir))  # nothing attached any more: drop the pins
+    remove_endpoint(args.state_dir, args.pin_dir, args.name)
     print(f"endpoint {args.name} removed")
+    return EXIT_OK
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from ..netpolicy.state import set_audit
+
+    set_audit(args.state_dir, args.pin_dir, args.name, args.mode == "on")
+    print(f"endpoint {args.name}: audit {args.mode}"
+          + (" (would-be drops pass and are reported as AUDIT)" if args.mode == "on" else ""))
     return EXIT_OK
 
 
@@ -115,37 +114,73 @@ def endpoint_rows(state: Any) -> list[dict[str, Any]]:
     rows = []
     for name, rec in sorted(state.endpoints.items()):
         ident = alloc.allocate(rec["labels"])
-        rows.append({"name": name, "identity": ident.id, "labels": rec["labels"], "addresses": rec["addresses"],
-                     "ifname": rec["ifname"], "netns": rec.get("netns")})
+        rows.append({"name": name, "kind": rec.get("kind", "netns"), "identity": ident.id, "labels": rec["labels"],
+                     "addresses": rec["addresses"], "ifname": rec.get("ifname"), "netns": rec.get("netns"),
+                     "container": rec.get("container_name"), "container_id": rec.get("container_id"),
+                     "cgroup": rec.get("cgroup"), "cgroup_id": rec.get("cgroup_id"),
+                     "audit": bool(rec.get("audit", False))})
     return rows
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..netpolicy.state import NetpolicyState
+    from ..netpolicy.state import NetpolicyState, locked
 
-    rows = endpoint_rows(NetpolicyState.load(args.state_dir))
+    with locked(args.state_dir):
+        rows = endpoint_rows(NetpolicyState.load(args.state_dir))
     if args.output == "json":
         print(json.dumps(rows, indent=1))
         return EXIT_OK
-    head = ("NAME", "IDENTITY", "LABELS", "ADDRESSES", "IFNAME")
-    table = [head] + [(r["name"], str(r["identity"]), ",".join(r["labels"]) or "-", ",".join(r["addresses"]),
-                       r["ifname"]) for r in rows]
+    head = ("NAME", "KIND", "IDENTITY", "LABELS", "ADDRESSES", "WHERE", "AUDIT")
+    table = [head] + [(r["name"], r["kind"], str(r["identity"]), ",".join(r["labels"]) or "-",
+                       ",".join(r["addresses"]) or "(host)", r["cgroup"] if r["kind"] == "cgroup" else r["ifname"],
+                       "on" if r["audit"] else "off") for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return EXIT_OK
 
 
+# -- sync ------------------------------------------------------------------------------------------
+def run_sync(args: argparse.Namespace) -> int:
+    from ..netpolicy.podman import EndpointSync
+
+    network = None
+    if args.config:
+        from pathlib import Path
+
+        from ..app.config import load_config
+
+        network = load_config(Path(args.config)).network
+    s = EndpointSync.from_settings(network, state_dir=args.state_dir, pin_dir=args.pin_dir,
+                                   containers=args.containers, label=args.label)
+    s.report = lambda line: print(line, flush=True)
+    s.sync_once()
+    if not args.follow:
+        return EXIT_OK
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    deadline = time.monotonic() + args.duration if args.duration else None
+    s.follow(stop, deadline)
+    return EXIT_OK
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("endpoint", help="network policy endpoints: add|list|remove")
+    p = sub.add_parser("endpoint", help="network policy endpoints: add|list|remove|audit|sync")
     esub = p.add_subparsers(dest="endpoint_command", metavar="SUBCOMMAND")
     esub.required = True
-    a = esub.add_parser("add", help="enforce policy on a network namespace through its host-side veth")
+    a = esub.add_parser("add", help="enforce policy on a namespace (its host-side veth), a podman container or a cgroup")
     a.add_argument("name")
-    a.add_argument("--netns", required=True, help="the named network namespace (ip netns)")
-    a.add_argument("--ifname", required=True, help="the host-side veth of the namespace")
-    a.add_argument("--labels", default="", help="k=v,k2=v2")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--netns", help="a named network namespace (ip netns); needs --ifname")
+    which.add_argument("--container", help="a running podman container (name or id): labels, veth and addresses "
+                                           "from podman; its labels get the source 'container:'")
+    which.add_argument("--cgroup", help="a cgroup v2 directory (/sys/fs/cgroup/unified/...) of processes on the host "
+                                        "network")
+    a.add_argument("--ifname", help="the host-side veth of --netns")
+    a.add_argument("--labels", default="", help="k=v,k2=v2 (source k8s: unless written, e.g. container:k=v)")
     a.add_argument("--address", action="append", help="the endpoint's IP (default: read from the namespace)")
+    a.add_argument("--audit", action="store_true", help="audit mode: would-be drops pass and are reported as AUDIT")
     add_state_args(a)
     a.set_defaults(func=run_add)
     ls = esub.add_parser("list", help="the endpoints, their identities and addresses")
@@ -156,3 +191,18 @@ def add_parser(sub: Any) -> None:
     r.add_argument("name")
     add_state_args(r)
     r.set_defaults(func=run_remove)
+    au = esub.add_parser("audit", help="switch an endpoint's audit mode on or off")
+    au.add_argument("name")
+    au.add_argument("mode", choices=("on", "off"))
+    add_state_args(au)
+    au.set_defaults(func=run_audit)
+    sy = esub.add_parser("sync", help="endpoints from the config file and podman's running containers")
+    sy.add_argument("--config", help="andon.yaml whose network.endpoints to apply (and network.containers)")
+    sy.add_argument("--containers", choices=("label", "all", "off"), default=None,
+                    help="which running podman containers are endpoints (default: network.containers, else label)")
+    sy.add_argument("--label", default=None, help="the label a container needs with --containers label "
+                                                  "(default: andon.endpoint=true)")
+    sy.add_argument("--follow", action="store_true", help="then follow podman's events until interrupted")
+    sy.add_argument("--duration", type=float, default=0.0, help="with --follow: stop after this many seconds")
+    add_state_args(sy)
+    sy.set_defaults(func=run_sync)

@@ -6,22 +6,40 @@ to take them over), the text of every applied policy file, the identity allocati
 numeric policy ids the kernel reports. The file is written whole to a temporary name and
 renamed over the old one, so a crash leaves either the old or the new state. The BPF maps
 are pinned in ``bpffs`` (``/sys/fs/bpf/andon/netpolicy`` by default) beside it.
+
+Every read-modify-write of the state (and the kernel change that goes with it) runs under
+:func:`locked`, an exclusive ``flock`` on ``state.lock`` in the same directory, so two
+``andon`` commands at once cannot lose each other's endpoint or policy. The endpoint
+operations (:func:`add_endpoint`, :func:`remove_endpoint`, :func:`set_audit`, :func:`sync`)
+take it themselves.
+
+Endpoint records in ``endpoints`` (name -> record), by ``kind``:
+``netns``: netns, ifname, ifindex, labels, addresses, audit, datapath (TC filter handles);
+``container``: the same plus container_id, container_name, and ``sync`` (added by
+``andon endpoint sync``, removed when the container stops); ``cgroup``: cgroup (path),
+cgroup_id, labels, addresses [] (host network: the host's), ifname None, ifindex 0, audit,
+datapath (attached program ids). ``config: true`` marks endpoints from the config file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .labels import PolicyError
 
 DEFAULT_STATE_DIR = Path("/var/lib/andon/netpolicy")
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/andon/netpolicy")
 STATE_FILE = "state.json"
+LOCK_FILE = "state.lock"
 FORMAT = 1
 
 
@@ -108,7 +126,8 @@ def endpoints_of(state: NetpolicyState) -> list[Any]:
     from .identity import Endpoint
 
     return [Endpoint.make(name, rec.get("kind", "netns"), rec.get("labels", []), rec.get("addresses", []),
-                          rec.get("ifname")) for name, rec in sorted(state.endpoints.items())]
+                          rec.get("ifname"), rec.get("cgroup"), bool(rec.get("audit", False)))
+            for name, rec in sorted(state.endpoints.items())]
 
 
 def compute(state: NetpolicyState, policy_files: dict[str, str] | None = None) -> tuple[Any, Any]:
@@ -143,7 +162,13 @@ def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
     for name, epp in res.endpoints.items():
         rec = state.endpoints[name]
         deny_in, deny_out = epp.default_deny["ingress"], epp.default_deny["egress"]
-        dp.set_endpoint_config(int(rec["ifindex"]), epp.identity.id,
+        if rec.get("kind") == "cgroup":
+            set_config = dp.set_cgroup_config
+            key = int(rec["cgroup_id"])
+        else:
+            set_config = dp.set_endpoint_config
+            key = int(rec["ifindex"])
+        set_config(key, epp.identity.id,
                                default_deny_ingress=epp.is_default_deny("ingress"),
                                default_deny_egress=epp.is_default_deny("egress"), audit=epp.endpoint.audit,
                                deny_policy_ingress=state.policy_id(deny_in[0]) if deny_in else 0,
@@ -156,3 +181,168 @@ def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
             dp.ipcache.delete(k)
     state.identities = res.allocator.to_dict()  # CIDR identities allocated on the way
     return dp.entries_installed
+
+
+# -- endpoint operations, each a locked read-modify-write ------------------------------------------
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Hold the state directory's lock (``flock`` LOCK_EX on ``state.lock``) for the block."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last fd releases the lock
+
+
+def open_datapath(state: NetpolicyState, pin_dir: str | Path) -> Any:
+    """The datapath on the pinned maps, with the endpoints attached by earlier runs taken over."""
+    from .datapath import Datapath
+
+    dp = Datapath(pin_dir=Path(pin_dir))
+    for rec in state.endpoints.values():
+        if "datapath" not in rec:  # not yet for the one being added
+            continue
+        if rec.get("kind") == "cgroup":
+            dp.adopt_cgroup(rec["datapath"])
+        else:
+            dp.adopt_endpoint(rec["datapath"])
+    return dp
+
+
+def _check_new(state: NetpolicyState, name: str, rec: dict[str, Any]) -> None:
+    from .identity import Endpoint
+
+    if name in state.endpoints:
+        raise UsageError(f"endpoint {name!r} exists already (andon endpoint remove it first)")
+    kind = rec.get("kind")
+    Endpoint.make(name, kind, rec.get("labels", []), rec.get("addresses", []), rec.get("ifname"), rec.get("cgroup"))
+    if kind == "cgroup":
+        new = Path(rec["cgroup"])
+        for other, orec in state.endpoints.items():
+            if orec.get("kind") != "cgroup":
+                continue
+            old = Path(orec["cgroup"])
+            if old == new or old in new.parents or new in old.parents:
+                # the programs would run twice on one socket (BPF_F_ALLOW_MULTI runs every level's)
+                raise UsageError(f"cgroup {new} nests with endpoint {other!r} ({old}): cgroup endpoints may not nest")
+    else:
+        for other, orec in state.endpoints.items():
+            if orec.get("ifname") and orec.get("ifname") == rec.get("ifname"):
+                raise UsageError(f"interface {rec['ifname']} is endpoint {other!r} already")
+
+
+def _attach(dp: Any, state: NetpolicyState, name: str, res: Any) -> None:
+    """Attach one endpoint of the resolution; fills its record's ifindex/cgroup_id."""
+    rec = state.endpoints[name]
+    ident = res.endpoints[name].identity.id
+    if rec.get("kind") == "cgroup":
+        rec["cgroup_id"] = dp.attach_cgroup(rec["cgroup"], ident)
+        rec["ifindex"] = 0
+    else:
+        rec["ifindex"] = dp.attach_endpoint(rec["ifname"], ident)
+
+
+def _detach(dp: Any, rec: dict[str, Any]) -> None:
+    try:
+        if rec.get("kind") == "cgroup":
+            dp.detach_cgroup(int(rec["cgroup_id"]))
+        else:
+            dp.detach_endpoint(int(rec["ifindex"]))
+    except (OSError, UsageError, KeyError, ValueError):
+        pass  # gone with its namespace, container or cgroup
+
+
+def _record(dp: Any, rec: dict[str, Any]) -> dict[str, Any]:
+    if rec.get("kind") == "cgroup":
+        return dp.cgroup_record(int(rec["cgroup_id"]))
+    return dp.endpoint_record(int(rec["ifindex"]))
+
+
+Plan = tuple[dict[str, dict[str, Any]], list[str], dict[str, dict[str, Any]]]  # (add, remove, update)
+
+
+def change_endpoints(state_dir: str | Path, pin_dir: str | Path, plan: Any) -> tuple[Plan, Any, NetpolicyState]:
+    """Add, remove and update (labels, audit) endpoints in one locked step, recomputing and
+    re-applying everything once. ``plan(state)`` returns (add: name -> record, remove: names,
+    update: name -> fields), decided under the lock. Returns (the plan, the Resolution, the
+    saved state). A failure leaves the state file as it was and detaches what this call attached."""
+    from .datapath import unpin
+
+    with locked(state_dir):
+        state = NetpolicyState.load(state_dir)
+        add, remove, update = plan(state)
+        for name in [*remove, *update]:
+            if name not in state.endpoints:
+                raise UsageError(f"no endpoint {name!r}")
+        gone = {name: state.endpoints.pop(name) for name in remove}
+        for name, fields in update.items():
+            state.endpoints[name].update(fields)
+        for name, rec in add.items():
+            _check_new(state, name, rec)
+            state.endpoints[name] = dict(rec)
+        _, res = compute(state)
+        if not (add or remove or update):
+            return (add, remove, update), res, state
+        dp = open_datapath(state, pin_dir)
+        attached: list[str] = []
+        try:
+            for rec in gone.values():
+                if "datapath" in rec:
+                    (dp.adopt_cgroup if rec.get("kind") == "cgroup" else dp.adopt_endpoint)(rec["datapath"])
+                _detach(dp, rec)
+            try:
+                for name in add:
+                    _attach(dp, state, name, res)
+                    attached.append(name)
+                enforce(dp, state, res)
+            except BaseException:
+                for name in attached:
+                    _detach(dp, state.endpoints[name])
+                raise
+            for name in add:
+                state.endpoints[name]["datapath"] = _record(dp, state.endpoints[name])
+            state.save()
+        finally:
+            dp.close(detach=False)
+        if not state.endpoints:
+            unpin(Path(pin_dir))  # nothing attached any more: drop the pins
+        return (add, remove, update), res, state
+
+
+def add_endpoint(state_dir: str | Path, pin_dir: str | Path, name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Add one endpoint; its record as saved, with its ``identity``."""
+    _, res, state = change_endpoints(state_dir, pin_dir, lambda st: ({name: rec}, [], {}))
+    return {**state.endpoints[name], "identity": res.endpoints[name].identity.id}
+
+
+def remove_endpoint(state_dir: str | Path, pin_dir: str | Path, name: str) -> None:
+    change_endpoints(state_dir, pin_dir, lambda st: ({}, [name], {}))
+
+
+def set_audit(state_dir: str | Path, pin_dir: str | Path, name: str, on: bool) -> None:
+    """Audit mode of one endpoint: would-be drops pass and are reported as AUDIT."""
+    change_endpoints(state_dir, pin_dir, lambda st: ({}, [], {name: {"audit": bool(on)}}))
+
+
+def sync(state_dir: str | Path, pin_dir: str | Path, wanted: Any, owned: Any) -> Plan:
+    """Make the endpoints match ``wanted(state)`` (name -> record, computed under the lock)
+    among those ``owned(record)`` says this caller manages: add the missing, remove owned ones
+    no longer wanted, update labels/audit that changed. The plan carried out."""
+    def plan(state: NetpolicyState) -> Plan:
+        want = wanted(state)
+        have = state.endpoints
+        add = {n: r for n, r in want.items() if n not in have}
+        remove = [n for n, r in have.items() if owned(r) and n not in want]
+        update = {}
+        for n, r in want.items():
+            if n in have and owned(have[n]):
+                changed = {k: r[k] for k in ("labels", "audit") if k in r and have[n].get(k) != r[k]}
+                if changed:
+                    update[n] = changed
+        return add, remove, update
+
+    done, _, _ = change_endpoints(state_dir, pin_dir, plan)
+    return done
