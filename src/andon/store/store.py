@@ -16,6 +16,7 @@ and skipped; they never stop the store. Every row refused or lost is counted in
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -132,6 +133,18 @@ class Store:
         return total
 
     def _columns(self, schema: TableSchema, rows: list[dict]) -> dict[str, np.ndarray]:
+        names = schema.names
+        if not any(a in rows[0] for a in ALIASES):
+            # the usual batch: every row has every column. One C call per row takes a row's
+            # values in column order, zip turns rows into columns; a row short of one falls
+            # back to the column by column way below
+            try:
+                columns = list(zip(*map(operator.itemgetter(*names), rows))) if len(names) > 1 else None
+            except KeyError:
+                columns = None
+            if columns is not None:
+                return {col.name: self._array(col.type, vals, ZERO[col.type])
+                        for col, vals in zip(schema.columns, columns)}
         out: dict[str, np.ndarray] = {}
         for col in schema.columns:
             c, z = col.name, ZERO[col.type]
@@ -157,9 +170,10 @@ class Store:
         if typ == BOOLEAN:
             return np.array([bool(v) if v is not None else False for v in vals], dtype=bool)
         # STRING / UINT128: str, or bytes decoded leniently (bodies are often not UTF-8)
-        arr = np.array(vals, dtype=object)
-        if not all(type(v) is str for v in vals):
-            arr = np.array([self._text(v) for v in vals], dtype=object)
+        if set(map(type, vals)) != {str}:
+            vals = [self._text(v) for v in vals]
+        arr = np.empty(len(vals), dtype=object)
+        arr[:] = vals
         return arr
 
     def _coerce(self, v: Any, kind: type, zero: Any) -> Any:
