@@ -296,7 +296,8 @@ def flow_row(f: Flow, ctx: FlowContext, node_name: str = "") -> dict[str, Any]:
         "policy_kind": ctx.policy_kinds.get(policy, "CiliumNetworkPolicy" if policy else ""),
         "rule_index": f.rule_index, "policy_rule": rule, "policy_direction": decided.upper() if policy else "",
         "decided_by": decided_by, "ct_new": f.ct_new, "bytes": f.len,
-        "summary": l4_summary(l4, flags, f.icmp_type, f.icmp_code),
+        "summary": l4_summary(l4, flags, f.icmp_type, f.icmp_code) if f.proto in PROTO_NAMES
+        else ("IPv6" if f.family == 6 else "IPv4"),  # Hubble names the last layer it decoded
     }
 
 
