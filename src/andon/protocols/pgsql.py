@@ -115,7 +115,23 @@ def _err_text(payload: bytes) -> str:
     return "ERROR RESPONSE [" + " ".join(parts) + "]"
 
 
+_ROW_DESC_CACHE: dict[bytes, list[dict]] = {}  # payload -> fields, never changed once made
+_ROW_DESC_CACHE_MAX = 1024
+
+
 def _row_desc(payload: bytes) -> list[dict]:
+    """A RowDescription's fields; a query run again sends the same bytes, read once."""
+    fields = _ROW_DESC_CACHE.get(payload)
+    if fields is None:
+        fields = _read_row_desc(payload)
+        if len(payload) <= 4096:
+            if len(_ROW_DESC_CACHE) >= _ROW_DESC_CACHE_MAX:
+                _ROW_DESC_CACHE.clear()
+            _ROW_DESC_CACHE[bytes(payload)] = fields
+    return fields
+
+
+def _read_row_desc(payload: bytes) -> list[dict]:
     r = _Reader(payload)
     fields = []
     for _ in range(r.int(2)):
@@ -189,7 +205,42 @@ class PgSQLParser(StreamParser):
         if self.encrypted:
             self.stats.bytes_skipped += len(chunk.data)
             return []
+        side = self.sides.get(chunk.direction)
+        if (side is not None and not side.buf and not side.skip and not side.resync and not chunk.gap
+                and not self.closed and chunk.size == len(chunk.data) and chunk.data
+                and (side.is_req or not self.ssl_answer)):
+            out = self._whole(side, chunk)
+            if out is not None:
+                return out
         return super().feed(chunk)
+
+    def _whole(self, side: Side, chunk: DataChunk) -> list[dict] | None:
+        """The usual chunk: whole tagged messages and nothing else, nothing buffered before
+        them. Read straight from the chunk; None (decided before any state changes) sends it
+        the general way, which makes the same records (tests/unit/test_observe_hotpath.py)."""
+        data = chunk.data
+        n = len(data)
+        tags = _FRONT_TAGS if side.is_req else _BACK_TAGS
+        unpack = _I32.unpack_from
+        pos = 0
+        frames = []
+        while pos < n:
+            if n - pos < 5:
+                return None
+            tag = data[pos]
+            size = unpack(data, pos + 1)[0]
+            end = pos + 1 + size
+            if tag not in tags or size < 4 or 1 + size > FRAME_CAP or end > n:
+                return None
+            frames.append((chr(tag), pos + 5, end))
+            pos = end
+        ts = chunk.ts_ns
+        side.last_ts = ts
+        out: list[dict] = []
+        message = self._message
+        for tag, start, end in frames:
+            out += message(side, tag, data[start:end], ts)
+        return out
 
     def _parse(self, side: Side) -> list[dict]:
         out: list[dict] = []
