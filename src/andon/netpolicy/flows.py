@@ -405,7 +405,7 @@ def dns_l7_rows(row: dict, ctx: FlowContext, node: str = "") -> list[dict[str, A
     resp.update({"l7_type": "RESPONSE", "l7_latency_ns": latency, "l7_protocol": "dns",
                  "dns": {"query": query, "ips": ips, "cnames": cnames, "rcode": rcode, "qtypes": qtypes,
                          "observation_source": "socket"},
-                 "summary": f"DNS Answer {answer} (Query {query} {qt})".replace(" )", ")")})
+                 "summary": f"DNS Answer {answer} ({' '.join(x for x in ('Query', query, qt) if x)})"})
     return [req, resp]
 
 
