@@ -125,8 +125,13 @@ def endpoint_rows(state: Any) -> list[dict[str, Any]]:
 def run_list(args: argparse.Namespace) -> int:
     from ..netpolicy.state import NetpolicyState, locked
 
-    with locked(args.state_dir):
-        rows = endpoint_rows(NetpolicyState.load(args.state_dir))
+    from pathlib import Path
+
+    if Path(args.state_dir).is_dir():
+        with locked(args.state_dir):
+            rows = endpoint_rows(NetpolicyState.load(args.state_dir))
+    else:
+        rows = []  # nothing added yet
     if args.output == "json":
         print(json.dumps(rows, indent=1))
         return EXIT_OK
