@@ -312,3 +312,52 @@ def test_concurrent_adds_lose_nothing(dirs):
         assert sorted(e["addresses"][0] for e in eps.values()) == sorted(n.ns_ip for n in nss)
         for name in eps:
             andon("endpoint", "remove", name, dirs=dirs)
+
+
+@pytest.mark.skipif(not (CGROUP2 / "cgroup.procs").exists(), reason="no cgroup2 at /sys/fs/cgroup/unified")
+def test_sync_from_config(dirs, client_ns, tmp_path):
+    """network.endpoints of a config file: added, updated (labels, audit), removed when they
+    leave the file; an endpoint added by hand (client) is left alone, even under a config name."""
+    cgdir = CGROUP2 / f"andon-test-{uuid.uuid4().hex[:8]}"
+    cgdir.mkdir()
+    cfg = tmp_path / "andon.yaml"
+    try:
+        with S.netns() as other:
+            cfg.write_text(f"""
+network:
+  containers: off
+  endpoints:
+    - {{name: other, netns: {other.name}, ifname: {other.host_if}, labels: {{app: other}}}}
+    - {{name: batch, cgroup: {cgdir}, labels: [app=batch], audit: true}}
+    - {{name: client, netns: {client_ns.name}, ifname: {client_ns.host_if}, labels: [app=taken]}}
+""")
+            out = andon("endpoint", "sync", "--config", str(cfg), dirs=dirs).stdout
+            # ASSERT: both added; client was added by hand: not touched
+            assert "endpoint batch added" in out and "endpoint other added" in out
+            assert "endpoint client: added by hand, left alone" in out
+            eps = endpoints(dirs)
+            assert eps["other"]["addresses"] == [other.ns_ip] and eps["other"]["labels"] == ["app=other"]
+            assert eps["batch"]["audit"] is True and eps["batch"]["kind"] == "cgroup"
+            assert eps["client"]["labels"] == ["app=client"]
+            # TRIGGER: change other's labels, drop batch
+            cfg.write_text(f"""
+network:
+  endpoints:
+    - {{name: other, netns: {other.name}, ifname: {other.host_if}, labels: [app=other2]}}
+""")
+            out = andon("endpoint", "sync", "--config", str(cfg), "--containers", "off", dirs=dirs).stdout
+            assert "endpoint batch removed" in out and "endpoint other updated" in out
+            eps = endpoints(dirs)
+            assert set(eps) == {"client", "other"} and eps["other"]["labels"] == ["app=other2"]
+            assert eps["other"]["identity"] not in (eps["client"]["identity"],)
+            # a second pass changes nothing
+            out = andon("endpoint", "sync", "--config", str(cfg), "--containers", "off", dirs=dirs).stdout
+            assert "added" not in out and "removed" not in out and "updated" not in out
+            andon("endpoint", "remove", "other", dirs=dirs)
+        # a broken config: a clear error, exit 1, nothing changed
+        cfg.write_text("network:\n  endpoints:\n    - {name: x, netns: a, container: b}\n")
+        r = andon("endpoint", "sync", "--config", str(cfg), dirs=dirs, check=False)
+        assert r.returncode != 0 and "exactly one of netns, container, cgroup" in r.stderr
+        assert set(endpoints(dirs)) == {"client"}
+    finally:
+        cgdir.rmdir()
