@@ -321,3 +321,46 @@ def test_read_into_pipeline_makes_the_rows_of_records():
     assert [r["time_"] for r in fast_rows] == [1105 + i * 10 for i in range(20)]
     assert {(r["req_path"], r["resp_status"], r["resp_body"], r["local_port"], r["trace_role"]) for r in fast_rows} == {
         ("/a", 200, "hi", 8080, 2)}
+
+
+# -- HTTP header blocks: the split without regexes against the regex it replaced -----------
+
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from andon.protocols import http as http_mod  # noqa: E402
+
+_TOK = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_OLD_BLOCK = re.compile(r"(?:" + _TOK + r":[ \t]*.*?[ \t]*\r\n)*")
+_OLD_ALL = re.compile(r"(" + _TOK + r"):[ \t]*(.*?)[ \t]*\r\n")
+
+
+def old_fast_headers(head: bytes, nl: int):
+    block = head[nl + 2 :] + b"\r\n"
+    if not block.isascii():
+        return None
+    text = block.decode("ascii")
+    if _OLD_BLOCK.fullmatch(text) is None:
+        return None
+    return _OLD_ALL.findall(text)
+
+
+_piece = hs.sampled_from(["Host", "x-a", "A_b", "na me", "", ":", " ", "\t", "\r", "\n", "v", "é", "1", "a:b", "~|"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(hs.lists(hs.lists(_piece, min_size=0, max_size=6).map("".join), min_size=1, max_size=5))
+def test_header_split_matches_the_regex(lines):
+    head = ("GET / HTTP/1.1\r\n" + "\r\n".join(lines)).encode()
+    if b"\r\n\r\n" in head:
+        return  # a head never holds its blank line
+    nl = head.find(b"\r\n")
+    old = old_fast_headers(head, nl)
+    new = http_mod._fast_headers(head, nl)
+    if new is not None:  # taken: must be what the regex took
+        assert new == old
+    # not taken: the line by line path decides, as it did when the regex refused
+    if old is not None and new is None:
+        assert http_mod._slow_headers(head.split(b"\r\n")[1:]) == old

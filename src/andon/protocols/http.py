@@ -50,8 +50,7 @@ _HEX_RE = re.compile(rb"[0-9A-Fa-f]+")
 # the fast path for an ASCII header block with no continuation lines: every line
 # "name:[ \t]*value[ \t]*" (the same as _HEADER per line), then all pairs in one findall
 _TOKEN_S = _TOKEN.decode()
-_HEADER_BLOCK_S = re.compile(r"(?:" + _TOKEN_S + r":[ \t]*.*?[ \t]*\r\n)*")
-_HEADER_ALL_S = re.compile(r"(" + _TOKEN_S + r"):[ \t]*(.*?)[ \t]*\r\n")
+_TOKEN_S_RE = re.compile(_TOKEN_S)
 _json_str = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 
 
@@ -188,15 +187,19 @@ def parse_head(is_req: bool, head: bytes) -> Head | None:
 
 
 def _fast_headers(head: bytes, nl: int) -> list[tuple[str, str]] | None:
-    """The common case in one regex pass: ASCII, no continuation lines, all well formed.
-    None means "use the line by line path", which decides validity."""
-    block = head[nl + 2 :] + b"\r\n"
-    if not block.isascii():
+    """The common case: ASCII, no continuation lines, every line ``name:[ \t]*value[ \t]*``
+    with a token name (what _HEADER matches), split without a regex. None means "use the
+    line by line path", which decides validity."""
+    block = head[nl + 2 :]
+    if not block.isascii() or b"\n" in block.replace(b"\r\n", b""):
         return None
-    text = block.decode("ascii")
-    if _HEADER_BLOCK_S.fullmatch(text) is None:
-        return None
-    return _HEADER_ALL_S.findall(text)
+    out = []
+    for line in block.decode("ascii").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if not colon or not (name.replace("-", "").isalnum() or _TOKEN_S_RE.fullmatch(name)):
+            return None
+        out.append((name, value.strip(" \t")))
+    return out
 
 
 def _slow_headers(lines: list[bytes]) -> list[tuple[str, str]] | None:
