@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import ipaddress
 import os
 import random
@@ -274,11 +275,21 @@ class Lab:
         self.servers.append(EchoServer(None, addr, ports))
 
     # -- andon ---------------------------------------------------------------------------------------
-    def andon(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        sub = argv[:2]
-        cmd = [sys.executable, "-m", "andon.cli.main", *sub, *argv[2:], "--state-dir", str(self.state_dir),
-               "--pin-dir", str(self.pin_dir)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    def andon(self, *argv: str, check: bool = True, inproc: bool = False) -> subprocess.CompletedProcess:
+        """Run ``andon ARGV`` as its own process, or (``inproc``) through ``andon.cli.main.main``
+        in this one: the same code path without the interpreter start and imports (~1 s a call),
+        for tests that run dozens of commands; what outlives a process is the CLI test's job."""
+        args = [*argv, "--state-dir", str(self.state_dir), "--pin-dir", str(self.pin_dir)]
+        if inproc:
+            from andon.cli.main import main
+
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(args)
+            r = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+        else:
+            r = subprocess.run([sys.executable, "-m", "andon.cli.main", *args], capture_output=True, text=True,
+                               timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"andon {' '.join(argv)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
         return r
