@@ -325,3 +325,37 @@ class EndpointSync:
                 if c.poll() is None:
                     c.terminate()
             t.join(timeout=3)
+
+
+class EndpointService:
+    """The agent's part (``andon run``): apply the config's ``network`` section at start and,
+    when containers are followed, keep following podman's events in a thread until
+    :meth:`close`. A failure is reported, never fatal to the agent."""
+
+    def __init__(self, network: Any, report: Callable[[str], None] = lambda line: None) -> None:
+        import threading
+
+        self.sync = EndpointSync.from_settings(network)
+        self.sync.report = report
+        self.report = report
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.follows = network.containers != "off"
+
+    def start(self) -> None:
+        import threading
+
+        try:
+            self.sync.sync_once()
+        except (AndonError, OSError) as e:
+            self.report(f"network endpoints not applied: {e}")
+        if self.follows:
+            self._thread = threading.Thread(target=self.sync.follow, args=(self._stop,), name="andon-endpoints",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
