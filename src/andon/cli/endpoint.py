@@ -174,7 +174,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("endpoint", help="network policy endpoints: add|list|remove|audit|sync")
     esub = p.add_subparsers(dest="endpoint_command", metavar="SUBCOMMAND")
     esub.required = True
-    a = esub.add_parser("add", help="enforce policy on a namespace (its host-side veth), a podman container or a cgroup")
+    a = esub.add_parser("add", help="enforce policy on a namespace (its host-side veth), a container or a cgroup")
     a.add_argument("name")
     which = a.add_mutually_exclusive_group(required=True)
     which.add_argument("--netns", help="a named network namespace (ip netns); needs --ifname")

@@ -388,8 +388,8 @@ def _ifindex(ifname: str | int) -> int:
 
 
 # maps shared through pins; np_sync/np_sync_inner stay per process (only the userspace wait uses them)
-PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_cgroups", "np_allow0", "np_allow1", "np_deny0", "np_deny1", "np_gen", "np_ct",
-               "np_counters", "np_stats", "np_flows")
+PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_cgroups", "np_allow0", "np_allow1", "np_deny0", "np_deny1", "np_gen",
+               "np_ct", "np_counters", "np_stats", "np_flows")
 
 
 def _obj_get(path: Path) -> int:
