@@ -515,3 +515,61 @@ class AgentTracer(Tracer):
             raise BenchError(f"andon run gave no closing line (exit {self.proc.returncode})\n{stderr[-2000:]}")
         self.result = {"events": int(m.group(1)), "alerts": int(m.group(2)), "lost": int(m.group(3)),
                        "truncated": int(m.group(4)), "by_rule": alerts}
+
+
+# -- the socket data sensor alone ---------------------------------------------------------------
+def sock_drain(seconds: float | None = None) -> dict:
+    """The agent's socket data sensor (``net/sockdata.bpf.o`` with the settings ``andon run``
+    gives it: ObserveConfig's protocols, copy size and ring) with a reader that only walks
+    the ring's record headers and moves the consumer on: no copies, no decoding, no
+    parsing. Under load this is the kernel's share of the agent's cost (capture, copy,
+    ring, wake-ups); the whole agent's minus this is the Python side's.
+
+    Prints ``{"ready": ...}`` once attached and ``{"result": ...}`` (records, bytes, the
+    kernel's counters) after SIGINT/SIGTERM or ``seconds``, one JSON object a line."""
+    from andon.app.config import ObserveConfig
+    from andon.app.observer import PROTOCOL_NAMES
+    from andon.bpf.varring import BUSY, DISCARD, PAGE
+    from andon.events.sockdata import SockSettings, SockSource
+
+    cfg = ObserveConfig()
+    settings = SockSettings(protocols=frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols),
+                            max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    records = nbytes = 0
+    with SockSource(settings) as src:
+        rd = src.reader
+        assert rd is not None
+        mem, mask = rd._prod_map, rd.mask
+        print(json.dumps({"ready": {"hook": src.hook, "tls": src.tls is not None, "ring_bytes": rd.size}}), flush=True)
+        deadline = time.monotonic() + seconds if seconds else None
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            if not rd.wait(0.1):
+                continue
+            cons, prod = rd._cons.value, rd._prod[0]
+            start = cons
+            while cons < prod:  # header walk, as VarRingReader.read_batch, with nothing copied
+                hdr = int.from_bytes(mem[PAGE + (cons & mask): PAGE + (cons & mask) + 4], "little")
+                if hdr & BUSY:
+                    break
+                length = hdr & ~(BUSY | DISCARD) & 0xFFFFFFFF
+                records += not hdr & DISCARD
+                cons += (length + 15) & ~7
+            if cons != start:
+                rd._cons.value = cons
+                nbytes += cons - start
+        st = src.stats()
+    print(json.dumps({"result": {"records": records, "bytes": nbytes, **st}}), flush=True)
+    return st
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="bench tracers that run as their own process")
+    ap.add_argument("mode", choices=["sock-drain"], help="sock-drain: the socket data sensor, ring drained unread")
+    ap.add_argument("--seconds", type=float)
+    a = ap.parse_args()
+    sock_drain(a.seconds)
