@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from andon.app.config import ObserveConfig
+from andon.app import observer as observer_mod
 from andon.app.observer import Observer
 from andon.bpf.varring import VarRingReader
 from andon.events import sockdata as sd
@@ -211,6 +212,9 @@ def run_chain(name: str, n: int) -> tuple[float, int, int]:
         obs = Observer(ObserveConfig(), StoreSettings(data_dir=Path(tmp)), container_name=lambda cid: None)
         obs.source, obs.store = src, store
         obs.pipeline = Pipeline(store.append, ProcessInfo(names=obs._container_name), obs.protocols)
+        tune_gc = getattr(observer_mod, "tune_gc", None)
+        if tune_gc is not None:  # what Observer.start() does
+            tune_gc()
         pump = getattr(obs, "pump", None)
         if pump is None:  # the loop body of Observer.run before it had pump()
             def pump(timeout: float) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
 
 from andon.protocols.base import DataChunk, Protocol
 from andon.protocols.stream import Side, StreamParser, bound, latency
@@ -148,19 +147,24 @@ def _row_desc_text(fields: list[dict]) -> str:
     return "ROW DESCRIPTION [" + body + "]"
 
 
-@dataclass(slots=True)
 class Request:
-    tag: str  # Q P B D E, or "sync" for a Sync marker
-    text: str
-    ts: int
-    stmt: str = ""  # Parse: statement name; Bind: source statement
-    query: str = ""  # Parse: its text
-    params: list[str] = field(default_factory=list)
-    # response being gathered
-    fields: list[dict] = field(default_factory=list)
-    rows: list[str] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
-    resp_ts: int = 0
+    """A request waiting for its response, and the response gathered so far."""
+
+    __slots__ = ("tag", "text", "ts", "stmt", "query", "params", "fields", "rows", "parts", "resp_ts")
+
+    def __init__(self, tag: str, text: str, ts: int, stmt: str = "", query: str = "",
+                 params: list[str] | None = None) -> None:
+        self.tag = tag  # Q P B D E, or "sync" for a Sync marker
+        self.text = text
+        self.ts = ts
+        self.stmt = stmt  # Parse: statement name; Bind: source statement
+        self.query = query  # Parse: its text
+        self.params: list[str] = params if params is not None else []
+        # response being gathered
+        self.fields: list[dict] = []
+        self.rows: list[str] = []
+        self.parts: list[str] = []
+        self.resp_ts = 0
 
 
 class PgSQLParser(StreamParser):
