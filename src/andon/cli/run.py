@@ -98,12 +98,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
         return EXIT_OK
     observer = _start_observer(cfg) if observe else None
+    endpoints = _start_endpoints(cfg)
     flows = _start_flows(cfg, observer)
     try:
         summary = agent.run_live(duration=args.duration, count=args.count)
     finally:
         if flows is not None:
             flows.close()
+        if endpoints is not None:
+            endpoints.close()
         if observer is not None:
             observer.close()
     print(f"andon: {describe(summary, channels.stats())}", file=sys.stderr)
@@ -114,6 +117,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if flows is not None:
         print(f"andon: {flows.describe()}", file=sys.stderr)
     return EXIT_OK
+
+
+def _start_endpoints(cfg: Any) -> Any:
+    """The config's ``network`` section: its endpoints (and podman's containers when followed)
+    applied at start, before the flow service reads their names; containers followed in a thread
+    until the agent stops. A failure is said on stderr, the agent runs on."""
+    if not cfg.network.active:
+        return None
+    from ..netpolicy.podman import EndpointService
+
+    def report(line: str) -> None:
+        print(f"andon: network: {line}", file=sys.stderr, flush=True)
+
+    service = EndpointService(cfg.network, report)
+    ok = service.start()
+    n = len(cfg.network.endpoints)
+    done = "in force" if ok else "NOT applied (see above)"
+    follow = f"; following podman's containers ({cfg.network.containers})" if service.follows else ""
+    report(f"{n} configured endpoint{'s' if n != 1 else ''} {done} (state {cfg.network.state_dir}){follow}")
+    return service
 
 
 def _start_flows(cfg: Any, observer: Any) -> Any:
@@ -161,6 +184,7 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
     print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
           f"({observer.source.hook}); no rules", file=sys.stderr)
     observer.start_thread()
+    endpoints = _start_endpoints(cfg)
     flows = _start_flows(cfg, observer)
     deadline = time.monotonic() + duration if duration else None
     try:
@@ -170,6 +194,8 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
     finally:
         if flows is not None:
             flows.close()
+        if endpoints is not None:
+            endpoints.close()
         observer.close()
     print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
     if flows is not None:

@@ -342,17 +342,21 @@ class EndpointService:
         self._thread: threading.Thread | None = None
         self.follows = network.containers != "off"
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Apply the section once (and start following); False when that failed (reported)."""
         import threading
 
+        ok = True
         try:
             self.sync.sync_once()
         except (AndonError, OSError) as e:
-            self.report(f"network endpoints not applied: {e}")
+            self.report(f"endpoints not applied: {e}")
+            ok = False
         if self.follows:
             self._thread = threading.Thread(target=self.sync.follow, args=(self._stop,), name="andon-endpoints",
                                             daemon=True)
             self._thread.start()
+        return ok
 
     def close(self) -> None:
         self._stop.set()
