@@ -53,6 +53,8 @@ def rows(stream: str, role: str, way: str) -> tuple[list[dict], dict]:
         chunks = _split(chunks, 1)
     elif way == "joined":
         chunks = _joined(chunks)
+    elif way == "bytearray":  # other buffer types than bytes go the general way
+        chunks = [DataChunk(c.ts_ns, c.direction, bytearray(c.data)) for c in chunks]
     parser = PARSERS[PROTOS[stream.split("_")[0]]](ROLES[role])
     out: list[dict] = []
     for c in chunks:
@@ -195,6 +197,7 @@ def test_whole_chunks_and_pieces_agree(stream, role):
     pieces, st_pieces = rows(stream, role, "split7")
     assert whole and whole == pieces
     assert st_whole["records"] == st_pieces["records"] == len(whole)
+    assert rows(stream, role, "bytearray") == (whole, st_whole)
 
 
 # -- the ring and the decoder: ring bytes as the kernel writes them -> records -------------

@@ -57,7 +57,7 @@ _json_str = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=
 class Head:
     """What the bytes of one message head say (start line and headers), parsed once.
 
-    Immutable once built, so equal head bytes share one (``_HEAD_CACHE``): a load generator
+    Immutable once built, so equal head bytes share one (``_REQ_HEADS``, ``_RESP_HEADS``): a load generator
     sends the same request head over and over, and a server's response heads differ only
     when its Date header ticks.
     """
@@ -83,25 +83,23 @@ class Head:
         self.gzip = hmap.get("content-encoding") == "gzip"
 
 
-_HEAD_CACHE: dict[bytes, Head] = {}
-_HEAD_CACHE_MAX = 1024  # entries; heads longer than _HEAD_CACHE_KEY are not kept
+_REQ_HEADS: dict[bytes, Head] = {}  # request head bytes -> Head
+_RESP_HEADS: dict[bytes, Head] = {}  # response head bytes -> Head
+_HEAD_CACHE_MAX = 1024  # entries of each; heads longer than _HEAD_CACHE_KEY are not kept
 _HEAD_CACHE_KEY = 2048
 
 
 class Message:
     """One message being read: its head and what arrived of its body."""
 
-    __slots__ = ("is_req", "head", "minor", "method", "path", "status", "reason", "body", "body_size", "mode",
-                 "remaining", "chunk_state", "lost", "ts")
+    __slots__ = ("is_req", "head", "method", "path", "body", "body_size", "mode", "remaining", "chunk_state",
+                 "lost", "ts")
 
     def __init__(self, is_req: bool, head: Head, ts: int = 0) -> None:
         self.is_req = is_req
         self.head = head
-        self.minor = head.minor
         self.method = head.method
         self.path = head.path
-        self.status = head.status
-        self.reason = head.reason
         self.body = b""
         self.body_size = 0
         self.mode = "none"  # none | cl | chunked | close
@@ -109,6 +107,18 @@ class Message:
         self.chunk_state = "size"  # size | data | crlf | trailer
         self.lost = False
         self.ts = ts
+
+    @property
+    def minor(self) -> int:
+        return self.head.minor
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    @property
+    def reason(self) -> str:
+        return self.head.reason
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -218,14 +228,16 @@ def _slow_headers(lines: list[bytes]) -> list[tuple[str, str]] | None:
 
 def _head(is_req: bool, head: bytes) -> Head | None:
     """:func:`parse_head` through the cache of heads already seen."""
-    key = (b"Q" if is_req else b"R") + head
-    h = _HEAD_CACHE.get(key)
+    if type(head) is not bytes:  # a chunk's data may be any bytes-like object
+        head = bytes(head)
+    cache = _REQ_HEADS if is_req else _RESP_HEADS
+    h = cache.get(head)
     if h is None:
         h = parse_head(is_req, head)
-        if h is not None and len(key) <= _HEAD_CACHE_KEY:
-            if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
-                _HEAD_CACHE.clear()
-            _HEAD_CACHE[key] = h
+        if h is not None and len(head) <= _HEAD_CACHE_KEY:
+            if len(cache) >= _HEAD_CACHE_MAX:
+                cache.clear()
+            cache[head] = h
     return h
 
 
@@ -272,6 +284,8 @@ class HTTPParser(StreamParser):
         straight from the chunk (no buffer, no copies); None sends it the general way,
         which makes the same records from it (tests/unit/test_observe_hotpath.py)."""
         data = chunk.data
+        if type(data) is not bytes:  # bytes methods below; other buffers go the general way
+            return None
         n = len(data)
         if chunk.size != n or data[:2] == b"\r\n":
             return None
@@ -289,7 +303,7 @@ class HTTPParser(StreamParser):
         if msg.mode == "cl":
             if rest != msg.remaining:
                 return None
-            msg.take_body(data[end + 4 :])
+            msg.body = data[end + 4 : end + 4 + BODY_KEEP]
             msg.remaining = 0
         elif msg.mode != "none" or rest:
             return None

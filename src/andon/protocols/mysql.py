@@ -180,6 +180,8 @@ class MySQLParser(StreamParser):
         Read straight from the chunk; None (decided before any state changes) sends it the
         general way, which makes the same records (tests/unit/test_observe_hotpath.py)."""
         data = chunk.data
+        if type(data) is not bytes:  # bytes methods below; other buffers go the general way
+            return None
         n = len(data)
         pos = 0
         frames = []

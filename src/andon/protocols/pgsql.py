@@ -223,6 +223,8 @@ class PgSQLParser(StreamParser):
         them. Read straight from the chunk; None (decided before any state changes) sends it
         the general way, which makes the same records (tests/unit/test_observe_hotpath.py)."""
         data = chunk.data
+        if type(data) is not bytes:  # bytes methods below; other buffers go the general way
+            return None
         n = len(data)
         tags = _FRONT_TAGS if side.is_req else _BACK_TAGS
         unpack = _I32.unpack_from

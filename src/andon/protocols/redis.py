@@ -332,6 +332,8 @@ class RedisParser(StreamParser):
         (anything else, decided before any state changes) sends it the general way, which
         makes the same records of it (tests/unit/test_observe_hotpath.py)."""
         data = chunk.data
+        if type(data) is not bytes:  # bytes methods below; other buffers go the general way
+            return None
         ts = chunk.ts_ns
         n = len(data)
         pos = 0
