@@ -137,3 +137,41 @@ def test_endpoints_policy_apply_delete_and_a_broken_file(world):
     assert json.loads(andon("policy", "list", "-o", "json", dirs=dirs).stdout) == []
     assert tcp_ok(api.ns_ip, 9090, ns=fe.name)
     assert tcp_ok(api.ns_ip, 8080, ns=other.name)
+
+
+def named_policy(name: str, port: int) -> str:
+    return API_POLICY.replace("name: api-allows-frontend", f"name: {name}").replace('"8080"', f'"{port}"')
+
+
+def test_concurrent_applies_lose_nothing(world, tmp_path):
+    """Two processes each apply four files, one after the other, at the same time: all eight
+    are in state.json and in force (without the state lock one process's save overwrites the
+    other's file list)."""
+    fe, api, dirs = world["fe"], world["api"], world["dirs"]
+    andon("endpoint", "add", "frontend", "--netns", fe.name, "--ifname", fe.host_if, "--labels", "app=frontend",
+          dirs=dirs)
+    andon("endpoint", "add", "api", "--netns", api.name, "--ifname", api.host_if, "--labels", "app=api", dirs=dirs)
+    files = []
+    for g in range(2):
+        for i in range(4):
+            f = tmp_path / f"p{g}{i}.yaml"
+            f.write_text(named_policy(f"p{g}{i}", 7000 + 10 * g + i))
+            files.append(f)
+    script = ("import subprocess, sys\n"
+              "for f in sys.argv[1:]:\n"
+              "    subprocess.run([sys.executable, '-m', 'andon.cli.main', 'policy', 'apply', f, '--state-dir', %r,"
+              " '--pin-dir', %r], check=True, capture_output=True)\n" % (str(dirs[0]), str(dirs[1])))
+    # TRIGGER: both processes at once
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, files[4 * g:4 * g + 4])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for g in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    # ASSERT: every file is applied, and the kernel has every policy's entry (one port each)
+    state = json.loads((dirs[0] / "state.json").read_text())
+    assert sorted(state["policy_files"]) == sorted(str(f.resolve()) for f in files)
+    listed = json.loads(andon("policy", "list", "-o", "json", dirs=dirs).stdout)
+    assert sorted(p["name"] for p in listed) == sorted(f"p{g}{i}" for g in range(2) for i in range(4))
+    assert sorted(state["policy_ids"]) == sorted(p["name"] for p in listed)
+    out = andon("policy", "apply", str(files[0]), dirs=dirs).stdout  # re-apply: what each endpoint has now
+    assert "endpoint api" in out and "ingress: default deny by" in out and ", 8 entries" in out, out

@@ -83,7 +83,7 @@ def run_apply(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..netpolicy.policy import load_files
-    from ..netpolicy.state import NetpolicyState
+    from ..netpolicy.state import locked
 
     audit = getattr(args, "audit", False)
     checked = load_files(args.files, audit_files=args.files if audit else ())  # the files' own problems, with their paths
@@ -91,12 +91,21 @@ def run_apply(args: argparse.Namespace) -> int:
         print(checked.render(warnings=False))
         print("andon: nothing applied, the running policy is unchanged")
         return EXIT_FAIL
+    texts = {str(Path(f).resolve()): Path(f).read_text(encoding="utf-8") for f in args.files}
+    # the whole read-modify-write under the state lock: a concurrent apply, delete or endpoint
+    # change cannot lose this one's files (nor this one theirs)
+    with locked(args.state_dir):
+        return _apply_locked(args, checked, texts, audit)
+
+
+def _apply_locked(args: argparse.Namespace, checked: Any, texts: dict[str, str], audit: bool) -> int:
+    from ..netpolicy.state import NetpolicyState
+
     state = NetpolicyState.load(args.state_dir)
     files = dict(state.policy_files)
-    for f in args.files:
-        key = str(Path(f).resolve())
+    for key, text in texts.items():
         files.pop(key, None)  # re-applying a file moves it last (later definitions win)
-        files[key] = Path(f).read_text(encoding="utf-8")
+        files[key] = text
         # --audit is a property of this application of the file: applying it again without
         # --audit enforces it
         if key in state.audit_files:
@@ -138,6 +147,18 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..netpolicy.state import STATE_FILE, locked
+
+    if not (Path(args.state_dir) / STATE_FILE).exists():
+        raise UsageError(f"no applied policy or file named {args.name!r} (nothing applied in {args.state_dir})")
+    with locked(args.state_dir):  # the read-modify-write, as in apply
+        return _delete_locked(args)
+
+
+def _delete_locked(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..netpolicy.state import NetpolicyState
 
