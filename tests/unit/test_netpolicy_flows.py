@@ -227,3 +227,42 @@ def test_andon_observe_reads_the_store_merges_l7_and_filters(tmp_path, capsys):
     assert main(base + ["--type", "bogus"]) == 2
     assert main(base + ["--since", "yesterday-ish"]) == 2
     assert main(["observe", "--data-dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_cgroup_endpoint_flows_are_named_by_cgroup_id():
+    """A cgroup endpoint's flows have ifindex 0 and its cgroup id: they name that endpoint even
+    where another endpoint has the same labels (the same identity) and the address is the host's."""
+    from dataclasses import replace
+
+    from andon.netpolicy.state import NetpolicyState
+
+    state = NetpolicyState(Path("/nonexistent"), endpoints={
+        "batch": {"kind": "cgroup", "cgroup": "/sys/fs/cgroup/unified/batch", "cgroup_id": 4242, "ifindex": 0,
+                  "ifname": None, "labels": ["app=batch"], "addresses": []},
+        "alpha": {"kind": "netns", "netns": "x", "ifname": "veth-x", "ifindex": 31, "labels": ["app=batch"],
+                     "addresses": ["10.0.0.9"]},
+        "client": {"kind": "netns", "netns": "c", "ifname": "veth-c", "ifindex": 32, "labels": ["app=client"],
+                   "addresses": ["10.0.0.7"]},
+    }, policy_ids={"batch-egress": 3})
+    c = FlowContext.from_state(state, resolve_rules=False)
+    batch = next(e for e in c.endpoints if e.name == "batch")
+    assert batch.cgroup_id == 4242 and batch.id == 0
+    assert batch.identity == next(e for e in c.endpoints if e.name == "alpha").identity
+    ident, client = batch.identity, next(e for e in c.endpoints if e.name == "client").identity
+    # a denied connect() at the cgroup: no source address yet, egress, ifindex 0
+    drop = replace(rec(dport=9090, verdict=2, reason=133, policy=3, match=0, direction=1, src=("0.0.0.0", ident),
+                       dst=("10.0.0.7", client), ifindex=0, ct_new=False), cgroup_id=4242)
+    row = flow_row(drop, c)
+    assert row["endpoint"] == "batch" and row["source_name"] == "batch" and row["destination_name"] == "client"
+    assert row["source_labels"] == '["k8s:app=batch"]' and row["decided_by"] == "default deny by batch-egress"
+    f = to_hubble(row)["flow"]
+    assert f["source"]["pod_name"] == "batch" and f["source"]["labels"] == ["k8s:app=batch"]
+    assert "interface" not in f  # no veth
+    # ingress into the cgroup endpoint from the host's address: still batch, not alpha (first of that identity by name)
+    inbound = replace(rec(dport=5000, direction=0, src=("10.0.0.7", client), dst=("192.0.2.1", ident), ifindex=0,
+                          policy=0, match=0), cgroup_id=4242)
+    row = flow_row(inbound, c)
+    assert row["endpoint"] == "batch" and row["destination_name"] == "batch"
+    # the same flow seen at alpha's veth names alpha; an unknown cgroup id names by identity
+    assert flow_row(replace(inbound, ifindex=31, cgroup_id=0), c)["endpoint"] == "alpha"
+    assert flow_row(replace(inbound, cgroup_id=999), c)["endpoint"] == "alpha"  # by identity: the first by name

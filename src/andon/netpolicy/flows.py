@@ -85,7 +85,8 @@ DNS_RCODES = {0: "NoError", 1: "FormErr", 2: "ServFail", 3: "NXDomain", 4: "NotI
 @dataclass(frozen=True)
 class EndpointInfo:
     """A flow's source or destination as Hubble's ``Endpoint``: ``id`` is the endpoint's host veth
-    ifindex (Cilium's endpoint ID has no counterpart here), ``labels`` canonical ``source:key=value``."""
+    ifindex (Cilium's endpoint ID has no counterpart here; 0 for a cgroup endpoint, which has
+    ``cgroup_id`` instead), ``labels`` canonical ``source:key=value``."""
 
     name: str
     identity: int
@@ -93,6 +94,7 @@ class EndpointInfo:
     namespace: str = ""
     labels: tuple[str, ...] = ()
     addresses: tuple[str, ...] = ()
+    cgroup_id: int = 0
 
 
 def reserved_endpoint(identity: int, extra_labels: Iterable[str] = ()) -> EndpointInfo:
@@ -133,6 +135,7 @@ class FlowContext:
         for ep in self.endpoints:
             self.by_identity.setdefault(ep.identity, ep)
         self.by_id = {ep.id: ep for ep in self.endpoints if ep.id}
+        self.by_cgroup = {ep.cgroup_id: ep for ep in self.endpoints if ep.cgroup_id}
 
     @classmethod
     def from_state(cls, state: Any, *, resolve_rules: bool = True) -> FlowContext:
@@ -150,8 +153,12 @@ class FlowContext:
             except (ValueError, TypeError):
                 continue  # a record this andon cannot read names nothing
             ns = next((lb.value for lb in lbls if lb.key == NS_LABEL), "")
+            try:
+                cgid = int(rec.get("cgroup_id") or 0) if rec.get("kind") == "cgroup" else 0
+            except (ValueError, TypeError):
+                cgid = 0
             eps.append(EndpointInfo(name, ident, int(rec.get("ifindex") or 0), ns, tuple(format_labels(lbls)),
-                                    tuple(str(a) for a in rec.get("addresses", []))))
+                                    tuple(str(a) for a in rec.get("addresses", [])), cgid))
         names = {int(v): str(k) for k, v in state.policy_ids.items()}
         kinds: dict[str, str] = {}
         entries = None
@@ -250,7 +257,13 @@ def flow_row(f: Flow, ctx: FlowContext, node_name: str = "") -> dict[str, Any]:
     l4 = PROTO_NAMES.get(f.proto, str(f.proto))
     src = ctx.endpoint_for(f.src_ip, f.src_identity)
     dst = ctx.endpoint_for(f.dst_ip, f.dst_identity)
-    here = ctx.by_id.get(f.ifindex)
+    # the endpoint where the datapath saw it: a veth by ifindex, a cgroup endpoint (ifindex 0) by
+    # the cgroup id; that side of the flow is this endpoint, whatever else shares its identity
+    here = ctx.by_id.get(f.ifindex) if f.ifindex else ctx.by_cgroup.get(f.cgroup_id) if f.cgroup_id else None
+    if here is not None and f.direction == DIR_INGRESS and here.identity == f.dst_identity:
+        dst = here
+    elif here is not None and f.direction == DIR_EGRESS and here.identity == f.src_identity:
+        src = here
     # the decision came from the connection's first packet: a reply was decided the other way round
     decided_dir = f.direction if not f.is_reply else (DIR_EGRESS if f.direction == DIR_INGRESS else DIR_INGRESS)
     decided = "ingress" if decided_dir == DIR_INGRESS else "egress"
