@@ -367,3 +367,46 @@ def test_header_split_matches_the_regex(lines):
     # not taken: the line by line path decides, as it did when the regex refused
     if old is not None and new is None:
         assert http_mod._slow_headers(head.split(b"\r\n")[1:]) == old
+
+
+# -- whole-chunk readers against the general way, on generated conversations ---------------
+
+from andon.protocols.base import Direction as _D  # noqa: E402
+
+_word = hs.sampled_from([b"GET", b"SET", b"k", b"", b"a\r\nb", b"\r\n", b"\xff\xfe", b"$3", b"*1", b"x" * 40])
+
+
+def _resp_cmd(words) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+_reply = hs.one_of(
+    hs.sampled_from([b"+OK\r\n", b"-ERR no\r\n", b":12\r\n", b"$-1\r\n", b"$03\r\nabc\r\n", b"*-1\r\n", b"_\r\n",
+                     b"+a\rb\r\n", b"$2\r\na\r\n\r\n", b"*2\r\n$1\r\na\r\n:1\r\n", b"!3\r\nerr\r\n"]),
+    _word.map(lambda w: b"$%d\r\n%s\r\n" % (len(w), w)))
+
+
+def _feed_both(proto, chunks):
+    outs = []
+    for split in (False, True):
+        parser = PARSERS[proto](Role.SERVER)
+        out: list[dict] = []
+        for ts, d, data in chunks:
+            pieces = [data[i : i + 7] for i in range(0, len(data), 7)] if split else [data]
+            for piece in pieces:
+                out += parser.feed(DataChunk(ts, d, piece))
+        st = parser.stats
+        outs.append((out, {k: getattr(st, k) for k in st.__slots__}))
+    return outs
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.lists(hs.tuples(hs.lists(hs.lists(_word, min_size=1, max_size=3), min_size=1, max_size=3),
+                          hs.lists(_reply, min_size=1, max_size=3)), min_size=1, max_size=4))
+def test_redis_whole_chunks_match_the_general_way(exchanges):
+    chunks = []
+    for i, (cmds, replies) in enumerate(exchanges):
+        chunks.append((10 * i + 1, _D.INGRESS, b"".join(_resp_cmd(c) for c in cmds)))
+        chunks.append((10 * i + 5, _D.EGRESS, b"".join(replies)))
+    whole, pieces = _feed_both(Protocol.REDIS, chunks)
+    assert whole == pieces

@@ -186,69 +186,6 @@ def parse_value(buf: bytearray, pos: int, depth: int = 0) -> tuple[Value, int] |
     return _BAD
 
 
-def _count(data: bytes, pos: int) -> tuple[int, int] | None:
-    """The plain decimal count of a ``*`` or ``$`` line at ``data[pos]`` (the marker) and the
-    position after its CRLF; None for anything parse_value would treat otherwise (-1, signs,
-    over 16 digits, no CRLF in reach)."""
-    nl = data.find(b"\r\n", pos + 1, pos + 1 + MAX_INLINE)
-    if nl < 0:
-        return None
-    text = data[pos + 1 : nl]
-    if not text.isdigit() or len(text) > 16:
-        return None
-    return int(text), nl + 2
-
-
-def _bulk_array(data: bytes, pos: int) -> tuple[list[str], int] | None:
-    """A whole command at ``data[pos]``: an array of one or more bulk strings; its words and
-    the position after it, or None."""
-    if data[pos] != 42:  # *
-        return None
-    got = _count(data, pos)
-    if got is None or not 1 <= got[0] <= MAX_ELEMENTS:
-        return None
-    count, p = got
-    words = []
-    n = len(data)
-    for _ in range(count):
-        if p >= n or data[p] != 36:  # $
-            return None
-        got = _count(data, p)
-        if got is None or got[0] > 512 * 1024 * 1024:
-            return None
-        size, p = got
-        end = p + size
-        if end + 2 > n or data[end : end + 2] != b"\r\n":
-            return None
-        words.append(data[p:end].decode("utf-8", errors="replace"))
-        p = end + 2
-    return words, p
-
-
-def _plain_reply(data: bytes, pos: int) -> tuple[str, int] | None:
-    """A whole simple string, error, integer or bulk string at ``data[pos]``: its text (as
-    parse_value makes it) and the position after it, or None."""
-    marker = data[pos]
-    if marker == 36:  # $
-        got = _count(data, pos)
-        if got is None:
-            if data[pos + 1 : pos + 5] == b"-1\r\n":
-                return "<NULL>", pos + 5
-            return None
-        size, p = got
-        end = p + size
-        if size > 512 * 1024 * 1024 or end + 2 > len(data) or data[end : end + 2] != b"\r\n":
-            return None
-        return data[p:end].decode("utf-8", errors="replace"), end + 2
-    if marker in b"+-:":
-        nl = data.find(b"\r\n", pos + 1, pos + 1 + MAX_INLINE)
-        if nl < 0:
-            return None
-        text = data[pos + 1 : nl].decode("utf-8", errors="replace")
-        return ("-" + text if marker == 45 else text), nl + 2
-    return None
-
-
 def _format_args(cmd: str, args: list[str]) -> str:
     if cmd == "SET" and len(args) >= 2:
         opts: list[str] = []
@@ -335,28 +272,60 @@ class RedisParser(StreamParser):
         if type(data) is not bytes:  # bytes methods below; other buffers go the general way
             return None
         ts = chunk.ts_ns
-        n = len(data)
-        pos = 0
+        # one split at every CRLF: a value whose bytes hold a CRLF, or whose length line does
+        # not say exactly the length of the next part, is not this simple shape: None
+        parts = data.split(b"\r\n")
+        if parts[-1]:
+            return None
+        n = len(parts) - 1
+        i = 0
         got: list = []
         if side.is_req:
-            while pos < n:
-                cmd = _bulk_array(data, pos)
-                if cmd is None:
+            while i < n:
+                line = parts[i]
+                count = line[1:]
+                if line[:1] != b"*" or not count.isdigit() or len(count) > 16:
                     return None
-                got.append(cmd[0])
-                pos = cmd[1]
+                c = int(count)
+                end = i + 1 + 2 * c
+                if not 1 <= c <= MAX_ELEMENTS or end > n:
+                    return None
+                words = []
+                for j in range(i + 1, end, 2):
+                    word = parts[j + 1]
+                    if parts[j] != b"$%d" % len(word):
+                        return None
+                    words.append(word.decode("utf-8", errors="replace"))
+                got.append(words)
+                i = end
             for words in got:
                 req = command(words)
                 req.ts = ts
                 self._push_request(req)
             side.last_ts = ts
             return []
-        while pos < n:
-            reply = _plain_reply(data, pos)
-            if reply is None:
+        while i < n:
+            line = parts[i]
+            marker = line[:1]
+            if len(line) > 1024:
                 return None
-            got.append(reply[0])
-            pos = reply[1]
+            if marker == b"$":
+                if line == b"$-1":
+                    got.append("<NULL>")
+                    i += 1
+                    continue
+                if i + 1 >= n or line != b"$%d" % len(parts[i + 1]):
+                    return None
+                got.append(parts[i + 1].decode("utf-8", errors="replace"))
+                i += 2
+            elif marker == b"+" or marker == b":":
+                got.append(line[1:].decode("utf-8", errors="replace"))
+                i += 1
+            elif marker == b"-":
+                got.append("-" + line[1:].decode("utf-8", errors="replace"))
+                i += 1
+            else:
+                return None
         side.last_ts = ts
         out: list[dict] = []
         stats = self.stats
