@@ -230,8 +230,27 @@ class Request:
     sub_count: int = 0
 
 
+_COMMANDS: dict[tuple[str, ...], tuple[str, str, str, int]] = {}  # words -> what command() makes of them
+_COMMANDS_MAX = 4096  # entries; commands of more than _COMMANDS_CHARS characters are not kept
+_COMMANDS_CHARS = 256
+
+
 def command(words: list[str]) -> Request:
-    """The request record's ``req_cmd`` and ``req_args`` from a command's words."""
+    """The request record's ``req_cmd`` and ``req_args`` from a command's words; a command
+    sent again (a benchmark's, a polling client's) is looked up, not formatted again."""
+    key = tuple(words)
+    got = _COMMANDS.get(key)
+    if got is None:
+        req = _command(words)
+        if sum(map(len, words)) <= _COMMANDS_CHARS:
+            if len(_COMMANDS) >= _COMMANDS_MAX:
+                _COMMANDS.clear()
+            _COMMANDS[key] = (req.cmd, req.args, req.sub_kind, req.sub_count)
+        return req
+    return Request(got[0], got[1], 0, got[2], got[3])
+
+
+def _command(words: list[str]) -> Request:
     if not words or _CMD_RE.fullmatch(words[0]) is None:
         return Request("", _js(words), 0)
     cmd = words[0].upper()
