@@ -410,3 +410,57 @@ def test_redis_whole_chunks_match_the_general_way(exchanges):
         chunks.append((10 * i + 5, _D.EGRESS, b"".join(replies)))
     whole, pieces = _feed_both(Protocol.REDIS, chunks)
     assert whole == pieces
+
+
+from andon.protocols import pgsql as pg_mod  # noqa: E402
+
+
+def old_bind(payload: bytes):
+    """Bind as the parser read it before the hot-path work (e2bfc90), for comparison."""
+    r = pg_mod._Reader(payload)
+    portal, stmt = r.cstr(), r.cstr()
+    fmts = [r.int(2) for _ in range(r.int(2))]
+    params, shown = [], []
+    for i in range(r.int(2)):
+        n = r.int(4)
+        raw = None if n == -1 else r.raw(n)
+        fmt = fmts[0] if len(fmts) == 1 else (fmts[i] if i < len(fmts) else 0)
+        params.append(pg_mod._value(raw, fmt))
+        shown.append(f"[format={'kBinary' if fmt == 1 else 'kText'} value={pg_mod._value(raw, fmt)}]")
+    res = [r.int(2) for _ in range(r.int(2))]
+    return (f"portal={portal} statement={stmt} parameters=[{', '.join(shown)}] "
+            f"result_format_codes=[{', '.join('kBinary' if f == 1 else 'kText' for f in res)}]"), params
+
+
+def _i16(v):
+    return struct.pack("!h", v)
+
+
+_bind_part = hs.one_of(
+    hs.sampled_from([b"\0", b"s1\0", b"p\0", _i16(0), _i16(1), _i16(2), _i16(-1), struct.pack("!i", -1),
+                     struct.pack("!i", 3), struct.pack("!i", -5), b"abc", b"\xff\x00", _i16(1) + _i16(1)]),
+    hs.binary(max_size=6))
+
+
+@settings(max_examples=500, deadline=None)
+@given(hs.lists(_bind_part, max_size=10).map(b"".join))
+def test_bind_reads_as_before(payload):
+    try:
+        want = ("ok", old_bind(payload))
+    except (pg_mod._Bad, struct.error, UnicodeError, ValueError):
+        want = ("bad", None)
+    p = pg_mod.PgSQLParser(Role.SERVER)
+    try:
+        p._request("B", payload, 7)
+        got = ("ok", (p.reqs[-1].text, p.reqs[-1].params))
+    except (pg_mod._Bad, struct.error, UnicodeError, ValueError):
+        got = ("bad", None)
+    assert got == want
+
+
+def test_bind_reads_as_before_on_a_real_bind():
+    payload = b"\0s1\0" + _i16(1) + _i16(0) + _i16(2) + struct.pack("!i", 3) + b"abc" + struct.pack("!i", -1) + _i16(1) + _i16(1)
+    p = pg_mod.PgSQLParser(Role.SERVER)
+    p._request("B", payload, 7)
+    assert (p.reqs[-1].text, p.reqs[-1].params) == old_bind(payload)
+    assert p.reqs[-1].params == ["abc", "[NULL]"]

@@ -33,6 +33,7 @@ from andon.protocols.stream import Side, StreamParser, bound, latency
 
 FRAME_CAP = 256 * 1024  # message bytes kept; the rest of a longer message is skipped
 _I32 = struct.Struct("!i")
+_I16 = struct.Struct("!h")
 PROTOCOL_3 = 196608
 SSL_REQUEST = 80877103
 GSS_REQUEST = 80877104
@@ -347,16 +348,34 @@ class PgSQLParser(StreamParser):
         elif tag == "B":
             r = _Reader(payload)
             portal, stmt = r.cstr(), r.cstr()
-            fmts = [r.int(2) for _ in range(r.int(2))]
+            p = r.p
+            # counts are Int16 (a negative one: nothing follows), lengths Int32 (-1: NULL);
+            # a payload too short raises struct.error or _Bad, counted by _message
+            nf = _I16.unpack_from(payload, p)[0]
+            p += 2
+            fmts = struct.unpack_from("!%dh" % nf, payload, p) if nf > 0 else ()
+            p += 2 * len(fmts)
+            one = fmts[0] if len(fmts) == 1 else None
             params = []
             shown = []
-            for i in range(r.int(2)):
-                n = r.int(4)
-                raw = None if n == -1 else r.raw(n)
-                fmt = fmts[0] if len(fmts) == 1 else (fmts[i] if i < len(fmts) else 0)
-                params.append(_value(raw, fmt))
-                shown.append(f"[format={'kBinary' if fmt == 1 else 'kText'} value={_value(raw, fmt)}]")
-            res = [r.int(2) for _ in range(r.int(2))]
+            npar = _I16.unpack_from(payload, p)[0]
+            p += 2
+            for i in range(npar):
+                n = _I32.unpack_from(payload, p)[0]
+                p += 4
+                if n == -1:
+                    raw = None
+                else:
+                    if n < 0 or p + n > len(payload):
+                        raise _Bad("short message")
+                    raw = payload[p : p + n]
+                    p += n
+                fmt = one if one is not None else (fmts[i] if i < len(fmts) else 0)
+                value = _value(raw, fmt)
+                params.append(value)
+                shown.append(f"[format={'kBinary' if fmt == 1 else 'kText'} value={value}]")
+            nres = _I16.unpack_from(payload, p)[0]
+            res = struct.unpack_from("!%dh" % nres, payload, p + 2) if nres > 0 else ()
             text = (f"portal={portal} statement={stmt} parameters=[{', '.join(shown)}] "
                     f"result_format_codes=[{', '.join('kBinary' if f == 1 else 'kText' for f in res)}]")
             self._push_request(Request("B", text, ts, stmt=stmt, params=params))
