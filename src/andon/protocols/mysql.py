@@ -116,19 +116,23 @@ class Statement:
     types: list[tuple[int, bool]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
 class Request:
-    cmd: int
-    body: str
-    ts: int
-    stmt_text: str = ""  # COM_STMT_PREPARE: its text, kept when the id comes back
-    # response state
-    phase: str = "first"  # first | cols | col_eof | rows | prep_defs
-    cols_left: int = 0
-    rows: int = 0
-    parts: list[str] = field(default_factory=list)
-    stmt_id: int = 0
-    num_params: int = 0
+    """A command waiting for its response, and the response read so far."""
+
+    __slots__ = ("cmd", "body", "ts", "stmt_text", "phase", "cols_left", "rows", "parts", "stmt_id", "num_params")
+
+    def __init__(self, cmd: int, body: str, ts: int) -> None:
+        self.cmd = cmd
+        self.body = body
+        self.ts = ts
+        self.stmt_text = ""  # COM_STMT_PREPARE: its text, kept when the id comes back
+        # response state
+        self.phase = "first"  # first | cols | col_eof | rows | prep_defs
+        self.cols_left = 0
+        self.rows = 0
+        self.parts: list[str] = []
+        self.stmt_id = 0
+        self.num_params = 0
 
 
 class MySQLParser(StreamParser):
