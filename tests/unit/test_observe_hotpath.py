@@ -464,3 +464,16 @@ def test_bind_reads_as_before_on_a_real_bind():
     p._request("B", payload, 7)
     assert (p.reqs[-1].text, p.reqs[-1].params) == old_bind(payload)
     assert p.reqs[-1].params == ["abc", "[NULL]"]
+
+
+_hchar = hs.sampled_from(["a", "B", '"', "\\", "\0", "\x1f", "\x7f", "é", "\u2028", " ", "-", "\n", "\t"])
+_htext = hs.lists(_hchar, max_size=5).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(hs.lists(hs.tuples(_htext, _htext), max_size=5))
+def test_headers_json_is_the_encoders_text(headers):
+    enc = json.encoder.encode_basestring
+    want = "{" + ",".join(enc(k) + ":" + enc(v) for k, v in sorted(headers, key=lambda kv: kv[0].lower())) + "}"
+    assert http_mod.headers_json(headers) == want
+    assert json.loads(want) == dict(sorted(headers, key=lambda kv: kv[0].lower()))

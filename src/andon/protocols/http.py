@@ -52,6 +52,7 @@ _HEX_RE = re.compile(rb"[0-9A-Fa-f]+")
 _TOKEN_S = _TOKEN.decode()
 _TOKEN_S_RE = re.compile(_TOKEN_S)
 _json_str = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
+_JSON_ESCAPE = json.encoder.ESCAPE  # the characters it escapes (quote, backslash, controls)
 
 
 class Head:
@@ -138,9 +139,16 @@ class Message:
 def headers_json(headers: list[tuple[str, str]]) -> str:
     """Pixie's ``ToJSONString(HeadersMap)``: a compact JSON object, keys in case-insensitive
     order, a repeated header name repeated as a key."""
+    items = sorted(headers, key=_lower_name)
+    if _JSON_ESCAPE.search("".join(map("".join, items))) is None:
+        # nothing the encoder would escape: each string is itself between quotes
+        return "{" + ",".join(['"%s":"%s"' % kv for kv in items]) + "}"
     enc = _json_str
-    items = sorted(headers, key=lambda kv: kv[0].lower())
     return "{" + ",".join([enc(k) + ":" + enc(v) for k, v in items]) + "}"
+
+
+def _lower_name(kv: tuple[str, str]) -> str:
+    return kv[0].lower()
 
 
 def _text(b: bytes | bytearray) -> str:
