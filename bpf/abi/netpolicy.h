@@ -88,20 +88,30 @@ struct np_endpoint {
  *   NP_POL_PREFIX_PROTO (80) ... + proto, any port
  *   NP_POL_PREFIX_FULL  (96) ... + one port; 80 + n for a block of 2^(16-n) ports, so a
  *                            port range [lo, hi] is at most 30 prefix blocks
- * `peer_identity` 0 = any peer (a second lookup). For ICMP, dport is the ICMP type. */
+ * `peer_identity` 0 = any peer (a second lookup). For ICMP, dport is the ICMP type + 1
+ * (NP_POL_ICMP_TYPE): dport 0 means any, and type 0 (echo reply) must not.
+ *
+ * Audited deny entries (of a policy in audit mode) live in the deny tries under their own
+ * key space, NP_POL_DIR_AUDIT set in `direction`: a longest-prefix lookup returns one entry,
+ * so an audited entry sharing keys with enforced ones could hide a broader enforced deny
+ * (and an audited hit must not skip the allow lookup and default deny). The datapath looks up
+ * the enforced deny entries, then the allow entries and default deny, then the audited deny
+ * entries (bpf/enforce/policy.bpf.c np__policy). */
 #define NP_POL_PREFIX_PEER 72
 #define NP_POL_PREFIX_PROTO 80
 #define NP_POL_PREFIX_FULL 96
+#define NP_POL_DIR_AUDIT 0x80
+#define NP_POL_ICMP_TYPE(t) ((__u16)(t) + 1)
 struct np_pol_key {
 	__u32 prefixlen;      /* field 0: prefixlen (u32) */
 	__u32 ep_identity;    /* field 1: ep_identity (u32) */
 	__u32 peer_identity;  /* field 2: peer_identity (u32), 0 = any */
-	__u8 direction;       /* field 3: direction (u8): NP_DIR_* */
+	__u8 direction;       /* field 3: direction (u8): NP_DIR_*, | NP_POL_DIR_AUDIT for audited deny entries */
 	__u8 proto;           /* field 4: proto (u8): IPPROTO_*, 0 = any (then prefixlen 72) */
-	__be16 dport;         /* field 5: dport (be16): network order so port blocks are prefixes */
+	__be16 dport;         /* field 5: dport (be16): network order so port blocks are prefixes; ICMP: type + 1 */
 };
 
-#define NP_POL_F_AUDIT 0x01       /* a deny entry that only audits */
+#define NP_POL_F_AUDIT 0x01       /* a deny entry that only audits (its key has NP_POL_DIR_AUDIT too) */
 struct np_pol_val {
 	__u8 verdict;         /* field 0: verdict (u8): NP_ALLOW / NP_DENY */
 	__u8 flags;           /* field 1: flags (u8): NP_POL_F_* */

@@ -9,9 +9,23 @@
  *   cgroup_skb__ingress  what they receive (INGRESS)
  *
  * Per packet: endpoint config by ifindex (cgroup id) -> conntrack (a hit skips the policy) -> peer
- * identity from the ip LPM -> deny tries then allow tries (deny wins at every level) ->
- * default deny -> verdict, counters, a flow record for what is worth reporting.
+ * identity from the ip LPM -> enforced deny entries, allow entries, default deny, audited deny
+ * entries -> verdict, counters, a flow record for what is worth reporting.
  * Maps and wire structs: bpf/abi/netpolicy.h.
+ *
+ * Audit (per policy) changes only what the audited policy itself would do; an enforced policy's
+ * verdict still applies (Cilium's meaning of audit). So the verdict on a new connection is:
+ *   1. an enforced deny entry matches                 -> DROPPED  POLICY_DENY (that entry)
+ *   2. no allow entry and enforced default deny       -> DROPPED  POLICY_DENIED
+ *   3. an audited deny entry matches                  -> AUDIT    POLICY_DENY (passes)
+ *   4. an allow entry matches                         -> FORWARDED
+ *   5. default deny switched on by audited policies   -> AUDIT    POLICY_DENIED (passes)
+ *   6. no policy selects the endpoint this way        -> FORWARDED
+ * and the endpoint's own audit mode turns any DROPPED into AUDIT. Audited deny entries have a
+ * key space of their own in the deny tries (NP_POL_DIR_AUDIT in the key's direction): one LPM
+ * lookup yields one entry, the most specific, and a more specific audited entry in the same
+ * space would hide a broader enforced one (step 1 would miss it). Two more lookups per new
+ * connection, none for conntrack hits.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -216,7 +230,7 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->icmp_type = ih[0];
 		p->icmp_code = ih[1];
-		p->pol_port = ih[0];
+		p->pol_port = NP_POL_ICMP_TYPE(ih[0]); /* type 0 is echo reply, not "any" */
 		/* echo request/reply (v4 8/0, v6 128/129): the id on both sides, so the reply
 		 * reverses onto the request's conntrack key */
 		if (ih[0] == 8 || ih[0] == 0 || ih[0] == 128 || ih[0] == 129) {
@@ -284,7 +298,7 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->icmp_type = ih[0];
 		p->icmp_code = ih[1];
-		p->pol_port = ih[0];
+		p->pol_port = NP_POL_ICMP_TYPE(ih[0]); /* type 0 is echo reply, not "any" */
 		if (ih[0] == 8 || ih[0] == 0 || ih[0] == 128 || ih[0] == 129) {
 			__u16 id = (ih[4] << 8) | ih[5];
 			p->sport = id;
@@ -447,7 +461,6 @@ static __always_inline void np__policy(const struct np_endpoint *ep, const struc
 {
 	__u32 zero = 0, gen = 0, peer, *g;
 	struct np_pol_val *pv;
-	int denied_by_default = 0;
 
 	np__count(NP_STAT_POLICY_LOOKUPS);
 	g = bpf_map_lookup_elem(&np_gen, &zero);
@@ -465,21 +478,33 @@ static __always_inline void np__policy(const struct np_endpoint *ep, const struc
 
 	pv = np__lookup(gen, 1, ep->identity, peer, dir, p);
 	if (pv) {
-		v->verdict = (pv->flags & NP_POL_F_AUDIT) ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
+		v->verdict = NP_VERDICT_DROPPED; /* an enforced deny entry: deny wins */
 		v->drop_reason = NP_DROP_POLICY_DENY;
 	} else {
-		pv = np__lookup(gen, 0, ep->identity, peer, dir, p);
-		if (pv) {
-			v->verdict = NP_VERDICT_FORWARDED;
-		} else if (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS)) {
-			denied_by_default = 1;
-			/* default deny switched on by audited policies only: report, let pass */
-			v->verdict = (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_AUDIT_DD_EGRESS : NP_EP_AUDIT_DD_INGRESS))
-					    ? NP_VERDICT_AUDIT : NP_VERDICT_DROPPED;
+		struct np_pol_val *allow = np__lookup(gen, 0, ep->identity, peer, dir, p);
+		int dd = !allow && (ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_DENY_EGRESS : NP_EP_DENY_INGRESS));
+		/* default deny switched on by audited policies only: reports, lets pass */
+		int dd_audit = ep->flags & (dir == NP_DIR_EGRESS ? NP_EP_AUDIT_DD_EGRESS : NP_EP_AUDIT_DD_INGRESS);
+
+		if (dd && !dd_audit) {
+			v->verdict = NP_VERDICT_DROPPED;
+		} else {
+			pv = np__lookup(gen, 1, ep->identity, peer, dir | NP_POL_DIR_AUDIT, p);
+			if (pv) {
+				v->verdict = NP_VERDICT_AUDIT; /* what the audited deny entry would have done */
+				v->drop_reason = NP_DROP_POLICY_DENY;
+			} else if (allow) {
+				pv = allow;
+				v->verdict = NP_VERDICT_FORWARDED;
+			} else if (dd) {
+				v->verdict = NP_VERDICT_AUDIT;
+			} else {
+				v->verdict = NP_VERDICT_FORWARDED; /* no policy selects this direction */
+			}
+		}
+		if (!pv && dd) {
 			v->drop_reason = NP_DROP_POLICY;
 			v->policy_id = dir == NP_DIR_EGRESS ? ep->deny_policy_egress : ep->deny_policy_ingress;
-		} else {
-			v->verdict = NP_VERDICT_FORWARDED; /* no policy selects this direction */
 		}
 	}
 	if (pv) {
@@ -487,7 +512,6 @@ static __always_inline void np__policy(const struct np_endpoint *ep, const struc
 		v->rule_index = pv->rule_index;
 		v->match_type = pv->match_type;
 	}
-	(void)denied_by_default;
 	if (v->verdict == NP_VERDICT_DROPPED && (ep->flags & NP_EP_AUDIT)) {
 		v->verdict = NP_VERDICT_AUDIT;
 		v->flags |= NP_FLOW_F_EP_AUDIT;

@@ -467,6 +467,7 @@ def test_audit_on_a_deny_entry_only(dp, env, host_server):
     p, q = free_ports(2)
     host_server(p)
     host_server(q)
+    config(dp, ns, egress=False)  # enforced default deny would drop p whatever its audited entry says
     dp.apply([entry("egress", PEER, "tcp", p, verdict="deny", policy=14, rule=0, audit=True),
               entry("egress", PEER, "tcp", q, verdict="deny", policy=14, rule=1)])
     assert tcp_ok(ns.host_ip, p, ns=ns.name)
@@ -618,3 +619,149 @@ def test_xdp_firewall_rejects_bad_rules(fw_ns):
             fw.add_rule("10.0.0.0/16", "udp", 99)
         fw.add_rule("10.128.0.0/16", "udp", 99)  # under /8 only: two rules in its set
         assert len(fw.rules()) == 9
+
+
+# -- audit keeps enforced verdicts (model: tests/unit/test_netpolicy_audit.py) ---------------------------
+def test_audited_deny_does_not_lift_enforced_default_deny(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    # TRIGGER: egress default deny (enforced, policy 42); an audited deny entry for p, no allow
+    dp.apply([entry("egress", PEER, "tcp", p, verdict="deny", policy=14, audit=True)])
+    # ASSERT: default deny drops it; the flow names default deny, not the audited entry
+    assert not tcp_ok(ns.host_ip, p, ns=ns.name)
+    f = syns(flows_of(dp, 1), p)[0]
+    assert (f.verdict, f.drop_reason_desc, f.policy_id) == ("DROPPED", "POLICY_DENIED", DENY_POLICY)
+    # TRIGGER: an enforced allow for p too: passes, reported as what the audited deny would do
+    dp.apply([entry("egress", PEER, "tcp", p, verdict="deny", policy=14, rule=3, audit=True),
+              entry("egress", PEER, "tcp", p, policy=7, rule=1)])
+    assert tcp_ok(ns.host_ip, p, ns=ns.name)
+    assert not tcp_ok(ns.host_ip, q, ns=ns.name)
+    flows = flows_of(dp, 3)
+    a = syns(flows, p)[0]
+    assert (a.verdict, a.drop_reason_desc, a.policy_id, a.rule_index, a.policy_match_type) == \
+        ("AUDIT", "POLICY_DENY", 14, 3, "L3_L4")
+    assert syns(flows, q)[0].verdict == "DROPPED"
+
+
+@pytest.mark.parametrize("enforced, audited, match", [
+    (("egress", PEER, 0), ("egress", PEER, "tcp"), "L3_ONLY"),    # broader enforced, same peer
+    (("egress", 0, "tcp"), ("egress", PEER, "tcp"), "L4_ONLY"),   # enforced for any peer, audited for this one
+    (("egress", PEER, "tcp"), ("egress", 0, "tcp"), "L3_L4"),     # enforced for this peer, audited for any
+])
+def test_a_more_specific_audited_deny_does_not_hide_an_enforced_one(dp, env, host_server, enforced, audited, match):
+    ns, _ = env
+    p = free_ports(1)[0]
+    host_server(p)
+    config(dp, ns, egress=False)  # no default deny: only the deny entries decide
+    e_dir, e_peer, e_proto = enforced
+    a_dir, a_peer, a_proto = audited
+    dp.apply([entry(e_dir, e_peer, e_proto, p if e_proto else 0, verdict="deny", policy=21, rule=1),
+              entry(a_dir, a_peer, a_proto, p, verdict="deny", policy=22, rule=2, audit=True),
+              entry(a_dir, a_peer, a_proto, p, end=p + 1, verdict="deny", policy=22, rule=3, audit=True)])
+    # ASSERT: the enforced deny drops and is the one reported
+    assert not tcp_ok(ns.host_ip, p, ns=ns.name)
+    f = syns(flows_of(dp, 1), p)[0]
+    assert (f.verdict, f.drop_reason_desc, f.policy_id, f.rule_index, f.policy_match_type) == \
+        ("DROPPED", "POLICY_DENY", 21, 1, match)
+
+
+def test_audited_deny_under_audited_default_deny(dp, env, host_server):
+    ns, _ = env
+    p, q = free_ports(2)
+    host_server(p)
+    host_server(q)
+    dp.set_endpoint_config(socket.if_nametoindex(ns.host_if), EP, default_deny_ingress=True, default_deny_egress=True,
+                           deny_policy_id=DENY_POLICY, audit_default_deny_egress=True)
+    dp.apply([entry("egress", PEER, "tcp", p, verdict="deny", policy=14, rule=5, audit=True)])
+    # ASSERT: both pass; p reported as the deny entry, q as default deny
+    assert tcp_ok(ns.host_ip, p, ns=ns.name) and tcp_ok(ns.host_ip, q, ns=ns.name)
+    flows = flows_of(dp, 4)
+    a, b = syns(flows, p)[0], syns(flows, q)[0]
+    assert (a.verdict, a.drop_reason_desc, a.policy_id, a.rule_index) == ("AUDIT", "POLICY_DENY", 14, 5)
+    assert (b.verdict, b.drop_reason_desc, b.policy_id) == ("AUDIT", "POLICY_DENIED", DENY_POLICY)
+
+
+# -- ICMP types: type 0 is echo reply, not "any" -------------------------------------------------------
+def send_icmp(ns: S.NetNs, ip: str, icmp_type: int, ident: int) -> None:
+    """One ICMP message of ``icmp_type`` (echo layout) from inside the namespace; no answer awaited."""
+    def go() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            body = struct.pack("!BBHHH", icmp_type, 0, 0, ident, 1) + b"andon!"
+            s.sendto(body[:2] + struct.pack("!H", _checksum(body)) + body[4:], (ip, 0))
+    in_netns(ns.name, go)
+
+
+def test_icmp_type_0_allowed_does_not_allow_echo_request(dp, env):
+    ns, _ = env
+    # TRIGGER: egress default deny; only ICMP type 0 (echo reply) allowed to the peer
+    dp.apply([entry("egress", PEER, "icmp", 0, rule=9)])
+    assert not ping_ok(ns, ns.host_ip)
+    send_icmp(ns, ns.host_ip, 0, 4242)  # an echo reply nobody asked for: allowed by the entry
+    flows = [f for f in flows_of(dp, 2) if f.proto == 1]
+    # ASSERT: the request dropped by default deny; the reply forwarded by rule 9 (an exact type match)
+    assert [(f.icmp_type, f.verdict, f.drop_reason_desc) for f in flows] == [
+        (8, "DROPPED", "POLICY_DENIED"), (0, "FORWARDED", "DROP_REASON_UNKNOWN")]
+    assert (flows[1].rule_index, flows[1].policy_match_type, flows[1].sport) == (9, "L3_L4", 4242)
+    # every ICMP type (the model's 0-65535): echo works
+    dp.apply([entry("egress", PEER, "icmp", 0, 65535, rule=10)])
+    assert ping_ok(ns, ns.host_ip)
+    f = [f for f in flows_of(dp, 2) if f.proto == 1 and not f.is_reply][-1]
+    assert (f.icmp_type, f.verdict, f.rule_index, f.policy_match_type) == (8, "FORWARDED", 10, "L3_PROTO")
+    # type 8 and a range 5..9 still select echo request, 9..20 does not
+    for lo, hi, ok in ((8, 0, True), (5, 9, True), (9, 20, False)):
+        dp.apply([entry("egress", PEER, "icmp", lo, hi, rule=11)])
+        dp.flush_conntrack()
+        assert ping_ok(ns, ns.host_ip) is ok, (lo, hi)
+
+
+@pytest.fixture
+def v6(env, dp) -> Iterator[tuple[str, str]]:
+    """ULA addresses on the veth pair (nodad: usable at once); the host's is PEER."""
+    ns, _ = env
+    net = f"fd{random.randint(0, 0xff):02x}:{random.randint(0, 0xffff):x}:{random.randint(0, 0xffff):x}::"
+    host, inside = f"{net}1", f"{net}2"
+    subprocess.run(["ip", "addr", "add", f"{host}/64", "dev", ns.host_if, "nodad"], check=True)
+    ns.exec(["ip", "addr", "add", f"{inside}/64", "dev", ns.ns_if, "nodad"], check=True)
+    dp.set_ip_identity(f"{host}/128", PEER)
+    try:
+        yield host, inside
+    finally:
+        dp.delete_ip_identity(f"{host}/128")
+        subprocess.run(["ip", "addr", "del", f"{host}/64", "dev", ns.host_if], check=False)
+
+
+def ping6_ok(ns: S.NetNs, ip: str, timeout: float = TIMEOUT) -> bool:
+    """One ICMPv6 echo request from inside the namespace (the kernel fills the checksum)."""
+    ident = random.randint(1, 0xFFFF)
+
+    def go() -> bool:
+        with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+            s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"andon!", (ip, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    pkt, addr = s.recvfrom(256)  # ICMPv6 raw sockets get the message without the IP header
+                except OSError:
+                    return False
+                if pkt[0] == 129 and struct.unpack("!H", pkt[4:6])[0] == ident:
+                    return True
+            return False
+    return bool(in_netns(ns.name, go))
+
+
+def test_icmpv6_echo_reply_allowed_does_not_allow_echo_request(dp, env, v6):
+    ns, _ = env
+    host, _inside = v6
+    # TRIGGER: ICMPv6 type 129 (echo reply) allowed, then type 128 (echo request)
+    dp.apply([entry("egress", PEER, "icmpv6", 129, rule=12)])
+    assert not ping6_ok(ns, host)
+    dp.apply([entry("egress", PEER, "icmpv6", 128, rule=13)])
+    assert ping6_ok(ns, host)
+    # ASSERT: the request dropped under 129, forwarded by rule 13 under 128; neighbour discovery passed
+    flows = [f for f in flows_of(dp, 4) if f.proto == 58 and f.icmp_type in (128, 129)]
+    got = [(f.icmp_type, f.verdict, f.rule_index if f.verdict == "FORWARDED" else None, f.is_reply) for f in flows]
+    assert got == [(128, "DROPPED", None, False), (128, "FORWARDED", 13, False), (129, "FORWARDED", 13, True)], got
+    assert dp.stats()["nd"] > 0

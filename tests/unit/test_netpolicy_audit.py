@@ -96,3 +96,61 @@ def test_datapath_entries_carry_audit_on_denies_only():
     _, m = resolved((cnp("allow", WEB_80), True), (cnp("deny22", WEB_DENY_22), True))
     got = sorted((d.verdict, d.port_lo, d.audit) for d in m.datapath_entries())
     assert got == [("ALLOW", 80, False), ("DENY", 22, True)]
+
+
+WEB_DEFAULT_DENY_ONLY = """
+endpointSelector: {matchLabels: {app: web}}
+ingress:
+- fromEndpoints: [{matchLabels: {app: nobody}}]
+"""
+WEB_DENY_FE_ALL = """
+endpointSelector: {matchLabels: {app: web}}
+ingressDeny:
+- fromEndpoints: [{matchLabels: {app: fe}}]
+"""
+WEB_DENY_ANY_22 = """
+endpointSelector: {matchLabels: {app: web}}
+ingressDeny:
+- toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+"""
+
+
+def test_audited_deny_does_not_lift_enforced_default_deny():
+    # an enforced policy switches ingress default deny on and allows nothing for fe:22; the
+    # audited deny entry matching fe:22 must not let it through
+    _, m = resolved((cnp("dd", WEB_DEFAULT_DENY_ONLY), False), (cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("DROPPED", "POLICY_DENIED", "dd")
+    # with an allow for the port in the enforced policy: passes, reported as the audited deny
+    _, m = resolved((cnp("allow22", WEB_80.replace('"80"', '"22"')), False), (cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("AUDIT", "POLICY_DENY", "deny22")
+
+
+def test_a_more_specific_audited_deny_does_not_hide_an_enforced_one():
+    # enforced: deny everything from fe (L3_ONLY); audited: deny fe:22 (L3_L4, more specific)
+    _, m = resolved((cnp("deny-fe", WEB_DENY_FE_ALL), False), (cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy, v.match_type) == ("DROPPED", "POLICY_DENY", "deny-fe", "L3_ONLY")
+    # enforced: deny 22 from anyone (L4_ONLY, the any-peer lookup); audited: fe:22 (its own peer)
+    _, m = resolved((cnp("deny-any-22", WEB_DENY_ANY_22), False), (cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.policy, v.match_type) == ("DROPPED", "deny-any-22", "L4_ONLY")
+    # and the other way round: enforced fe:22, audited from anyone: the enforced one drops
+    _, m = resolved((cnp("deny22", WEB_DENY_22), False), (cnp("deny-any-22", WEB_DENY_ANY_22), True))
+    assert m.decide("fe", "web", "TCP", 22, "ingress").verdict == "DROPPED"
+
+
+def test_audited_deny_with_audited_or_no_default_deny_audits():
+    # default deny only from audited policies: the deny entry is what is reported
+    _, m = resolved((cnp("dd", WEB_DEFAULT_DENY_ONLY), True), (cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("AUDIT", "POLICY_DENY", "deny22")
+    v = m.decide("fe", "web", "TCP", 23, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("AUDIT", "POLICY_DENIED", "dd")
+    # the deny-only policy alone (its ingressDeny switches ingress default deny on, audited)
+    _, m = resolved((cnp("deny22", WEB_DENY_22), True))
+    v = m.decide("fe", "web", "TCP", 22, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("AUDIT", "POLICY_DENY", "deny22")
+    v = m.decide("fe", "web", "TCP", 23, "ingress")
+    assert (v.verdict, v.drop_reason_desc, v.policy) == ("AUDIT", "POLICY_DENIED", "deny22")

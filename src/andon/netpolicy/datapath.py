@@ -68,6 +68,8 @@ LOCAL_IDENTITY_MIN = 1 << 24  # Cilium's node-local scope: CIDR identities
 EP_DENY_INGRESS, EP_DENY_EGRESS, EP_AUDIT = 0x01, 0x02, 0x04
 EP_AUDIT_DD_INGRESS, EP_AUDIT_DD_EGRESS = 0x08, 0x10  # default deny of that direction only audits
 POL_F_AUDIT = 0x01
+POL_DIR_AUDIT = 0x80  # in a policy key's direction: an audited deny entry (a key space of its own)
+ICMP_PROTOS = (1, 58)
 KEY_CGROUP = 0x80000000  # conntrack/counters key of a cgroup endpoint: KEY_CGROUP | low 31 bits of its id
 POL_PREFIX_PEER, POL_PREFIX_PROTO, POL_PREFIX_FULL = 72, 80, 96
 FLOW_F_CT_NEW, FLOW_F_EP_AUDIT = 0x01, 0x02
@@ -118,9 +120,12 @@ class PolicyEntry:
     """One abstract policy map entry, as the model computes it.
 
     ``peer_identity`` 0 = any peer; ``proto`` 0 = any protocol (then no port); ``port_lo``
-    0 = any port, else ``port_lo..port_hi`` (``port_hi`` 0 = just ``port_lo``); for ICMP
-    the "port" is the ICMP type. ``direction`` 'ingress'/'egress' (or DIR_*), ``verdict``
-    'allow'/'deny' (or ALLOW/DENY). ``audit`` on a deny entry: report AUDIT, let it pass.
+    0 = any port, else ``port_lo..port_hi`` (``port_hi`` 0 = just ``port_lo``). For ICMP and
+    ICMPv6 the "port" is the ICMP type, and type 0 (echo reply) is a type: ``port_lo..port_hi``
+    is always the type range (``(0, 0)`` is echo reply only, ``(8, 0)`` echo request), every
+    type is ``(0, 255)`` or more (the model's ``(0, 65535)``). ``direction`` 'ingress'/'egress'
+    (or DIR_*), ``verdict`` 'allow'/'deny' (or ALLOW/DENY). ``audit`` on a deny entry: report
+    AUDIT, let it pass unless an enforced entry or enforced default deny drops it.
     """
 
     endpoint_identity: int
@@ -201,20 +206,23 @@ def encode_entry(e: PolicyEntry) -> tuple[bool, list[tuple[bytes, bytes]]]:
         raise PolicyEntryError("audit applies to deny entries only (allow entries forward anyway)")
     if proto == 0 and (e.port_lo or e.port_hi):
         raise PolicyEntryError(f"port {e.port_lo}: a port needs a protocol (proto 0 means any)")
-    if e.port_lo == 0:
+    if proto in ICMP_PROTOS:
+        # the key holds type + 1 (bpf/abi/netpolicy.h NP_POL_ICMP_TYPE): dport 0 is "any"
+        lo, hi = e.port_lo, e.port_hi or e.port_lo
+        if not 0 <= lo <= hi or (lo > 0 and hi > 255):
+            raise PolicyEntryError(f"ICMP types {lo}-{hi}: ICMP types are 0..255 (lo <= hi)")
+        blocks = [(0, -1)] if lo == 0 and hi >= 255 else port_blocks(lo + 1, hi + 1)
+    elif e.port_lo == 0:
         if e.port_hi:
             raise PolicyEntryError(f"endPort {e.port_hi} without a port")
         blocks = [(0, -1)] if proto else [(0, -2)]
     else:
-        hi = e.port_hi or e.port_lo
-        if proto in (1, 58) and hi > 255:
-            raise PolicyEntryError(f"ICMP type {hi}: ICMP types are 0..255")
-        blocks = port_blocks(e.port_lo, hi)
+        blocks = port_blocks(e.port_lo, e.port_hi or e.port_lo)
     out = []
     for port, bits in blocks:
         prefix = {-2: POL_PREFIX_PEER, -1: POL_PREFIX_PROTO}.get(bits, POL_PREFIX_PROTO + bits)
-        key = POL_KEY.pack(prefix, e.endpoint_identity, e.peer_identity, direction, proto,
-                           port.to_bytes(2, "big"))
+        key = POL_KEY.pack(prefix, e.endpoint_identity, e.peer_identity, direction | (POL_DIR_AUDIT if e.audit else 0),
+                           proto, port.to_bytes(2, "big"))
         val = POL_VAL.pack(verdict, POL_F_AUDIT if e.audit else 0, _match_type(e.peer_identity, prefix), 0,
                            e.policy_id, e.rule_index)
         out.append((key, val))

@@ -239,22 +239,35 @@ class Resolution:
 
         matching = [e for e in subject.entries if e.direction == direction and e.l4_matches(pnum, port) and peer_ok(e)]
         audit_ep = subject.endpoint.audit
-        denies = [e for e in matching if e.verdict == DENY]
+        # Audit changes only what the audited policy itself would do: an enforced deny entry, or
+        # enforced default deny without an allow, still drops; an audited deny entry that
+        # matches otherwise makes the verdict AUDIT (the packet passes, reported as that deny).
+        # The datapath keeps audited deny entries apart for this (bpf/enforce/policy.bpf.c).
+        denies = [e for e in matching if e.verdict == DENY and not e.audit]
         if denies:
             e = _most_specific(denies)
-            audited = audit_ep or e.audit
             return Verdict(
-                AUDIT if audited else DROPPED, direction, e.policy, e.rule, e.match_type,
+                AUDIT if audit_ep else DROPPED, direction, e.policy, e.rule, e.match_type,
                 f"denied by {e.policy} rule {e.rule} ({direction}Deny item {e.item})", DROP_POLICY_DENY, e,
             )  # fmt: skip
         allows = [e for e in matching if e.verdict == ALLOW]
+        default_deny = not allows and subject.is_default_deny(direction)
+        if default_deny and not subject.default_deny_audit[direction]:
+            by = subject.default_deny[direction][0]
+            return Verdict(AUDIT if audit_ep else DROPPED, direction, by, None, "NONE", f"default deny by {by}", DROP_POLICY_DENIED)
+        audited = [e for e in matching if e.verdict == DENY and e.audit]
+        if audited:
+            e = _most_specific(audited)
+            return Verdict(
+                AUDIT, direction, e.policy, e.rule, e.match_type,
+                f"denied by {e.policy} rule {e.rule} ({direction}Deny item {e.item})", DROP_POLICY_DENY, e,
+            )  # fmt: skip
         if allows:
             e = _most_specific(allows)
             return Verdict(FORWARDED, direction, e.policy, e.rule, e.match_type, f"allowed by {e.policy} rule {e.rule} ({direction} item {e.item})", "", e)
-        if subject.is_default_deny(direction):
+        if default_deny:  # switched on by audited policies only
             by = subject.default_deny[direction][0]
-            audited = audit_ep or subject.default_deny_audit[direction]
-            return Verdict(AUDIT if audited else DROPPED, direction, by, None, "NONE", f"default deny by {by}", DROP_POLICY_DENIED)
+            return Verdict(AUDIT, direction, by, None, "NONE", f"default deny by {by}", DROP_POLICY_DENIED)
         return Verdict(FORWARDED, direction, None, None, "NONE", f"no policy selects {subject.endpoint.name} for {direction}")
 
     def decide_flow(self, src: str | Endpoint | IPAddress, dst: str | Endpoint | IPAddress, proto: int | str, port: int) -> Verdict:

@@ -153,9 +153,11 @@ def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
     cache = res.ipcache()
     for net, ident in cache.items():
         dp.set_ip_identity(net, ident)
-    # the model's "every port" is 0-65535, the datapath's is port 0 (and no port at all without a protocol)
+    # the model's "every port" is 0-65535, the datapath's is port 0 (and no port at all without a
+    # protocol); ICMP types go as they are: type 0 is echo reply, 0-65535 every type
     entries = [PolicyEntry(d.ep_identity, d.direction, d.peer_identity, d.proto,
-                           *((0, 0) if (d.port_lo, d.port_hi) == (0, 65535) else (d.port_lo, d.port_hi)),
+                           *((0, 0) if (d.port_lo, d.port_hi) == (0, 65535) and d.proto not in (1, 58)
+                             else (d.port_lo, d.port_hi)),
                            d.verdict.lower(), state.policy_id(d.policy), d.rule, d.audit)
                for d in res.datapath_entries()]
     dp.apply(entries)
