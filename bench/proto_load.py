@@ -1,31 +1,45 @@
-"""Throughput of real servers under load, with a tracer off and on, as a ratio from the same run.
+"""Real servers under load, untraced and traced, as ratios from the same run.
 
-Cases (servers and load generators from tests/servers.py, on 127.0.0.1):
+Two modes (``--mode flat|paced|both``):
 
-    nginx-1k      wrk -t2 -c16 against nginx /size/1024 (keep-alive, as wrk always is)
-    nginx-small   wrk -t1 -c4 against nginx / (17 bytes; the most requests per second)
-    nginx-tls     nginx-1k over TLS (self-signed; wrk does not verify), for libssl uprobe tracing
-    pg-simple     pgbench -S (select-only) -c4 -j2, simple query protocol, after pgbench -i -s 1
-    pg-extended   the same with -M extended (Parse/Bind/Execute for every statement)
-    redis-p1      redis-benchmark -t get,set -c16 -P 1 (one command per round trip)
-    redis-p16     redis-benchmark -t get,set -c16 -P 16 (16 commands pipelined per write)
+    flat    each generator flat out: throughput at saturation, traced / untraced
+    paced   each generator at fixed offered rates (``--rates``): the rate reached, client
+            latency p50/p99, and whether every request was captured at that rate
 
-Every case runs ``--repeat`` times untraced and traced, interleaved (off, on, off, on, ...) so
-drift of the machine's speed hits both alike; the table shows the medians and their ratio.
-The tracer is ``--tracer CMD`` (a shell-split command line) started before each traced run and
-stopped with SIGINT after it; until ``andon trace`` exists the example is bpftrace counting
-every read(2). Its CPU time and peak RSS are read from /proc/<pid>/stat and /status just
-before it is stopped (the load's share, not its shutdown). ``--captured-regex`` pulls the
-count of requests the tracer says it captured from its output (summed over every match), to
-set against the count the load generator sent.
+Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced generator):
+
+    nginx-1k      wrk -t2 -c16 on /size/1024     / the same with workloads/paced.lua (wrk's delay() hook)
+    nginx-small   wrk -t1 -c4 on / (17 bytes)    / paced.lua
+    nginx-tls     nginx-1k over TLS              / paced.lua
+    pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
+    pg-extended   the same with -M extended      / the same with -M extended
+    redis-p1      redis-benchmark -c16 -P 1      / workloads/redis_paced.c, 16 connections, 1 command a request
+    redis-p16     redis-benchmark -c16 -P 16     / redis_paced.c, 16 commands a request
+
+Configurations (``--configs``), run interleaved in an order rotated every repetition:
+
+    off      nothing traced
+    sensor   the agent's socket data sensor alone, its ring drained unread
+             (``bench/tracers.py sock-drain``): the kernel's share of the cost
+    agent    ``andon run --no-rules --data-dir DIR``: the whole protocol-tracing agent
+    on       ``--tracer CMD``: any command (bpftrace...), with ``--ready-line`` and
+             ``--captured-regex`` as before
+
+For ``agent`` the captured count is read from the tables it wrote (rows of the case's table
+for this server's port, the request the case sends, server side and client side
+separately) and the loss from its closing line. The andon code and BPF objects are frozen
+at the start (bench/snapshot.py), so every run measures the same code.
 
     .venv/bin/python bench/proto_load.py --quick
+    .venv/bin/python bench/proto_load.py --only nginx-1k pg-extended redis-p1 redis-p16
+    .venv/bin/python bench/proto_load.py --mode paced --rates 500,1000,2000,5000,10000 --only redis-p1
     .venv/bin/python bench/proto_load.py --tracer "bpftrace -e 'tracepoint:syscalls:sys_exit_read { @[comm] = count(); }'"
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -46,10 +60,14 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "tests"))
 import servers as S  # noqa: E402
 
-from tracers import HZ, ForeignWatch  # noqa: E402
+import snapshot  # noqa: E402
+from tracers import HZ, ForeignWatch, RssSampler, cpu_busy_s  # noqa: E402
 
 RESULTS = BENCH / "results"
+WORKLOADS = BENCH / "workloads"
+BUILD = BENCH.parent / "build" / "bench"
 EXAMPLE_TRACER = "bpftrace -e 'tracepoint:syscalls:sys_exit_read { @[comm] = count(); }'"
+DEFAULT_RATES = "500,1000,2000,5000,10000"
 
 
 class LoadError(RuntimeError):
@@ -64,14 +82,16 @@ class Load:
     errors: int = 0     # non-2xx/3xx, socket errors, failed transactions
     client_cpu_s: float = 0.0   # the load generator's CPU time
     server_cpu_s: float = 0.0   # the server's (all its processes) during the load
+    p50_us: float | None = None  # client-side latency of a request (from its send, not from when it fell due)
+    p99_us: float | None = None
     detail: dict = field(default_factory=dict)
 
 
-def _run(argv: list[str], timeout: float) -> tuple[str, float]:
+def _run(argv: list[str], timeout: float, cwd: str | None = None) -> tuple[str, float]:
     """Run a load generator; its stdout and the CPU seconds it used (its own rusage from
     wait4, so nothing else this process runs meanwhile is counted)."""
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, cwd=cwd)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -85,7 +105,7 @@ def _run(argv: list[str], timeout: float) -> tuple[str, float]:
     if proc.returncode == -signal.SIGKILL:
         raise LoadError(f"{argv[0]} did not finish within {timeout:.0f} s")
     if proc.returncode != 0:
-        raise LoadError(f"{' '.join(argv)} exited {proc.returncode}: {stderr.strip()[-1500:]}")
+        raise LoadError(f"{' '.join(argv)} exited {proc.returncode}: {stderr.strip()[-1500:]}{stdout[-500:]}")
     return stdout, ru.ru_utime + ru.ru_stime
 
 
@@ -105,11 +125,29 @@ def server_cpu_s(srv: S.Server) -> float:
     return total / HZ
 
 
-_UNIT = {"": 1, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}
+_TIME_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
 
 
-def wrk(url: str, *, threads: int, conns: int, seconds: int) -> Load:
-    out, cpu = _run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url], timeout=seconds + 30)
+def _us(text: str | None) -> float | None:
+    """wrk's ``123.45us`` / ``1.20ms`` / ``2.00s`` -> microseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text or "")
+    return float(m.group(1)) * _TIME_UNIT[m.group(2)] if m else None
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float | None:
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, int(len(sorted_vals) * q / 100))]
+
+
+def wrk(url: str, *, threads: int, conns: int, seconds: int, rate: float | None = None) -> Load:
+    """wrk flat out, or paced at ``rate`` requests/s by workloads/paced.lua."""
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    if rate:
+        argv += ["-s", str(WORKLOADS / "paced.lua"), url, "--", str(rate), str(threads)]
+    else:
+        argv.append(url)
+    out, cpu = _run(argv, timeout=seconds + 30)
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if not m:
         raise LoadError(f"wrk printed no request count:\n{out[-800:]}")
@@ -120,33 +158,85 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int) -> Load:
         errors += int(e.group(1))
     if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(x) for x in e.groups())
-    lat = {p: v for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
-    return Load(sent / elapsed, sent, errors, cpu, detail={"latency_p50": lat.get("50"), "latency_p99": lat.get("99")})
+    if p := re.search(r"paced: requests=\d+ p50_us=(\d+) p99_us=(\d+)", out):
+        p50, p99 = float(p.group(1)), float(p.group(2))
+    else:
+        lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+        p50, p99 = _us(lat.get("50")), _us(lat.get("99"))
+    return Load(sent / elapsed, sent, errors, cpu, p50_us=p50, p99_us=p99)
 
 
-def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int) -> Load:
-    out, cpu = _run(["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-S", "-M", mode,
-                "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "postgres"], timeout=seconds + 60)
+def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int, rate: float | None = None) -> Load:
+    """pgbench -S flat out, or throttled to ``rate`` transactions/s (-R). Latency from its
+    per-transaction log: the elapsed time less the schedule lag (with -R pgbench counts a
+    transaction from when it fell due; here, as for wrk, from when it started)."""
+    with tempfile.TemporaryDirectory(prefix="andon-pgbench-") as logdir:
+        argv = ["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-S", "-M", mode,
+                "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "--log",
+                f"--log-prefix={logdir}/tx"]
+        if rate:
+            argv += ["-R", str(rate)]
+        out, cpu = _run(argv + ["postgres"], timeout=seconds + 60, cwd=logdir)
+        lat: list[float] = []
+        for path in glob.glob(f"{logdir}/tx*"):
+            with open(path) as f:
+                for line in f:
+                    # client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[2].isdigit():
+                        lag = float(parts[6]) if rate and len(parts) >= 7 else 0.0
+                        lat.append(float(parts[2]) - lag)
     tx = re.search(r"number of transactions actually processed: (\d+)", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     if not (tx and tps):
         raise LoadError(f"pgbench printed no transaction count:\n{out[-800:]}")
-    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    lat.sort()
+    lag = re.search(r"rate limit schedule lag: avg ([\d.]+)", out)
     return Load(float(tps.group(1)), int(tx.group(1)), int(failed.group(1)) if failed else 0, cpu,
-                detail={"latency_avg_ms": float(lat.group(1)) if lat else None})
+                p50_us=_percentile(lat, 50), p99_us=_percentile(lat, 99),
+                detail={"schedule_lag_avg_ms": float(lag.group(1)) if lag else None})
 
 
 def redis_benchmark(srv: S.Server, *, pipeline: int, n: int, clients: int = 16) -> Load:
     out, cpu = _run(["redis-benchmark", "-h", srv.host, "-p", str(srv.port), "-t", "get,set", "-n", str(n),
-                "-c", str(clients), "-P", str(pipeline), "-r", "10000", "--csv"], timeout=300)
-    rows = [line.replace('"', "").split(",") for line in out.splitlines() if line.startswith('"') and "rps" not in line]
+                     "-c", str(clients), "-P", str(pipeline), "-r", "10000", "--csv"], timeout=300)
+    lines = [line.replace('"', "").split(",") for line in out.splitlines() if line.startswith('"')]
+    head = next((r for r in lines if r[0] == "test"), None)
+    rows = [r for r in lines if r[0] != "test"]
     if not rows:
         raise LoadError(f"redis-benchmark printed no rows:\n{out[-800:]}")
     per = {r[0]: float(r[1]) for r in rows}
     # each test sends n commands; the rate over both is total commands / total time
     total_s = sum(n / rps for rps in per.values())
-    return Load(len(per) * n / total_s, len(per) * n, 0, cpu, detail={f"{k.lower()}_rps": v for k, v in per.items()})
+    p50 = p99 = None
+    if head and "p50_latency_ms" in head and "p99_latency_ms" in head:  # the mean of the GET and SET tests
+        i50, i99 = head.index("p50_latency_ms"), head.index("p99_latency_ms")
+        p50 = 1e3 * statistics.mean(float(r[i50]) for r in rows)
+        p99 = 1e3 * statistics.mean(float(r[i99]) for r in rows)
+    return Load(len(per) * n / total_s, len(per) * n, 0, cpu, p50_us=p50, p99_us=p99,
+                detail={f"{k.lower()}_rps": v for k, v in per.items()})
+
+
+def redis_paced_exe() -> Path:
+    """workloads/redis_paced.c built -O2 -static into build/bench (each run: it takes a second)."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    exe = BUILD / "ab-redis_paced"
+    cmd = ["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(exe), str(WORKLOADS / "redis_paced.c")]
+    rc = subprocess.run(cmd, capture_output=True, text=True)
+    if rc.returncode != 0:
+        raise LoadError(f"{' '.join(cmd)} failed:\n{rc.stderr}")
+    return exe
+
+
+def redis_paced(srv: S.Server, *, rate: float, seconds: int, pipeline: int, conns: int = 16) -> Load:
+    out, cpu = _run([str(redis_paced_exe()), srv.host, str(srv.port), str(rate), str(seconds), str(conns),
+                     str(pipeline)], timeout=seconds + 30)
+    m = dict(re.findall(r"(\w+)=([\d.]+)", out))
+    if "completed" not in m:
+        raise LoadError(f"redis_paced printed no counts:\n{out[-800:]}")
+    return Load(float(m["rate"]), int(m["completed"]), int(m["errors"]), cpu, p50_us=float(m["p50_us"]),
+                p99_us=float(m["p99_us"]), detail={"late": int(m["late"])})
 
 
 # -- the tracer -------------------------------------------------------------------------------------
@@ -165,16 +255,21 @@ def _proc_hwm_kb(pid: int) -> int:
 
 
 class Tracer:
-    """The ``--tracer`` command: started in its own session, ready after ``ready_line`` appears
-    in its output or ``ready_s`` seconds, stopped with SIGINT (then SIGKILL after 30 s)."""
+    """A tracing command: started in its own session, ready after ``ready_line`` appears in
+    its output or ``ready_s`` seconds, stopped with SIGINT (then SIGKILL after 60 s).
+    ``mark()`` before and after the load brackets the CPU time counted; its memory is
+    sampled every 0.2 s from start to stop (peak VmRSS, RssAnon) and VmHWM read at the end."""
 
-    def __init__(self, argv: list[str], ready_s: float, ready_line: str | None) -> None:
-        self.argv, self.ready_s, self.ready_line = argv, ready_s, ready_line
+    def __init__(self, argv: list[str], ready_s: float, ready_line: str | None,
+                 env: dict[str, str] | None = None) -> None:
+        self.argv, self.ready_s, self.ready_line, self.env = argv, ready_s, ready_line, env
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc: subprocess.Popen | None = None
         self.cpu_s = 0.0
         self.hwm_kb = 0
         self.output = ""
+        self._marks: list[float] = []
+        self.rss: RssSampler | None = None
 
     @property
     def pid(self) -> int:
@@ -183,7 +278,7 @@ class Tracer:
 
     def __enter__(self) -> Tracer:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True, env=self.env)
         deadline = time.monotonic() + max(self.ready_s, 60.0 if self.ready_line else self.ready_s)
         t0 = time.monotonic()
         while True:
@@ -198,8 +293,14 @@ class Tracer:
                 self._kill()
                 raise LoadError(f"tracer never printed {self.ready_line!r}:\n{self._text()[-1500:]}")
             time.sleep(0.05)
-        self.cpu0 = _proc_cpu_s(self.proc.pid)
+        self.rss = RssSampler(self.proc.pid).__enter__()
         return self
+
+    def mark(self) -> None:
+        assert self.proc is not None
+        self._marks.append(_proc_cpu_s(self.proc.pid))
+        if len(self._marks) == 2:
+            self.cpu_s = self._marks[1] - self._marks[0]  # during the load only
 
     def _text(self) -> str:
         self.out.seek(0)
@@ -212,12 +313,13 @@ class Tracer:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
+        if self.rss is not None:
+            self.rss.__exit__()
         if self.proc.poll() is None:
-            self.cpu_s = _proc_cpu_s(self.proc.pid) - self.cpu0  # during the load only
             self.hwm_kb = _proc_hwm_kb(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self._kill()
         elif not exc[0]:
@@ -226,35 +328,97 @@ class Tracer:
         self.out.close()
 
 
+# -- what the agent captured ------------------------------------------------------------------------
+_OBSERVE_LINE = re.compile(r"andon: observe: (.*); (\d+) connections; (\d+) records lost, (\d+) bytes in gaps, "
+                           r"(\d+) unparsable spots, (\d+) unanswered requests")
+
+
+def agent_closing(output: str) -> dict:
+    """The agent's closing line: records lost in the ring, bytes in gaps, unparsable spots,
+    unanswered requests (LoadError when it is missing: the agent did not stop cleanly)."""
+    m = _OBSERVE_LINE.search(output)
+    if not m:
+        raise LoadError(f"andon run gave no closing observe line:\n{output[-1500:]}")
+    return {"lost": int(m.group(3)), "gap_bytes": int(m.group(4)), "unparsable": int(m.group(5)),
+            "unanswered": int(m.group(6)), "rows_line": m.group(1)}
+
+
+def captured_rows(data_dir: Path, table: str, match: str, port: int) -> dict[str, int]:
+    """Rows of ``table`` the agent stored for this server's port whose columns satisfy
+    ``match`` (the request the case sends), by side: ``server`` (trace_role 2, local port)
+    and ``client`` (trace_role 1, remote port); ``no_addr``: matching rows with neither
+    port known (a connection whose open record was lost), not counted as either."""
+    import duckdb
+
+    files = sorted(glob.glob(str(data_dir / table / "*.parquet")))
+    out = {"server": 0, "client": 0, "no_addr": 0}
+    if not files:
+        return out
+    con = duckdb.connect()
+    try:
+        q = (f"SELECT CASE WHEN trace_role = 2 AND local_port = {port} THEN 'server' "
+             f"WHEN trace_role = 1 AND remote_port = {port} THEN 'client' "
+             f"WHEN local_port = 0 AND remote_port = 0 THEN 'no_addr' END AS side, count(*) "
+             f"FROM read_parquet(?) WHERE {match} GROUP BY side")
+        for side, n in con.execute(q, [files]).fetchall():
+            if side:
+                out[side] = n
+    finally:
+        con.close()
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------------------
 @dataclass
 class Case:
     name: str
     server: str                       # key into the servers started once per case family
-    load: Callable[[S.Server], Load]
+    load: Callable[[S.Server], Load]  # flat out
+    paced: Callable[[S.Server, float], Load] | None = None  # at an offered rate
     table: str = ""                   # the Pixie table its requests land in ({table} in --captured-regex)
     rows_per_req: int = 1             # rows a request makes there (pgbench -M extended: Parse, Bind, Describe, Execute)
+    match: str = "true"               # SQL over that table: the rows of the requests the case sends
+    rows_per_match: int = 1           # rows matching ``match`` per request sent (per redis command: 1)
 
 
-def measured(case: Case, srv: S.Server) -> Load:
+def measured(case: Case, srv: S.Server, rate: float | None) -> tuple[Load, float, float]:
+    """The load, with the server's CPU, the machine's busy CPU seconds (/proc/stat) and the
+    wall time over it."""
     before = server_cpu_s(srv)
-    load = case.load(srv)
+    busy0, t0 = cpu_busy_s()[0], time.monotonic()
+    load = case.paced(srv, rate) if rate else case.load(srv)  # type: ignore[misc]
+    busy, wall = cpu_busy_s()[0] - busy0, time.monotonic() - t0
     load.server_cpu_s = server_cpu_s(srv) - before
-    return load
+    return load, busy, wall
+
+
+PG_MATCH = "req_cmd IN ('Query', 'Execute') AND req LIKE '%pgbench_accounts%'"
 
 
 def cases(seconds: int, redis_n: int) -> list[Case]:
+    def http(path: str, threads: int, conns: int, name: str, server: str) -> Case:
+        return Case(name, server, lambda s: wrk(s.url(path), threads=threads, conns=conns, seconds=seconds),
+                    lambda s, r: wrk(s.url(path), threads=threads, conns=conns, seconds=seconds, rate=r),
+                    "http_events", match=f"req_path = '{path}'")
+
+    def pg(mode: str, rows: int) -> Case:
+        return Case(f"pg-{mode}", "postgres", lambda s: pgbench(s, mode=mode, clients=4, seconds=seconds),
+                    lambda s, r: pgbench(s, mode=mode, clients=8, seconds=seconds, rate=r),
+                    "pgsql_events", rows, match=PG_MATCH)
+
+    def redis(p: int, n: int) -> Case:
+        return Case(f"redis-p{p}", "redis", lambda s: redis_benchmark(s, pipeline=p, n=n),
+                    lambda s, r: redis_paced(s, rate=r, seconds=seconds, pipeline=p),
+                    "redis_events", match="req_cmd IN ('GET', 'SET')")
+
     return [
-        Case("nginx-1k", "nginx", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds),
-             "http_events"),
-        Case("nginx-small", "nginx", lambda s: wrk(s.url("/"), threads=1, conns=4, seconds=seconds), "http_events"),
-        Case("nginx-tls", "nginx-tls", lambda s: wrk(s.url("/size/1024"), threads=2, conns=16, seconds=seconds),
-             "http_events"),
-        Case("pg-simple", "postgres", lambda s: pgbench(s, mode="simple", clients=4, seconds=seconds), "pgsql_events"),
-        Case("pg-extended", "postgres", lambda s: pgbench(s, mode="extended", clients=4, seconds=seconds),
-             "pgsql_events", 4),
-        Case("redis-p1", "redis", lambda s: redis_benchmark(s, pipeline=1, n=redis_n), "redis_events"),
-        Case("redis-p16", "redis", lambda s: redis_benchmark(s, pipeline=16, n=redis_n * 8), "redis_events"),
+        http("/size/1024", 2, 16, "nginx-1k", "nginx"),
+        http("/", 1, 4, "nginx-small", "nginx"),
+        http("/size/1024", 2, 16, "nginx-tls", "nginx-tls"),
+        pg("simple", 1),
+        pg("extended", 4),
+        redis(1, redis_n),
+        redis(16, redis_n * 8),
     ]
 
 
@@ -269,116 +433,277 @@ def _prepare(kind: str, srv: S.Server) -> None:
              timeout=120)
 
 
+def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
+    if config == "agent":
+        return Tracer([sys.executable, "-m", "andon", "run", "--no-rules", "--data-dir", str(data_dir)], 2.0,
+                      "no rules", env=snapshot.env())
+    if config == "sensor":
+        return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain"], 2.0, '"ready"',
+                      env=snapshot.env())
+    if config == "on":
+        return Tracer(shlex.split(args.tracer), args.ready_s, args.ready_line)
+    raise LoadError(f"unknown configuration {config!r} (off, sensor, agent; on with --tracer)")
+
+
+def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: argparse.Namespace) -> dict:
+    """One load run under one configuration; everything it measured."""
+    if config == "off":
+        with ForeignWatch(set()) as watch:
+            load, busy, wall = measured(case, srv, rate)
+        rec = asdict(load)
+    else:
+        with tempfile.TemporaryDirectory(prefix="andon-load-") as d:
+            data_dir = Path(d) / "data"
+            with tracer_for(config, args, data_dir) as tr:
+                with ForeignWatch({tr.pid}) as watch:
+                    tr.mark()
+                    load, busy, wall = measured(case, srv, rate)
+                    tr.mark()
+            assert tr.rss is not None
+            rec = asdict(load) | {"tracer_cpu_s": tr.cpu_s, "tracer_cpu_pct": 100 * tr.cpu_s / wall,
+                                  "tracer_hwm_kb": tr.hwm_kb, "tracer_peak_rss_kb": tr.rss.peak["VmRSS"],
+                                  "tracer_peak_anon_kb": tr.rss.peak["RssAnon"]}
+            if config == "agent":
+                rec |= agent_closing(tr.output)
+                rows = captured_rows(data_dir, case.table, case.match, srv.port)
+                rec |= {f"rows_{k}": v for k, v in rows.items()}
+                rec["captured_server"] = rows["server"] / case.rows_per_match
+                rec["captured_client"] = rows["client"] / case.rows_per_match
+            elif config == "sensor":
+                res = [json.loads(line)["result"] for line in tr.output.splitlines() if line.startswith('{"result"')]
+                if not res:
+                    raise LoadError(f"sock-drain gave no result:\n{tr.output[-1500:]}")
+                rec |= {"lost": res[0]["drops"], "records": res[0]["records"]}
+            elif args.captured_regex:
+                rx = re.compile(args.captured_regex.replace("{table}", case.table))
+                rec["captured_rows"] = sum(int(m) for m in rx.findall(tr.output))
+                rec["captured"] = rec["captured_rows"] / case.rows_per_req
+    rec |= {"config": config, "rate": rate, "node_busy_s": busy, "wall_s": wall, "loadavg": os.getloadavg()[0]}
+    if fresh := watch.seen:
+        rec["foreign_tracing"] = sorted(fresh)
+    return rec
+
+
+def _line(case: Case, rec: dict, i: int) -> str:
+    rate = f"@{rec['rate']:,.0f}/s" if rec["rate"] else "flat"
+    s = (f"  {case.name:12} {rate:10} {rec['config']:6} #{i + 1}: {rec['rps']:10,.0f} req/s  sent {rec['sent']:,}"
+         f"  p50/p99 {_fmt_us(rec['p50_us'])}/{_fmt_us(rec['p99_us'])}  node busy {rec['node_busy_s']:.1f} s"
+         f"  errors {rec['errors']}")
+    if "tracer_cpu_pct" in rec:
+        s += f"  tracer {rec['tracer_cpu_pct']:.0f}% cpu {rec['tracer_peak_rss_kb'] / 1024:.0f} MB"
+    if "captured_server" in rec:
+        s += (f"  captured srv {rec['captured_server'] / max(rec['sent'], 1):.3f}"
+              f" cli {rec['captured_client'] / max(rec['sent'], 1):.3f}")
+    if "lost" in rec:
+        s += f"  lost {rec['lost']:,}"
+    return s
+
+
+def _fmt_us(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.1f}ms" if v >= 1000 else f"{v:.0f}us"
+
+
 def run(args: argparse.Namespace) -> dict:
-    tracer_argv = shlex.split(args.tracer) if args.tracer else None
-    chosen = [c for c in cases(args.seconds, args.redis_n) if not args.only or any(c.name == o or c.name.startswith(o + "-") for o in args.only)]
-    results: dict = {"cases": {}, "tracer": args.tracer, "seconds": args.seconds, "repeat": args.repeat,
-                     "started": datetime.now().isoformat(timespec="seconds"), "foreign_tracing": []}
+    configs = args.configs
+    chosen = [c for c in cases(args.seconds, args.redis_n)
+              if not args.only or any(c.name == o or c.name.startswith(o + "-") for o in args.only)]
+    modes = ["flat", "paced"] if args.mode == "both" else [args.mode]
+    results: dict = {"runs": [], "configs": configs, "tracer": args.tracer, "seconds": args.seconds,
+                     "repeat": args.repeat, "rates": args.rates, "modes": modes,
+                     "started": datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
+                     "ncpu": os.cpu_count(), "foreign_tracing": []}
+    if any(c in ("agent", "sensor") for c in configs):
+        results["snapshot"] = snapshot.freeze()
+    if "paced" in modes and any(c.server == "redis" for c in chosen):
+        redis_paced_exe()
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    k = 0
     for kind in dict.fromkeys(c.server for c in chosen):
         with STARTERS[kind]() as srv:
             _prepare(kind, srv)
             for case in (c for c in chosen if c.server == kind):
-                # "{table}" in the regex: this case's table (andon's closing line counts rows per table)
-                rx = (re.compile(args.captured_regex.replace("{table}", case.table)) if args.captured_regex
-                      else None)
-                runs: dict[str, list] = {"off": [], "on": []}
-                for i in range(args.repeat):
-                    for mode in ("off", "on") if tracer_argv else ("off",):
-                        # other tracing attached while we measure slows every process (the
-                        # baseline too); recorded so a reader can discard the run
-                        if mode == "on":
-                            with Tracer(tracer_argv, args.ready_s, args.ready_line) as tr:
-                                with ForeignWatch({tr.pid}) as watch:
-                                    load = measured(case, srv)
-                            rec = asdict(load) | {"tracer_cpu_s": tr.cpu_s, "tracer_hwm_kb": tr.hwm_kb}
-                            if rx:
-                                rec["captured_rows"] = sum(int(m) for m in rx.findall(tr.output))
-                                rec["captured"] = rec["captured_rows"] / case.rows_per_req
-                        else:
-                            with ForeignWatch(set()) as watch:
-                                load = measured(case, srv)
-                            rec = asdict(load)
-                        if fresh := watch.seen:
-                            rec["foreign_tracing"] = sorted(fresh)
-                            results["foreign_tracing"] += sorted(fresh)
-                        runs[mode].append(rec)
-                        print(f"  {case.name:12} {mode:3} #{i + 1}: {load.rps:12,.0f} req/s  sent {load.sent:,}"
-                              f"  cpu client {load.client_cpu_s:.2f} s server {load.server_cpu_s:.2f} s"
-                              f"  errors {load.errors}" + (f"  tracer cpu {rec['tracer_cpu_s']:.2f} s"
-                                                            if mode == "on" else ""), flush=True)
-                results["cases"][case.name] = runs
+                points = ([None] if "flat" in modes else []) + (list(args.rates) if "paced" in modes else [])
+                for rate in points:
+                    for i in range(args.repeat):
+                        # rotated every repetition: a slow minute on the host lands on every configuration
+                        order = configs[k % len(configs):] + configs[: k % len(configs)]
+                        k += 1
+                        for config in order:
+                            rec = one_run(case, srv, config, rate, args)
+                            rec["case"] = case.name
+                            rec["repeat"] = i
+                            results["runs"].append(rec)
+                            results["foreign_tracing"] += rec.get("foreign_tracing", [])
+                            print(_line(case, rec, i), flush=True)
     return results
+
+
+def _med(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def complete(r: dict) -> bool:
+    """Every request of the run captured on both sides, nothing lost in the ring."""
+    return (r.get("lost", 1) == 0 and r.get("captured_server", 0) >= r["sent"]
+            and r.get("captured_client", 0) >= r["sent"])
 
 
 def summarize(results: dict) -> list[dict]:
     rows = []
-    for name, runs in results["cases"].items():
-        off = statistics.median(r["rps"] for r in runs["off"])
-        def cpu_us(r: dict) -> float:  # client + server CPU per request: less hostage to other load than req/s
-            return 1e6 * (r["client_cpu_s"] + r["server_cpu_s"]) / r["sent"]
-        off_cpu = statistics.median(cpu_us(r) for r in runs["off"])
-        row = {"case": name, "off_rps": off, "off_runs": [round(r["rps"]) for r in runs["off"]],
-               "off_cpu_us_per_req": off_cpu}
-        if runs["on"]:
-            on = statistics.median(r["rps"] for r in runs["on"])
-            sent = sum(r["sent"] for r in runs["on"])
-            cpu = statistics.median(r["tracer_cpu_s"] for r in runs["on"])
-            on_cpu = statistics.median(cpu_us(r) for r in runs["on"])
-            row |= {"on_rps": on, "on_runs": [round(r["rps"]) for r in runs["on"]], "ratio": on / off,
-                    "on_cpu_us_per_req": on_cpu, "cpu_ratio": on_cpu / off_cpu,
-                    "tracer_cpu_s": cpu, "tracer_cpu_per_1k_req_ms": 1e6 * cpu / (sent / len(runs["on"])),
-                    "tracer_hwm_mb": max(r["tracer_hwm_kb"] for r in runs["on"]) / 1024}
-            if all("captured" in r for r in runs["on"]):
-                row["captured_of_sent"] = sum(r["captured"] for r in runs["on"]) / sent
-        row["runs_with_foreign_tracing"] = sum("foreign_tracing" in r for m in ("off", "on") for r in runs[m])
-        rows.append(row)
+    runs = results["runs"]
+    keys = list(dict.fromkeys((r["case"], r["rate"]) for r in runs))
+    for case, rate in keys:
+        here = [r for r in runs if r["case"] == case and r["rate"] == rate]
+        off = [r for r in here if r["config"] == "off"]
+        for config in [c for c in results["configs"] if c != "off"] or ["off"]:
+            on = [r for r in here if r["config"] == config] if config != "off" else []
+            row: dict = {"case": case, "rate": rate, "config": config}
+
+            def cpu_us(r: dict) -> float:  # client + server CPU per request: less hostage to other load
+                return 1e6 * (r["client_cpu_s"] + r["server_cpu_s"]) / max(r["sent"], 1)
+
+            def busy(r: dict) -> float:  # the machine's busy CPUs over the run
+                return r["node_busy_s"] / r["wall_s"]
+            if off:
+                row |= {"off_rps": _med([r["rps"] for r in off]), "off_runs": [round(r["rps"]) for r in off],
+                        "off_p50_us": _med([r["p50_us"] for r in off]), "off_p99_us": _med([r["p99_us"] for r in off]),
+                        "off_cpu_us_per_req": _med([cpu_us(r) for r in off]), "off_node_busy": _med([busy(r) for r in off])}
+            if on:
+                sent = sum(r["sent"] for r in on)
+                row |= {"on_rps": _med([r["rps"] for r in on]), "on_runs": [round(r["rps"]) for r in on],
+                        "on_p50_us": _med([r["p50_us"] for r in on]), "on_p99_us": _med([r["p99_us"] for r in on]),
+                        "on_cpu_us_per_req": _med([cpu_us(r) for r in on]), "on_node_busy": _med([busy(r) for r in on]),
+                        "tracer_cpu_pct": _med([r["tracer_cpu_pct"] for r in on]),
+                        "tracer_cpu_pct_runs": [round(r["tracer_cpu_pct"]) for r in on],
+                        "tracer_peak_rss_mb": max(r["tracer_peak_rss_kb"] for r in on) / 1024,
+                        "tracer_peak_anon_mb": max(r["tracer_peak_anon_kb"] for r in on) / 1024}
+                if off:
+                    row["ratio"] = row["on_rps"] / row["off_rps"]
+                    row["cpu_ratio"] = row["on_cpu_us_per_req"] / row["off_cpu_us_per_req"]
+                    row["node_cpu_overhead"] = row["on_node_busy"] / row["off_node_busy"] - 1
+                if all("lost" in r for r in on):
+                    row["lost"] = sum(r["lost"] for r in on)
+                if all("captured_server" in r for r in on):
+                    row["captured_server"] = sum(r["captured_server"] for r in on) / sent
+                    row["captured_client"] = sum(r["captured_client"] for r in on) / sent
+                    row["complete"] = all(complete(r) for r in on)
+                elif all("captured" in r for r in on):
+                    row["captured_server"] = sum(r["captured"] for r in on) / sent
+            row["runs_with_foreign_tracing"] = sum("foreign_tracing" in r for r in off + on)
+            rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    traced = any("ratio" in r for r in rows)
-    head = "| case | untraced req/s | CPU µs/req |" + (
-        " traced req/s | CPU µs/req | req/s traced/untraced | CPU/req traced/untraced | tracer CPU s "
-        "| tracer CPU ms per 1k req | tracer peak RSS MB | captured/sent |" if traced else "")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+def best_rates(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per case and configuration: the highest offered rate at which every run captured every
+    request on both sides with nothing lost (None: not even the lowest)."""
+    out: dict[str, dict[str, float | None]] = {}
     for r in rows:
-        line = f"| {r['case']} | {r['off_rps']:,.0f} | {r['off_cpu_us_per_req']:.1f} |"
-        if "ratio" in r:
-            cap = f"{r['captured_of_sent']:.3f}" if "captured_of_sent" in r else "-"
-            line += (f" {r['on_rps']:,.0f} | {r['on_cpu_us_per_req']:.1f} | {r['ratio']:.3f} | {r['cpu_ratio']:.3f} | "
-                     f"{r['tracer_cpu_s']:.2f} | "
-                     f"{r['tracer_cpu_per_1k_req_ms']:.2f} | {r['tracer_hwm_mb']:.1f} | {cap} |")
-        lines.append(line)
-    return "\n".join(lines)
+        if r["rate"] is None or "complete" not in r:
+            continue
+        cur = out.setdefault(r["case"], {}).setdefault(r["config"], None)
+        if r["complete"] and (cur is None or r["rate"] > cur):
+            out[r["case"]][r["config"]] = r["rate"]
+    return out
+
+
+def _f(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    out = []
+    flat = [r for r in rows if r["rate"] is None]
+    paced = [r for r in rows if r["rate"] is not None]
+    if flat:
+        out += ["Flat out (each generator as fast as it goes): throughput at saturation", "",
+                "| case | config | untraced req/s | traced req/s | traced/untraced | CPU/req traced/untraced "
+                "| tracer CPU % of a core | tracer peak RSS MB (anon) | captured server | captured client "
+                "| ring records lost |", "|" + "---|" * 11]
+        for r in flat:
+            out.append(f"| {r['case']} | {r['config']} | {_f(r.get('off_rps'), ',.0f')} | {_f(r.get('on_rps'), ',.0f')} "
+                       f"| {_f(r.get('ratio'), '.3f')} | {_f(r.get('cpu_ratio'), '.3f')} "
+                       f"| {_f(r.get('tracer_cpu_pct'), '.0f')} "
+                       f"| {_f(r.get('tracer_peak_rss_mb'), '.0f')} ({_f(r.get('tracer_peak_anon_mb'), '.0f')}) "
+                       f"| {_f(r.get('captured_server'), '.3f')} | {_f(r.get('captured_client'), '.3f')} "
+                       f"| {_f(r.get('lost'), ',')} |")
+        out.append("")
+    if paced:
+        out += ["Paced (fixed offered rate): rate reached, client latency, capture", "",
+                "| case | offered/s | config | reached/s untraced | reached/s traced | p50 untraced | p50 traced "
+                "| p99 untraced | p99 traced | node CPU overhead | tracer CPU % of a core | tracer peak RSS MB (anon) "
+                "| captured server | captured client | ring records lost |", "|" + "---|" * 15]
+        for r in paced:
+            out.append(f"| {r['case']} | {r['rate']:,.0f} | {r['config']} | {_f(r.get('off_rps'), ',.0f')} "
+                       f"| {_f(r.get('on_rps'), ',.0f')} | {_fmt_us(r.get('off_p50_us'))} | {_fmt_us(r.get('on_p50_us'))} "
+                       f"| {_fmt_us(r.get('off_p99_us'))} | {_fmt_us(r.get('on_p99_us'))} "
+                       f"| {_f(100 * r['node_cpu_overhead'] if 'node_cpu_overhead' in r else None, '+.0f')}% "
+                       f"| {_f(r.get('tracer_cpu_pct'), '.0f')} "
+                       f"| {_f(r.get('tracer_peak_rss_mb'), '.0f')} ({_f(r.get('tracer_peak_anon_mb'), '.0f')}) "
+                       f"| {_f(r.get('captured_server'), '.4f')} | {_f(r.get('captured_client'), '.4f')} "
+                       f"| {_f(r.get('lost'), ',')} |")
+        best = best_rates(rows)
+        if best:
+            out += ["", "Highest offered rate with every request captured on both sides and 0 lost, in every run:", ""]
+            for case, per in best.items():
+                out.append(f"* {case}: " + ", ".join(f"{c} {_f(v, ',.0f') if v else 'none'}" for c, v in per.items()))
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracer", help=f"command started before each traced run, e.g. {EXAMPLE_TRACER!r}")
-    ap.add_argument("--ready-s", type=float, default=2.0, help="seconds to let the tracer attach (default 2)")
-    ap.add_argument("--ready-line", help="wait for this text in the tracer's output instead of --ready-s")
-    ap.add_argument("--captured-regex", help="regex with one group: a count of captured requests in the tracer's "
+    ap.add_argument("--mode", choices=["flat", "paced", "both"], default="both")
+    ap.add_argument("--rates", default=DEFAULT_RATES,
+                    help=f"offered rates of the paced mode, requests (redis: commands) per second (default {DEFAULT_RATES})")
+    ap.add_argument("--configs", help="comma-separated, from off, sensor, agent, on (default off,sensor,agent; "
+                                      "off,on with --tracer)")
+    ap.add_argument("--tracer", help=f"the 'on' configuration: a command started before each traced run, "
+                                     f"e.g. {EXAMPLE_TRACER!r}")
+    ap.add_argument("--ready-s", type=float, default=2.0, help="seconds to let --tracer attach (default 2)")
+    ap.add_argument("--ready-line", help="wait for this text in --tracer's output instead of --ready-s")
+    ap.add_argument("--captured-regex", help="regex with one group: a count of captured requests in --tracer's "
                                              "output, summed over matches; {table} is replaced by the case's "
                                              "table (http_events, pgsql_events, redis_events) and the count "
                                              "divided by the rows one request makes there")
-    ap.add_argument("--seconds", type=int, default=10, help="duration of each wrk and pgbench run (default 10)")
+    ap.add_argument("--seconds", type=int, default=10, help="duration of each run (redis flat: --redis-n) (default 10)")
     ap.add_argument("--redis-n", type=int, default=200_000, help="requests per redis-benchmark test at -P 1 "
                                                                  "(x8 at -P 16)")
-    ap.add_argument("--repeat", type=int, default=3, help="interleaved off/on pairs per case (default 3)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of every configuration (default 3)")
     ap.add_argument("--only", nargs="*", help="cases by name or family (nginx, pg, redis, redis-p16, ...)")
-    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, small redis -n: proves the harness")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, small redis -n, rates 1000,5000: "
+                                                         "proves the harness")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.repeat, args.redis_n = 3, 1, 50_000
+        if args.rates == DEFAULT_RATES:
+            args.rates = "1000,5000"
+    try:
+        args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+        if any(r <= 0 for r in args.rates):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--rates: positive numbers separated by commas, not {args.rates!r}")
+    default = "off,on" if args.tracer else "off,sensor,agent"
+    args.configs = [c.strip() for c in (args.configs or default).split(",") if c.strip()]
+    bad = [c for c in args.configs if c not in ("off", "sensor", "agent", "on")]
+    if bad or ("on" in args.configs and not args.tracer):
+        ap.error(f"--configs: off, sensor, agent, and on (needs --tracer); not {','.join(bad) or 'on'}")
     if os.geteuid() != 0:
         print("proto_load: run as root (servers start as their own users; tracers need BPF)", file=sys.stderr)
         return 2
     results = run(args)
     rows = summarize(results)
     results["summary"] = rows
+    results["best_rates"] = best_rates(rows)
     results["markdown"] = markdown(rows)
+    results["loadavg_end"] = os.getloadavg()
     print()
     print(results["markdown"])
+    print(f"\nload average: start {' '.join(f'{x:.2f}' for x in results['loadavg_start'])}, "
+          f"end {' '.join(f'{x:.2f}' for x in results['loadavg_end'])}")
     if results["foreign_tracing"]:
         print(f"\nwarning: other tracing was attached during some runs: {sorted(set(results['foreign_tracing']))[:5]}")
     RESULTS.mkdir(exist_ok=True)
