@@ -7,8 +7,8 @@
  * a fixed schedule (RATE / PIPELINE per second); each due request goes out on an idle
  * connection. A request that finds no idle connection waits for one (`late` counts the
  * requests that left more than 1 ms after they fell due), so nothing is dropped and the rate reached falls short of RATE only when the server
- * cannot keep up. The timers are epoll_wait's 1 ms: requests due within the same
- * millisecond leave together.
+ * cannot keep up. The wait between requests is epoll_pwait2's (a nanosecond timeout, so
+ * no spinning and no 1 ms batching).
  *
  * Latency is per request, from its write to the end of its last reply (not from when it
  * fell due: the wait for a slot or a connection is `late`, not latency), as wrk and
@@ -189,14 +189,17 @@ int main(int argc, char **argv)
             issued++;
         }
         /* wait for replies, or until the next request falls due */
-        int timeout_ms = 1000;
+        struct timespec tmo = {.tv_sec = 1};
         if (issued < total_req && !all_busy) {
             uint64_t next = t0 + (uint64_t)((double)issued * interval_ns);
             now = now_ns();
-            timeout_ms = next > now ? (int)((next - now) / 1000000) : 0;
+            uint64_t wait = next > now ? next - now : 0;
+            tmo.tv_sec = (time_t)(wait / 1000000000ull);
+            tmo.tv_nsec = (long)(wait % 1000000000ull);
         }
         struct epoll_event evs[64];
-        int ne = epoll_wait(ep, evs, 64, timeout_ms);
+        /* epoll_pwait2 (Linux 5.11): a timeout in ns, so pacing needs no spinning */
+        int ne = epoll_pwait2(ep, evs, 64, &tmo, NULL);
         for (int e = 0; e < ne; e++) {
             struct conn *cn = &conns[evs[e].data.u32];
             ssize_t r = read(cn->fd, cn->buf + cn->len, BUF - cn->len);
