@@ -194,3 +194,203 @@ def test_forwarded_dropped_and_l7_flows_with_names_and_policies(world):
     assert only and all(f["verdict"] == "DROPPED" and "k8s:app=api" in f["destination"]["labels"] for f in only)
     only7 = [json.loads(x)["flow"] for x in l7_only.stdout.splitlines()]
     assert only7 and all(f["Type"] == "L7" and f["l7"]["http"]["code"] == 200 for f in only7)
+
+
+# -- andon observe --follow ----------------------------------------------------------------------------
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+
+
+class Follower:
+    """``andon observe --follow ...`` as a subprocess; its stdout lines collected by a thread.
+    A context manager that always terminates it."""
+
+    def __init__(self, *argv: str) -> None:
+        import threading
+
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([*ANDON, "observe", "--follow", *argv], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_stderr(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in e for e in self.err):
+            assert self.proc.poll() is None, f"observe exited {self.proc.returncode}: {self.err}"
+            assert time.monotonic() < deadline, f"no {text!r} on stderr: {self.err}"
+            time.sleep(0.1)
+
+    def wait(self, want, timeout: float) -> list[str]:
+        """Lines until ``want(lines)`` holds or ``timeout``; the lines either way."""
+        deadline = time.monotonic() + timeout
+        while not want(list(self.lines)) and time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"observe exited {self.proc.returncode}: {self.err}"
+            time.sleep(0.2)
+        return list(self.lines)
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for t in self._threads:
+            t.join(5)
+
+
+def _flows(lines: list[str]) -> list[dict]:
+    return [json.loads(x)["flow"] for x in lines if x.startswith("{")]
+
+
+def _has(flows: list[dict], verdict: str, port: int, **match) -> bool:
+    for f in flows:
+        if f["verdict"] != verdict or f.get("l4", {}).get("TCP", {}).get("destination_port") != port:
+            continue
+        if all(f.get(k) == v if not isinstance(v, dict) else all(f.get(k, {}).get(a) == b for a, b in v.items())
+               for k, v in match.items()):
+            return True
+    return False
+
+
+CG_CLIENT = r"""
+import errno, json, os, socket, sys
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((sys.argv[2], int(sys.argv[3]))); print("ok")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__)
+"""
+
+BATCH_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: batch-to-api
+spec:
+  endpointSelector:
+    matchLabels:
+      app: batch
+  egress:
+  - toEndpoints:
+    - matchLabels:
+        app: api
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+"""
+
+
+def _endpoints_and_policy(world: dict) -> dict:
+    fe, api, dirs, tmp = world["fe"], world["api"], world["dirs"], world["tmp"]
+    andon("endpoint", "add", "frontend", "--netns", fe.name, "--ifname", fe.host_if, "--labels", "app=frontend",
+          dirs=dirs)
+    andon("endpoint", "add", "api", "--netns", api.name, "--ifname", api.host_if, "--labels", "app=api", dirs=dirs)
+    (tmp / "api.yaml").write_text(API_POLICY)
+    andon("policy", "apply", str(tmp / "api.yaml"), dirs=dirs)
+    return {r["name"]: r for r in json.loads(andon("endpoint", "list", "-o", "json", dirs=dirs).stdout)}
+
+
+@pytest.mark.skipif(not (CGROUP2 / "cgroup.procs").exists(), reason="no cgroup2 at /sys/fs/cgroup/unified")
+def test_follow_with_a_running_agent_shows_new_flows_and_cgroup_endpoints(world):
+    """Store mode: an agent stores the flows, ``observe --follow -o json`` prints them as they
+    come, with names and labels; a cgroup endpoint's denied connect() is named by its cgroup."""
+    import uuid
+
+    fe, api, (state, pins), tmp = world["fe"], world["api"], world["dirs"], world["tmp"]
+    eps = _endpoints_and_policy(world)
+    cgdir = CGROUP2 / f"andon-test-{uuid.uuid4().hex[:8]}"
+    cgdir.mkdir()
+    try:
+        andon("endpoint", "add", "batch", "--cgroup", str(cgdir), "--labels", "app=batch", dirs=world["dirs"])
+        (tmp / "batch.yaml").write_text(BATCH_POLICY)
+        andon("policy", "apply", str(tmp / "batch.yaml"), dirs=world["dirs"])
+        batch_id = json.loads(andon("endpoint", "list", "-o", "json", dirs=world["dirs"]).stdout)
+        batch_id = next(r["identity"] for r in batch_id if r["name"] == "batch")
+        data = tmp / "data"
+        config = f"flows:\n  pin_dir: {pins}\n  state_dir: {state}\n  poll_interval: 500ms\n"
+        with ObserveAgent(data, config=config) as agent:
+            deadline = time.monotonic() + 10
+            while not any(f"flows: reading {pins}" in line for line in agent.stderr_lines):
+                assert time.monotonic() < deadline, agent.log_tail()
+                time.sleep(0.1)
+            with Follower("-o", "json", "--data-dir", str(data), "--state-dir", str(state), "--pin-dir",
+                          str(pins)) as obs:
+                time.sleep(1.5)  # it printed the stored flows (none of these yet) and polls
+                # TRIGGER: an allowed and a denied connection, and the cgroup's denied connect()
+                assert connects(api.ns_ip, 8080, fe.name)
+                assert not connects(api.ns_ip, 9090, fe.name)
+                r = subprocess.run([sys.executable, "-c", CG_CLIENT, str(cgdir), api.ns_ip, "9090"],
+                                   capture_output=True, text=True, timeout=30)
+                assert r.stdout.strip() == "EPERM", r.stderr
+
+                def done(lines: list[str]) -> bool:
+                    fl = _flows(lines)
+                    return (_has(fl, "FORWARDED", 8080, traffic_direction="INGRESS")
+                            and _has(fl, "DROPPED", 9090, traffic_direction="INGRESS")
+                            and _has(fl, "DROPPED", 9090, source={"pod_name": "batch"}))
+                lines = obs.wait(done, 20)
+        assert agent.returncode == 0
+        fl = _flows(lines)
+        # ASSERT: each new flow printed once, as it came, with names and labels
+        allowed = [f for f in fl if f["verdict"] == "FORWARDED" and f.get("traffic_direction") == "INGRESS"
+                   and f["event_type"]["type"] == 5 and f.get("l4", {}).get("TCP", {}).get("destination_port") == 8080]
+        assert len(allowed) == 1, json.dumps(fl, indent=1)[-3000:]
+        assert allowed[0]["source"]["pod_name"] == "frontend" and allowed[0]["destination"]["pod_name"] == "api"
+        assert allowed[0]["ingress_allowed_by"][0]["name"] == "api-allows-frontend"
+        drop = [f for f in fl if f["verdict"] == "DROPPED" and f["destination"].get("pod_name") == "api"]
+        assert drop and drop[0]["drop_reason_desc"] == "POLICY_DENIED"
+        assert drop[0]["source"]["labels"] == ["k8s:app=frontend"]
+        assert drop[0]["source"]["identity"] == eps["frontend"]["identity"]
+        # ASSERT: the cgroup endpoint's drop: its name, identity and labels, denied at egress by
+        # default deny of its policy, to api (the connect hook has no source address yet)
+        cg = [f for f in fl if f["verdict"] == "DROPPED" and f["source"].get("pod_name") == "batch"]
+        assert cg, json.dumps(fl, indent=1)[-3000:]
+        c = cg[0]
+        assert c["source"]["labels"] == ["k8s:app=batch"] and c["source"]["identity"] == batch_id
+        assert c["destination"]["pod_name"] == "api" and c["traffic_direction"] == "EGRESS"
+        assert c["drop_reason_desc"] == "POLICY_DENIED" and c["policy_log"] == ["default deny by batch-to-api"]
+        assert c["IP"]["destination"] == api.ns_ip and "interface" not in c
+    finally:
+        andon("endpoint", "remove", "batch", dirs=world["dirs"], check=False)
+        cgdir.rmdir()
+
+
+def test_follow_without_an_agent_reads_the_pinned_ring(world):
+    """Ring mode: no agent on the data directory, the ring is pinned: ``observe --follow`` reads
+    it itself and prints compact lines for new flows."""
+    fe, api, (state, pins), tmp = world["fe"], world["api"], world["dirs"], world["tmp"]
+    eps = _endpoints_and_policy(world)
+    fe_id, api_id = eps["frontend"]["identity"], eps["api"]["identity"]
+    with Follower("--data-dir", str(tmp / "no-agent-here"), "--state-dir", str(state), "--pin-dir", str(pins),
+                  "--utc") as obs:
+        obs.wait_stderr("reading the flow ring", 20)
+        # TRIGGER
+        assert connects(api.ns_ip, 8080, fe.name)
+        assert not connects(api.ns_ip, 9090, fe.name)
+        allowed = (f"(ID:{api_id}) policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN; allowed by "
+                   "api-allows-frontend rule 0 (ingress item 0))")
+        dropped = (f"(ID:{fe_id}) -> api:9090 (ID:{api_id}) Policy denied DROPPED (TCP Flags: SYN; "
+                   "default deny by api-allows-frontend)")
+        lines = obs.wait(lambda ls: any(allowed in x for x in ls) and any(dropped in x for x in ls), 15)
+        # ASSERT: both, named; the first line is a new flow (nothing stored was printed)
+        assert any(allowed in x and "frontend:" in x for x in lines), "\n".join(lines + obs.err)
+        assert any(dropped in x for x in lines), "\n".join(lines + obs.err)
+        assert sum(dropped in x for x in lines) >= 1 and all(": " in x for x in lines)
+    assert obs.proc.returncode is not None

@@ -239,7 +239,7 @@ def run_observe(args: argparse.Namespace) -> int:
             print(f"andon: no agent answers on {args.data_dir} and no flow ring is pinned at {args.pin_dir}: "
                   "waiting for stored flows", file=sys.stderr)
         return _follow_store(args, flt, printer, watcher, rows)
-    return _follow_ring(args, flt, printer, watcher)
+    return _follow_ring(args, flt, printer)
 
 
 def _follow_store(args: argparse.Namespace, flt: Any, printer: Printer, watcher: Any, shown: list[dict]) -> int:
@@ -270,10 +270,14 @@ def _follow_store(args: argparse.Namespace, flt: Any, printer: Printer, watcher:
         seen = {k for k in seen if k >= cutoff}
 
 
-def _follow_ring(args: argparse.Namespace, flt: Any, printer: Printer, watcher: Any) -> int:
+def _follow_ring(args: argparse.Namespace, flt: Any, printer: Printer) -> int:
     import socket
 
-    from ..netpolicy.flows import PinnedFlowRing, flow_row
+    from ..netpolicy.flows import PinnedFlowRing, StateWatcher, flow_row
+
+    # rules named as the agent names them ("rule 0 (ingress item 0)"): this needs the policies
+    # resolved, which the store's L7 rows do not
+    watcher = StateWatcher(args.state_dir, resolve_rules=True)
 
     node = socket.gethostname()
     try:
