@@ -251,7 +251,11 @@ class Pipeline:
                 return
             conn.protocol = protocol
             parser = conn.parser = PARSERS[protocol](conn.role)
-        rows = parser.feed(DataChunk(ts_ns, direction, data, size, gap))
+        feed_parts = getattr(parser, "feed_parts", None)  # StreamParser's: no DataChunk made
+        if feed_parts is not None:
+            rows = feed_parts(ts_ns, direction, data, size, gap)
+        else:
+            rows = parser.feed(DataChunk(ts_ns, direction, data, size, gap))
         if rows:
             self._emit(conn, rows)
 

@@ -29,7 +29,7 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 
-from andon.protocols.base import DataChunk, Protocol
+from andon.protocols.base import DataChunk, Direction, Protocol
 from andon.protocols.stream import Side, StreamParser, bound, latency
 
 MAX_HEAD = 64 * 1024  # request/status line plus headers
@@ -276,26 +276,29 @@ class HTTPParser(StreamParser):
 
     # -- parsing --------------------------------------------------------------------------
     def feed(self, chunk: DataChunk) -> list[dict]:
+        return self.feed_parts(chunk.ts_ns, chunk.direction, chunk.data, chunk.size, chunk.gap, chunk)
+
+    def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0,
+                   chunk: DataChunk | None = None) -> list[dict]:
         if self.upgraded:
-            self.stats.bytes_skipped += len(chunk.data)
+            self.stats.bytes_skipped += len(data)
             return []
-        side = self.sides.get(chunk.direction)
+        side = self.sides.get(direction)
         if (side is not None and not side.buf and side.state is None and not side.skip and not side.resync
-                and not chunk.gap and not self.closed and self.req_dir is not None):
-            out = self._whole(side, chunk)
+                and not gap and not self.closed and self.req_dir is not None):
+            out = self._whole(side, data, size, ts_ns)
             if out is not None:
                 return out
-        return super().feed(chunk)
+        return StreamParser.feed(self, chunk if chunk is not None else DataChunk(ts_ns, direction, data, size, gap))
 
-    def _whole(self, side: Side, chunk: DataChunk) -> list[dict] | None:
+    def _whole(self, side: Side, data: bytes, size: int, ts: int) -> list[dict] | None:
         """The usual chunk: exactly one whole message, nothing buffered before it. Parsed
         straight from the chunk (no buffer, no copies); None sends it the general way,
         which makes the same records from it (tests/unit/test_observe_hotpath.py)."""
-        data = chunk.data
         if type(data) is not bytes:  # bytes methods below; other buffers go the general way
             return None
         n = len(data)
-        if chunk.size != n or data[:2] == b"\r\n":
+        if size != n or data[:2] == b"\r\n":
             return None
         end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
@@ -304,7 +307,7 @@ class HTTPParser(StreamParser):
         head = _head(is_req, data[:end])
         if head is None or (is_req and len(head.method) > 20):  # _plausible_start's bound
             return None
-        msg = Message(is_req, head, chunk.ts_ns)
+        msg = Message(is_req, head, ts)
         if not self._body_mode(msg):
             return None
         rest = n - end - 4
@@ -315,7 +318,7 @@ class HTTPParser(StreamParser):
             msg.remaining = 0
         elif msg.mode != "none" or rest:
             return None
-        side.last_ts = chunk.ts_ns
+        side.last_ts = ts
         return self._finish(side, msg)
 
     def _parse(self, side: Side) -> list[dict]:

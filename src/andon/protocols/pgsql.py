@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import struct
 
-from andon.protocols.base import DataChunk, Protocol
+from andon.protocols.base import DataChunk, Direction, Protocol
 from andon.protocols.stream import Side, StreamParser, bound, latency
 
 FRAME_CAP = 256 * 1024  # message bytes kept; the rest of a longer message is skipped
@@ -207,23 +207,26 @@ class PgSQLParser(StreamParser):
 
     # -- framing --------------------------------------------------------------------------
     def feed(self, chunk: DataChunk) -> list[dict]:
+        return self.feed_parts(chunk.ts_ns, chunk.direction, chunk.data, chunk.size, chunk.gap, chunk)
+
+    def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0,
+                   chunk: DataChunk | None = None) -> list[dict]:
         if self.encrypted:
-            self.stats.bytes_skipped += len(chunk.data)
+            self.stats.bytes_skipped += len(data)
             return []
-        side = self.sides.get(chunk.direction)
-        if (side is not None and not side.buf and not side.skip and not side.resync and not chunk.gap
-                and not self.closed and chunk.size == len(chunk.data) and chunk.data
+        side = self.sides.get(direction)
+        if (side is not None and not side.buf and not side.skip and not side.resync and not gap
+                and not self.closed and size == len(data) and data
                 and (side.is_req or not self.ssl_answer)):
-            out = self._whole(side, chunk)
+            out = self._whole(side, data, ts_ns)
             if out is not None:
                 return out
-        return super().feed(chunk)
+        return StreamParser.feed(self, chunk if chunk is not None else DataChunk(ts_ns, direction, data, size, gap))
 
-    def _whole(self, side: Side, chunk: DataChunk) -> list[dict] | None:
+    def _whole(self, side: Side, data: bytes, ts: int) -> list[dict] | None:
         """The usual chunk: whole tagged messages and nothing else, nothing buffered before
         them. Read straight from the chunk; None (decided before any state changes) sends it
         the general way, which makes the same records (tests/unit/test_observe_hotpath.py)."""
-        data = chunk.data
         if type(data) is not bytes:  # bytes methods below; other buffers go the general way
             return None
         n = len(data)
@@ -241,7 +244,6 @@ class PgSQLParser(StreamParser):
                 return None
             frames.append((chr(tag), pos + 5, end))
             pos = end
-        ts = chunk.ts_ns
         side.last_ts = ts
         out: list[dict] = []
         message = self._message

@@ -179,6 +179,11 @@ class StreamParser(ConnParser):
             return out + self._feed_known(chunk)
         return self._feed_known(chunk)
 
+    def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0) -> list[dict]:
+        """``feed(DataChunk(ts_ns, direction, data, size, gap))``; parsers with a whole-chunk
+        reader take the usual chunk here without the DataChunk being made."""
+        return self.feed(DataChunk(ts_ns, direction, data, size, gap))
+
     def _feed_known(self, chunk: DataChunk) -> list[dict]:
         return self._feed_side(self._side(Direction(chunk.direction)), chunk)
 
