@@ -477,3 +477,22 @@ def test_headers_json_is_the_encoders_text(headers):
     want = "{" + ",".join(enc(k) + ":" + enc(v) for k, v in sorted(headers, key=lambda kv: kv[0].lower())) + "}"
     assert http_mod.headers_json(headers) == want
     assert json.loads(want) == dict(sorted(headers, key=lambda kv: kv[0].lower()))
+
+
+def test_a_record_whose_handler_raises_is_consumed_and_the_rest_stay():
+    ring = Ring()
+    src = ring.source()
+    for i in range(5):
+        ring.put(data_rec(1, 100 + i, 1, b"r%d" % i, 2 * i))
+    seen = []
+
+    def on_data(*f):
+        seen.append(f[8])
+        if f[8] == b"r1":
+            raise RuntimeError("handler bug")
+
+    with pytest.raises(RuntimeError):
+        src.read_into(on_data, seen.append, 0)
+    assert seen == [b"r0", b"r1"] and src.reader.records_read == 2
+    assert src.read_into(on_data, seen.append, 0) == 3
+    assert seen == [b"r0", b"r1", b"r2", b"r3", b"r4"] and src.reader.pending_bytes() == 0

@@ -88,6 +88,48 @@ class VarRingReader:
             if max_records <= 0:
                 return
 
+    @property
+    def memory(self) -> mmap.mmap:
+        """The mapped ring; :meth:`spans` gives offsets into it."""
+        return self._prod_map
+
+    def spans(self, max_records: int = 1 << 16) -> tuple[list[int], list[int], list[int], int]:
+        """The committed records there are now (at most ``max_records``), not consumed:
+        their offsets in :attr:`memory`, their lengths, the consumer position just past each,
+        and the position past everything scanned (discarded records included). The caller
+        reads them in place, then calls :meth:`consume_to`."""
+        cons = self._cons.value
+        prod = self._prod[0]
+        mem = self._prod_map
+        mask = self.mask
+        unpack = _U32.unpack_from
+        offs: list[int] = []
+        lens: list[int] = []
+        ends: list[int] = []
+        n = 0
+        while cons < prod and n < max_records:
+            off = PAGE + (cons & mask)
+            hdr = unpack(mem, off)[0]
+            if hdr & BUSY:
+                break  # reserved, not committed yet
+            length = hdr & _LEN_MASK
+            cons += (length + 15) & ~7
+            if not hdr & DISCARD:
+                offs.append(off + 8)
+                lens.append(length)
+                ends.append(cons)
+                n += 1
+        return offs, lens, ends, cons
+
+    def consume_to(self, pos: int, records: int) -> None:
+        """Give the ring back up to ``pos`` (a position :meth:`spans` returned), ``records``
+        records read."""
+        start = self._cons.value
+        if pos > start:
+            self._cons.value = pos
+            self.records_read += records
+            self.bytes_read += pos - start
+
     def read_batch(self, max_records: int = 1 << 16) -> list[bytes]:
         """The committed records there are now (at most ``max_records``), copied out, in
         order; the consumer position then moves past them all in one store."""

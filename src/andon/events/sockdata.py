@@ -249,8 +249,8 @@ class SockSource:
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
         self._ncpu = possible_cpus()
-        # (conn_id, direction) -> next expected byte position
-        self._next: dict[tuple[int, int], int] = {}
+        # conn_id << 3 | direction | (F_ENCRYPTED if TLS plaintext) -> next expected byte position
+        self._next: dict[int, int] = {}
         self.tls: TlsAttacher | None = None
         self.tls_error = ""  # why TLS capture is off, when settings.tls asked for it
         self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
@@ -351,38 +351,49 @@ class SockSource:
             self.tls.maybe_rescan()
         if not self.reader.wait(timeout):
             return 0
-        raws = self.reader.read_batch()
+        reader = self.reader
+        offs, lens, ends, scanned = reader.spans()
+        mem = reader.memory
         unpack = DATA.unpack_from
         dsize = DATA.size
         boot = self.boot_offset
         nxt = self._next
         dirs, protos, roles = _DIRS, _PROTOS, _ROLES
         unknown_p, unknown_r = Protocol.UNKNOWN, Role.UNKNOWN
-        for raw in raws:
-            if len(raw) >= dsize and raw[0] == REC_DATA and raw[1] == 0:
-                (_, role, proto, pid, tid, fd, ts, conn_id, pos, size, copied, nr, direction, flags, rport, rfamily,
-                 raddr) = unpack(raw)
-                # a TLS connection's plaintext positions are their own stream
-                key = (conn_id, (direction & 1) | (flags & F_ENCRYPTED))
-                expect = nxt.get(key, 0)
-                gap = 0
-                if pos > expect:
-                    gap = pos - expect
-                    self.gap_bytes += gap
-                nxt[key] = pos + size
-                on_data(conn_id, pid, tid, fd, ts + boot, dirs[direction & 1], protos.get(proto, unknown_p),
-                        roles.get(role, unknown_r), raw[dsize : dsize + copied], size, pos, gap, nr, flags,
-                        (_addr(rfamily, raddr), rport) if flags & F_ADDR else None)
-                continue
-            rec = decode(raw, boot)
-            if rec is None:
-                self.undecodable += 1
-                continue
-            if isinstance(rec, ConnClose):
-                for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
-                    nxt.pop((rec.conn_id, k), None)
-            on_other(rec)
-        return len(raws)
+        done = 0
+        try:
+            for off, length in zip(offs, lens):
+                # consumed even if handing it over raises: a bad record is not read again,
+                # the records after it stay in the ring for the next call
+                done += 1
+                if length >= dsize and mem[off] == REC_DATA and mem[off + 1] == 0:
+                    # read in place; only the data bytes are copied out
+                    (_, role, proto, pid, tid, fd, ts, conn_id, pos, size, copied, nr, direction, flags, rport,
+                     rfamily, raddr) = unpack(mem, off)
+                    # a TLS connection's plaintext positions are their own stream
+                    key = conn_id << 3 | (direction & 1) | (flags & F_ENCRYPTED)
+                    expect = nxt.get(key, 0)
+                    gap = 0
+                    if pos > expect:
+                        gap = pos - expect
+                        self.gap_bytes += gap
+                    nxt[key] = pos + size
+                    start = off + dsize
+                    on_data(conn_id, pid, tid, fd, ts + boot, dirs[direction & 1], protos.get(proto, unknown_p),
+                            roles.get(role, unknown_r), mem[start : start + min(copied, length - dsize)], size,
+                            pos, gap, nr, flags, (_addr(rfamily, raddr), rport) if flags & F_ADDR else None)
+                    continue
+                rec = decode(mem[off : off + length], boot)
+                if rec is None:
+                    self.undecodable += 1
+                    continue
+                if isinstance(rec, ConnClose):
+                    for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
+                        nxt.pop(rec.conn_id << 3 | k, None)
+                on_other(rec)
+        finally:
+            reader.consume_to(scanned if done == len(offs) else ends[done - 1], done)
+        return done
 
     def drain(self, until: float, stop=None) -> list[Record]:
         """Read until ``time.monotonic() >= until`` or ``stop(records)`` is true."""
