@@ -496,3 +496,33 @@ def test_a_record_whose_handler_raises_is_consumed_and_the_rest_stay():
     assert seen == [b"r0", b"r1"] and src.reader.records_read == 2
     assert src.read_into(on_data, seen.append, 0) == 3
     assert seen == [b"r0", b"r1", b"r2", b"r3", b"r4"] and src.reader.pending_bytes() == 0
+
+
+def test_observer_pump_ring_bytes_to_parquet(tmp_path):
+    """The agent's chain: ring bytes -> Observer.pump -> Store -> Parquet, values read back."""
+    import duckdb
+
+    from andon.app.config import ObserveConfig
+    from andon.app.observer import Observer
+    from andon.store.settings import StoreSettings
+    from andon.store.store import Store
+
+    ring = Ring()
+    store = Store(StoreSettings(data_dir=tmp_path, control_socket=False))
+    obs = Observer(ObserveConfig(), StoreSettings(data_dir=tmp_path), container_name=lambda cid: None)
+    obs.source, obs.store = ring.source(), store
+    obs.pipeline = Pipeline(store.append, _Procs(), obs.protocols)
+    req = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    ring.put(open_rec(9))
+    for i in range(30):
+        ring.put(data_rec(9, 1000 + i * 10, 1, req, i * len(req)))
+        ring.put(data_rec(9, 1003 + i * 10, 0, resp, i * len(resp)))
+    assert obs.pump(0) == 61
+    store.flush()
+    files = [str(p) for p in (tmp_path / "http_events").glob("*.parquet")]
+    got = duckdb.sql(f"SELECT time_, latency, req_path, resp_status, resp_message, local_port, upid, trace_role, "
+                     f"encrypted, req_headers FROM read_parquet({files}) ORDER BY time_").fetchall()
+    assert got == [(2003 + i * 10, 3, "/p", 201, "Created", 8080, "0:77:1", 2, False, '{"Host":"h"}')
+                   for i in range(30)]
+    store.close()
