@@ -241,7 +241,7 @@ class Pipeline:
             # plaintext from the TLS library's uprobes: the connection's rows say encrypted
             conn.encrypted = True
             conn.common = None
-        if conn.role == Role.UNKNOWN and role != Role.UNKNOWN:
+        if not conn.role and role:  # Role.UNKNOWN is 0: the first record that knows the role says it
             conn.role = role
             conn.common = None
         parser = conn.parser
