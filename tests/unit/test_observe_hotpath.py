@@ -526,3 +526,19 @@ def test_observer_pump_ring_bytes_to_parquet(tmp_path):
     assert got == [(2003 + i * 10, 3, "/p", 201, "Created", 8080, "0:77:1", 2, False, '{"Host":"h"}')
                    for i in range(30)]
     store.close()
+
+
+def test_the_caches_stay_bounded():
+    from andon.protocols import redis as redis_mod
+
+    p = PARSERS[Protocol.HTTP](Role.SERVER)
+    for i in range(3 * http_mod._HEAD_CACHE_MAX):
+        p.feed(DataChunk(i, _D.INGRESS, b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i))
+        assert len(http_mod._REQ_HEADS) <= http_mod._HEAD_CACHE_MAX
+    assert p.stats.frames == 3 * http_mod._HEAD_CACHE_MAX
+    for i in range(3 * redis_mod._COMMANDS_MAX):
+        redis_mod.command(["GET", "k%d" % i])
+        assert len(redis_mod._COMMANDS) <= redis_mod._COMMANDS_MAX
+    big = ["SET", "k", "v" * 300]  # too long to keep
+    assert redis_mod.command(big).args == redis_mod.command(big).args
+    assert tuple(big) not in redis_mod._COMMANDS

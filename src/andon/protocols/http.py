@@ -86,7 +86,7 @@ class Head:
 
 _REQ_HEADS: dict[bytes, Head] = {}  # request head bytes -> Head
 _RESP_HEADS: dict[bytes, Head] = {}  # response head bytes -> Head
-_HEAD_CACHE_MAX = 1024  # entries of each; heads longer than _HEAD_CACHE_KEY are not kept
+_HEAD_CACHE_MAX = 256  # entries of each (a few MB at worst); heads longer than _HEAD_CACHE_KEY are not kept
 _HEAD_CACHE_KEY = 2048
 
 

@@ -116,7 +116,7 @@ def _err_text(payload: bytes) -> str:
 
 
 _ROW_DESC_CACHE: dict[bytes, list[dict]] = {}  # payload -> fields, never changed once made
-_ROW_DESC_CACHE_MAX = 1024
+_ROW_DESC_CACHE_MAX = 256
 
 
 def _row_desc(payload: bytes) -> list[dict]:

@@ -231,7 +231,7 @@ class Request:
 
 
 _COMMANDS: dict[tuple[str, ...], tuple[str, str, str, int]] = {}  # words -> what command() makes of them
-_COMMANDS_MAX = 4096  # entries; commands of more than _COMMANDS_CHARS characters are not kept
+_COMMANDS_MAX = 1024  # entries; commands of more than _COMMANDS_CHARS characters are not kept
 _COMMANDS_CHARS = 256
 
 
