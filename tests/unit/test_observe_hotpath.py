@@ -542,3 +542,17 @@ def test_the_caches_stay_bounded():
     big = ["SET", "k", "v" * 300]  # too long to keep
     assert redis_mod.command(big).args == redis_mod.command(big).args
     assert tuple(big) not in redis_mod._COMMANDS
+
+
+def test_ring_read_stops_early_and_keeps_the_rest():
+    ring = Ring()
+    reader = VarRingReader.on_memory(ring.mem, ring.cons, RING)
+    for i in range(6):
+        ring.put(b"rec%d" % i)
+        ring.put(b"x" * 9, DISCARD)
+    it = reader.read()
+    assert [next(it), next(it)] == [b"rec0", b"rec1"]
+    it.close()
+    assert list(reader.read(2)) == [b"rec2", b"rec3"]
+    assert reader.read_batch() == [b"rec4", b"rec5"] and reader.pending_bytes() == 0
+    assert reader.records_read == 6

@@ -78,15 +78,19 @@ class VarRingReader:
         return bool(self._ep.poll(timeout))
 
     def read(self, max_records: int = 1 << 16) -> Iterator[bytes]:
-        """Yield committed records in order (the consumer advanced past each batch)."""
-        while True:
-            batch = self.read_batch(min(max_records, 4096))
-            if not batch:
+        """Yield committed records in order, the consumer advanced past each one before it is
+        yielded (a caller that stops early leaves the rest in the ring)."""
+        mem = self._prod_map
+        while max_records > 0:
+            offs, lens, ends, scanned = self.spans(min(max_records, 4096))
+            for off, length, end in zip(offs, lens, ends):
+                rec = mem[off : off + length]
+                self.consume_to(end, 1)
+                yield rec
+            self.consume_to(scanned, 0)  # discarded records after the last one
+            if not offs:
                 return
-            yield from batch
-            max_records -= len(batch)
-            if max_records <= 0:
-                return
+            max_records -= len(offs)
 
     @property
     def memory(self) -> mmap.mmap:
