@@ -336,7 +336,8 @@ class SockSource:
 
     # -- reading --------------------------------------------------------------------------
     def read(self, timeout: float = 0.1) -> Iterator[Record]:
-        """Wait up to ``timeout`` for records, then yield what is there, decoded."""
+        """Wait up to ``timeout`` for records, then yield what is there, decoded (taken off
+        the ring as one batch: a caller that stops early drops the rest of it)."""
         out: list[Record] = []
         self.read_into(lambda *f: out.append(Data(*f)), out.append, timeout)
         yield from out
