@@ -7,7 +7,7 @@ out as a mapped BPF ring buffer (``MemoryRing``), then the agent's whole chain: 
 end the pipeline closed and the Store flushed to Parquet segments on a temporary directory
 (also every ``FLUSH_ROWS`` rows on the way, as its thread would).
 Only the agent's side is timed (process_time, all threads: DuckDB's too), not the writing of
-the ring, and not a warm-up replay of ``WARM`` exchanges on other connections before it.
+the ring, and not a warm-up replay of ``WARM_ROWS`` rows on other connections before it.
 
 * ``http-server``  nginx-like keep-alive GET /size/1024, server side (1 read + 1 write per request)
 * ``http-client``  the same traffic seen by the client (wrk)
@@ -120,8 +120,8 @@ TABLES = {Protocol.HTTP: "http_events", Protocol.REDIS: "redis_events", Protocol
           Protocol.MYSQL: "mysql_events"}
 PID = 3_999_999  # no such process: ProcessInfo falls back to the record's comm
 RING = 8 << 20  # the agent's default ring (observe.ring_buffer_mb)
-WARM = 2000  # exchanges replayed before the measured ones
 FLUSH_ROWS = 10_000  # rows buffered when the store is flushed (its thread: every second, ~10k rows/s here)
+WARM_ROWS = FLUSH_ROWS  # rows of the warm-up replay: one full-size flush before the measured part
 
 
 def _exchanges(name: str, n: int, first: int = 0) -> Iterator[tuple[int, list[tuple[Direction, bytes]]]]:
@@ -241,9 +241,10 @@ def run_chain(name: str, n: int) -> tuple[float, int, int]:
                 cpu += time.process_time() - t0
             return cpu
 
-        # warm-up, not timed: the agent under load has run a while (allocator, flush paths);
+        # warm-up, not timed: the agent under load has run a while (allocator, a full-size flush);
         # its own connections and, for http-varied, its own heads
-        replay(ring_records(name, WARM, first=10 * n + CONNS))
+        per = _pairs("http-server" if name == "http-varied" else name)[3]
+        replay(ring_records(name, max(1, WARM_ROWS // (4 if per < 0 else per)), first=10 * n + CONNS))
         store.flush()
         warm_rows = store.stats.per_table.get(table, 0)
         cpu = replay(recs)
