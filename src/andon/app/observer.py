@@ -5,7 +5,8 @@
     ProcStatsSampler (/proc)           ->  process_stats rows every process_stats_interval
 
 ``Observer.start()`` loads the sensor and starts the store (its flush thread and control
-socket, which ``andon query`` uses to ask for a flush); ``run()`` is the reading loop;
+socket, which ``andon query`` uses to ask for a flush); ``run()`` is the reading loop, each
+turn one ``pump()``: every record in the ring straight into the pipeline, rows to the store;
 ``close()`` stops it, finishes every connection and flushes. A kernel that cannot load the
 sensor raises :class:`~andon.errors.NotSupported` from ``start()``; the security side of
 the agent carries on without it (the agent decides).

@@ -2,8 +2,9 @@
 
     SockSource records (events/sockdata.py: ConnOpen, Data, ConnClose)
       -> Pipeline.handle()        one Conn per conn_id; its parser made on the first data
-                                  whose protocol the kernel recognised
-      -> parser.feed(chunk)       protocols/: pure bytes -> records
+         / Pipeline.data()        whose protocol the kernel recognised (data(): a data
+                                  record's fields, the source's hot path, no object made)
+      -> parser.feed_parts()      protocols/: pure bytes -> records
       -> + connection columns     upid, remote/local address and port, trace_role, encrypted,
                                   pid, comm, container_id, container_name
       -> sink(table, rows)        the Store (store/store.py), or a list in tests
