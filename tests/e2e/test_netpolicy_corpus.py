@@ -115,8 +115,8 @@ REJECTED_PROBES = [("C", "A", "TCP", 8080, Y), ("U1", "A", "TCP", 8080, Y)]
 
 
 def _unit_expected() -> dict:
-    """The warning codes tests/unit/test_netpolicy_corpus.py expects of each file."""
-    spec = importlib.util.spec_from_file_location("_np_corpus_unit", HERE.parent / "unit" / "test_netpolicy_corpus.py")
+    """The warning codes tests/unit/test_netpolicy_corpus_model.py expects of each file."""
+    spec = importlib.util.spec_from_file_location("_np_corpus_unit", HERE.parent / "unit" / "test_netpolicy_corpus_model.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod.EXPECTED
