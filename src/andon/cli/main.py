@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_parser(sub)  # observability: PxL scripts and SQL over the stored tables
     top.add_parser(sub)  # observability: the busiest endpoints, live
     from . import observe; observe.add_parser(sub)  # network flows, as hubble observe
+    from . import firewall; firewall.add_parser(sub)  # XDP host firewall: andon firewall add|list|remove
     return p
 
 
