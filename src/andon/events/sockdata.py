@@ -55,6 +55,9 @@ HDR = struct.Struct("<HBBIIiQQ")
 OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16s".replace(" ", ""))
 # struct andon_sd_data: hdr pos size copied nr direction flags rport rfamily raddr, then data[]
 DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
+# the same without raddr (read only for a record with F_ADDR), and where raddr starts
+_DATA_HEAD = struct.Struct(DATA.format[:-3])
+_RADDR = _DATA_HEAD.size
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
 CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
 # struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter
@@ -355,7 +358,7 @@ class SockSource:
         reader = self.reader
         offs, lens, ends, scanned = reader.spans()
         mem = reader.memory
-        unpack = DATA.unpack_from
+        unpack = _DATA_HEAD.unpack_from
         dsize = DATA.size
         boot = self.boot_offset
         nxt = self._next
@@ -367,10 +370,13 @@ class SockSource:
                 # consumed even if handing it over raises: a bad record is not read again,
                 # the records after it stay in the ring for the next call
                 done += 1
-                if length >= dsize and mem[off] == REC_DATA and mem[off + 1] == 0:
+                if length >= dsize:
+                    (typ, role, proto, pid, tid, fd, ts, conn_id, pos, size, copied, nr, direction, flags, rport,
+                     rfamily) = unpack(mem, off)
+                else:
+                    typ = 0
+                if typ == REC_DATA:
                     # read in place; only the data bytes are copied out
-                    (_, role, proto, pid, tid, fd, ts, conn_id, pos, size, copied, nr, direction, flags, rport,
-                     rfamily, raddr) = unpack(mem, off)
                     # a TLS connection's plaintext positions are their own stream
                     key = conn_id << 3 | (direction & 1) | (flags & F_ENCRYPTED)
                     expect = nxt.get(key, 0)
@@ -382,7 +388,8 @@ class SockSource:
                     start = off + dsize
                     on_data(conn_id, pid, tid, fd, ts + boot, dirs[direction & 1], protos.get(proto, unknown_p),
                             roles.get(role, unknown_r), mem[start : start + min(copied, length - dsize)], size,
-                            pos, gap, nr, flags, (_addr(rfamily, raddr), rport) if flags & F_ADDR else None)
+                            pos, gap, nr, flags,
+                            (_addr(rfamily, mem[off + _RADDR : off + _RADDR + 16]), rport) if flags & F_ADDR else None)
                     continue
                 rec = decode(mem[off : off + length], boot)
                 if rec is None:
