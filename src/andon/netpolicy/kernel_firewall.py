@@ -282,6 +282,26 @@ def _rules_from_sets(sets: dict[bytes, list[tuple[int, int, int, int]]]) -> list
     return sorted(out, key=lambda r: r.rule_id)
 
 
+def rule_sets(rules: Iterable[FirewallRule], where: str = "") -> dict[bytes, list[FirewallRule]]:
+    """LPM key -> the rules its set holds, most specific prefix first (pure). Raises
+    UsageError when more than ``FW_RULES`` rules apply to one prefix."""
+    rules = list(rules)
+    sets: dict[bytes, list[FirewallRule]] = {}
+    for r in rules:
+        for net in r.nets:
+            key = ip_key(net)
+            if key in sets:
+                continue
+            covering = [(o, m) for o in rules for m in o.nets
+                        if m.version == net.version and net.subnet_of(m)]  # type: ignore[arg-type]
+            covering.sort(key=lambda om: (-om[1].prefixlen, om[0].rule_id))
+            if len(covering) > FW_RULES:
+                raise UsageError(f"firewall: {len(covering)} rules apply to {net}{' on ' + where if where else ''}; "
+                                 f"at most {FW_RULES}")
+            sets[key] = [o for o, _ in covering]
+    return sets
+
+
 class HostFirewall:
     """XDP drop rules on ``ifname``. ``mode``: None tries native XDP, then generic;
     'generic' or 'native' force one. ``pin_dir``: adopt or create the pins there (the
@@ -309,7 +329,6 @@ class HostFirewall:
             prog = self._obj.program("xdp__host_fw")
             if link_fd >= 0:
                 self._link_fd = link_fd
-                self._update_link(prog.fd)
                 self.adopted = True
                 self._written = set(_read_sets(self._sets))
                 self._rules = {r.rule_id: r for r in self.kernel_rules()}  # what a failed change goes back to
@@ -382,12 +401,17 @@ class HostFirewall:
                 raise BpfError(f"XDP link on {self.ifname} ({name})", err)
         raise NotSupported(f"xdp on {self.ifname}", "; ".join(tried))
 
-    def _update_link(self, prog_fd: int) -> None:
-        """Swap this build's program into the pinned link (BPF_LINK_UPDATE: atomic)."""
+    def upgrade(self) -> None:
+        """Swap this object's program into an adopted link (BPF_LINK_UPDATE: atomic, every
+        packet sees the old or the new program), so the running program is this build's."""
+        if not self.adopted:
+            return
+        prog_fd = self._obj.program("xdp__host_fw").fd
         rc = _fn("bpf_link_update", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p])(
             self._link_fd, prog_fd, None)
         if rc < 0:
             raise BpfError(f"update the XDP link on {self.ifname}", _err(rc))
+        self.link_id, self.prog_id, _ = _link_info(self._link_fd)
 
     # -- rules -----------------------------------------------------------------------------------
     def add_rule(self, cidr: str | None, proto: int | str = 0, port_lo: int = 0, port_hi: int = 0, *,
@@ -434,19 +458,7 @@ class HostFirewall:
         self._sync()
 
     def _sync(self) -> None:
-        sets: dict[bytes, list[FirewallRule]] = {}
-        for r in self._rules.values():
-            for net in r.nets:
-                key = ip_key(net)
-                if key in sets:
-                    continue
-                covering = [(o, m) for o in self._rules.values() for m in o.nets
-                            if m.version == net.version and net.subnet_of(m)]  # type: ignore[arg-type]
-                covering.sort(key=lambda om: (-om[1].prefixlen, om[0].rule_id))
-                if len(covering) > FW_RULES:
-                    raise UsageError(f"firewall: {len(covering)} rules apply to {net} on {self.ifname}; "
-                                     f"at most {FW_RULES}")
-                sets[key] = [o for o, _ in covering]
+        sets = rule_sets(self._rules.values(), self.ifname)
         for key, rules in sets.items():
             body = b"".join(FW_RULE.pack(o.proto, 1, o.port_lo, o.port_hi, 0, o.rule_id) for o in rules)
             self._sets.update(key, body.ljust(FW_RULE.size * FW_RULES, b"\0"))
@@ -637,9 +649,11 @@ def _apply(state: FirewallState, ifname: str, rules: list[FirewallRule], pin_roo
                     os.close(fd)
             unpin(pin_dir)
         return
+    rule_sets(rules, ifname)  # a rule set that cannot be built fails before the kernel is touched
     fw = HostFirewall(ifname, mode=mode, bpf_dir=bpf_dir, pin_dir=pin_dir)
     try:
         fw.set_rules(rules)
+        fw.upgrade()
     except BaseException:
         if not fw.adopted:
             fw.detach()  # nothing of ours stays behind a failed first rule
