@@ -31,7 +31,7 @@ PACKAGE_RULES = Path(__file__).resolve().parents[1] / "rules" / "data" / "andon_
 SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
-               "append_output", "observe", "store", "flows", "network"}
+               "append_output", "observe", "store", "flows", "network", "firewall"}
 _OBSERVE_KEYS = {"enabled", "protocols", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
                  "conn_stats_interval", "idle_timeout"}
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
@@ -39,6 +39,8 @@ _MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
 _FLOWS_KEYS = {"enabled", "pin_dir", "state_dir", "poll_interval"}
 _NETWORK_KEYS = {"state_dir", "pin_dir", "containers", "container_label", "endpoints"}
+_FIREWALL_KEYS = {"state_file", "pin_dir", "rules"}
+_FIREWALL_RULE_KEYS = {"iface", "cidr", "proto", "port"}
 _ENDPOINT_KEYS = {"name", "netns", "ifname", "addresses", "container", "cgroup", "labels", "audit"}
 
 
@@ -86,6 +88,18 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class FirewallConfig:
+    """The ``firewall:`` section: XDP host firewall rules ``andon run`` applies at start
+    (docs/networking.md, Host firewall). Each rule is a dict {iface, cidr (None: any source),
+    proto, port_lo, port_hi}; rules added by ``andon firewall add`` are never touched, those from
+    here are removed again when they leave this list."""
+
+    state_file: Path = Path("/var/lib/andon/firewall.json")
+    pin_dir: Path = Path("/sys/fs/bpf/andon/firewall")
+    rules: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     rules_files: tuple[Path, ...] = (PACKAGE_RULES,)
     rule_matching: str = "first"
@@ -99,6 +113,7 @@ class AgentConfig:
     store: Any = None  # store.settings.StoreSettings; None: its defaults
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    firewall: FirewallConfig | None = None  # None: no firewall section (andon run leaves the firewall alone)
     path: Path | None = None  # where this config came from
 
     def rule_paths(self) -> list[Path]:
@@ -199,6 +214,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> AgentCon
         kw["flows"] = _flows(data["flows"], where)
     if "network" in data:
         kw["network"] = _network(data["network"], where)
+    if "firewall" in data:
+        kw["firewall"] = _firewall(data["firewall"], where)
     kw["outputs"] = {k: v for k, v in data.items() if k not in _AGENT_KEYS or k == "priority"}
     return AgentConfig(**kw)
 
@@ -334,6 +351,52 @@ def _network(sec: Any, where: str) -> NetworkConfig:
                     "addresses": [str(a) for a in addrs], "audit": bool(e.get("audit", False))})
     kw["endpoints"] = tuple(out)
     return NetworkConfig(**kw)
+
+
+def _firewall(sec: Any, where: str) -> FirewallConfig:
+    """A mapping {state_file, pin_dir, rules: [...]}, or just the list of rules."""
+    from ..netpolicy.kernel_firewall import make_rule, parse_ports
+
+    if sec is None:
+        return FirewallConfig()
+    if isinstance(sec, list):
+        sec = {"rules": sec}
+    if not isinstance(sec, dict):
+        raise UsageError(f"{where}firewall must be a list of rules or a mapping with rules:")
+    unknown = set(sec) - _FIREWALL_KEYS
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) under firewall: {', '.join(sorted(unknown))}")
+    kw: dict[str, Any] = {}
+    for key in ("state_file", "pin_dir"):
+        if key in sec:
+            if not isinstance(sec[key], str) or not sec[key]:
+                raise UsageError(f"{where}firewall.{key} must be a path")
+            kw[key] = Path(sec[key])
+    rules = sec.get("rules") or []
+    if not isinstance(rules, list):
+        raise UsageError(f"{where}firewall.rules must be a list")
+    out = []
+    for i, r in enumerate(rules):
+        at = f"{where}firewall.rules[{i}]"
+        if not isinstance(r, dict):
+            raise UsageError(f"{at} must be a mapping of iface, cidr, proto, port")
+        unknown = set(r) - _FIREWALL_RULE_KEYS
+        if unknown:
+            raise UsageError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+        if not isinstance(r.get("iface"), str) or not r["iface"]:
+            raise UsageError(f"{at}: needs an iface")
+        try:
+            lo, hi = parse_ports(r.get("port"))
+            proto = str(r.get("proto", "any"))
+            if lo and proto.lower() not in ("tcp", "udp", "6", "17"):
+                raise UsageError("a port needs proto tcp or udp")
+            rule = make_rule(0, r.get("cidr"), proto, lo, hi)
+        except UsageError as e:
+            raise UsageError(f"{at}: {e}") from None
+        out.append({"iface": r["iface"], "cidr": str(rule.cidr) if rule.cidr is not None else None,
+                    "proto": rule.proto, "port_lo": rule.port_lo, "port_hi": rule.port_hi})
+    kw["rules"] = tuple(out)
+    return FirewallConfig(**kw)
 
 
 def _rules_path(name: str, base: Path) -> Path:

@@ -20,21 +20,6 @@ from ..errors import UsageError
 EXIT_OK = 0
 
 
-def parse_port(text: str | None) -> tuple[int, int]:
-    """'443' -> (443, 443), '8000-8080' -> (8000, 8080), None -> (0, 0) (any port)."""
-    if text is None:
-        return 0, 0
-    lo_s, sep, hi_s = text.partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if sep else lo
-    except ValueError:
-        raise UsageError(f"--port {text!r}: expected P or LO-HI (1-65535)") from None
-    if not (1 <= lo <= hi <= 65535):
-        raise UsageError(f"--port {text!r}: expected P or LO-HI with 1 <= LO <= HI <= 65535")
-    return lo, hi
-
-
 def _proto(text: str | None) -> int | str:
     if text is None:
         return 0
@@ -44,9 +29,12 @@ def _proto(text: str | None) -> int | str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from ..netpolicy.kernel_firewall import RuleSpec, add_rules
+    from ..netpolicy.kernel_firewall import RuleSpec, add_rules, parse_ports
 
-    lo, hi = parse_port(args.port)
+    try:
+        lo, hi = parse_ports(args.port)
+    except UsageError as e:
+        raise UsageError(f"--{e}") from None
     proto = _proto(args.proto)
     if lo and str(proto).lower() not in ("tcp", "udp", "6", "17"):
         raise UsageError("--port needs --proto tcp or udp")

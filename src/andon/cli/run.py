@@ -99,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     observer = _start_observer(cfg) if observe else None
     endpoints = _start_endpoints(cfg)
+    _start_firewall(cfg)
     flows = _start_flows(cfg, observer)
     try:
         summary = agent.run_live(duration=args.duration, count=args.count)
@@ -137,6 +138,28 @@ def _start_endpoints(cfg: Any) -> Any:
     follow = f"; following podman's containers ({cfg.network.containers})" if service.follows else ""
     report(f"{n} configured endpoint{'s' if n != 1 else ''} {done} (state {cfg.network.state_dir}){follow}")
     return service
+
+
+def _start_firewall(cfg: Any) -> None:
+    """The config's ``firewall`` section: its rules applied at start (added when missing,
+    removed when no longer listed; rules added by hand stay). They stay in force after the
+    agent stops, as ``andon firewall add`` rules do. A failure is said on stderr, the agent
+    runs on."""
+    fw = cfg.firewall
+    if fw is None:
+        return
+    from ..errors import AndonError
+    from ..netpolicy.kernel_firewall import RuleSpec, sync_config
+
+    specs = [RuleSpec(r["iface"], r["cidr"], r["proto"], r["port_lo"], r["port_hi"]) for r in fw.rules]
+    try:
+        added, removed = sync_config(specs, state_file=fw.state_file, pin_dir=fw.pin_dir)
+    except (AndonError, OSError) as e:
+        print(f"andon: firewall: {len(specs)} configured rule(s) NOT applied: {e}", file=sys.stderr, flush=True)
+        return
+    n = len(specs)
+    print(f"andon: firewall: {n} configured rule{'s' if n != 1 else ''} in force ({len(added)} added, "
+          f"{len(removed)} removed; andon firewall list)", file=sys.stderr, flush=True)
 
 
 def _start_flows(cfg: Any, observer: Any) -> Any:
@@ -185,6 +208,7 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
           f"({observer.source.hook}); no rules", file=sys.stderr)
     observer.start_thread()
     endpoints = _start_endpoints(cfg)
+    _start_firewall(cfg)
     flows = _start_flows(cfg, observer)
     deadline = time.monotonic() + duration if duration else None
     try:

@@ -102,6 +102,21 @@ def port_text(r: FirewallRule) -> str:
     return str(r.port_lo) if r.port_lo == r.port_hi else f"{r.port_lo}-{r.port_hi}"
 
 
+def parse_ports(text: str | int | None) -> tuple[int, int]:
+    """'443' or 443 -> (443, 443), '8000-8080' -> (8000, 8080), None -> (0, 0) (any port)."""
+    if text is None:
+        return 0, 0
+    lo_s, sep, hi_s = str(text).partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise UsageError(f"port {text!r}: expected P or LO-HI (1-65535)") from None
+    if not (1 <= lo <= hi <= 65535):
+        raise UsageError(f"port {text!r}: expected P or LO-HI with 1 <= LO <= HI <= 65535")
+    return lo, hi
+
+
 def make_rule(rule_id: int, cidr: str | IPNetwork | None, proto: int | str = 0, port_lo: int = 0,
               port_hi: int = 0) -> FirewallRule:
     """A checked rule (pure: no kernel). ``port_hi`` 0 = just ``port_lo``; a port needs a
@@ -748,6 +763,8 @@ def sync_config(specs: list[RuleSpec], **kw: Any) -> tuple[list[int], list[Firew
     add the missing ones, remove those no longer listed. Rules added by hand are left alone.
     Returns (ids added, rules removed)."""
     state_file = kw.get("state_file", DEFAULT_STATE_FILE)
+    if not specs and not Path(state_file).exists():
+        return [], []  # nothing configured, nothing applied before: touch nothing
     with locked(state_file):
         state = FirewallState.load(state_file)
     wanted = {(s.ifname, make_rule(0, s.cidr, s.proto, s.port_lo, s.port_hi)) for s in specs}
