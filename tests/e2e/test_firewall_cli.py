@@ -224,3 +224,41 @@ def test_generic_mode_and_ipv6_source_with_no_cidr(env):
         assert udp_probe(ns.name, "fd00:a11::1", env.ports[0], PASS_TIMEOUT)
     finally:
         srv6.close()
+
+
+def _run_agent(cfg: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "andon", "run", "--no-rules", "--no-flows",
+                        "-c", str(cfg), "--data-dir", str(tmp_path / "data"), "--duration", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_andon_run_applies_the_config_section_and_leaves_hand_rules(env, tmp_path):
+    ns, (p, q) = env.ns, env.ports
+    hand = env.add("--proto", "udp", "--port", str(q))
+    cfg = tmp_path / "andon.yaml"
+
+    def config(rules: str) -> None:
+        cfg.write_text(f"firewall:\n  state_file: {env.state_file}\n  pin_dir: {env.pin_dir}\n  rules:\n{rules}"
+                       "flows:\n  enabled: false\nobserve:\n  protocols: [dns]\n")
+
+    # TRIGGER: the agent with an ICMP rule and a TCP port rule in its config
+    config(f"    - {{iface: {ns.host_if}, proto: icmp}}\n"
+           f"    - {{iface: {ns.host_if}, cidr: {ns.ns_ip}/32, proto: tcp, port: {p}}}\n")
+    r = _run_agent(cfg, tmp_path)
+    assert "andon: firewall: 2 configured rules in force (2 added, 0 removed" in r.stderr, r.stderr
+    # ASSERT: in force after the agent is gone, beside the hand-added rule
+    assert not env.ping(False) and not env.tcp(p, False) and not env.udp(q, False) and env.tcp(q, True)
+    rules = {r["id"]: r for r in env.status()["rules"]}
+    assert sorted((r["proto"], r["source"]) for r in rules.values()) == [("icmp", "config"), ("tcp", "config"),
+                                                                          ("udp", "cli")]
+    # TRIGGER: the TCP rule leaves the config; run again
+    config(f"    - {{iface: {ns.host_if}, proto: icmp}}\n")
+    r = _run_agent(cfg, tmp_path)
+    assert "1 configured rule in force (0 added, 1 removed" in r.stderr, r.stderr
+    assert env.tcp(p, True) and not env.ping(False)
+    after = {r["id"]: r for r in env.status()["rules"]}
+    assert sorted(after) == sorted(i for i, r in rules.items() if r["proto"] != "tcp") and hand in after
+    icmp = next(i for i, r in rules.items() if r["proto"] == "icmp")
+    assert after[icmp]["dropped_packets"] == 2  # one ping after each run: the counter carried over
