@@ -35,7 +35,8 @@ from andon.netpolicy.datapath import (
     PolicyEntryError,
     wait_flows,
 )
-from andon.netpolicy.kernel_firewall import HostFirewall
+from andon.netpolicy import kernel_firewall
+from andon.netpolicy.kernel_firewall import HostFirewall, make_rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import servers as S  # noqa: E402  (tests/servers.py: netns())
@@ -619,6 +620,35 @@ def test_xdp_firewall_rejects_bad_rules(fw_ns):
             fw.add_rule("10.0.0.0/16", "udp", 99)
         fw.add_rule("10.128.0.0/16", "udp", 99)  # under /8 only: two rules in its set
         assert len(fw.rules()) == 9
+
+
+def test_xdp_firewall_pins_outlive_the_object_and_are_adopted(fw_ns, tmp_path):
+    pin_dir = Path(f"/sys/fs/bpf/andon-test-xdp-{os.getpid()}-{tmp_path.name}")
+    try:
+        # TRIGGER: nested prefixes, a rule for every source, ports; the kernel map read back
+        fw = HostFirewall(fw_ns.host_if, pin_dir=pin_dir)
+        ids = [fw.add_rule("10.0.0.0/8", "udp", 53), fw.add_rule("10.1.0.0/16", "tcp", 80, 90),
+               fw.add_rule(None, "icmp"), fw.add_rule("2001:db8::/32", "udp"), fw.add_rule("0.0.0.0/0", "tcp", 22)]
+        assert fw.kernel_rules() == fw.rules() and len(fw.rules()) == 5
+        assert not ping_ok(fw_ns, fw_ns.host_ip)
+        link, before = fw.link_id, fw.counters()
+        fw.close()
+        # ASSERT: still attached with no process holding it; a new object adopts link, rules, counters
+        assert not ping_ok(fw_ns, fw_ns.host_ip)
+        fw = HostFirewall(fw_ns.host_if, pin_dir=pin_dir)
+        assert fw.adopted and fw.link_id == link and fw.rules() == fw.kernel_rules()
+        assert [r.rule_id for r in fw.rules()] == sorted(ids) and fw.rules()[2].cidr is None
+        assert fw.counters()[ids[2]] == (before[ids[2]][0] + 1, before[ids[2]][1] + 48)
+        old_prog = fw.prog_id
+        fw.upgrade()  # this object's program into the pinned link
+        assert fw.prog_id != old_prog and fw.link_id == link
+        with pytest.raises(UsageError):  # a bad set changes nothing
+            fw.set_rules([*fw.rules(), *[make_rule(10 + i, f"10.1.0.0/{16 + i}", "udp", 1) for i in range(8)]])
+        assert fw.kernel_rules() == fw.rules() and len(fw.rules()) == 5
+        fw.detach()
+        assert ping_ok(fw_ns, fw_ns.host_ip) and not pin_dir.exists()
+    finally:
+        kernel_firewall.unpin(pin_dir)
 
 
 # -- audit keeps enforced verdicts (model: tests/unit/test_netpolicy_audit.py) ---------------------------
