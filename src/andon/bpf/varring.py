@@ -17,6 +17,7 @@ import ctypes
 import mmap
 import select
 import struct
+import time
 from collections.abc import Iterator
 
 from .ringbuf import map_ring
@@ -71,11 +72,30 @@ class VarRingReader:
     def pending_bytes(self) -> int:
         return self.producer_pos - self.consumer_pos
 
+    # a batch worth reading at once: below this, give the producer a moment to add more
+    BATCH_BYTES = 64 * 1024
+    LINGER_S = 0.002
+
     def wait(self, timeout: float) -> bool:
-        """True when there is something to read, after at most ``timeout`` seconds."""
-        if self.pending_bytes() > 0:
+        """True when there is something to read, after at most ``timeout`` seconds.
+
+        The kernel wakes a waiting reader for the first record after it had caught up, so a
+        reader that reads as soon as one record is there is woken once per record under a
+        steady load: an irq_work and a context switch taken from the traced process each
+        time. As :class:`andon.bpf.ringbuf.RingReader` does, when less than a batch is
+        pending we linger ~2 ms first: a few hundred wake-ups a second at most, and each
+        read takes many records."""
+        pending = self.pending_bytes()
+        if pending >= self.BATCH_BYTES:
             return True
-        return bool(self._ep.poll(timeout))
+        if pending > 0:
+            time.sleep(min(timeout, self.LINGER_S))
+            return True
+        if not self._ep.poll(timeout):
+            return False
+        if self.pending_bytes() < self.BATCH_BYTES:
+            time.sleep(min(timeout, self.LINGER_S))
+        return True
 
     def read(self, max_records: int = 1 << 16) -> Iterator[bytes]:
         """Yield committed records in order, the consumer advanced past each one before it is

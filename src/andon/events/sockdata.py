@@ -243,6 +243,10 @@ def _proto(v: int) -> Protocol:
 class SockSource:
     """Owns the loaded object, its link and the ring reader; close() releases all."""
 
+    # records taken off the ring per read_into: the rows they make are handed on before the
+    # next read, so a reader that fell behind holds a bounded number of rows, not a whole ring
+    BATCH_RECORDS = 8192
+
     def __init__(self, settings: SockSettings | None = None) -> None:
         self.settings = settings or SockSettings()
         self.boot_offset = boot_offset_ns()
@@ -356,7 +360,7 @@ class SockSource:
         if not self.reader.wait(timeout):
             return 0
         reader = self.reader
-        offs, lens, ends, scanned = reader.spans()
+        offs, lens, ends, scanned = reader.spans(self.BATCH_RECORDS)
         mem = reader.memory
         unpack = _DATA_HEAD.unpack_from
         dsize = DATA.size
