@@ -95,6 +95,29 @@ def test_conn_stats_counts_opens_closes_and_bytes(run):
     assert r["protocol"] == int(Protocol.HTTP) and r["addr_family"] == 2 and r["time_"] == 600
 
 
+def test_conn_stats_rows_only_on_change_and_closed_groups_forgotten(run):
+    p, out = run
+    # a server: each client comes from its own ephemeral port, so each is its own group
+    for i, port in enumerate((50001, 50002)):
+        cid = 20 + i
+        p.handle_all([opened(cid, pid=300, role=Role.SERVER, raddr="10.0.0.9", rport=port, ts=10),
+                      data(cid, 20, I, REQ, role=Role.SERVER, pid=300)])
+    p.handle_all([ConnClose(20, 300, 300, 5, 30, Role.SERVER, Protocol.HTTP, 100, 200, 0)])
+    p.tick(40)
+    first = {r["remote_port"]: (r["conn_open"], r["conn_close"]) for r in out.pop("conn_stats")}
+    assert first == {50001: (1, 1), 50002: (1, 0)}
+    assert p.stats.connstat_groups == 2
+    # nothing happened: no rows; the closed group's last row was final, so it is dropped
+    p.tick(50)
+    assert "conn_stats" not in out
+    assert p.stats.connstat_groups == 1
+    # the open one moves again: one row for it alone, with its counters carried on
+    p.handle_all([data(21, 60, I, REQ, role=Role.SERVER, pid=300)])
+    p.tick(70)
+    (row,) = out.pop("conn_stats")
+    assert row["remote_port"] == 50002 and row["bytes_recv"] == 2 * len(REQ) and row["conn_active"] == 1
+
+
 def test_idle_connection_closed_on_tick_and_unmatched_counted(run):
     p, out = run
     p.handle_all([opened(8, ts=0), data(8, 10, E, REQ)])

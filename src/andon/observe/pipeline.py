@@ -138,6 +138,7 @@ class PipelineStats:
     conns_opened: int = 0
     conns_closed: int = 0
     conns_idle_closed: int = 0
+    connstat_groups: int = 0  # conn_stats groups held after the last tick
     data_without_conn: int = 0  # data of a connection whose open we never saw: opened on the fly
     data_unknown_protocol: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
@@ -155,6 +156,7 @@ class _ConnStat:
     bytes_recv: int = 0
     pid: int = 0
     who: Who | None = None
+    reported: tuple | None = None  # (open, close, sent, recv) in the last row written
 
 
 _FAMILY = {int(socket.AF_INET): 2, int(socket.AF_INET6): 10}
@@ -347,9 +349,19 @@ class Pipeline:
             n, s, r = live.get(key, (0, 0, 0))
             live[key] = (n + 1, s + conn.bytes_sent, r + conn.bytes_recv)
         rows = []
+        gone = []
         for key, st in self._connstats.items():
             upid, raddr, rport, role, proto = key
             n, s, r = live.get(key, (0, 0, 0))
+            now = (st.conn_open, st.conn_close, st.bytes_sent + s, st.bytes_recv + r)
+            if now == st.reported:
+                # no activity since its last row (Pixie writes a group only when it changed);
+                # with no connection left open its last row was final: forget it, so a server
+                # with many clients' ephemeral ports keeps only its live groups
+                if key not in live:
+                    gone.append(key)
+                continue
+            st.reported = now
             who = st.who
             rows.append({
                 "time_": now_ns, "upid": upid, "remote_addr": raddr, "remote_port": rport, "trace_role": role,
@@ -359,6 +371,9 @@ class Pipeline:
                 "comm": who.comm if who else "", "container_id": who.container_id if who else "",
                 "container_name": who.container_name if who else "",
             })
+        for key in gone:
+            del self._connstats[key]
+        self.stats.connstat_groups = len(self._connstats)
         if rows:
             self._pending.setdefault("conn_stats", []).extend(rows)
             self.stats.rows["conn_stats"] = self.stats.rows.get("conn_stats", 0) + len(rows)
