@@ -262,3 +262,18 @@ def test_andon_run_applies_the_config_section_and_leaves_hand_rules(env, tmp_pat
     assert sorted(after) == sorted(i for i, r in rules.items() if r["proto"] != "tcp") and hand in after
     icmp = next(i for i, r in rules.items() if r["proto"] == "icmp")
     assert after[icmp]["dropped_packets"] == 2  # one ping after each run: the counter carried over
+
+
+def test_andon_run_restores_rules_whose_pins_are_gone(env, tmp_path):
+    rid = env.add("--proto", "icmp")
+    # TRIGGER: the pins go (as after a reboot): the link goes with them, traffic passes
+    shutil.rmtree(env.pin_dir / env.ns.host_if)
+    assert env.ping(True) and xdp_prog_on(env.ns.host_if) is None
+    assert env.iface()["status"] == "not attached (no pins)"
+    cfg = tmp_path / "andon.yaml"
+    cfg.write_text(f"firewall:\n  state_file: {env.state_file}\n  pin_dir: {env.pin_dir}\n  rules: []\n"
+                   "flows:\n  enabled: false\nobserve:\n  protocols: [dns]\n")
+    _run_agent(cfg, tmp_path)
+    # ASSERT: the agent put the state file's rules back, the hand-added one included
+    assert not env.ping(False) and xdp_prog_on(env.ns.host_if) is not None
+    assert env.rule(rid)["dropped_packets"] == 1 and env.iface()["attached"]

@@ -775,7 +775,39 @@ def sync_config(specs: list[RuleSpec], **kw: Any) -> tuple[list[int], list[Firew
     missing = [s for s in specs if (s.ifname, make_rule(0, s.cidr, s.proto, s.port_lo, s.port_hi)) not in have]
     added = add_rules([RuleSpec(s.ifname, s.cidr, s.proto, s.port_lo, s.port_hi, True) for s in missing],
                       **kw) if missing else []
+    restore(**kw)
     return added, removed
+
+
+def restore(*, state_file: str | Path = DEFAULT_STATE_FILE, pin_dir: str | Path = DEFAULT_PIN_DIR,
+            bpf_dir: Path | None = None) -> list[str]:
+    """Attach again every interface of the state file that is there but carries no live link of
+    ours (after a reboot, or when the pins were removed): all its rules go back in, counters from
+    zero. The interfaces restored."""
+    pin_root = Path(pin_dir)
+    if not Path(state_file).exists():
+        return []
+    done = []
+    with locked(state_file):
+        state = FirewallState.load(state_file)
+        for name, rec in sorted(state.interfaces.items()):
+            try:
+                ifindex = socket.if_nametoindex(name)
+            except OSError:
+                continue  # gone: nothing to attach to
+            link = pin_root / name / LINK_PIN
+            if link.exists():
+                fd = _obj_get(link)
+                try:
+                    if _link_info(fd)[2] == ifindex:
+                        continue
+                finally:
+                    os.close(fd)
+            _apply(state, name, state.rules(name), pin_root, bpf_dir, rec.get("mode"))
+            done.append(name)
+        if done:
+            state.save()
+    return done
 
 
 def firewall_status(*, state_file: str | Path = DEFAULT_STATE_FILE,
