@@ -115,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..app.observer import describe as describe_observe
 
         print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
-    if flows is not None:
+    if flows is not None and (flows.stats.ring_opens or flows.stats.flows):
+        # said only when a policy datapath was there: an agent without network policy stays quiet
         print(f"andon: {flows.describe()}", file=sys.stderr)
     return EXIT_OK
 
@@ -222,6 +223,7 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
             endpoints.close()
         observer.close()
     print(f"andon: {describe_observe(observer.last_stats)}", file=sys.stderr)
-    if flows is not None:
+    if flows is not None and (flows.stats.ring_opens or flows.stats.flows):
+        # said only when a policy datapath was there: an agent without network policy stays quiet
         print(f"andon: {flows.describe()}", file=sys.stderr)
     return EXIT_OK
