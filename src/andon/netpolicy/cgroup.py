@@ -23,7 +23,7 @@ import errno
 import os
 from pathlib import Path
 
-from ..bpf import libbpf as lb
+from ..bpf.pins import errno_of, lib_fn, obj_info
 from ..errors import BpfError, NotSupported, UsageError
 
 # enum bpf_attach_type
@@ -36,18 +36,6 @@ PROGRAMS = {"egress": "cgroup_skb__egress", "ingress": "cgroup_skb__ingress", "c
 BPF_F_ALLOW_MULTI = 1 << 1
 KEY_CGROUP = 0x80000000  # bpf/abi/netpolicy.h NP_KEY_CGROUP
 CGROUP2_SUPER_MAGIC = 0x63677270
-
-
-def _fn(name: str, restype: object, argtypes: list[object]) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
-    fn = getattr(lb.lib(), name, None)
-    if fn is None:
-        raise NotSupported("cgroup_skb", f"libbpf has no {name}")
-    fn.restype, fn.argtypes = restype, argtypes
-    return fn
-
-
-def _err(rc: int) -> int:
-    return ctypes.get_errno() if rc == -1 else -rc
 
 
 def cgroup2_mounts() -> list[Path]:
@@ -86,31 +74,21 @@ def endpoint_key(cgid: int) -> int:
     return KEY_CGROUP | (cgid & 0x7FFFFFFF)
 
 
-class _ProgInfo(ctypes.Structure):
-    # the head of struct bpf_prog_info; the kernel fills what fits in info_len
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
-
-
 def prog_id(prog_fd: int) -> int:
-    fn = _fn("bpf_obj_get_info_by_fd", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)])
-    info = _ProgInfo()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    rc = fn(prog_fd, ctypes.byref(info), ctypes.byref(size))
-    if rc < 0:
-        raise BpfError("bpf_obj_get_info_by_fd", _err(rc))
-    return int(info.id)
+    # struct bpf_prog_info starts: type, id (u32 each)
+    return int.from_bytes(obj_info(prog_fd, 8, "prog")[4:8], "little")
 
 
 def attach(prog_fd: int, path: Path, direction: str) -> int:
     """Attach a program to ``path`` at hook ``direction`` (a key of ATTACH_TYPES); its program id."""
-    fn = _fn("bpf_prog_attach", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint])
+    fn = lib_fn("bpf_prog_attach", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint])
     cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         rc = fn(prog_fd, cg, ATTACH_TYPES[direction], BPF_F_ALLOW_MULTI)
     finally:
         os.close(cg)
     if rc < 0:
-        e = _err(rc)
+        e = errno_of(rc)
         if e in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
             raise NotSupported("cgroup_skb", f"attaching to {path} failed ({errno.errorcode.get(e, e)}): "
                                              "needs a cgroup2 directory and cgroup BPF in the kernel")
@@ -120,8 +98,8 @@ def attach(prog_fd: int, path: Path, direction: str) -> int:
 
 def detach(path: str | os.PathLike[str], direction: str, pid: int) -> bool:
     """Detach program ``pid`` from a cgroup; False when the cgroup or the program is gone."""
-    get = _fn("bpf_prog_get_fd_by_id", ctypes.c_int, [ctypes.c_uint32])
-    det = _fn("bpf_prog_detach2", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int])
+    get = lib_fn("bpf_prog_get_fd_by_id", ctypes.c_int, [ctypes.c_uint32])
+    det = lib_fn("bpf_prog_detach2", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int])
     fd = get(pid)
     if fd < 0:
         return False
@@ -140,7 +118,7 @@ def detach(path: str | os.PathLike[str], direction: str, pid: int) -> bool:
 
 def attached(path: str | os.PathLike[str], direction: str) -> list[int]:
     """Program ids attached to a cgroup for ``direction`` (``BPF_PROG_QUERY``)."""
-    fn = _fn("bpf_prog_query", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32,
+    fn = lib_fn("bpf_prog_query", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32,
                                               ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
                                               ctypes.POINTER(ctypes.c_uint32)])
     ids = (ctypes.c_uint32 * 64)()
@@ -152,7 +130,7 @@ def attached(path: str | os.PathLike[str], direction: str) -> list[int]:
     finally:
         os.close(cg)
     if rc < 0:
-        raise BpfError(f"bpf_prog_query({path})", _err(rc))
+        raise BpfError(f"bpf_prog_query({path})", errno_of(rc))
     return [int(ids[i]) for i in range(cnt.value)]
 
 

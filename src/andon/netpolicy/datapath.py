@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
-import os
 import socket
 import struct
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 from ..bpf import libbpf as lb
 from ..bpf.object import BpfObject, Map
+from ..bpf.pins import pin_maps, reuse_pinned_maps
 from ..bpf.ringbuf import page_aligned_size
 from ..bpf.varring import VarRingReader
 from ..errors import AndonError, BpfError, NotSupported, UsageError
@@ -400,23 +400,6 @@ PINNED_MAPS = ("np_ipcache", "np_endpoints", "np_cgroups", "np_allow0", "np_allo
                "np_ct", "np_counters", "np_stats", "np_flows")
 
 
-def _obj_get(path: Path) -> int:
-    fn = lb.lib().bpf_obj_get
-    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_char_p]
-    fd = fn(str(path).encode())
-    if fd < 0:
-        raise BpfError(f"open pinned map {path}", ctypes.get_errno() if fd == -1 else -fd)
-    return fd
-
-
-def _obj_pin(fd: int, path: Path) -> None:
-    fn = lb.lib().bpf_obj_pin
-    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]
-    rc = fn(fd, str(path).encode())
-    if rc < 0:
-        raise BpfError(f"pin map at {path}", ctypes.get_errno() if rc == -1 else -rc)
-
-
 def unpin(pin_dir: Path) -> None:
     """Remove a datapath's pins and their directory."""
     for name in PINNED_MAPS:
@@ -483,25 +466,11 @@ class Datapath:
     def _reuse_pins(self) -> set[str]:
         if self.pin_dir is None:
             return set()
-        reused = set()
-        for name in PINNED_MAPS:
-            path = self.pin_dir / name
-            if path.exists():
-                fd = _obj_get(path)
-                try:
-                    self._obj.reuse_map(name, fd)  # libbpf dups the fd
-                finally:
-                    os.close(fd)
-                reused.add(name)
-        return reused
+        return reuse_pinned_maps(self._obj, self.pin_dir, PINNED_MAPS)
 
     def _pin(self, reused: set[str]) -> None:
-        if self.pin_dir is None:
-            return
-        self.pin_dir.mkdir(parents=True, exist_ok=True)
-        for name in PINNED_MAPS:
-            if name not in reused:
-                _obj_pin(self._obj.map(name).fd, self.pin_dir / name)
+        if self.pin_dir is not None:
+            pin_maps(self._obj, self.pin_dir, PINNED_MAPS, reused)
 
     def unpin(self) -> None:
         """Remove the pins (the maps live on while a filter or process still holds them)."""

@@ -743,25 +743,16 @@ class PinnedFlowRing:
 
     @staticmethod
     def _obj_get(path: Path) -> int:
-        fn = _libbpf().bpf_obj_get
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_char_p]
-        fd = fn(str(path).encode())
-        if fd < 0:
-            err = ctypes.get_errno() if fd == -1 else -fd
-            raise OSError(err, f"open pinned map {path}: {os.strerror(err)}")
-        return fd
+        from ..bpf.pins import obj_get
+
+        return obj_get(path)
 
     @staticmethod
     def _max_entries(fd: int) -> int:
+        from ..bpf.pins import obj_info
+
         # struct bpf_map_info starts: type, id, key_size, value_size, max_entries (u32 each)
-        fn = _libbpf().bpf_obj_get_info_by_fd
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-        buf = ctypes.create_string_buffer(256)
-        n = ctypes.c_uint32(256)
-        rc = fn(fd, buf, ctypes.byref(n))
-        if rc < 0:
-            raise OSError(-rc if rc != -1 else ctypes.get_errno(), "bpf_obj_get_info_by_fd(np_flows)")
-        return struct.unpack_from("<5I", buf.raw)[4]
+        return struct.unpack_from("<5I", obj_info(fd, 32, "np_flows"))[4]
 
     def still_pinned(self) -> bool:
         """False once the pin is gone or a new datapath pinned another ring there."""

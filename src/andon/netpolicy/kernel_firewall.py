@@ -29,13 +29,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import ipaddress
 import json
 import os
 import socket
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +41,10 @@ from typing import Any
 
 from ..bpf import libbpf as lb
 from ..bpf.object import BpfObject
+from ..bpf.pins import errno_of, lib_fn, obj_get, obj_info, obj_pin, pin_maps, reuse_pinned_maps
 from ..errors import BpfError, NotSupported, UsageError
 from ..events.live import default_bpf_dir, possible_cpus
+from .state import lock_file, write_json_atomic
 from .datapath import IP_KEY, PROTO_NAMES, PROTO_NUMBERS, _sum_percpu, ip_key
 
 FW_RULES = 8  # NP_FW_RULES
@@ -163,53 +163,23 @@ class _XdpQueryOpts(ctypes.Structure):
                 ("_pad", ctypes.c_uint8 * 7)]
 
 
-def _fn(name: str, restype: Any, argtypes: list[Any]) -> Any:
-    fn = getattr(lb.lib(), name, None)
-    if fn is None:
-        raise NotSupported(name, "this libbpf lacks it (1.0 or newer has it)")
-    fn.restype, fn.argtypes = restype, argtypes
-    return fn
-
-
-def _err(rc: int) -> int:
-    return ctypes.get_errno() if rc == -1 else -rc
-
-
-def _obj_get(path: Path) -> int:
-    fd = _fn("bpf_obj_get", ctypes.c_int, [ctypes.c_char_p])(str(path).encode())
-    if fd < 0:
-        raise BpfError(f"open pin {path}", _err(fd))
-    return fd
-
-
-def _obj_pin(fd: int, path: Path) -> None:
-    rc = _fn("bpf_obj_pin", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p])(fd, str(path).encode())
-    if rc < 0:
-        raise BpfError(f"pin at {path}", _err(rc))
-
-
 def _link_info(fd: int) -> tuple[int, int, int]:
     """(link id, program id, ifindex) of an XDP link; ifindex 0 once its interface is gone.
     struct bpf_link_info: type, id, prog_id (u32 each), then the union at offset 16, whose
     xdp member starts with ifindex."""
-    buf = ctypes.create_string_buffer(64)
-    n = ctypes.c_uint32(len(buf))
-    rc = _fn("bpf_obj_get_info_by_fd", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)])(
-        fd, buf, ctypes.byref(n))
-    if rc < 0:
-        raise BpfError("bpf_obj_get_info_by_fd(link)", _err(rc))
-    _type, link_id, prog_id = struct.unpack_from("<III", buf.raw, 0)
-    (ifindex,) = struct.unpack_from("<I", buf.raw, 16)
+    raw = obj_info(fd, 64, "link")
+    _type, link_id, prog_id = struct.unpack_from("<III", raw, 0)
+    (ifindex,) = struct.unpack_from("<I", raw, 16)
     return link_id, prog_id, ifindex
 
 
 def xdp_mode(ifindex: int, prog_id: int) -> str | None:
     """'native' or 'generic': where ``prog_id`` is attached on ``ifindex`` (None: not there)."""
     opts = _XdpQueryOpts(sz=ctypes.sizeof(_XdpQueryOpts))
-    rc = _fn("bpf_xdp_query", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p])(
+    rc = lib_fn("bpf_xdp_query", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p])(
         ifindex, 0, ctypes.byref(opts))
     if rc < 0:
-        raise BpfError(f"bpf_xdp_query({ifindex})", _err(rc))
+        raise BpfError(f"bpf_xdp_query({ifindex})", errno_of(rc))
     if opts.drv_prog_id == prog_id:
         return "native"
     if opts.skb_prog_id == prog_id:
@@ -229,16 +199,16 @@ class _PinnedMap:
 
     def __init__(self, path: Path) -> None:
         self.name = path.name
-        self.fd = _obj_get(path)
+        self.fd = obj_get(path)
 
     def lookup(self, key: bytes, value_size: int) -> bytes | None:
         k = ctypes.create_string_buffer(key, len(key))
         v = ctypes.create_string_buffer(value_size)
         rc = lb.lib().bpf_map_lookup_elem(self.fd, k, v)
         if rc < 0:
-            if _err(rc) == errno.ENOENT:
+            if errno_of(rc) == errno.ENOENT:
                 return None
-            raise BpfError(f"lookup in map {self.name}", _err(rc))
+            raise BpfError(f"lookup in map {self.name}", errno_of(rc))
         return v.raw
 
     def keys(self, key_size: int) -> Iterator[bytes]:
@@ -368,7 +338,7 @@ class HostFirewall:
         gone or renumbered) is unpinned together with its maps, so counters start afresh."""
         if self.pin_dir is None or not (self.pin_dir / LINK_PIN).exists():
             return -1
-        fd = _obj_get(self.pin_dir / LINK_PIN)
+        fd = obj_get(self.pin_dir / LINK_PIN)
         _, _, ifindex = _link_info(fd)
         if ifindex == self.ifindex:
             return fd
@@ -377,37 +347,24 @@ class HostFirewall:
         return -1
 
     def _reuse_pins(self) -> set[str]:
-        reused = set()
-        for name in PINNED_MAPS:
-            path = self.pin_dir / name  # type: ignore[operator]
-            if path.exists():
-                fd = _obj_get(path)
-                try:
-                    self._obj.reuse_map(name, fd)  # libbpf dups the fd
-                finally:
-                    os.close(fd)
-                reused.add(name)
-        return reused
+        return reuse_pinned_maps(self._obj, self.pin_dir, PINNED_MAPS)  # type: ignore[arg-type]
 
     def _pin(self, reused: set[str]) -> None:
         if self.pin_dir is None:
             return
-        self.pin_dir.mkdir(parents=True, exist_ok=True)
-        for name in PINNED_MAPS:
-            if name not in reused:
-                _obj_pin(self._obj.map(name).fd, self.pin_dir / name)
+        pin_maps(self._obj, self.pin_dir, PINNED_MAPS, reused)
         if not (self.pin_dir / LINK_PIN).exists():
-            _obj_pin(self._link_fd, self.pin_dir / LINK_PIN)
+            obj_pin(self._link_fd, self.pin_dir / LINK_PIN)
 
     def _attach(self, prog_fd: int, mode: str | None) -> int:
-        create = _fn("bpf_link_create", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p])
+        create = lib_fn("bpf_link_create", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p])
         tried = []
         for name in ([mode] if mode else ["native", "generic"]):
             opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=MODES[name])
             fd = create(prog_fd, self.ifindex, BPF_XDP, ctypes.byref(opts))
             if fd >= 0:
                 return fd
-            err = _err(fd)
+            err = errno_of(fd)
             tried.append(f"{name}: {errno.errorcode.get(err, err)}")
             if err in (errno.EBUSY, errno.EEXIST):
                 raise UsageError(f"{self.ifname} carries another XDP program already (ip link show {self.ifname}); "
@@ -422,10 +379,10 @@ class HostFirewall:
         if not self.adopted:
             return
         prog_fd = self._obj.program("xdp__host_fw").fd
-        rc = _fn("bpf_link_update", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p])(
+        rc = lib_fn("bpf_link_update", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p])(
             self._link_fd, prog_fd, None)
         if rc < 0:
-            raise BpfError(f"update the XDP link on {self.ifname}", _err(rc))
+            raise BpfError(f"update the XDP link on {self.ifname}", errno_of(rc))
         self.link_id, self.prog_id, _ = _link_info(self._link_fd)
 
     # -- rules -----------------------------------------------------------------------------------
@@ -496,7 +453,7 @@ class HostFirewall:
     def detach(self) -> None:
         """Take the program off the interface and remove the pins."""
         if self._link_fd >= 0:
-            _fn("bpf_link_detach", ctypes.c_int, [ctypes.c_int])(self._link_fd)
+            lib_fn("bpf_link_detach", ctypes.c_int, [ctypes.c_int])(self._link_fd)
         if self.pin_dir is not None:
             unpin(self.pin_dir)
         self.close()
@@ -543,7 +500,7 @@ def read_pins(pin_dir: Path, ifname: str, rule_ids: Iterable[int]) -> PinStatus:
     """The link, counters and kernel rules under ``pin_dir`` (read only)."""
     if not (pin_dir / LINK_PIN).exists():
         return PinStatus(False, "not attached (no pins)")
-    fd = _obj_get(pin_dir / LINK_PIN)
+    fd = obj_get(pin_dir / LINK_PIN)
     try:
         link_id, prog_id, ifindex = _link_info(fd)
     finally:
@@ -603,19 +560,7 @@ class FirewallState:
         return st
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": STATE_FORMAT, "interfaces": self.interfaces}
-        fd, tmp = tempfile.mkstemp(prefix=".firewall.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(self.path, {"format": STATE_FORMAT, "interfaces": self.interfaces})
 
     def rules(self, ifname: str | None = None) -> list[FirewallRule]:
         return [FirewallRule.from_dict(d) for name, rec in sorted(self.interfaces.items())
@@ -628,14 +573,8 @@ class FirewallState:
 @contextlib.contextmanager
 def locked(state_file: str | Path) -> Iterator[None]:
     """Hold ``<state file>.lock`` (``flock`` LOCK_EX) for the block."""
-    p = Path(state_file)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with lock_file(Path(state_file).with_suffix(".lock")):
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -657,9 +596,9 @@ def _apply(state: FirewallState, ifname: str, rules: list[FirewallRule], pin_roo
     if not rules:
         if (pin_dir / LINK_PIN).exists() or (pin_dir / PINNED_MAPS[0]).exists():
             with contextlib.suppress(OSError, UsageError):
-                fd = _obj_get(pin_dir / LINK_PIN)
+                fd = obj_get(pin_dir / LINK_PIN)
                 try:
-                    _fn("bpf_link_detach", ctypes.c_int, [ctypes.c_int])(fd)
+                    lib_fn("bpf_link_detach", ctypes.c_int, [ctypes.c_int])(fd)
                 finally:
                     os.close(fd)
             unpin(pin_dir)
@@ -797,7 +736,7 @@ def restore(*, state_file: str | Path = DEFAULT_STATE_FILE, pin_dir: str | Path 
                 continue  # gone: nothing to attach to
             link = pin_root / name / LINK_PIN
             if link.exists():
-                fd = _obj_get(link)
+                fd = obj_get(link)
                 try:
                     if _link_info(fd)[2] == ifindex:
                         continue

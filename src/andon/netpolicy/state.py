@@ -78,22 +78,9 @@ class NetpolicyState:
             raise PolicyError(f"{path}: malformed state ({e!r})") from None
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "endpoints": self.endpoints, "policy_files": self.policy_files,
                 "identities": self.identities, "policy_ids": self.policy_ids, "audit_files": self.audit_files}
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_json_atomic(self.path, data)
 
     def policy_id(self, name: str) -> int:
         """A stable number for a policy name (1 up; 0 means 'no policy')."""
@@ -186,17 +173,40 @@ def enforce(dp: Any, state: NetpolicyState, res: Any) -> int:
 
 
 # -- endpoint operations, each a locked read-modify-write ------------------------------------------
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to a temporary file beside ``path``, fsync it, rename it over
+    ``path``: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
-def locked(directory: str | Path) -> Iterator[None]:
-    """Hold the state directory's lock (``flock`` LOCK_EX on ``state.lock``) for the block."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def lock_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the last fd releases the lock
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Hold the state directory's lock (``flock`` LOCK_EX on ``state.lock``) for the block."""
+    with lock_file(Path(directory) / LOCK_FILE):
+        yield
 
 
 def open_datapath(state: NetpolicyState, pin_dir: str | Path) -> Any:
