@@ -19,7 +19,7 @@ fi
 #        generators (wrk; pgbench and redis-benchmark come with the server packages)
 # network policy benchmark: iptables, the baseline andon's datapath is measured against
 PKGS=(
-	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc pkg-config
+	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc libc6-dev pkg-config
 	python3 python3-venv python3-dev
 	bpftrace libbpf-tools iproute2 curl procps
 	podman runc debootstrap
