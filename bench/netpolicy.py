@@ -27,22 +27,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
-import os
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 import servers as S  # noqa: E402  (netns())
+from servers import in_netns  # noqa: E402
 
 from andon.netpolicy.datapath import Datapath, PolicyEntry  # noqa: E402
 from andon.netpolicy.kernel_firewall import HostFirewall  # noqa: E402
@@ -50,8 +47,6 @@ from andon.netpolicy.kernel_firewall import HostFirewall  # noqa: E402
 EP, PEER = 300, 1001
 PORT = 24711
 CHAIN = "ANDON_NPBENCH"
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 SERVER = r"""
 import socket, sys, threading
@@ -68,27 +63,6 @@ while True:
     c, _ = t.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
-
-
-def in_netns(name: str, fn: Callable[[], object]) -> object:
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["v"] = fn()
-        except BaseException as e:
-            box["e"] = e
-        finally:
-            os.close(fd)
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]  # type: ignore[misc]
-    return box.get("v")
 
 
 def sh(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import io
 import os
 import pwd
@@ -53,6 +54,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,36 @@ class ClientError(RuntimeError):
 
 
 # -- processes ------------------------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(name: str | None, fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a thread that joined network namespace ``name`` (None: the host's); the
+    sockets it makes stay in that namespace. What ``fn`` raises is raised here."""
+    if name is None:
+        return fn()
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            box["v"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["e"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]  # type: ignore[misc]
+    return box.get("v")
+
+
 def _group_pids(pgid: int) -> list[int]:
     """Live processes in a process group (zombies excluded), from /proc."""
     out = []

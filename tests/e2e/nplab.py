@@ -11,7 +11,6 @@ plus echo, a UDP echo, an ICMP/ICMPv6 echo (raw socket). Everything it made goes
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import ipaddress
 import os
@@ -23,12 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servers import in_netns  # noqa: E402  (tests/servers.py)
+
 DROP_TIMEOUT = 0.3  # a probe with no answer in this long was dropped ...
 RETRY_TIMEOUT = 1.5  # ... unless a second, longer try (for probes expected to pass) gets one
 
@@ -38,31 +38,6 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and r.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
     return r
-
-
-def in_netns(name: str | None, fn: Callable[[], object]) -> object:
-    """Run ``fn`` in a thread that joined network namespace ``name`` (None: the host's)."""
-    if name is None:
-        return fn()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["v"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]  # type: ignore[misc]
-    return box.get("v")
 
 
 def _family(addr: str) -> int:

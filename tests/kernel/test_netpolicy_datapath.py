@@ -10,7 +10,6 @@ host connecting in is INGRESS.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
 import socket
@@ -40,6 +39,7 @@ from andon.netpolicy.kernel_firewall import HostFirewall, make_rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import servers as S  # noqa: E402  (tests/servers.py: netns())
+from servers import in_netns  # noqa: E402
 
 EP = 300                 # the endpoint's identity
 PEER = 1001              # the host side's address
@@ -48,34 +48,9 @@ DENY_POLICY = 42         # the policy that "switched default deny on"
 TIMEOUT = 1.0            # a connection that gets no answer in this long was dropped
 
 OBJ = default_bpf_dir() / "enforce/policy.bpf.o"
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 # -- namespaces and sockets ------------------------------------------------------------------------
-def in_netns(name: str, fn: Callable[[], object]) -> object:
-    """Run ``fn`` in a thread that joined network namespace ``name``; sockets it makes stay there."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["v"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]  # type: ignore[misc]
-    return box.get("v")
-
-
 class Server:
     """TCP and UDP echo on ``ip:port`` (a listening socket made where the caller says)."""
 
