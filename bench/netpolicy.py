@@ -5,19 +5,23 @@ each joined to the host by a veth; the host forwards between them. An echo serve
 (``ip netns exec``, a subprocess) runs in namespace B, the client in a thread that joined
 namespace A. Per configuration the client does ``--conns`` new TCP connections, each with
 one 64-byte request/response (connect + round trip timed), and ``--rr`` round trips on one
-persistent connection. Configurations, interleaved over ``--rounds`` rounds:
+persistent connection. Configurations, over ``--rounds`` rounds:
 
-    none          no program attached, no iptables rules of ours
+    none          no program attached, no jump to our iptables chain
     andon-N       the policy program on B's host veth, ingress default deny, N filler
                   entries (other peers and ports) + the one entry allowing A -> B:port
     iptables-N    a chain of ours jumped to from FORWARD: N non-matching DROP rules,
                   then the ACCEPT for A -> B:port (iptables-restore --noflush)
 
-Prints p50/p99 per configuration and the ratio of each p50 to ``none``'s from the same
-run; time to apply the largest policy; memory: memlock of the policy maps (bpftool) and
-the MemAvailable drop, next to iptables' ruleset size and MemAvailable drop; and the
-XDP host firewall's drop rate against an iptables DROP in raw PREROUTING for a bounded
-UDP flood (packets/s counted at the drop). Everything is removed on exit, errors too.
+Each configuration is measured in ``--blocks`` blocks, each next to a ``none`` block
+(program detached / FORWARD jump removed; order alternating), so a configuration's ratio
+compares it with the no-policy figures of the same minutes. Client and server run on one
+CPU (``--cpu``), so every block sees the same placement. Prints p50/p99 per configuration,
+its paired ``none`` p50 and the ratio; time to apply each policy; memory: memlock of the
+policy maps and the MemAvailable drop, next to iptables' ruleset size and MemAvailable
+drop; and the XDP host firewall's drop rate against an iptables DROP in raw PREROUTING for
+a bounded UDP flood from a sendmmsg sender (``workloads/udp_flood.c``), packets/s counted
+at the drop. Everything is removed on exit, errors too.
 
     sudo .venv/bin/python bench/netpolicy.py                    # 0/1k/10k/100k, 2 rounds
     sudo .venv/bin/python bench/netpolicy.py --sizes 0,1000 --conns 300 --rounds 3
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -36,6 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "bench"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 import servers as S  # noqa: E402  (netns())
@@ -80,10 +86,13 @@ def mem_available_kb() -> int:
 
 
 # -- measurement ----------------------------------------------------------------------------------------
-def measure(ns_a: str, ip: str, conns: int, rr: int, timeout: float) -> dict[str, object]:
+def measure(ns_a: str, ip: str, conns: int, rr: int, timeout: float, cpu: int = -1) -> dict[str, object]:
     """New connection + one round trip, ``conns`` times; then ``rr`` round trips on one
-    connection. Microseconds; failures counted, not timed."""
+    connection. Microseconds; failures counted, not timed. ``cpu`` >= 0: the client thread
+    runs on that CPU only (as the server does), so every block sees the same placement."""
     def go() -> dict[str, object]:
+        if cpu >= 0:
+            os.sched_setaffinity(0, {cpu})
         new, fails = [], 0
         for _ in range(conns):
             t0 = time.perf_counter_ns()
@@ -155,9 +164,12 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=1000, help="new connections per configuration and round")
     ap.add_argument("--rr", type=int, default=2000, help="persistent round trips per configuration and round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=4,
+                    help="per configuration, blocks alternating with a no-policy block (the ratio's baseline)")
     ap.add_argument("--no-iptables", action="store_true")
-    ap.add_argument("--flood", type=int, default=200000, help="UDP packets per drop test (0 skips it)")
+    ap.add_argument("--flood", type=int, default=1000000, help="UDP packets per drop test (0 skips it)")
     ap.add_argument("--timeout", type=float, default=2.0)
+    ap.add_argument("--cpu", type=int, default=1, help="run client and server on this CPU (-1: anywhere)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     conns = max(1, min(args.conns, 5000))
@@ -171,7 +183,11 @@ def main() -> int:
         b = stack.enter_context(S.netns())
         for ns in (a, b):
             sh("ip", "-n", ns.name, "route", "add", "default", "via", ns.host_ip)
-        srv = subprocess.Popen(["ip", "netns", "exec", b.name, sys.executable, "-c", SERVER, b.ns_ip, str(PORT)],
+        # TIME_WAIT of the client's many short connections must not slow connect()'s port search
+        sh("ip", "netns", "exec", a.name, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
+           "net.ipv4.ip_local_port_range=1024 65000")
+        pin = ["taskset", "-c", str(args.cpu)] if args.cpu >= 0 else []
+        srv = subprocess.Popen([*pin, "ip", "netns", "exec", b.name, sys.executable, "-c", SERVER, b.ns_ip, str(PORT)],
                                stdout=subprocess.PIPE, text=True)
         stack.callback(lambda: (srv.kill(), srv.wait(5)))
         assert srv.stdout is not None
@@ -181,7 +197,6 @@ def main() -> int:
             sh("iptables", "-N", CHAIN)
             stack.callback(lambda: sh("iptables", "-X", CHAIN, check=False))
             stack.callback(iptables_clear)
-            sh("iptables", "-I", "FORWARD", "1", "-j", CHAIN)
             stack.callback(lambda: sh("iptables", "-D", "FORWARD", "-j", CHAIN, check=False))
         dp = stack.enter_context(Datapath())
         dp.set_ip_identity(f"{a.ns_ip}/32", PEER)
@@ -199,25 +214,44 @@ def main() -> int:
             d["fails"].append(r["fails"])  # type: ignore[arg-type]
 
         measure(a.name, b.ns_ip, 50, 50, args.timeout)  # warm-up (ARP, routes)
+        blocks = max(1, args.blocks)
+
+        def paired(name: str, on, off, k: int, r: int) -> None:
+            """``blocks`` blocks of ``k/blocks`` connections with the configuration on, each next
+            to a block with it off (order alternating), so both see the same machine drift."""
+            now = False  # nothing attached, no jump, between configurations
+            for blk in range(blocks):
+                for state in ((False, True) if blk % 2 == 0 else (True, False)):
+                    if state != now:
+                        (on if state else off)()
+                        now = state
+                    m = measure(a.name, b.ns_ip, max(1, k // blocks), max(1, r // blocks), args.timeout, args.cpu)
+                    record(name if state else f"none|{name}", m)
+                    if not state:
+                        record("none", m)
+            if now:
+                off()
+
         for rnd in range(args.rounds):
-            record("none", measure(a.name, b.ns_ip, conns, rr, args.timeout))
-            dp.attach_endpoint(dp_if, EP, default_deny_ingress=True, deny_policy_id=42)
-            try:
-                for n in sizes:
-                    ents = fillers(n) + [allow_entry()]
-                    m0 = mem_available_kb()
-                    t0 = time.monotonic()
-                    dp.apply(ents)
-                    apply_s.setdefault(n, []).append(time.monotonic() - t0)
-                    if rnd == 0:
-                        mem[f"andon-{n}-memavail-kb"] = m0 - mem_available_kb()
-                        mem[f"andon-{n}-memlock"] = policy_memlock(dp)
+            for n in sizes:
+                ents = fillers(n) + [allow_entry()]
+                m0 = mem_available_kb()
+                t0 = time.monotonic()
+                dp.apply(ents)
+                apply_s.setdefault(n, []).append(time.monotonic() - t0)
+                if rnd == 0:
+                    mem[f"andon-{n}-memavail-kb"] = m0 - mem_available_kb()
+                    mem[f"andon-{n}-memlock"] = policy_memlock(dp)
+
+                def on() -> None:
+                    dp.attach_endpoint(dp_if, EP, default_deny_ingress=True, deny_policy_id=42)
                     dp.flush_conntrack()
-                    record(f"andon-{n}", measure(a.name, b.ns_ip, conns, rr, args.timeout))
-                dp.apply([])
-            finally:
-                dp.detach_endpoint(dp_if)
-            dp.flush_conntrack()
+
+                def off() -> None:
+                    dp.detach_endpoint(dp_if)
+                    dp.flush_conntrack()
+                paired(f"andon-{n}", on, off, conns, rr)
+            dp.apply([])
             if use_ipt:
                 for n in sizes:
                     iptables_clear()
@@ -226,15 +260,21 @@ def main() -> int:
                     if rnd == 0:
                         mem[f"iptables-{n}-memavail-kb"] = m0 - mem_available_kb()
                         mem[f"iptables-{n}-save-bytes"] = len(sh("iptables-save", "-t", "filter").stdout)
+
+                    def ipt_on() -> None:
+                        sh("iptables", "-I", "FORWARD", "1", "-j", CHAIN)
+
+                    def ipt_off() -> None:
+                        while sh("iptables", "-D", "FORWARD", "-j", CHAIN, check=False).returncode == 0:
+                            pass
                     # fewer connections where each one costs milliseconds: bounded in time too
                     k = conns if n <= 10000 else max(50, conns // 10)
-                    record(f"iptables-{n}", measure(a.name, b.ns_ip, k, max(50, rr // 10 if n > 10000 else rr),
-                                                    args.timeout))
+                    paired(f"iptables-{n}", ipt_on, ipt_off, k, max(50, rr // 10 if n > 10000 else rr))
                 iptables_clear()
 
         report(results, apply_s, ipt_load_s, mem)
         if args.flood:
-            flood_report(a, b, min(args.flood, 2_000_000), use_ipt)
+            flood_report(a, b, min(args.flood, 5_000_000), use_ipt, args.cpu)
     return 0
 
 
@@ -250,14 +290,18 @@ def policy_memlock(dp: Datapath) -> int:
 
 
 def report(results: dict, apply_s: dict, ipt_load_s: dict, mem: dict) -> None:
-    base_new = pct(results["none"]["new"], 0.5)
-    base_rr = pct(results["none"]["rr"], 0.5)
-    print(f"{'config':<16}{'n':>6}{'new p50 us':>12}{'p99':>10}{'ratio':>8}{'rr p50 us':>11}{'p99':>9}{'ratio':>8}"
-          f"{'fails':>7}")
+    """Per configuration p50/p99, and the ratio of its p50 to the p50 of the no-policy
+    blocks measured alternately with it (``none|<config>``)."""
+    print(f"{'config':<16}{'n':>6}{'new p50 us':>12}{'p99':>10}{'none p50':>10}{'ratio':>8}"
+          f"{'rr p50 us':>11}{'p99':>9}{'none p50':>10}{'ratio':>8}{'fails':>7}")
     for name, d in results.items():
+        if name.startswith("none|"):
+            continue
+        base = results.get(f"none|{name}", d)
         n50, n99, r50, r99 = pct(d["new"], .5), pct(d["new"], .99), pct(d["rr"], .5), pct(d["rr"], .99)
-        print(f"{name:<16}{len(d['new']):>6}{n50:>12.1f}{n99:>10.1f}{n50 / base_new:>8.2f}{r50:>11.1f}{r99:>9.1f}"
-              f"{r50 / base_rr:>8.2f}{sum(d['fails']):>7}")
+        b50, br50 = pct(base["new"], .5), pct(base["rr"], .5)
+        print(f"{name:<16}{len(d['new']):>6}{n50:>12.1f}{n99:>10.1f}{b50:>10.1f}{n50 / b50:>8.2f}"
+              f"{r50:>11.1f}{r99:>9.1f}{br50:>10.1f}{r50 / br50:>8.2f}{sum(d['fails']):>7}")
     for n, xs in apply_s.items():
         print(f"andon apply {n:>6} entries: {statistics.median(xs):.2f} s (median of {len(xs)})")
     for n, xs in ipt_load_s.items():
@@ -266,39 +310,53 @@ def report(results: dict, apply_s: dict, ipt_load_s: dict, mem: dict) -> None:
         print(f"{k}: {v}")
 
 
-def flood_report(a: S.NetNs, b: S.NetNs, count: int, use_ipt: bool) -> None:
-    """UDP from A to B (one port, 64-byte payload, ``count`` packets, bounded) dropped at
-    A's host veth: by XDP (HostFirewall), then by iptables raw PREROUTING DROP."""
-    def flood() -> float:
-        def go() -> float:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.setblocking(False)
-                t0 = time.monotonic()
-                payload = b"z" * 64
-                for _ in range(count):
-                    with contextlib.suppress(BlockingIOError):
-                        s.sendto(payload, (b.ns_ip, 9999))
-                return time.monotonic() - t0
-        return in_netns(a.name, go)  # type: ignore[return-value]
+def flood_exe() -> Path:
+    """workloads/udp_flood.c built -O2 into build/bench (a sendmmsg sender: Python's
+    per-packet cost would bound the rate before either drop path does)."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    exe = BUILD / "np-udp_flood"
+    sh("gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "bench/workloads/udp_flood.c"))
+    return exe
 
+
+def flood_report(a: S.NetNs, b: S.NetNs, count: int, use_ipt: bool, cpu: int) -> None:
+    """UDP from A to B (one port, 64-byte payload, ``count`` packets, bounded) dropped at
+    A's host veth: by XDP (HostFirewall), by iptables raw PREROUTING DROP, and not dropped
+    at all (forwarded to B, where no socket takes it). Sender and drops share one CPU (the
+    veth's receive runs in the sender's context), so the send rate falls as the drop costs
+    more: packets/s and the ratio to iptables' rate from the same run."""
+    exe = flood_exe()
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+
+    def flood() -> float:
+        out = sh("ip", "netns", "exec", a.name, *pin, str(exe), b.ns_ip, "9999", str(count)).stdout.split()
+        if out[:1] != ["sent"] or int(out[1]) != count:
+            raise RuntimeError(f"udp_flood: {' '.join(out)}")
+        return float(out[3])
+
+    def ipt_dropped() -> int:
+        out = sh("iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n").stdout
+        return next(int(line.split()[0]) for line in out.splitlines() if a.host_if in line and "DROP" in line)
+
+    rates: dict[str, tuple[int, float]] = {}
+    secs = flood()
+    rates["no drop (forwarded)"] = (count, secs)
     with HostFirewall(a.host_if) as fw:
         rid = fw.add_rule(f"{a.ns_ip}/32", "udp", 9999)
-        t0p = time.process_time()
         secs = flood()
-        dropped = fw.counters()[rid][0]
-        print(f"XDP drop:      {dropped} of {count} dropped in {secs:.2f} s -> {dropped / secs:,.0f} pkt/s "
-              f"(sender-bound; client CPU {time.process_time() - t0p:.2f} s)")
-    if not use_ipt:
-        return
-    rule = ["-t", "raw", "-I", "PREROUTING", "1", "-i", a.host_if, "-p", "udp", "--dport", "9999", "-j", "DROP"]
-    sh("iptables", *rule)
-    try:
-        secs = flood()
-        out = sh("iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n").stdout
-        dropped = next(int(line.split()[0]) for line in out.splitlines() if a.host_if in line and "DROP" in line)
-        print(f"iptables DROP: {dropped} of {count} dropped in {secs:.2f} s -> {dropped / secs:,.0f} pkt/s")
-    finally:
-        sh("iptables", "-t", "raw", "-D", "PREROUTING", *rule[5:], check=False)
+        rates[f"XDP drop ({fw.mode})"] = (fw.counters()[rid][0], secs)
+    if use_ipt:
+        rule = ["-t", "raw", "-I", "PREROUTING", "1", "-i", a.host_if, "-p", "udp", "--dport", "9999", "-j", "DROP"]
+        sh("iptables", *rule)
+        try:
+            secs = flood()
+            rates["iptables raw DROP"] = (ipt_dropped(), secs)
+        finally:
+            sh("iptables", "-t", "raw", "-D", "PREROUTING", *rule[5:], check=False)
+    base = rates.get("iptables raw DROP")
+    for name, (n, secs) in rates.items():
+        ratio = f"  {n / secs / (base[0] / base[1]):.2f}x iptables" if base else ""
+        print(f"{name:<24}{n:>9} of {count} in {secs:.2f} s -> {n / secs:>11,.0f} pkt/s{ratio}")
 
 
 if __name__ == "__main__":
