@@ -21,6 +21,8 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
     off      nothing traced
     sensor   the agent's socket data sensor alone, its ring drained unread
              (``bench/tracers.py sock-drain``): the kernel's share of the cost
+    sensor-track   the same, connections followed and protocols inferred, no data shipped
+    sensor-floor   the same hook with no process traced: what any syscall-exit hook costs
     agent    ``andon run --no-rules --data-dir DIR``: the whole protocol-tracing agent
     on       ``--tracer CMD``: any command (bpftrace...), with ``--ready-line`` and
              ``--captured-regex`` as before
@@ -433,13 +435,18 @@ def _prepare(kind: str, srv: S.Server) -> None:
              timeout=120)
 
 
+# sensor configurations: bench/tracers.py sock-drain --variant
+SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor"}
+CONFIGS = ("off", *SENSORS, "agent", "on")
+
+
 def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
     if config == "agent":
         return Tracer([sys.executable, "-m", "andon", "run", "--no-rules", "--data-dir", str(data_dir)], 2.0,
                       "no rules", env=snapshot.env())
-    if config == "sensor":
-        return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain"], 2.0, '"ready"',
-                      env=snapshot.env())
+    if config in SENSORS:
+        return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--variant", SENSORS[config]], 2.0,
+                      '"ready"', env=snapshot.env())
     if config == "on":
         return Tracer(shlex.split(args.tracer), args.ready_s, args.ready_line)
     raise LoadError(f"unknown configuration {config!r} (off, sensor, agent; on with --tracer)")
@@ -469,7 +476,7 @@ def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: ar
                 rec |= {f"rows_{k}": v for k, v in rows.items()}
                 rec["captured_server"] = rows["server"] / case.rows_per_match
                 rec["captured_client"] = rows["client"] / case.rows_per_match
-            elif config == "sensor":
+            elif config in SENSORS:
                 res = [json.loads(line)["result"] for line in tr.output.splitlines() if line.startswith('{"result"')]
                 if not res:
                     raise LoadError(f"sock-drain gave no result:\n{tr.output[-1500:]}")
@@ -514,7 +521,7 @@ def run(args: argparse.Namespace) -> dict:
                      "repeat": args.repeat, "rates": args.rates, "modes": modes,
                      "started": datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
                      "ncpu": os.cpu_count(), "foreign_tracing": []}
-    if any(c in ("agent", "sensor") for c in configs):
+    if any(c == "agent" or c in SENSORS for c in configs):
         results["snapshot"] = snapshot.freeze()
     if "paced" in modes and any(c.server == "redis" for c in chosen):
         redis_paced_exe()
@@ -662,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["flat", "paced", "both"], default="both")
     ap.add_argument("--rates", default=DEFAULT_RATES,
                     help=f"offered rates of the paced mode, requests (redis: commands) per second (default {DEFAULT_RATES})")
-    ap.add_argument("--configs", help="comma-separated, from off, sensor, agent, on (default off,sensor,agent; "
+    ap.add_argument("--configs", help="comma-separated, from off, sensor, sensor-track, sensor-floor, agent, on "
+                                      "(default off,sensor,agent; "
                                       "off,on with --tracer)")
     ap.add_argument("--tracer", help=f"the 'on' configuration: a command started before each traced run, "
                                      f"e.g. {EXAMPLE_TRACER!r}")
@@ -692,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rates: positive numbers separated by commas, not {args.rates!r}")
     default = "off,on" if args.tracer else "off,sensor,agent"
     args.configs = [c.strip() for c in (args.configs or default).split(",") if c.strip()]
-    bad = [c for c in args.configs if c not in ("off", "sensor", "agent", "on")]
+    bad = [c for c in args.configs if c not in CONFIGS]
     if bad or ("on" in args.configs and not args.tracer):
         ap.error(f"--configs: off, sensor, agent, and on (needs --tracer); not {','.join(bad) or 'on'}")
     if os.geteuid() != 0:

@@ -518,12 +518,17 @@ class AgentTracer(Tracer):
 
 
 # -- the socket data sensor alone ---------------------------------------------------------------
-def sock_drain(seconds: float | None = None) -> dict:
+def sock_drain(seconds: float | None = None, variant: str = "full") -> dict:
     """The agent's socket data sensor (``net/sockdata.bpf.o`` with the settings ``andon run``
     gives it: ObserveConfig's protocols, copy size and ring) with a reader that only walks
     the ring's record headers and moves the consumer on: no copies, no decoding, no
     parsing. Under load this is the kernel's share of the agent's cost (capture, copy,
     ring, wake-ups); the whole agent's minus this is the Python side's.
+
+    ``variant`` splits that share: ``floor`` traces no process (a pid filter that matches
+    nothing: every syscall still takes the tracepoint and the program's first checks),
+    ``track`` follows connections and infers protocols but ships no data (no protocol
+    enabled), ``full`` is the sensor as the agent runs it.
 
     Prints ``{"ready": ...}`` once attached and ``{"result": ...}`` (records, bytes, the
     kernel's counters) after SIGINT/SIGTERM or ``seconds``, one JSON object a line."""
@@ -533,8 +538,9 @@ def sock_drain(seconds: float | None = None) -> dict:
     from andon.events.sockdata import SockSettings, SockSource
 
     cfg = ObserveConfig()
-    settings = SockSettings(protocols=frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols),
-                            max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20)
+    protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols) if variant != "track" else frozenset()
+    settings = SockSettings(protocols=protocols, max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20,
+                            pids=frozenset() if variant == "floor" else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -543,7 +549,8 @@ def sock_drain(seconds: float | None = None) -> dict:
         rd = src.reader
         assert rd is not None
         mem, mask = rd._prod_map, rd.mask
-        print(json.dumps({"ready": {"hook": src.hook, "tls": src.tls is not None, "ring_bytes": rd.size}}), flush=True)
+        print(json.dumps({"ready": {"hook": src.hook, "tls": src.tls is not None, "ring_bytes": rd.size,
+                                    "variant": variant}}), flush=True)
         deadline = time.monotonic() + seconds if seconds else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             if not rd.wait(0.1):
@@ -571,5 +578,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="bench tracers that run as their own process")
     ap.add_argument("mode", choices=["sock-drain"], help="sock-drain: the socket data sensor, ring drained unread")
     ap.add_argument("--seconds", type=float)
+    ap.add_argument("--variant", choices=["full", "track", "floor"], default="full",
+                    help="full: as the agent runs it; track: connections and inference, no data shipped; "
+                         "floor: no process traced (the hook's own cost)")
     a = ap.parse_args()
-    sock_drain(a.seconds)
+    sock_drain(a.seconds, a.variant)

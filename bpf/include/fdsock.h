@@ -30,4 +30,24 @@ static __always_inline struct socket *andon_fd_socket(long fd)
 	return (struct socket *)BPF_CORE_READ(f, private_data);
 }
 
+/* The same from a tp_btf program: the task, its fd table and the table's size are read
+ * with direct (BTF) loads instead of helper calls; the slot and the file's fields still go
+ * through bpf_probe_read_kernel (a slot at a variable index is not a BTF pointer). */
+static __always_inline struct socket *andon_fd_socket_btf(long fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	struct file *f = NULL;
+
+	if (!fdt || fd < 0 || fd >= fdt->max_fds)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), (void *)((__u64)fdt->fd + fd * sizeof(f)));
+	if (!f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return (struct socket *)BPF_CORE_READ(f, private_data);
+}
+
 #endif /* ANDON_FDSOCK_H */

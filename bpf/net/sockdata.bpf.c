@@ -332,9 +332,9 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 }
 
 /* connect/accept: a new connection on fd whatever was there before. */
-static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 pid_tgid)
+static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 pid_tgid, const int btf)
 {
-	struct socket *so = andon_fd_socket(fd);
+	struct socket *so = btf ? andon_fd_socket_btf(fd) : andon_fd_socket(fd);
 	__u16 family = 0;
 	__u8 l4 = 0;
 	if (!so)
@@ -753,14 +753,14 @@ static __always_inline void sd__on_mmsg(struct sdc_conn *c, long nr, struct sdc_
 		sd__count(SD_STAT_SKIPPED_CHUNKS, ret - SD_MMSG_MAX);
 }
 
-static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid)
+static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid, const int btf)
 {
 	long fd = (int)r->a[0];
 	__u8 dir = (nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG || nr == NR_PREADV2 ||
 		    nr == NR_RECVMMSG)
 			   ? SD_INGRESS
 			   : SD_EGRESS;
-	struct socket *so = andon_fd_socket(fd);
+	struct socket *so = btf ? andon_fd_socket_btf(fd) : andon_fd_socket(fd);
 	if (!so)
 		return;
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
@@ -937,15 +937,33 @@ static __always_inline int sd__traced(__u64 pid_tgid)
 	return 1;
 }
 
-static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
+/* The body of both entry points. `btf` (a constant: the branch not taken is compiled out)
+ * says the program is tp_btf, whose `regs` and current task are read with direct loads;
+ * raw_tp reads them with helpers. Every syscall of every process comes here, so what
+ * cannot be ours returns first and cheapest: the number, then the result (a failed or
+ * empty read, EAGAIN above all, is most of an event loop's syscalls), then the process. */
+static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const int btf)
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
+	long nr = btf ? regs->orig_ax : BPF_CORE_READ(regs, orig_ax);
 
 	switch (nr) {
 	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDTO: case NR_RECVFROM:
-	case NR_SENDMSG: case NR_RECVMSG: case NR_PREADV2: case NR_PWRITEV2: case NR_CLOSE:
+	case NR_SENDMSG: case NR_RECVMSG: case NR_PREADV2: case NR_PWRITEV2:
 	case NR_SENDMMSG: case NR_RECVMMSG:
-	case NR_CONNECT: case NR_ACCEPT: case NR_ACCEPT4:
+		if (ret <= 0)
+			return 0;
+		break;
+	case NR_CLOSE:
+		if (ret != 0)
+			return 0;
+		break;
+	case NR_CONNECT:
+		if (ret != 0 && ret != -EINPROGRESS)
+			return 0;
+		break;
+	case NR_ACCEPT: case NR_ACCEPT4:
+		if (ret < 0)
+			return 0;
 		break;
 	default:
 		return 0;
@@ -954,30 +972,37 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
 	if (!sd__traced(pid_tgid))
 		return 0;
 	/* int $0x80 from a 64-bit task uses i386 numbers: not ours */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (BPF_CORE_READ(task, thread_info.status) & TS_COMPAT)
+	__u32 status;
+	if (btf) {
+		status = bpf_get_current_task_btf()->thread_info.status;
+	} else {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		status = BPF_CORE_READ(task, thread_info.status);
+	}
+	if (status & TS_COMPAT)
 		return 0;
 
-	struct pt_regs pr;
-	bpf_probe_read_kernel(&pr, sizeof(pr), regs);
-	struct sdc_args r = {.a = {pr.di, pr.si, pr.dx, pr.r10, pr.r8, pr.r9}};
+	struct sdc_args r;
+	if (btf) {
+		r = (struct sdc_args){.a = {regs->di, regs->si, regs->dx, regs->r10, regs->r8, regs->r9}};
+	} else {
+		struct pt_regs pr;
+		bpf_probe_read_kernel(&pr, sizeof(pr), regs);
+		r = (struct sdc_args){.a = {pr.di, pr.si, pr.dx, pr.r10, pr.r8, pr.r9}};
+	}
 	switch (nr) {
 	case NR_CLOSE:
-		if (ret == 0)
-			sd__on_close((int)r.a[0], pid_tgid);
+		sd__on_close((int)r.a[0], pid_tgid);
 		return 0;
 	case NR_CONNECT:
-		if (ret == 0 || ret == -EINPROGRESS)
-			sd__on_conn((int)r.a[0], SD_ROLE_CLIENT, SD_ORIGIN_CONNECT, pid_tgid);
+		sd__on_conn((int)r.a[0], SD_ROLE_CLIENT, SD_ORIGIN_CONNECT, pid_tgid, btf);
 		return 0;
 	case NR_ACCEPT:
 	case NR_ACCEPT4:
-		if (ret >= 0)
-			sd__on_conn(ret, SD_ROLE_SERVER, SD_ORIGIN_ACCEPT, pid_tgid);
+		sd__on_conn(ret, SD_ROLE_SERVER, SD_ORIGIN_ACCEPT, pid_tgid, btf);
 		return 0;
 	}
-	if (ret > 0)
-		sd__on_data(nr, &r, ret, pid_tgid);
+	sd__on_data(nr, &r, ret, pid_tgid, btf);
 	return 0;
 }
 
@@ -986,13 +1011,13 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sockdata_exit_btf, struct pt_regs *regs, long ret)
 {
-	return sd__sys_exit(regs, ret);
+	return sd__sys_exit(regs, ret, 1);
 }
 
 SEC("raw_tp/sys_exit")
 int BPF_PROG(sockdata_exit_raw, struct pt_regs *regs, long ret)
 {
-	return sd__sys_exit(regs, ret);
+	return sd__sys_exit(regs, ret, 0);
 }
 
 /* ---- TLS library calls (uprobes on libssl) ------------------------------------------ */

@@ -1,0 +1,161 @@
+"""What the socket data hook adds to one syscall, per kind, against no hook in the same run.
+
+The socket data sensor's program runs at the exit of every syscall of every process, so its
+cost reaches every workload on the host, traced or not. ``workloads/syscall_kinds.c`` times
+four kinds of call (a syscall the hook ignores, a failed read, a write to a file that is
+not a socket, and a captured HTTP write+read over loopback TCP), pinned to one CPU, with:
+
+    none          no hook
+    current       the sensor built from this tree (build/bpf), ring drained unread
+                  (``bench/tracers.py sock-drain``)
+    REV           with ``--baseline REV``: the same with net/sockdata.bpf.c (and its
+                  headers) of that commit, built into build/bench/bpf-REV
+
+Configurations alternate over ``--repeat`` rounds; the median per kind is printed with the
+nanoseconds each configuration adds to ``none`` and the ratio.
+
+    sudo .venv/bin/python bench/sock_hook.py
+    sudo .venv/bin/python bench/sock_hook.py --baseline HEAD~1 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = ROOT / "build" / "bench"
+KINDS = ("getppid", "read_eagain", "write_null", "http_pair")
+
+
+class HookBenchError(RuntimeError):
+    """The benchmark could not set up a configuration; it stops rather than mismeasure."""
+
+
+def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, **kw)
+    if r.returncode != 0:
+        raise HookBenchError(f"{' '.join(argv[:6])}: exit {r.returncode}\n{r.stderr[-1500:]}")
+    return r
+
+
+def workload_exe() -> Path:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    exe = BUILD / "syscall_kinds"
+    run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(BENCH / "workloads" / "syscall_kinds.c")])
+    return exe
+
+
+def baseline_bpf_dir(rev: str) -> Path:
+    """build/bpf with net/sockdata.bpf.o rebuilt from ``rev``'s bpf/ sources."""
+    sha = run(["git", "-C", str(ROOT), "rev-parse", "--short", rev]).stdout.strip()
+    out = BUILD / f"bpf-{sha}"
+    src = ROOT / "build" / "bpf"
+    if not (src / "net" / "sockdata.bpf.o").exists():
+        raise HookBenchError("build/bpf/net/sockdata.bpf.o is missing: run `make bpf` first")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "bpf"], capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory(prefix="andon-hook-") as d:
+        with tarfile.open(fileobj=BytesIO(tar)) as t:
+            t.extractall(d, filter="data")
+        run(["clang-14", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Wno-unused-function",
+             f"-I{ROOT / 'build' / 'include'}", f"-I{d}/bpf/include", "-c", f"{d}/bpf/net/sockdata.bpf.c",
+             "-o", str(out / "net" / "sockdata.bpf.o")])
+    return out
+
+
+class Drain:
+    """bench/tracers.py sock-drain with BPF objects from ``bpf_dir``, attached until exit."""
+
+    def __init__(self, bpf_dir: Path) -> None:
+        self.bpf_dir = bpf_dir
+        self.proc: subprocess.Popen | None = None
+        self.result: dict = {}
+
+    def __enter__(self) -> Drain:
+        env = os.environ | {"ANDON_BPF_DIR": str(self.bpf_dir), "PYTHONPATH": str(ROOT / "src")}
+        self.proc = subprocess.Popen([sys.executable, str(BENCH / "tracers.py"), "sock-drain"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith('{"ready"'):
+            self.proc.kill()
+            raise HookBenchError(f"sock-drain did not attach: {line}{self.proc.stderr.read()[-1500:]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, _ = self.proc.communicate()
+        for line in out.splitlines():
+            if line.startswith('{"result"'):
+                self.result = json.loads(line)["result"]
+
+
+def measure(exe: Path, n: int, cpu: int) -> dict[str, float]:
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+    return json.loads(run([*pin, str(exe), str(n)]).stdout)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="calls of each kind per measurement")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", metavar="REV", help="also the sensor built from this commit's sources")
+    ap.add_argument("--cpu", type=int, default=1, help="the CPU the workload runs on (-1: anywhere)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("sock_hook: needs root (BPF)", file=sys.stderr)
+        return 2
+    n = max(1000, min(args.n, 10_000_000))
+    exe = workload_exe()
+    configs: dict[str, Path | None] = {"none": None, "current": ROOT / "build" / "bpf"}
+    if args.baseline:
+        configs[args.baseline] = baseline_bpf_dir(args.baseline)
+    got: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    records: dict[str, int] = {}
+    for rnd in range(max(1, args.repeat)):
+        names = list(configs)
+        names = names[rnd % len(names):] + names[: rnd % len(names)]
+        for name in names:
+            bpf = configs[name]
+            if bpf is None:
+                got[name].append(measure(exe, n, args.cpu))
+                continue
+            with Drain(bpf) as d:
+                time.sleep(0.5)
+                got[name].append(measure(exe, n, args.cpu))
+            records[name] = records.get(name, 0) + int(d.result.get("records", 0))
+            print(f"  round {rnd + 1} {name}: {got[name][-1]}", file=sys.stderr)
+    med = {c: {k: statistics.median(r[k] for r in rs) for k in KINDS} for c, rs in got.items()}
+    print(f"{'kind':<14}" + "".join(f"{c:>14}" for c in configs) + "".join(
+        f"{'+ns ' + c:>16}{'ratio':>8}" for c in configs if c != "none"))
+    for k in KINDS:
+        base = med["none"][k]
+        print(f"{k:<14}" + "".join(f"{med[c][k]:>14.1f}" for c in configs) + "".join(
+            f"{med[c][k] - base:>16.1f}{med[c][k] / base:>8.2f}" for c in configs if c != "none"))
+    print("ns per call (http_pair: per write+read), median of", max(1, args.repeat), "rounds; records the sensor "
+          "shipped:", ", ".join(f"{c} {v:,}" for c, v in records.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

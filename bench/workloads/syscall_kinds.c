@@ -1,0 +1,91 @@
+/* syscall_kinds N: the cost of one syscall of each kind a socket data hook sees, N calls of
+ * each, printed as one JSON line of nanoseconds per call:
+ *   getppid      a syscall the hook does not trace (it returns at the number)
+ *   read_eagain  read(2) of an empty non-blocking pipe: a traced number, failed
+ *   write_null   write(2) of 8 bytes to /dev/null: a traced number, fd not a socket
+ *   http_pair    write(2) of a 64-byte HTTP request on one end of a loopback TCP
+ *                connection + read(2) of it on the other: both captured
+ * Bounded by N (at most 10 million). Used by bench/sock_hook.py. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static int tcp_pair(int *cli, int *srv)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)&a, &len))
+		return -1;
+	*cli = socket(AF_INET, SOCK_STREAM, 0);
+	if (*cli < 0 || connect(*cli, (struct sockaddr *)&a, sizeof(a)))
+		return -1;
+	*srv = accept(l, NULL, NULL);
+	close(l);
+	setsockopt(*cli, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return *srv < 0 ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char req[] = "GET /syscall-kinds HTTP/1.1\r\nHost: x\r\nUser-Agent: andon-bench\r\n\r\n";
+	char buf[256] = { 0 };
+	long n = argc == 2 ? atol(argv[1]) : 0, i;
+	int p[2], dn, cli, srv;
+	double t0, t1, t2, t3, t4;
+
+	if (n < 1 || n > 10000000) {
+		fprintf(stderr, "usage: %s N (1..10000000)\n", argv[0]);
+		return 2;
+	}
+	if (pipe2(p, O_NONBLOCK) || (dn = open("/dev/null", O_WRONLY)) < 0 || tcp_pair(&cli, &srv)) {
+		perror("syscall_kinds: setup");
+		return 1;
+	}
+	t0 = now();
+	for (i = 0; i < n; i++)
+		syscall(SYS_getppid);
+	t1 = now();
+	for (i = 0; i < n; i++)
+		if (read(p[0], buf, 8) != -1)
+			return 1;
+	t2 = now();
+	for (i = 0; i < n; i++)
+		if (write(dn, buf, 8) != 8)
+			return 1;
+	t3 = now();
+	for (i = 0; i < n / 4; i++) {
+		size_t got = 0;
+		if (write(cli, req, 64) != 64)
+			return 1;
+		while (got < 64) {
+			ssize_t r = read(srv, buf, 64 - got);
+			if (r <= 0)
+				return 1;
+			got += r;
+		}
+	}
+	t4 = now();
+	printf("{\"getppid\": %.1f, \"read_eagain\": %.1f, \"write_null\": %.1f, \"http_pair\": %.1f}\n",
+	       (t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n, (t4 - t3) / (n / 4));
+	return 0;
+}
