@@ -10,6 +10,17 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 
+/* The kernel socket of an open file, or NULL when the file is not a socket. */
+static __always_inline struct socket *andon_file_socket(struct file *f)
+{
+	if (!f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return (struct socket *)BPF_CORE_READ(f, private_data);
+}
+
 /* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
 static __always_inline struct socket *andon_fd_socket(long fd)
 {
@@ -22,12 +33,7 @@ static __always_inline struct socket *andon_fd_socket(long fd)
 	if (fd < 0 || fd >= max)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f)
-		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	return (struct socket *)BPF_CORE_READ(f, private_data);
+	return andon_file_socket(f);
 }
 
 /* The same from a tp_btf program: the task, its fd table and the table's size are read
@@ -42,12 +48,7 @@ static __always_inline struct socket *andon_fd_socket_btf(long fd)
 	if (!fdt || fd < 0 || fd >= fdt->max_fds)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), (void *)((__u64)fdt->fd + fd * sizeof(f)));
-	if (!f)
-		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	return (struct socket *)BPF_CORE_READ(f, private_data);
+	return andon_file_socket(f);
 }
 
 #endif /* ANDON_FDSOCK_H */
