@@ -86,6 +86,17 @@ def mem_available_kb() -> int:
 
 
 # -- measurement ----------------------------------------------------------------------------------------
+def echo64(s: socket.socket, payload: bytes) -> None:
+    """Send 64 bytes and read the server's 64 back."""
+    s.sendall(payload)
+    got = 0
+    while got < 64:
+        b = s.recv(64 - got)
+        if not b:
+            raise OSError("closed")
+        got += len(b)
+
+
 def measure(ns_a: str, ip: str, conns: int, rr: int, timeout: float, cpu: int = -1) -> dict[str, object]:
     """New connection + one round trip, ``conns`` times; then ``rr`` round trips on one
     connection. Microseconds; failures counted, not timed. ``cpu`` >= 0: the client thread
@@ -98,13 +109,7 @@ def measure(ns_a: str, ip: str, conns: int, rr: int, timeout: float, cpu: int = 
             t0 = time.perf_counter_ns()
             try:
                 with socket.create_connection((ip, PORT), timeout=timeout) as s:
-                    s.sendall(b"x" * 64)
-                    got = 0
-                    while got < 64:
-                        b = s.recv(64 - got)
-                        if not b:
-                            raise OSError("closed")
-                        got += len(b)
+                    echo64(s, b"x" * 64)
             except OSError:
                 fails += 1
                 continue
@@ -114,13 +119,7 @@ def measure(ns_a: str, ip: str, conns: int, rr: int, timeout: float, cpu: int = 
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for _ in range(rr):
                 t0 = time.perf_counter_ns()
-                s.sendall(b"y" * 64)
-                got = 0
-                while got < 64:
-                    b = s.recv(64 - got)
-                    if not b:
-                        raise OSError("closed")
-                    got += len(b)
+                echo64(s, b"y" * 64)
                 lat.append((time.perf_counter_ns() - t0) / 1e3)
         return {"new": new, "rr": lat, "fails": fails}
     return in_netns(ns_a, go)  # type: ignore[return-value]

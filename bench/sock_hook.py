@@ -71,9 +71,9 @@ def baseline_bpf_dir(rev: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="andon-hook-") as d:
         with tarfile.open(fileobj=BytesIO(tar)) as t:
             t.extractall(d, filter="data")
-        run(["clang-14", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Wno-unused-function",
-             f"-I{ROOT / 'build' / 'include'}", f"-I{d}/bpf/include", "-c", f"{d}/bpf/net/sockdata.bpf.c",
-             "-o", str(out / "net" / "sockdata.bpf.o")])
+        # the project's own build rule (Makefile), run on that commit's sources
+        run(["make", "-s", "-f", str(ROOT / "Makefile"), "-C", d, "BUILD=build", "build/bpf/net/sockdata.bpf.o"])
+        shutil.copy(Path(d) / "build" / "bpf" / "net" / "sockdata.bpf.o", out / "net" / "sockdata.bpf.o")
     return out
 
 
