@@ -31,6 +31,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "../abi/netpolicy.h"
+#include "../include/ipv6ext.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -201,10 +202,14 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		if ((void *)(ip6 + 1) > end)
 			return -1;
 		p->family = 6;
-		p->proto = ip6->nexthdr; /* extension headers are not walked: matched by that proto, no ports */
+		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
-		l4 = (void *)(ip6 + 1);
+		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &p->proto, &p->fragment);
+		if (!l4)
+			return -1;
+		if (p->fragment)
+			return 0;
 	} else {
 		return 1;
 	}
@@ -266,13 +271,20 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 		off = ip.ihl * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
+		long l4off;
+
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
 			return -1;
 		p->family = 6;
 		p->proto = ip6.nexthdr;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		off = sizeof(ip6);
+		l4off = andon_ipv6_skip_ext_skb(skb, sizeof(ip6), &p->proto, &p->fragment);
+		if (l4off < 0)
+			return -1;
+		if (p->fragment)
+			return 0;
+		off = l4off;
 	} else {
 		return 1;
 	}

@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "../abi/netpolicy.h"
+#include "../include/ipv6ext.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -74,8 +75,12 @@ int xdp__host_fw(struct xdp_md *ctx)
 		k.prefixlen = 160;
 		k.family = 6;
 		__builtin_memcpy(k.addr, &ip6->saddr, 16);
+		__u8 later_frag = 0;
+
 		proto = ip6->nexthdr;
-		l4 = ip6 + 1;
+		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &proto, &later_frag);
+		if (later_frag)
+			l4 = 0; /* as for IPv4: no ports, only proto-wide rules */
 	} else {
 		return XDP_PASS;
 	}

@@ -354,9 +354,10 @@ def test_follow_with_a_running_agent_shows_new_flows_and_cgroup_endpoints(world)
         assert len(allowed) == 1, json.dumps(fl, indent=1)[-3000:]
         assert allowed[0]["source"]["pod_name"] == "frontend" and allowed[0]["destination"]["pod_name"] == "api"
         assert allowed[0]["ingress_allowed_by"][0]["name"] == "api-allows-frontend"
-        drop = [f for f in fl if f["verdict"] == "DROPPED" and f["destination"].get("pod_name") == "api"]
+        drop = [f for f in fl if f["verdict"] == "DROPPED" and f["destination"].get("pod_name") == "api"
+                and f.get("l4", {}).get("TCP", {}).get("destination_port") == 9090]
         assert drop and drop[0]["drop_reason_desc"] == "POLICY_DENIED"
-        assert drop[0]["source"]["labels"] == ["k8s:app=frontend"]
+        assert drop[0]["source"]["labels"] == ["k8s:app=frontend"], json.dumps(drop, indent=1)[-4000:]
         assert drop[0]["source"]["identity"] == eps["frontend"]["identity"]
         # ASSERT: the cgroup endpoint's drop: its name, identity and labels, denied at egress by
         # default deny of its policy, to api (the connect hook has no source address yet)

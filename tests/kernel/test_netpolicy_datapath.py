@@ -770,3 +770,82 @@ def test_icmpv6_echo_reply_allowed_does_not_allow_echo_request(dp, env, v6):
     got = [(f.icmp_type, f.verdict, f.rule_index if f.verdict == "FORWARDED" else None, f.is_reply) for f in flows]
     assert got == [(128, "DROPPED", None, False), (128, "FORWARDED", 13, False), (129, "FORWARDED", 13, True)], got
     assert dp.stats()["nd"] > 0
+
+
+# -- IPv6 extension headers ---------------------------------------------------------------------------
+IPV6_HOPOPTS = 54                           # linux/in6.h
+HOP_BY_HOP = bytes([0, 0, 1, 4, 0, 0, 0, 0])  # next header (the kernel's), 8 bytes long, one PadN of 4
+
+
+def send6_with_hop_by_hop(ns: str, ip: str, port: int, raw_icmp_type: int | None = None) -> None:
+    """One datagram from namespace ``ns`` with a hop-by-hop header in front of its UDP header (or,
+    with ``raw_icmp_type``, in front of an ICMPv6 message of that type, as every MLD report has)."""
+    def go() -> None:
+        if raw_icmp_type is None:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            payload = b"hop-by-hop"
+        else:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            payload = struct.pack("!BBHI", raw_icmp_type, 0, 0, 0)  # the kernel fills the checksum
+        with s:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_HOPOPTS, HOP_BY_HOP)
+            s.sendto(payload, (ip, port))
+    in_netns(ns, go)
+
+
+def received(rx: socket.socket, timeout: float = TIMEOUT) -> bytes | None:
+    rx.settimeout(timeout)
+    try:
+        return rx.recv(64)
+    except OSError:
+        return None
+
+
+def test_ipv6_extension_headers_are_walked_to_the_ports(dp, env, v6):
+    """UDP behind a hop-by-hop header is matched by its own protocol and port, and an MLD report
+    behind one passes as link plumbing (not dropped as protocol 0 under default deny)."""
+    ns, _ = env
+    host, _inside = v6
+    port, other = free_ports(2)
+    dp.apply([entry("egress", PEER, "udp", port, rule=21)])
+    nd_before = dp.stats()["nd"]
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx_other:
+        rx.bind((host, port))
+        rx_other.bind((host, other))
+        # TRIGGER: UDP to the allowed and to another port, and an MLDv2 report (143), each behind
+        # a hop-by-hop header
+        send6_with_hop_by_hop(ns.name, host, port)
+        send6_with_hop_by_hop(ns.name, host, other)
+        send6_with_hop_by_hop(ns.name, host, 0, raw_icmp_type=143)
+        # ASSERT: the allowed port got it, the other did not
+        assert received(rx) == b"hop-by-hop"
+        assert received(rx_other, 0.3) is None
+    flows = [f for f in flows_of(dp, 2) if f.family == 6]
+    got = sorted((f.proto, f.dport, f.verdict, f.rule_index if f.verdict == "FORWARDED" else None) for f in flows)
+    assert got == sorted([(17, port, "FORWARDED", 21), (17, other, "DROPPED", None)]), got
+    assert dp.stats()["nd"] > nd_before
+
+
+def test_xdp_firewall_sees_udp_behind_a_hop_by_hop_header(fw_ns):
+    """A UDP port rule on an IPv6 prefix drops a datagram whose UDP header sits behind a
+    hop-by-hop header; another port passes."""
+    ns = fw_ns
+    net = f"fd{random.randint(0, 0xff):02x}:{random.randint(0, 0xffff):x}:{random.randint(0, 0xffff):x}::"
+    host, inside = f"{net}1", f"{net}2"
+    subprocess.run(["ip", "addr", "add", f"{host}/64", "dev", ns.host_if, "nodad"], check=True)
+    ns.exec(["ip", "addr", "add", f"{inside}/64", "dev", ns.ns_if, "nodad"], check=True)
+    p, q = free_ports(2)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx_p, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx_q, \
+            HostFirewall(ns.host_if, mode="generic") as fw:
+        rx_p.bind((host, p))
+        rx_q.bind((host, q))
+        # TRIGGER: a rule for UDP to p from the namespace's /128; one datagram to each port
+        rule = fw.add_rule(f"{inside}/128", "udp", p)
+        send6_with_hop_by_hop(ns.name, host, p)
+        send6_with_hop_by_hop(ns.name, host, q)
+        # ASSERT: p's was dropped and counted, q's arrived
+        assert received(rx_q) == b"hop-by-hop"
+        assert received(rx_p, 0.3) is None
+        assert fw.counters()[rule][0] == 1
