@@ -176,3 +176,40 @@ while True:
     finally:
         server.kill()
         server.wait()
+
+
+# the client: joins the cgroup, sends one UDP datagram with a hop-by-hop header to [::1]:port
+# for each port; prints {port: "ok" | errno name}
+HOP_BY_HOP_CLIENT = r"""
+import errno, json, os, socket, sys
+cgdir, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+with open(os.path.join(cgdir, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+out = {}
+for p in ports:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, 54, bytes([0, 0, 1, 4, 0, 0, 0, 0]))  # IPV6_HOPOPTS, one PadN
+        try:
+            s.sendto(b"hop-by-hop", ("::1", p)); out[p] = "ok"
+        except OSError as e:
+            out[p] = errno.errorcode.get(e.errno, str(e))
+print(json.dumps(out))
+"""
+
+
+def test_cgroup_sees_udp_behind_a_hop_by_hop_header(world):
+    """cgroup_skb reads headers with bpf_skb_load_bytes: the IPv6 extension walk there too."""
+    dp, cgdir, ok, deny = world["dp"], world["cg"], world["ok"], world["deny"]
+    dp.set_ip_identity("::1/128", PEER)
+    dp.attach_cgroup(cgdir, EP, default_deny_egress=True, deny_policy_id=DENY_POLICY)
+    dp.apply([PolicyEntry(EP, "egress", PEER, "udp", ok, 0, "allow", 7, 3)])
+    list(dp.flows())
+    # TRIGGER: UDP with a hop-by-hop header to the allowed and the denied port
+    r = subprocess.run([sys.executable, "-c", HOP_BY_HOP_CLIENT, str(cgdir), str(ok), str(deny)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    # ASSERT: the allowed port's send went out, the other got EPERM; the flows name UDP and the port
+    assert {int(k): v for k, v in json.loads(r.stdout).items()} == {ok: "ok", deny: "EPERM"}
+    flows = [f for f in wait_flows(dp, 2) if f.family == 6]
+    got = sorted((f.proto, f.dport, f.verdict) for f in flows)
+    assert got == sorted([(17, ok, "FORWARDED"), (17, deny, "DROPPED")]), got
