@@ -332,17 +332,18 @@ class Tracer:
 
 # -- what the agent captured ------------------------------------------------------------------------
 _OBSERVE_LINE = re.compile(r"andon: observe: (.*); (\d+) connections; (\d+) records lost, (\d+) bytes in gaps, "
-                           r"(\d+) unparsable spots, (\d+) unanswered requests")
+                           r"(\d+) unparsable spots, (\d+) unanswered requests(?:, (\d+) bytes left unread at stop)?")
 
 
 def agent_closing(output: str) -> dict:
     """The agent's closing line: records lost in the ring, bytes in gaps, unparsable spots,
-    unanswered requests (LoadError when it is missing: the agent did not stop cleanly)."""
+    unanswered requests, ring bytes left unread at stop (LoadError when it is missing: the
+    agent did not stop cleanly)."""
     m = _OBSERVE_LINE.search(output)
     if not m:
         raise LoadError(f"andon run gave no closing observe line:\n{output[-1500:]}")
     return {"lost": int(m.group(3)), "gap_bytes": int(m.group(4)), "unparsable": int(m.group(5)),
-            "unanswered": int(m.group(6)), "rows_line": m.group(1)}
+            "unanswered": int(m.group(6)), "unread_bytes": int(m.group(7) or 0), "rows_line": m.group(1)}
 
 
 def captured_rows(data_dir: Path, table: str, match: str, port: int) -> dict[str, int]:

@@ -556,3 +556,56 @@ def test_ring_read_stops_early_and_keeps_the_rest():
     assert list(reader.read(2)) == [b"rec2", b"rec3"]
     assert reader.read_batch() == [b"rec4", b"rec5"] and reader.pending_bytes() == 0
     assert reader.records_read == 6
+
+
+def _observer_on(ring: Ring, tmp_path):
+    from andon.app.config import ObserveConfig
+    from andon.app.observer import Observer
+    from andon.store.settings import StoreSettings
+    from andon.store.store import Store
+
+    store = Store(StoreSettings(data_dir=tmp_path, control_socket=False))
+    obs = Observer(ObserveConfig(), StoreSettings(data_dir=tmp_path), container_name=lambda cid: None)
+    obs.source, obs.store = ring.source(), store
+    obs.source.BATCH_RECORDS = 8  # one read takes 8 records: the backlog below is 8 reads
+    obs.pipeline = Pipeline(store.append, _Procs(), obs.protocols)
+    return obs
+
+
+def _http_backlog(ring: Ring, n: int) -> None:
+    req = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    ring.put(open_rec(9))
+    for i in range(n):
+        ring.put(data_rec(9, 1000 + i * 10, 1, req, i * len(req)))
+        ring.put(data_rec(9, 1003 + i * 10, 0, resp, i * len(resp)))
+
+
+def test_close_reads_the_whole_backlog_not_one_batch(tmp_path):
+    """An agent stopped with records still in the ring puts all of them through: before,
+    close() read one batch and the rest of a busy agent's backlog was never counted."""
+    import duckdb
+
+    ring = Ring()
+    obs = _observer_on(ring, tmp_path)
+    _http_backlog(ring, 30)  # 61 records
+    obs.close()
+    files = [str(p) for p in (tmp_path / "http_events").glob("*.parquet")]
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet({files})").fetchall() == [(30,)]
+    assert obs.last_stats["rows"]["http_events"] == 30
+    assert obs.last_stats["sensor"]["unread_bytes"] == 0
+
+
+def test_what_close_cannot_read_in_time_is_counted_and_said(tmp_path):
+    from andon.app.observer import describe
+
+    ring = Ring()
+    obs = _observer_on(ring, tmp_path)
+    _http_backlog(ring, 30)
+    pending = ring.prod - ring.cons.value
+    assert obs.drain(limit_s=0) == 0
+    assert obs.source.unread_bytes == pending > 0
+    stats = obs.stats()
+    assert stats["sensor"]["unread_bytes"] == pending
+    assert describe(stats).endswith(f"0 unanswered requests, {pending} bytes left unread at stop")
+    obs.store.close()

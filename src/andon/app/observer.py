@@ -125,6 +125,25 @@ class Observer:
         self.pipeline.flush()
         return n
 
+    # how long close() keeps reading a backlog: the ring holds a few seconds of parsing at most
+    DRAIN_S = 30.0
+
+    def drain(self, limit_s: float | None = None) -> int:
+        """Put everything still in the ring through the pipeline (a busy agent stopped with a
+        backlog: one read takes one batch, the ring may hold many). What is left after
+        ``limit_s`` is counted as ``unread_bytes``, never silently gone. Returns records read."""
+        assert self.source is not None and self.pipeline is not None
+        deadline = time.monotonic() + (self.DRAIN_S if limit_s is None else limit_s)
+        total = 0
+        while time.monotonic() < deadline:
+            n = self.source.read_into(self.pipeline.data, self.pipeline.handle, 0)
+            self.pipeline.flush()
+            if not n:
+                break
+            total += n
+        self.source.unread_bytes = self.source.pending_bytes()
+        return total
+
     def sample_processes(self, now_ns: int) -> int:
         """Write one process_stats row per live process."""
         assert self.store is not None
@@ -157,12 +176,9 @@ class Observer:
             self._thread.join(timeout=5)
             self._thread = None
         if self.source is not None:
-            # whatever is still in the ring goes through before the parsers are finished
             try:
                 if self.pipeline is not None:
-                    for rec in self.source.read(0):
-                        self.pipeline.handle(rec)
-                if self.pipeline is not None:
+                    self.drain()
                     self.pipeline.close(time.time_ns())
                 self.last_stats = self.stats()  # the kernel's counters, before the maps go
             finally:
@@ -192,4 +208,5 @@ def describe(stats: dict[str, Any]) -> str:
     conns = stats.get("connections", {})
     return (f"observe: {tables}; {conns.get('opened', 0)} connections; "
             f"{sensor.get('drops', 0)} records lost, {sensor.get('gap_bytes', 0)} bytes in gaps, "
-            f"{parse.get('invalid', 0)} unparsable spots, {parse.get('unmatched_requests', 0)} unanswered requests")
+            f"{parse.get('invalid', 0)} unparsable spots, {parse.get('unmatched_requests', 0)} unanswered requests"
+            + (f", {sensor['unread_bytes']} bytes left unread at stop" if sensor.get("unread_bytes") else ""))

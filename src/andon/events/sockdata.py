@@ -262,6 +262,7 @@ class SockSource:
         self.tls_error = ""  # why TLS capture is off, when settings.tls asked for it
         self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
         self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
+        self.unread_bytes = 0  # ring bytes still there when the reader stopped (Observer.drain)
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -416,6 +417,10 @@ class SockSource:
                 break
         return out
 
+    def pending_bytes(self) -> int:
+        """Bytes committed to the ring and not read yet."""
+        return self.reader.pending_bytes() if self.reader is not None else 0
+
     def stats(self) -> dict[str, int]:
         """Kernel counters summed over CPUs, and the reader's own."""
         out = dict.fromkeys(STAT_NAMES, 0)
@@ -428,6 +433,7 @@ class SockSource:
         out["tls_libs"] = len(self.tls.files) if self.tls is not None else 0
         out["undecodable"] = self.undecodable
         out["gap_bytes"] = self.gap_bytes
+        out["unread_bytes"] = self.unread_bytes
         return out
 
     def close(self) -> None:
