@@ -116,10 +116,16 @@ def covered_leftovers(table_dir: Path) -> list[Path]:
     return out
 
 
+# the most a Parquet row group holds before it is written out. DuckDB's default is 122,880
+# rows whatever their size: with 1 KB bodies that is ~120 MB held per row group being built
+ROW_GROUP_BYTES = "8MB"
+
+
 def write_atomic(con, select_sql: str, final: Path) -> int:
     """COPY the query's rows to ``final`` via a temporary name and rename. Returns the file's size."""
     tmp = final.with_name(f".{final.name}.tmp")
-    con.execute(f"COPY ({select_sql}) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY ({select_sql}) TO '{_sql_path(tmp)}' "
+                f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE_BYTES '{ROW_GROUP_BYTES}')")
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)

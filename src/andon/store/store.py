@@ -40,6 +40,14 @@ log = logging.getLogger("andon.store")
 FRESH_CONNECTION_ROWS = 50_000
 
 
+def _connect() -> duckdb.DuckDBPyConnection:
+    """The store's own DuckDB connection: one thread. With DuckDB's default (a thread per
+    core) a merge compressed on every core at once, taking them from the traced servers, and
+    each thread buffered its own row group: merging 320k HTTP rows with 1 KB bodies peaked at
+    ~1 GB (tests/unit/test_store_memory.py). Queries use their own connections, all cores."""
+    return duckdb.connect(config={"threads": 1})
+
+
 class StoreError(AndonError, OSError):
     """The data directory cannot be used (not creatable, not writable)."""
 
@@ -88,7 +96,7 @@ class Store:
         if not os.access(self.data_dir, os.W_OK):
             raise StoreError(f"data directory {self.data_dir} is not writable")
         self._buffers = {t: _Buffer() for t in self.tables}
-        self._con = duckdb.connect()
+        self._con = _connect()
         self._disk_lock = threading.Lock()  # one flush/merge/retention at a time
         self._reported_bad: set[Path] = set()
         self._seq = 0
@@ -145,7 +153,7 @@ class Store:
         its buffer manager reports none in use: a flush of 150k rows left the agent ~100 MB
         bigger for good. A new in-memory connection costs ~30 ms, so only after big writes."""
         self._con.close()
-        self._con = duckdb.connect()
+        self._con = _connect()
         self.stats.connections_renewed += 1
 
     def _columns(self, schema: TableSchema, rows: list[dict]) -> dict[str, np.ndarray]:
