@@ -609,3 +609,28 @@ def test_what_close_cannot_read_in_time_is_counted_and_said(tmp_path):
     assert stats["sensor"]["unread_bytes"] == pending
     assert describe(stats).endswith(f"0 unanswered requests, {pending} bytes left unread at stop")
     obs.store.close()
+
+
+def test_close_does_not_read_beside_a_reading_thread_that_did_not_stop(tmp_path, caplog):
+    """A reading thread still inside a pass when close() gives up waiting: close() must not
+    drain the ring beside it (the parsers would be fed from two threads); the backlog is
+    left, counted as unread and said. Before, close() waited 5 s and then drained anyway."""
+    import threading
+
+    ring = Ring()
+    obs = _observer_on(ring, tmp_path)
+    _http_backlog(ring, 30)
+    pending = ring.prod - ring.cons.value
+    release = threading.Event()
+    obs._thread = threading.Thread(target=release.wait, args=(10,), daemon=True)  # a pass that hangs
+    obs._thread.start()
+    obs.STOP_S = 0.2
+    try:
+        with caplog.at_level("WARNING", logger="andon.observe"):
+            obs.close()
+    finally:
+        release.set()
+    assert ring.cons.value == ring.prod - pending  # nothing read beside the stuck thread
+    assert obs.last_stats["sensor"]["unread_bytes"] == pending > 0
+    assert obs.last_stats["rows"].get("http_events", 0) == 0
+    assert f"{pending} bytes left unread" in caplog.text

@@ -169,15 +169,27 @@ class Observer:
             out["store"] = self.store.stats.as_dict()
         return out
 
+    # how long close() waits for the reading thread to finish the pass it is in (one pass is at
+    # most BATCH_RECORDS records, ~0.1 s; longer means it is stuck)
+    STOP_S = 30.0
+
     def close(self) -> None:
         """Stop reading, finish every connection, flush; ``last_stats`` keeps the final figures."""
         self._stop.set()
+        stuck = False
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=self.STOP_S)
+            stuck = self._thread.is_alive()
             self._thread = None
         if self.source is not None:
             try:
-                if self.pipeline is not None:
+                if stuck:
+                    # reading beside a thread still inside the pipeline would feed the parsers
+                    # from two threads at once: leave the backlog, counted and said
+                    self.source.unread_bytes = self.source.pending_bytes()
+                    log.warning("observe: the reading thread did not stop within %.0f s; %d bytes left "
+                                "unread in the ring", self.STOP_S, self.source.unread_bytes)
+                elif self.pipeline is not None:
                     self.drain()
                     self.pipeline.close(time.time_ns())
                 self.last_stats = self.stats()  # the kernel's counters, before the maps go
