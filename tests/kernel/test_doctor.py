@@ -69,11 +69,14 @@ def run() -> dict:
     features = probe_all()
     # A raw_tp or tracepoint link puts its program only after an RCU grace period (tasks-trace
     # for the faultable syscall tracepoints; kernel/bpf/syscall.c bpf_link_free, dealloc_deferred),
-    # so the last one probed may show in bpftool for a few hundred ms after close. Wait for it.
+    # so the last one probed may show in bpftool for a few hundred ms after close; the maps it
+    # held go after it, freed from a workqueue (bpf_map_free_deferred). Wait for both.
     before_ids = {p["id"] for p in before["progs"]}
+    before_maps = {m["id"] for m in before["maps"]}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if not [p for p in _bpftool("prog") if p["id"] not in before_ids and p.get("name") in OUR_PROGS]:
+        if (not [p for p in _bpftool("prog") if p["id"] not in before_ids and p.get("name") in OUR_PROGS]
+                and not [m for m in _bpftool("map") if m["id"] not in before_maps and m.get("name") in OUR_MAPS]):
             break
         time.sleep(0.05)
     after = {"progs": _bpftool("prog"), "maps": _bpftool("map"), "links": _bpftool("link"), "lo": _lo_state()}
