@@ -719,19 +719,21 @@ class PinnedFlowRing:
     Raises OSError when the pins are not there."""
 
     def __init__(self, pin_dir: Path) -> None:
+        from ..bpf.pins import obj_get, obj_info
         from ..bpf.varring import VarRingReader
         from ..events.live import boot_offset_ns, possible_cpus
 
         self.pin_dir = Path(pin_dir)
         path = self.pin_dir / "np_flows"
         self.inode = os.stat(path).st_ino
-        self._fd = self._obj_get(path)
+        self._fd = obj_get(path)
         self._stats_fd = -1
         try:
-            size = self._max_entries(self._fd)
+            # struct bpf_map_info starts: type, id, key_size, value_size, max_entries (u32 each)
+            size = struct.unpack_from("<5I", obj_info(self._fd, 32, "np_flows"))[4]
             self._reader = VarRingReader(self._fd, size)
             try:
-                self._stats_fd = self._obj_get(self.pin_dir / "np_stats")
+                self._stats_fd = obj_get(self.pin_dir / "np_stats")
             except OSError:
                 self._stats_fd = -1  # counters are a nicety
         except BaseException:
@@ -740,19 +742,6 @@ class PinnedFlowRing:
         self._offset = boot_offset_ns()
         self._ncpu = possible_cpus()
         self.decode_errors = 0
-
-    @staticmethod
-    def _obj_get(path: Path) -> int:
-        from ..bpf.pins import obj_get
-
-        return obj_get(path)
-
-    @staticmethod
-    def _max_entries(fd: int) -> int:
-        from ..bpf.pins import obj_info
-
-        # struct bpf_map_info starts: type, id, key_size, value_size, max_entries (u32 each)
-        return struct.unpack_from("<5I", obj_info(fd, 32, "np_flows"))[4]
 
     def still_pinned(self) -> bool:
         """False once the pin is gone or a new datapath pinned another ring there."""
