@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
