@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

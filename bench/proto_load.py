@@ -450,7 +450,7 @@ def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
                       '"ready"', env=snapshot.env())
     if config == "on":
         return Tracer(shlex.split(args.tracer), args.ready_s, args.ready_line)
-    raise LoadError(f"unknown configuration {config!r} (off, sensor, agent; on with --tracer)")
+    raise LoadError(f"unknown configuration {config!r} ({', '.join(CONFIGS)}; on with --tracer)")
 
 
 def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: argparse.Namespace) -> dict:
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     args.configs = [c.strip() for c in (args.configs or default).split(",") if c.strip()]
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad or ("on" in args.configs and not args.tracer):
-        ap.error(f"--configs: off, sensor, agent, and on (needs --tracer); not {','.join(bad) or 'on'}")
+        ap.error(f"--configs: from {', '.join(CONFIGS)} (on needs --tracer); not {','.join(bad) or 'on'}")
     if os.geteuid() != 0:
         print("proto_load: run as root (servers start as their own users; tracers need BPF)", file=sys.stderr)
         return 2
