@@ -174,6 +174,10 @@ struct andon_sd_config {
 	__u32 trace_self;
 	/* field 4: pid_filter (u32) 1: trace only the tgids in the sd_pids map */
 	__u32 pid_filter;
+	/* field 5: wakeup_shift (u32) 0: the kernel's adaptive wake-up (the reader is woken by
+	 * the first record after it had caught up); N: no wake-up but one each time the backlog
+	 * crosses a multiple of 1 << N bytes (the reader also reads on a timer) */
+	__u32 wakeup_shift;
 };
 
 #endif

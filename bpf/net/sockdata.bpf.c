@@ -248,6 +248,20 @@ static __always_inline struct sock *sd__inet_sock(struct socket *so, __u16 *fami
 	return sk;
 }
 
+/* The wake-up flag for a record of len bytes about to go into the ring: with a wakeup_shift,
+ * the reader sleeps on a timer and is woken early only when the backlog crosses a multiple
+ * of 1 << wakeup_shift bytes. Under a steady trickle the kernel's adaptive wake-up costs an
+ * irq_work (a self-IPI: a VM exit in a guest) and a context switch for nearly every read;
+ * a crossing missed in a race between CPUs is caught at the next multiple or by the timer. */
+static __always_inline __u64 sd__wake(__u64 len)
+{
+	__u32 shift = sd_cfg.wakeup_shift & 63;
+	if (!shift)
+		return 0;
+	__u64 before = bpf_ringbuf_query(&sd_ring, BPF_RB_AVAIL_DATA);
+	return (before >> shift) != ((before + len + 8) >> shift) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void sd__header(struct andon_sd_hdr *h, __u16 type, __u64 pid_tgid, long fd, struct sdc_conn *c)
 {
 	h->type = type;
@@ -274,7 +288,7 @@ static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, l
 	r->bytes_recv = c->recv;
 	r->reason = reason;
 	r->_pad = 0;
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, sd__wake(sizeof(*r)));
 	sd__count(SD_STAT_EVENTS, 1);
 }
 
@@ -326,7 +340,7 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	BPF_CORE_READ_STR_INTO(&r->comm, task, group_leader, comm);
 	bpf_get_current_comm(r->tcomm, sizeof(r->tcomm));
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, sd__wake(sizeof(*r)));
 	sd__count(SD_STAT_EVENTS, 1);
 	return cp;
 }
@@ -711,7 +725,7 @@ static __always_inline void sd__emit_pend(struct sdc_conn *c, __u64 pid_tgid, lo
 	d->rfamily = 0;
 	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
 	__builtin_memcpy(d->data, c->pend, SD_PEND_MAX);
-	bpf_ringbuf_submit(d, 0);
+	bpf_ringbuf_submit(d, sd__wake(sizeof(*d) + SD_PEND_MAX));
 	sd__count(SD_STAT_EVENTS, 1);
 }
 
@@ -916,7 +930,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		sd__count(SD_STAT_TRUNCATED, 1);
 	}
 	__u64 len = sizeof(struct andon_sd_data) + BOUND(got, 2 * SD_COPY_MAX - 1);
-	if (bpf_ringbuf_output(&sd_ring, d, len, 0)) {
+	if (bpf_ringbuf_output(&sd_ring, d, len, sd__wake(len))) {
 		sd__count(SD_STAT_DROPS, 1);
 		sd__count(SD_STAT_DROPPED_BYTES, size);
 		return;

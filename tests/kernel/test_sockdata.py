@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from andon.errors import UsageError
 from andon.events.sockdata import (
     CLOSE_SYSCALL,
     F_ADDR,
@@ -32,6 +33,7 @@ from andon.events.sockdata import (
     Data,
     SockSettings,
     SockSource,
+    wakeup_bytes,
 )
 from andon.events.live import default_bpf_dir
 from andon.protocols.base import Direction, Protocol, Role
@@ -236,6 +238,81 @@ assert n == len(RESP), n
     assert [r.pos for r in cdata] == [0, 0, len(REQ)]
     sdata = [r for r in server_recs if isinstance(r, Data) and r.nr == NR_RECVMSG]
     assert b"".join(r.data for r in sdata) == b"GET /x\r\n"
+
+
+# A client that uploads N body bytes in 4,000-byte writes to a server on a thread.
+BULK_CHILD = r"""
+import json, socket, threading
+N = {n}
+HEAD = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % N
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]
+def serve():
+    c, _ = srv.accept()
+    got = 0
+    while got < len(HEAD) + N:
+        got += len(c.recv(65536))
+    c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    c.close()
+t = threading.Thread(target=serve); t.start()
+k = socket.create_connection(("127.0.0.1", port))
+k.sendall(HEAD)
+for _ in range(N // 4000):
+    k.sendall(b"x" * 4000)
+k.recv(100); k.close(); t.join(); srv.close()
+print(json.dumps({{"port": port}}))
+"""
+
+
+def _woken(src: SockSource, timeout: float) -> bool:
+    """Whether the kernel woke the ring's reader (its edge-triggered epoll) within timeout."""
+    return bool(src.reader._ep.poll(timeout))
+
+
+@pytest.mark.parametrize("step", [64 * 1024, 0])
+def test_reader_is_woken_at_the_backlog_step_not_per_record(sockdata, step):
+    # a sensor that wakes its reader each time the backlog crosses a multiple of 64 KiB
+    # (the agent's mode), or at the first record after the reader caught up (step 0)
+    src = sockdata(wakeup_bytes=step)
+    assert src.reader.batch_bytes == (step or 64 * 1024)
+    assert not _woken(src, 0)
+    # TRIGGER: one small exchange: a handful of records, far below the step
+    pid, _ = run_child(src, http_child("k.sendall(REQ)\ngot = b''\nwhile len(got) < len(RESP): got += k.recv(65536)"))
+    deadline = time.monotonic() + 3
+    while src.reader.pending_bytes() < 4 * 64 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pending = src.reader.pending_bytes()
+    # ASSERT: the records are there; only the adaptive mode woke the reader for them
+    assert 4 * 64 <= pending < 64 * 1024
+    assert _woken(src, 0.2) == (step == 0)
+    recs = collect(src, {pid}, closes(2))
+    assert payload(split_roles(recs)[1], Direction.INGRESS) == REQ
+    assert src.reader.pending_bytes() == 0
+    # TRIGGER: 100 writes of 4,000 bytes each way in the ring: the backlog crosses 64 KiB
+    # several times while nobody reads
+    bulk, _ = run_child(src, BULK_CHILD.format(n=400_000))
+    # ASSERT: the reader is woken, and what woke it is at least one step of backlog
+    assert _woken(src, 2.0)
+    assert src.reader.pending_bytes() >= 64 * 1024
+    got = sum(r.size for r in collect(src, {bulk}, closes(2))
+              if isinstance(r, Data) and r.direction == Direction.EGRESS and r.role == Role.CLIENT)
+    assert got == 400_000 + len(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\n\r\n")
+    assert src.stats()["drops"] == 0
+
+
+def test_wakeup_step_must_be_a_power_of_two():
+    with pytest.raises(UsageError, match="wakeup_bytes must be 0 or a power of two"):
+        SockSettings(wakeup_bytes=100_000)
+    with pytest.raises(UsageError, match="at least 4096"):
+        SockSettings(wakeup_bytes=2048)
+
+
+def test_default_wakeup_step_is_a_sixteenth_of_the_ring():
+    assert wakeup_bytes(8 << 20, None) == 512 * 1024
+    assert wakeup_bytes(256 * 1024, None) == 64 * 1024  # at least 64 KiB
+    assert wakeup_bytes(64 * 1024, None) == 32 * 1024  # never more than half the ring
+    assert wakeup_bytes(8 << 20, 4096) == 4096
+    assert wakeup_bytes(8 << 20, 0) == 0
 
 
 def test_large_write_is_cut_at_the_copy_bound(sd):

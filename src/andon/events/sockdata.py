@@ -60,15 +60,15 @@ _DATA_HEAD = struct.Struct(DATA.format[:-3])
 _RADDR = _DATA_HEAD.size
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
 CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
-# struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter
-CONFIG = struct.Struct("<IIIII")
+# struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter wakeup_shift
+CONFIG = struct.Struct("<IIIIII")
 
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
 OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
-CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter")
+CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift")
 
 STAT_NAMES = (
     "events",
@@ -184,6 +184,10 @@ class SockSettings:
     pids: frozenset[int] | None = None  # trace only these processes (more with add_pid); None: all
     tls: bool = True  # uprobes on OpenSSL: plaintext of TLS connections (andon.events.tls)
     tls_rescan_s: float = 2.0  # how often read() looks for processes with a new libssl file
+    # the kernel wakes the reader each time this many more bytes are pending (a power of two
+    # of at least 4 KiB); None: a sixteenth of the ring, at least 64 KiB; 0: the kernel's
+    # adaptive wake-up, at the first record after the reader had caught up
+    wakeup_bytes: int | None = None
     bpf_dir: Path = field(default_factory=default_bpf_dir)
 
     def __post_init__(self) -> None:
@@ -193,11 +197,24 @@ class SockSettings:
             raise UsageError(f"infer_tries must be 1..255, not {self.infer_tries}")
         if self.hook not in HOOKS and self.hook != "auto":
             raise UsageError(f"hook must be auto, tp_btf or raw_tp, not {self.hook!r}")
+        w = self.wakeup_bytes
+        if w is not None and w != 0 and (w < 4096 or w & (w - 1)):
+            raise UsageError(f"wakeup_bytes must be 0 or a power of two of at least 4096, not {w}")
         unknown = [p for p in self.protocols if Protocol(p) not in INFERRED]
         if unknown:
             names = ", ".join(Protocol(p).name.lower() for p in unknown)
             raise UsageError(f"the kernel cannot recognise {names}; known: "
                              + ", ".join(sorted(p.name.lower() for p in INFERRED)))
+
+
+def wakeup_bytes(ring: int, asked: int | None) -> int:
+    """The backlog step at which the kernel wakes the reader for a ring of ``ring`` bytes
+    (a power of two): ``asked``, or a sixteenth of the ring but at least 64 KiB; never more
+    than half the ring. 0 stays 0 (the kernel's adaptive wake-up)."""
+    if asked == 0:
+        return 0
+    w = asked if asked is not None else max(64 * 1024, ring // 16)
+    return min(w, ring // 2)
 
 
 def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
@@ -268,8 +285,10 @@ class SockSource:
         if os.geteuid() != 0:
             raise PermissionDenied("the socket data sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
         ring = page_aligned_size(self.settings.ring_bytes)
+        wake = wakeup_bytes(ring, self.settings.wakeup_bytes)
         cfg = CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
-                          int(self.settings.trace_self), int(self.settings.pids is not None))
+                          int(self.settings.trace_self), int(self.settings.pids is not None),
+                          wake.bit_length() - 1 if wake else 0)
         try:
             errors: list[str] = []
             hooks = list(HOOKS) if self.settings.hook == "auto" else [self.settings.hook]
@@ -305,7 +324,7 @@ class SockSource:
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
-            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring)
+            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring, batch_bytes=wake or 64 * 1024)
             if self.settings.tls and not self.tls_error:
                 self._start_tls()
         except BaseException:
