@@ -17,6 +17,7 @@ import ctypes
 import mmap
 import select
 import struct
+import time
 from collections.abc import Iterator
 
 from .ringbuf import map_ring
@@ -31,7 +32,7 @@ _U32 = struct.Struct("<I")
 class VarRingReader:
     """Consume the ring buffer map ``fd`` of ``size`` bytes (its max_entries)."""
 
-    def __init__(self, fd: int, size: int, batch_bytes: int = 64 * 1024) -> None:
+    def __init__(self, fd: int, size: int, batch_bytes: int = 64 * 1024, linger_s: float | None = 0.002) -> None:
         if size <= 0 or size & (size - 1) or size % PAGE:
             raise ValueError(f"ring size {size} must be a power of two and a multiple of the page size")
         self.fd = fd
@@ -40,6 +41,7 @@ class VarRingReader:
         # one aligned 8-byte store/load each: the producer must never see a torn position
         self._setup(*map_ring(fd, size))
         self.batch_bytes = batch_bytes
+        self.linger_s = linger_s
         self._ep = select.epoll()
         # edge-triggered: poll() returns on a wake-up the producer sends, not merely because
         # records are there (the ring's poll says readable whenever it is not empty)
@@ -47,6 +49,7 @@ class VarRingReader:
 
     def _setup(self, cons_map: object, prod_map: mmap.mmap, cons: ctypes.c_uint64) -> None:
         self.batch_bytes = 64 * 1024
+        self.linger_s: float | None = 0.002
         self._cons_map, self._prod_map, self._cons = cons_map, prod_map, cons
         self._view = memoryview(self._prod_map)
         self._prod = self._view[0:8].cast("Q")
@@ -78,18 +81,30 @@ class VarRingReader:
     def wait(self, timeout: float) -> bool:
         """True when there is something to read, after at most ``timeout`` seconds.
 
-        With ``batch_bytes`` or more pending, at once. Otherwise the reader sleeps until the
-        producer wakes it or ``timeout`` passes, then takes whatever is there. The socket data
-        sensor wakes it only each time its backlog crosses a multiple of ``batch_bytes``
-        (``SockSettings.wakeup_bytes``), so under a trickle the reader reads on its timer,
-        a whole timeout's worth at a time, and the traced processes pay no wake-ups (each is
-        an irq_work and a context switch, ~30 µs of CPU in this VM). A producer with the
-        kernel's adaptive wake-up wakes it at the first record after it had caught up."""
-        if self.pending_bytes() >= self.batch_bytes:
+        With ``batch_bytes`` or more pending, at once. Then two ways to wait, after the
+        producer's wake-ups:
+
+        * ``linger_s`` None, for a producer that wakes the reader only each time its backlog
+          crosses a multiple of ``batch_bytes`` (the socket data sensor's
+          ``SockSettings.wakeup_bytes``): sleep until woken or ``timeout``, then take whatever
+          is there. Under a trickle the reader reads on its timer, and the traced processes
+          pay no wake-ups (each an irq_work and a context switch, ~30 µs of CPU in this VM).
+        * ``linger_s`` set, for the kernel's adaptive wake-up (at the first record after the
+          reader had caught up): wait for that, then, with less than a batch pending, linger
+          ``linger_s`` first, so a steady load wakes the reader a few hundred times a second
+          at most and each read takes many records (as :class:`andon.bpf.ringbuf.RingReader`)."""
+        pending = self.pending_bytes()
+        if pending >= self.batch_bytes:
             return True
-        if timeout > 0:
-            self._ep.poll(timeout)
-        return self.pending_bytes() > 0
+        if self.linger_s is None:
+            if timeout > 0:
+                self._ep.poll(timeout)
+            return self.pending_bytes() > 0
+        if pending == 0 and not self._ep.poll(timeout):
+            return self.pending_bytes() > 0
+        if self.pending_bytes() < self.batch_bytes and timeout > 0:
+            time.sleep(min(timeout, self.linger_s))
+        return True
 
     def read(self, max_records: int = 1 << 16) -> Iterator[bytes]:
         """Yield committed records in order, the consumer advanced past each one before it is

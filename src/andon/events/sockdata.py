@@ -324,7 +324,9 @@ class SockSource:
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
-            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring, batch_bytes=wake or 64 * 1024)
+            # with a wake-up step the kernel says when a batch is there; without, linger
+            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring, batch_bytes=wake or 64 * 1024,
+                                        linger_s=None if wake else 0.002)
             if self.settings.tls and not self.tls_error:
                 self._start_tls()
         except BaseException:
