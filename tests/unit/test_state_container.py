@@ -290,6 +290,7 @@ def test_docker_api_over_its_unix_socket(tmp_path):
 
 # -- the runtimes' event streams ----------------------------------------------------------------
 from andon.state.container import (  # noqa: E402
+    DirWatch,
     RuntimeEvent,
     parse_docker_event,
     parse_podman_event,
@@ -354,6 +355,40 @@ def test_tail_lines_reads_appended_whole_lines(tmp_path):
     assert next(it) == b"rotated"
     stop.append(1)
     assert list(it) == []
+
+
+def test_tail_lines_is_woken_by_a_write_not_by_its_poll(tmp_path):
+    log = tmp_path / "events.log"
+    log.write_bytes(b"")
+    stop = []
+    # a poll every 30 s: only the inotify watch can bring the line sooner
+    it = tail_lines(str(log), lambda: bool(stop), every=30.0, idle=30.0)
+    got: list[bytes] = []
+    t = __import__("threading").Thread(target=lambda: got.append(next(it)))
+    t.start()
+    time.sleep(0.1)  # the tail is asleep now
+    t0 = time.monotonic()
+    with log.open("ab") as f:
+        f.write(b"started\n")
+    t.join(5)
+    assert got == [b"started"] and time.monotonic() - t0 < 2
+    stop.append(1)
+    with log.open("ab") as f:
+        f.write(b"\n")  # wakes it to see stop
+    assert list(it) == []
+
+
+def test_dir_watch_reports_a_change_and_a_quiet_timeout(tmp_path):
+    w = DirWatch(str(tmp_path))
+    try:
+        assert w.wait(0.05) is False
+        (tmp_path / "f").write_bytes(b"x")
+        assert w.wait(5) is True
+        assert w.wait(0.05) is False  # the events were consumed
+    finally:
+        w.close()
+    with pytest.raises(OSError):
+        DirWatch(str(tmp_path / "missing"))
 
 
 def _watching_registry(tmp_path, inspect_delay: float, body: dict | None, bundle_priv: str | None):

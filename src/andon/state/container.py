@@ -29,11 +29,14 @@ alert that needs it, for an answer already under way.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
+import logging
 import os
 import queue
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -43,6 +46,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
+
+log = logging.getLogger("andon.container")
 
 HOST = "host"
 ID_LEN = 64
@@ -407,16 +412,57 @@ def podman_events(exe: str, on_start: Callable[[subprocess.Popen[bytes]], None])
             proc.wait()
 
 
-def tail_lines(path: str, stop: Callable[[], bool], every: float = 0.01) -> Iterator[bytes]:
-    """New whole lines appended to ``path`` from now on, polled every ``every`` seconds (a
-    stat, no read, while nothing changes); a file that shrinks was rotated: read it anew.
-    "From now on" is from this call, not from the first ``next``."""
+class DirWatch:
+    """Wakes a waiter when a file in ``directory`` is written, created or moved in (inotify,
+    through libc), so a tail needs no polling. Raises OSError where inotify is unavailable."""
+
+    _MASK = 0x2 | 0x8 | 0x80 | 0x100  # IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+
+    def __init__(self, directory: str) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if libc.inotify_add_watch(fd, os.fsencode(directory), self._MASK) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch {directory}")
+        self.fd = fd
+
+    def wait(self, timeout: float) -> bool:
+        """Until something changed in the directory (True) or ``timeout`` seconds (False)."""
+        ready = select.select([self.fd], [], [], timeout)[0]
+        try:
+            while os.read(self.fd, 65536):  # the events say only "something changed": drop them
+                pass
+        except BlockingIOError:
+            pass
+        return bool(ready)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def tail_lines(path: str, stop: Callable[[], bool], every: float = 0.01, idle: float = 0.25) -> Iterator[bytes]:
+    """New whole lines appended to ``path`` from now on; a file that shrinks was rotated:
+    read it anew. Woken by inotify on the file's directory, looking at ``stop()`` at least
+    every ``idle`` seconds; where inotify is unavailable, polled every ``every`` seconds (a
+    stat, no read, while nothing changes). "From now on" is from this call, not from the
+    first ``next``."""
     f = open(path, "rb")  # noqa: SIM115 - closed by the generator
     f.seek(0, os.SEEK_END)
-    return _tail(path, f, stop, every)
+    try:
+        watch: DirWatch | None = DirWatch(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        log.info("tail %s: no inotify (%s), polling every %.0f ms", path, e, every * 1000)
+        watch = None
+    return _tail(path, f, stop, every, idle, watch)
 
 
-def _tail(path: str, f: BinaryIO, stop: Callable[[], bool], every: float) -> Iterator[bytes]:
+def _tail(path: str, f: BinaryIO, stop: Callable[[], bool], every: float, idle: float,
+          watch: DirWatch | None) -> Iterator[bytes]:  # fmt: skip
     try:
         pos = f.tell()
         part = b""
@@ -430,7 +476,11 @@ def _tail(path: str, f: BinaryIO, stop: Callable[[], bool], every: float) -> Ite
                 f = open(path, "rb")  # noqa: SIM115
                 pos, part = 0, b""
             if size == pos:
-                time.sleep(every)
+                # the watch is older than the stat: a write in between has woken it already
+                if watch is not None:
+                    watch.wait(idle)
+                else:
+                    time.sleep(every)
                 continue
             chunk = f.read(size - pos)
             pos += len(chunk)
@@ -439,6 +489,8 @@ def _tail(path: str, f: BinaryIO, stop: Callable[[], bool], every: float) -> Ite
             yield from lines
     finally:
         f.close()
+        if watch is not None:
+            watch.close()
 
 
 def podman_event_logger(exe: str, timeout: float) -> str:
