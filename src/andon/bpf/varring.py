@@ -39,17 +39,15 @@ class VarRingReader:
         self.size = size
         self.mask = size - 1
         # one aligned 8-byte store/load each: the producer must never see a torn position
-        self._setup(*map_ring(fd, size))
-        self.batch_bytes = batch_bytes
-        self.linger_s = linger_s
+        self._setup(*map_ring(fd, size), batch_bytes, linger_s)
         self._ep = select.epoll()
         # edge-triggered: poll() returns on a wake-up the producer sends, not merely because
         # records are there (the ring's poll says readable whenever it is not empty)
         self._ep.register(fd, select.EPOLLIN | select.EPOLLET)
 
-    def _setup(self, cons_map: object, prod_map: mmap.mmap, cons: ctypes.c_uint64) -> None:
-        self.batch_bytes = 64 * 1024
-        self.linger_s: float | None = 0.002
+    def _setup(self, cons_map: object, prod_map: mmap.mmap, cons: ctypes.c_uint64, batch_bytes: int = 64 * 1024,
+               linger_s: float | None = 0.002) -> None:
+        self.batch_bytes, self.linger_s = batch_bytes, linger_s
         self._cons_map, self._prod_map, self._cons = cons_map, prod_map, cons
         self._view = memoryview(self._prod_map)
         self._prod = self._view[0:8].cast("Q")

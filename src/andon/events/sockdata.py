@@ -324,9 +324,9 @@ class SockSource:
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
-            # with a wake-up step the kernel says when a batch is there; without, linger
-            self.reader = VarRingReader(self._obj.map("sd_ring").fd, ring, batch_bytes=wake or 64 * 1024,
-                                        linger_s=None if wake else 0.002)
+            fd = self._obj.map("sd_ring").fd
+            # with a wake-up step the kernel says when a batch is there; without, the reader lingers
+            self.reader = VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake else VarRingReader(fd, ring)
             if self.settings.tls and not self.tls_error:
                 self._start_tls()
         except BaseException:
