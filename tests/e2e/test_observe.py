@@ -375,6 +375,33 @@ def test_dns_dig_and_udp_client(agent: ObserveAgent, dns: S.Server):
     assert all(x["latency"] > 0 for x in rows)
 
 
+def test_dns_over_tcp_dig_both_sides(agent: ObserveAgent, dns: S.Server):
+    # TRIGGER: dig +tcp, one connection per query; dnsmasq reads the 2-byte length apart
+    # from the message (the sensor holds it and sends it ahead), dig writes them together
+    t0 = time.time_ns()
+    assert S.dig(dns, "svc.andon.test", "A", tcp=True).answers_of("A") == ["10.1.2.3"]
+    assert S.dig(dns, "missing.andon.test", "A", tcp=True).status == "NXDOMAIN"
+    rows = agent.wait_rows("SELECT trace_role, req_header, req_body, resp_header, resp_body, latency, comm, pid, "
+                           f"remote_port, local_port FROM dns_events WHERE {_on_port(dns.port, t0)} ORDER BY time_",
+                           4, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    # ASSERT: each query once at each end, parsed from behind its length prefix
+    assert (len(clients), len(servers_)) == (2, 2), rows
+    _made("dns_events", 4)
+    for side, comm in ((clients, "dig"), (servers_, "dnsmasq")):
+        assert [json.loads(x["req_body"])["queries"] for x in side] == [
+            [{"name": "svc.andon.test", "type": "A"}], [{"name": "missing.andon.test", "type": "A"}]]
+        assert [json.loads(x["resp_header"])["rcode"] for x in side] == [0, 3]
+        assert json.loads(side[0]["resp_body"])["answers"] == [{"name": "svc.andon.test", "type": "A",
+                                                                 "addr": "10.1.2.3"}]
+        assert {x["comm"] for x in side} == {comm} and all(x["latency"] > 0 for x in side)
+    assert {x["pid"] for x in servers_} == {dns.pid}
+    # the same two TCP connections seen from both ends: dig's local ports are dnsmasq's remote ones
+    assert sorted(x["local_port"] for x in clients) == sorted(x["remote_port"] for x in servers_)
+    assert [json.loads(x["req_header"])["txid"] for x in clients] == [
+        json.loads(x["req_header"])["txid"] for x in servers_]
+
+
 # -- where the processes are -------------------------------------------------------------------------
 def test_http_server_inside_a_network_namespace(agent: ObserveAgent):
     tag, t0 = secrets.token_hex(4), time.time_ns()
