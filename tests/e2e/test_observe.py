@@ -258,7 +258,8 @@ def test_mysql_text_prepared_and_error(agent: ObserveAgent, maria: S.Server):
 
     rows = agent.wait_rows("SELECT trace_role, req_cmd, req_body, resp_status, resp_body, latency, comm, pid "
                            f"FROM mysql_events WHERE {_on_port(maria.port, t0)} ORDER BY time_", 4 * 4,
-                           timeout=WAIT_S, until=lambda rows: any(x["req_cmd"] == MYSQL_STMT_EXECUTE for x in rows))
+                           timeout=WAIT_S,
+                           until=lambda rows: [x["req_cmd"] for x in rows].count(MYSQL_STMT_EXECUTE) >= 2)
     clients, servers_ = _sides(rows)
     # the mysql CLI's queries at both ends (each then says COM_QUIT, which has no response)
     text = [
@@ -274,11 +275,14 @@ def test_mysql_text_prepared_and_error(agent: ObserveAgent, maria: S.Server):
     assert [(x["req_cmd"], x["req_body"], x["resp_status"], x["resp_body"]) for x in srv_text] == text
     assert {x["comm"] for x in servers_} == {"mariadbd"}
     assert all(x["latency"] > 0 for x in cli + srv_text if x["req_cmd"] != MYSQL_QUIT)
-    # the connector's prepared statement, on the server side (see the module docstring)
-    stmt = [(x["req_cmd"], x["req_body"], x["resp_status"], x["resp_body"]) for x in servers_
-            if x["req_cmd"] in (MYSQL_STMT_PREPARE, MYSQL_STMT_EXECUTE)]
-    assert stmt == [(MYSQL_STMT_PREPARE, prepared, MYSQL_OK, ""),
-                    (MYSQL_STMT_EXECUTE, f"query=[{prepared}] params=[2]", MYSQL_OK, "Resultset rows = 2")]
+    # the connector's prepared statement at both ends: on the client side mysql-connector (in
+    # this process) reads each packet's 4-byte header apart from its payload
+    want = [(MYSQL_STMT_PREPARE, prepared, MYSQL_OK, ""),
+            (MYSQL_STMT_EXECUTE, f"query=[{prepared}] params=[2]", MYSQL_OK, "Resultset rows = 2")]
+    for side in (servers_, [x for x in clients if x["pid"] == os.getpid()]):
+        stmt = [(x["req_cmd"], x["req_body"], x["resp_status"], x["resp_body"]) for x in side
+                if x["req_cmd"] in (MYSQL_STMT_PREPARE, MYSQL_STMT_EXECUTE)]
+        assert stmt == want, side
     _made("mysql_events", len(rows))
 
 
