@@ -361,9 +361,13 @@ def test_header_split_matches_the_regex(lines):
         return  # a head never holds its blank line
     nl = head.find(b"\r\n")
     old = old_fast_headers(head, nl)
-    new = http_mod._fast_headers(head, nl)
-    if new is not None:  # taken: must be what the regex took
+    lines = http_mod._fast_lines(head, nl)
+    new = None if lines is None else [(name, value) for name, value, _, _ in lines]
+    if new is not None:  # taken: must be what the regex took, and the same from the line cache
         assert new == old
+        assert http_mod._fast_lines(head, nl) == lines
+        assert [(lo, member) for _, _, lo, member in lines] == [
+            (k.lower(), json.dumps(k, ensure_ascii=False) + ":" + json.dumps(v, ensure_ascii=False)) for k, v in old]
     # not taken: the line by line path decides, as it did when the regex refused
     if old is not None and new is None:
         assert http_mod._slow_headers(head.split(b"\r\n")[1:]) == old
@@ -634,3 +638,14 @@ def test_close_does_not_read_beside_a_reading_thread_that_did_not_stop(tmp_path,
     assert obs.last_stats["sensor"]["unread_bytes"] == pending > 0
     assert obs.last_stats["rows"].get("http_events", 0) == 0
     assert f"{pending} bytes left unread" in caplog.text
+
+
+def test_header_line_cache_is_bounded_and_keeps_no_long_lines():
+    http_mod._LINES.clear()
+    for i in range(http_mod._LINES_MAX + 100):  # every ETag different, as a server's would be
+        h = http_mod.parse_head(False, b'HTTP/1.1 200 OK\r\nServer: s\r\nETag: "%08x"' % i)
+        assert h.hmap == {"server": "s", "etag": '"%08x"' % i} and h.hjson == '{"ETag":"\\"%08x\\"","Server":"s"}' % i
+    assert 0 < len(http_mod._LINES) <= http_mod._LINES_MAX
+    long = b"Cookie: " + b"c" * http_mod._LINE_KEY
+    h = http_mod.parse_head(True, b"GET / HTTP/1.1\r\n" + long)
+    assert h.hmap["cookie"] == "c" * http_mod._LINE_KEY and long not in http_mod._LINES

@@ -24,6 +24,7 @@ other one, if the first bytes seen are a status line).
 from __future__ import annotations
 
 import json
+import operator
 import re
 import urllib.parse
 import zlib
@@ -63,18 +64,18 @@ class Head:
     when its Date header ticks.
     """
 
-    __slots__ = ("minor", "method", "path", "status", "reason", "headers", "hmap", "hjson", "chunked", "cl",
+    __slots__ = ("minor", "method", "path", "status", "reason", "lines", "hmap", "hjson", "chunked", "cl",
                  "ctype", "gzip")
 
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, lines: list[HeaderLine]) -> None:
         self.minor = 1
         self.method = "-"
         self.path = "-"
         self.status = -1
         self.reason = "-"
-        self.headers = headers
-        hmap = self.hmap = {k.lower(): v for k, v in reversed(headers)}  # the first of a repeated name wins
-        self.hjson = bound(headers_json(headers), HEADERS_COLUMN)
+        self.lines = lines
+        hmap = self.hmap = dict(map(_LOWER_VALUE, reversed(lines)))  # the first of a repeated name wins
+        self.hjson = bound(_members_json(lines), HEADERS_COLUMN)
         te = hmap.get("transfer-encoding")
         self.chunked = te is not None and te.lower().split(",")[-1].strip() == "chunked"
         cl = hmap.get("content-length")
@@ -123,7 +124,7 @@ class Message:
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        return self.head.headers
+        return [(name, value) for name, value, _, _ in self.head.lines]
 
     def header(self, name: str) -> str | None:
         return self.head.hmap.get(name.lower())
@@ -136,19 +137,30 @@ class Message:
             self.body += data[:room]
 
 
+# one header line as parsed: (name, value, the name in lower case, '"name":"value"' as JSON);
+# made once per distinct line (_LINES), so a head seen for the first time is mostly lines seen before
+HeaderLine = tuple[str, str, str, str]
+_LOWER_VALUE = operator.itemgetter(2, 1)
+_LOWER = operator.itemgetter(2)
+_MEMBER = operator.itemgetter(3)
+
+
+def header_line(name: str, value: str) -> HeaderLine:
+    if _JSON_ESCAPE.search(name) is None and _JSON_ESCAPE.search(value) is None:
+        member = '"%s":"%s"' % (name, value)  # nothing the encoder would escape: each string between quotes
+    else:
+        member = _json_str(name) + ":" + _json_str(value)
+    return (name, value, name.lower(), member)
+
+
+def _members_json(lines: list[HeaderLine]) -> str:
+    return "{" + ",".join(map(_MEMBER, sorted(lines, key=_LOWER))) + "}"
+
+
 def headers_json(headers: list[tuple[str, str]]) -> str:
     """Pixie's ``ToJSONString(HeadersMap)``: a compact JSON object, keys in case-insensitive
     order, a repeated header name repeated as a key."""
-    items = sorted(headers, key=_lower_name)
-    if _JSON_ESCAPE.search("".join(map("".join, items))) is None:
-        # nothing the encoder would escape: each string is itself between quotes
-        return "{" + ",".join(['"%s":"%s"' % kv for kv in items]) + "}"
-    enc = _json_str
-    return "{" + ",".join([enc(k) + ":" + enc(v) for k, v in items]) + "}"
-
-
-def _lower_name(kv: tuple[str, str]) -> str:
-    return kv[0].lower()
+    return _members_json([header_line(k, v) for k, v in headers])
 
 
 def _text(b: bytes | bytearray) -> str:
@@ -188,14 +200,15 @@ def parse_head(is_req: bool, head: bytes) -> Head | None:
         m = _RESP_LINE.fullmatch(first)
     if not m:
         return None
-    headers: list[tuple[str, str]] | None = []
+    lines: list[HeaderLine] | None = []
     if nl >= 0:
-        headers = _fast_headers(head, nl)
-        if headers is None:
+        lines = _fast_lines(head, nl)
+        if lines is None:
             headers = _slow_headers(head.split(b"\r\n")[1:])
             if headers is None:
                 return None
-    h = Head(headers)
+            lines = [header_line(k, v) for k, v in headers]
+    h = Head(lines)
     if is_req:
         h.method, h.path, h.minor = _text(m.group(1)), _text(m.group(2)), int(m.group(3))
     else:
@@ -204,19 +217,31 @@ def parse_head(is_req: bool, head: bytes) -> Head | None:
     return h
 
 
-def _fast_headers(head: bytes, nl: int) -> list[tuple[str, str]] | None:
+_LINES: dict[bytes, HeaderLine] = {}  # header line bytes -> what it says (fast path lines only)
+_LINES_MAX = 4096  # entries (a few MB at worst); lines longer than _LINE_KEY are not kept
+_LINE_KEY = 256
+
+
+def _fast_lines(head: bytes, nl: int) -> list[HeaderLine] | None:
     """The common case: ASCII, no continuation lines, every line ``name:[ \t]*value[ \t]*``
-    with a token name (what _HEADER matches), split without a regex. None means "use the
-    line by line path", which decides validity."""
-    block = head[nl + 2 :]
-    if not block.isascii() or b"\n" in block.replace(b"\r\n", b""):
-        return None
+    with a token name (what _HEADER matches), split without a regex, each distinct line
+    parsed once (_LINES). None means "use the line by line path", which decides validity."""
+    cache = _LINES
     out = []
-    for line in block.decode("ascii").split("\r\n"):
-        name, colon, value = line.partition(":")
-        if not colon or not (name.replace("-", "").isalnum() or _TOKEN_S_RE.fullmatch(name)):
-            return None
-        out.append((name, value.strip(" \t")))
+    for line in head[nl + 2 :].split(b"\r\n"):
+        hl = cache.get(line)
+        if hl is None:
+            if not line.isascii() or b"\n" in line:
+                return None
+            name, colon, value = line.decode("ascii").partition(":")
+            if not colon or not (name.replace("-", "").isalnum() or _TOKEN_S_RE.fullmatch(name)):
+                return None
+            hl = header_line(name, value.strip(" \t"))
+            if len(line) <= _LINE_KEY:
+                if len(cache) >= _LINES_MAX:
+                    cache.clear()
+                cache[line] = hl
+        out.append(hl)
     return out
 
 
