@@ -45,7 +45,7 @@ from ..bpf.pins import errno_of, lib_fn, obj_get, obj_info, obj_pin, pin_maps, r
 from ..errors import BpfError, NotSupported, UsageError
 from ..events.live import default_bpf_dir, possible_cpus
 from .state import lock_file, write_json_atomic
-from .datapath import IP_KEY, PROTO_NAMES, PROTO_NUMBERS, _sum_percpu, ip_key
+from .datapath import IP_KEY, PROTO_NUMBERS, _sum_percpu, ip_key
 
 FW_RULES = 8  # NP_FW_RULES
 FW_MAX_RULES = 1024  # NP_FW_MAX_RULES; the pass counter is at this index
