@@ -24,6 +24,8 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
     sensor-track   the same, connections followed and protocols inferred, no data shipped
     sensor-floor   the same hook with no process traced: what any syscall-exit hook costs
     agent    ``andon run --no-rules --data-dir DIR``: the whole protocol-tracing agent
+    agent-server   the same with ``observe.trace_roles`` set to the server end of every
+             protocol: the load generator's end is not copied, nor parsed
     on       ``--tracer CMD``: any command (bpftrace...), with ``--ready-line`` and
              ``--captured-regex`` as before
 
@@ -438,13 +440,21 @@ def _prepare(kind: str, srv: S.Server) -> None:
 
 # sensor configurations: bench/tracers.py sock-drain --variant
 SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor"}
-CONFIGS = ("off", *SENSORS, "agent", "on")
+# agent configurations: the andon config file each runs with (None: none)
+AGENTS = {"agent": None,
+          "agent-server": "observe:\n  trace_roles: {http: server, pgsql: server, mysql: server, redis: server, "
+                          "dns: server}\n"}
+CONFIGS = ("off", *SENSORS, *AGENTS, "on")
 
 
 def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
-    if config == "agent":
-        return Tracer([sys.executable, "-m", "andon", "run", "--no-rules", "--data-dir", str(data_dir)], 2.0,
-                      "no rules", env=snapshot.env())
+    if config in AGENTS:
+        argv = [sys.executable, "-m", "andon", "run", "--no-rules", "--data-dir", str(data_dir)]
+        if AGENTS[config]:
+            cfg = data_dir.parent / "andon.yaml"
+            cfg.write_text(AGENTS[config])
+            argv += ["-c", str(cfg)]
+        return Tracer(argv, 2.0, "no rules", env=snapshot.env())
     if config in SENSORS:
         return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--variant", SENSORS[config]], 2.0,
                       '"ready"', env=snapshot.env())
@@ -471,7 +481,7 @@ def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: ar
             rec = asdict(load) | {"tracer_cpu_s": tr.cpu_s, "tracer_cpu_pct": 100 * tr.cpu_s / wall,
                                   "tracer_hwm_kb": tr.hwm_kb, "tracer_peak_rss_kb": tr.rss.peak["VmRSS"],
                                   "tracer_peak_anon_kb": tr.rss.peak["RssAnon"]}
-            if config == "agent":
+            if config in AGENTS:
                 rec |= agent_closing(tr.output)
                 rows = captured_rows(data_dir, case.table, case.match, srv.port)
                 rec |= {f"rows_{k}": v for k, v in rows.items()}
@@ -522,7 +532,7 @@ def run(args: argparse.Namespace) -> dict:
                      "repeat": args.repeat, "rates": args.rates, "modes": modes,
                      "started": datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
                      "ncpu": os.cpu_count(), "foreign_tracing": []}
-    if any(c == "agent" or c in SENSORS for c in configs):
+    if any(c in AGENTS or c in SENSORS for c in configs):
         results["snapshot"] = snapshot.freeze()
     if "paced" in modes and any(c.server == "redis" for c in chosen):
         redis_paced_exe()
@@ -559,8 +569,9 @@ REACHED = 0.97  # a paced run "holds" its rate when it reached this share of the
 def complete(r: dict) -> bool:
     """Every request of the run captured on both sides, nothing lost in the ring, and (paced)
     the offered rate reached: a rate the traced server could not sustain is not reported."""
+    client = r.get("config") == "agent-server" or r.get("captured_client", 0) >= r["sent"]  # not traced there
     return (r.get("lost", 1) == 0 and r.get("captured_server", 0) >= r["sent"]
-            and r.get("captured_client", 0) >= r["sent"] and (not r["rate"] or r["rps"] >= REACHED * r["rate"]))
+            and client and (not r["rate"] or r["rps"] >= REACHED * r["rate"]))
 
 
 def summarize(results: dict) -> list[dict]:

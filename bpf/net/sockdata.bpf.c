@@ -53,7 +53,8 @@ struct {
 	__type(value, __u64);
 } sd_stats SEC(".maps");
 
-/* protocol -> 1 when its data is wanted; the loader fills it, and may change it live */
+/* protocol -> whose data is wanted: a bit per connection role, 1 << SD_ROLE_* (0: the
+ * protocol is off); the loader fills it, and may change it live */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SD_PROTO_MAX);
@@ -824,6 +825,12 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 	sd__deliver(s, c, nr, r, size, pos, dir, 0, fd, pid_tgid);
 }
 
+/* Whether a connection of this role carries wanted data of a protocol whose sd_protos entry is on. */
+static __always_inline int sd__wanted(const __u32 *on, __u8 role)
+{
+	return on && ((*on >> (role & 7)) & 1);
+}
+
 /*
  * Infer (while still trying), copy and send one chunk of connection c: size bytes moved,
  * pos bytes before it in its direction. For a plaintext chunk of a TLS call (encrypted)
@@ -839,7 +846,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 	int infer = !c->protocol && c->tries < sd_cfg.infer_tries;
 	__u32 pkey = c->protocol;
 	__u32 *on = bpf_map_lookup_elem(&sd_protos, &pkey);
-	if (!infer && (!c->protocol || !on || !*on)) {
+	if (!infer && (!c->protocol || !sd__wanted(on, c->role))) {
 		sd__count(SD_STAT_SKIPPED_BYTES, size);
 		sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
 		return;
@@ -886,7 +893,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 				sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
 			c->pend_len = 0;
 		}
-		if (!p || !on || !*on) {
+		if (!p || !sd__wanted(on, c->role)) {
 			if (joined)
 				sd__count(SD_STAT_SKIPPED_BYTES, c->pend_len);
 			c->pend_len = 0;

@@ -406,6 +406,33 @@ def test_dns_over_tcp_dig_both_sides(agent: ObserveAgent, dns: S.Server):
         json.loads(x["req_header"])["txid"] for x in servers_]
 
 
+# -- one end only ------------------------------------------------------------------------------------
+def test_trace_roles_keep_one_end_of_each_protocol(tmp_path: Path, http: S.Server, pg: S.Server):
+    # TRIGGER: an agent of its own told to keep HTTP's client end and PostgreSQL's server end;
+    # curl and psql talk to servers on this host, so both ends are there to be traced
+    config = CONFIG + "  trace_roles:\n    http: [client]\n    pgsql: server\n"
+    with ObserveAgent(tmp_path / "data", config=config) as one:
+        assert any("http (client end), pgsql (server end)" in x for x in one.stderr_lines), one.log_tail()
+        tag, t0 = secrets.token_hex(4), time.time_ns()
+        paths = [f"/status/{c}?t={tag}" for c in (200, 404, 503)]
+        assert S.curl([http.url(p) for p in paths]).statuses == [200, 404, 503]
+        assert S.psql(pg, f"SELECT '{tag}'") == [[tag]]
+        hrows = one.wait_rows(f"SELECT trace_role, req_path, resp_status FROM http_events WHERE "
+                              f"{_on_port(http.port, t0)} AND req_path LIKE '%t={tag}' ORDER BY time_", 3,
+                              timeout=WAIT_S, settle=1.0)
+        prows = one.wait_rows(f"SELECT trace_role, req FROM pgsql_events WHERE {_on_port(pg.port, t0)} "
+                              f"AND req LIKE '%{tag}%'", 1, timeout=WAIT_S, settle=1.0)
+        # conn_stats rows come every conn_stats_interval (5 s)
+        conns = one.wait_rows(f"SELECT DISTINCT trace_role FROM conn_stats WHERE remote_port = {pg.port} "
+                              f"AND time_ >= {t0}", 1, timeout=WAIT_S, settle=0)
+    # ASSERT: each request once, from the wanted end; the other end's connection is still in
+    # conn_stats (the kernel tracks it, it only copies none of its data)
+    assert [(x["trace_role"], x["req_path"], x["resp_status"]) for x in hrows] == [
+        (CLIENT, p, int(p[8:11])) for p in paths]
+    assert [(x["trace_role"], x["req"]) for x in prows] == [(SERVER, f"SELECT '{tag}'")]
+    assert [x["trace_role"] for x in conns] == [CLIENT]
+
+
 # -- where the processes are -------------------------------------------------------------------------
 def test_http_server_inside_a_network_namespace(agent: ObserveAgent):
     tag, t0 = secrets.token_hex(4), time.time_ns()

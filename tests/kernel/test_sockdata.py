@@ -33,6 +33,7 @@ from andon.events.sockdata import (
     Data,
     SockSettings,
     SockSource,
+    role_mask,
     wakeup_bytes,
 )
 from andon.events.live import default_bpf_dir
@@ -439,6 +440,37 @@ def test_disabled_protocol_is_counted_not_delivered(sd):
     # runs after the syscall's work, so the client's send can be reported after the reply)
     client, server = split_roles(recs)
     assert payload(client, Direction.EGRESS) == REQ and payload(server, Direction.EGRESS) == RESP
+
+
+def test_trace_roles_keep_one_end_of_a_protocol(sd):
+    src = sd
+    # TRIGGER: one HTTP exchange on loopback, both ends in one traced child, with only the
+    # server end of HTTP wanted; then, switched live, only the client end
+    for want, other in ((Role.SERVER, Role.CLIENT), (Role.CLIENT, Role.SERVER)):
+        src.set_protocols({Protocol.HTTP}, {Protocol.HTTP: frozenset({want})})
+        before = src.stats()["skipped_bytes"]
+        pid, _ = run_child(src, http_child("k.sendall(REQ)\nk.recv(100)"))
+        recs = collect(src, {pid}, closes(2))
+        # ASSERT: data of the wanted end only, whole; the other end's connection is still
+        # opened and closed (conn_stats), its bytes counted as skipped
+        client, server = split_roles(recs)
+        kept, dropped = (server, client) if want == Role.SERVER else (client, server)
+        assert all(r.role == want for r in recs if isinstance(r, Data))
+        assert not [r for r in dropped if isinstance(r, Data)]
+        sent, got = (RESP, REQ) if want == Role.SERVER else (REQ, RESP)
+        assert payload(kept, Direction.EGRESS) == sent and payload(kept, Direction.INGRESS) == got
+        close = next(r for r in dropped if isinstance(r, ConnClose))
+        assert close.role == other and (close.bytes_sent, close.bytes_recv) == (len(got), len(sent))
+        assert src.stats()["skipped_bytes"] - before >= len(REQ) + len(RESP)
+
+
+def test_role_mask():
+    assert role_mask(None) == role_mask({Role.CLIENT, Role.SERVER}) == 0b111  # UNKNOWN too
+    assert role_mask({Role.SERVER}) == 1 << Role.SERVER and role_mask({Role.CLIENT}) == 1 << Role.CLIENT
+    with pytest.raises(UsageError, match="trace_roles of pgsql must be client and/or server"):
+        SockSettings(trace_roles={Protocol.PGSQL: frozenset()})
+    with pytest.raises(UsageError, match="trace_roles of http"):
+        SockSettings(trace_roles={Protocol.HTTP: frozenset({Role.UNKNOWN})})
 
 
 # -- a connection that was open before the sensor started ---------------------------------------

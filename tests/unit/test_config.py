@@ -63,6 +63,10 @@ def test_falcos_singular_rules_file_key_is_accepted(tmp_path):
         ({"observe": {"enabled": "yes"}}, "observe.enabled"),
         ({"observe": {"idle_timeout": "soon"}}, "observe.idle_timeout"),
         ({"observe": {"sample": 1}}, "unknown key.*observe"),
+        ({"observe": {"trace_roles": ["server"]}}, "observe.trace_roles must map protocol names"),
+        ({"observe": {"trace_roles": {"kafka": "server"}}}, "trace_roles: unknown protocol 'kafka'"),
+        ({"observe": {"trace_roles": {"pgsql": []}}}, r"trace_roles.pgsql must be client, server or \[client, server\]"),
+        ({"observe": {"trace_roles": {"pgsql": ["both"]}}}, r"trace_roles.pgsql must be .*not \['both'\]"),
         ({"store": {"retention": {"max_age": "forever"}}}, "not a duration"),
         ({"store": {"path": "/x"}}, "store: unknown key"),
     ],
@@ -119,3 +123,11 @@ def test_observe_and_store_sections(tmp_path):
     assert cfg.store.data_dir == tmp_path and cfg.store.retention.max_age_ns == 7200 * 10**9
     assert cfg.store.retention.max_bytes == 2**30
     assert "observe" not in cfg.outputs and "store" not in cfg.outputs
+
+
+def test_observe_trace_roles():
+    cfg = config_from_dict({"observe": {"trace_roles": {"PGSQL": ["server"], "redis": "client",
+                                                        "http": ["server", "client"]}}})
+    assert cfg.observe.trace_roles == (("http", ("client", "server")), ("pgsql", ("server",)), ("redis", ("client",)))
+    assert cfg.observe.protocols_text() == "http, pgsql (server end), mysql, redis (client end), dns"
+    assert config_from_dict({}).observe.protocols_text() == "http, pgsql, mysql, redis, dns"

@@ -32,8 +32,9 @@ SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
                "append_output", "observe", "store", "flows", "network", "firewall"}
-_OBSERVE_KEYS = {"enabled", "protocols", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
+_OBSERVE_KEYS = {"enabled", "protocols", "trace_roles", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
                  "conn_stats_interval", "idle_timeout"}
+_TRACE_ROLES = ("client", "server")
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
 _MATCH_KEYS = {"rule", "source", "tags"}
 _SENSOR_KEYS = {"ring_buffer_mb"}
@@ -50,11 +51,20 @@ class ObserveConfig:
 
     enabled: bool = True
     protocols: tuple[str, ...] = ("http", "pgsql", "mysql", "redis", "dns")
+    # (protocol, roles): only the client or the server end of its connections is traced (the
+    # kernel copies nothing of the other); a protocol not here: both ends, as Pixie does
+    trace_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_copy_bytes: int = 4096
     ring_buffer_mb: int = 8
     process_stats_interval_ns: int = 10 * 10**9
     conn_stats_interval_ns: int = 5 * 10**9
     idle_timeout_ns: int = 300 * 10**9
+
+    def protocols_text(self) -> str:
+        """The protocols traced, a restricted one with its end: ``http, pgsql (server end)``."""
+        roles = dict(self.trace_roles)
+        return ", ".join(p if set(roles.get(p, _TRACE_ROLES)) == set(_TRACE_ROLES) else f"{p} ({roles[p][0]} end)"
+                         for p in self.protocols)
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,24 @@ def _observe(sec: Any, where: str) -> ObserveConfig:
         if bad:
             raise UsageError(f"{where}observe.protocols: unknown {', '.join(bad)}; known: {', '.join(known)}")
         kw["protocols"] = tuple(p.lower() for p in protos)
+    if "trace_roles" in sec:
+        known = ObserveConfig().protocols
+        tr = sec["trace_roles"]
+        if not isinstance(tr, dict):
+            raise UsageError(f"{where}observe.trace_roles must map protocol names to client, server or "
+                             "[client, server]")
+        pairs = []
+        for name, roles in tr.items():
+            if not isinstance(name, str) or name.lower() not in known:
+                raise UsageError(f"{where}observe.trace_roles: unknown protocol {name!r}; known: {', '.join(known)}")
+            if isinstance(roles, str):
+                roles = [roles]
+            if (not isinstance(roles, list) or not roles
+                    or not all(isinstance(r, str) and r.lower() in _TRACE_ROLES for r in roles)):
+                raise UsageError(f"{where}observe.trace_roles.{name} must be client, server or [client, server], "
+                                 f"not {roles!r}")
+            pairs.append((name.lower(), tuple(sorted({r.lower() for r in roles}))))
+        kw["trace_roles"] = tuple(sorted(pairs))
     for key, lo, hi in (("max_copy_bytes", 1, 16384), ("ring_buffer_mb", 1, 1024)):
         if key in sec:
             v = sec[key]

@@ -23,7 +23,7 @@ from typing import Any
 from ..events.sockdata import SockSettings, SockSource
 from ..observe.pipeline import Pipeline, ProcessInfo
 from ..observe.procstats import ProcStatsSampler
-from ..protocols.base import Protocol
+from ..protocols.base import Protocol, Role
 from ..store.schema import upid as make_upid
 from ..store.settings import StoreSettings
 from ..store.store import Store
@@ -79,6 +79,8 @@ class Observer:
         try:
             self.source = SockSource(SockSettings(
                 protocols=self.protocols, max_copy=self.cfg.max_copy_bytes,
+                trace_roles={PROTOCOL_NAMES[p]: frozenset(Role[r.upper()] for r in roles)
+                             for p, roles in self.cfg.trace_roles},
                 ring_bytes=self.cfg.ring_buffer_mb << 20, trace_self=self._trace_self))
             self.source.start()
         except BaseException:

@@ -190,7 +190,7 @@ def _start_observer(cfg: Any) -> Any:
         print(f"andon: protocol tracing is off: {e}", file=sys.stderr)
         return None
     observer.start_thread()
-    print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
+    print(f"andon: observe: {cfg.observe.protocols_text()} into {observer.store_settings.data_dir} "
           f"({observer.source.hook})", file=sys.stderr)
     return observer
 
@@ -205,7 +205,7 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
 
     observer = Observer(cfg.observe, cfg.store)
     observer.start()
-    print(f"andon: observe: {', '.join(cfg.observe.protocols)} into {observer.store_settings.data_dir} "
+    print(f"andon: observe: {cfg.observe.protocols_text()} into {observer.store_settings.data_dir} "
           f"({observer.source.hook}); no rules", file=sys.stderr)
     observer.start_thread()
     endpoints = _start_endpoints(cfg)

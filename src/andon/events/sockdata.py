@@ -23,7 +23,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,9 +173,12 @@ Record = ConnOpen | Data | ConnClose
 
 @dataclass(frozen=True)
 class SockSettings:
-    """What the socket data source captures. ``protocols``: whose data crosses to Python."""
+    """What the socket data source captures. ``protocols``: whose data crosses to Python;
+    ``trace_roles``: of those, only the data of connections where the traced process plays
+    one of these roles (a protocol not named: both ends)."""
 
     protocols: frozenset[Protocol] = INFERRED
+    trace_roles: Mapping[Protocol, frozenset[Role]] = field(default_factory=dict)
     max_copy: int = 4096  # bytes copied per syscall
     ring_bytes: int = 8 << 20
     infer_tries: int = 4  # chunks looked at before a connection is given up as unknown
@@ -200,11 +203,24 @@ class SockSettings:
         w = self.wakeup_bytes
         if w is not None and w != 0 and (w < 4096 or w & (w - 1)):
             raise UsageError(f"wakeup_bytes must be 0 or a power of two of at least 4096, not {w}")
+        for p, roles in self.trace_roles.items():
+            if not roles or not set(roles) <= {Role.CLIENT, Role.SERVER}:
+                raise UsageError(f"trace_roles of {Protocol(p).name.lower()} must be client and/or server, "
+                                 f"not {sorted(Role(r).name.lower() for r in roles)}")
         unknown = [p for p in self.protocols if Protocol(p) not in INFERRED]
         if unknown:
             names = ", ".join(Protocol(p).name.lower() for p in unknown)
             raise UsageError(f"the kernel cannot recognise {names}; known: "
                              + ", ".join(sorted(p.name.lower() for p in INFERRED)))
+
+
+def role_mask(roles: Iterable[Role] | None) -> int:
+    """An sd_protos value: a bit per connection role whose data is wanted (1 << SD_ROLE_*).
+    None, or both ends: every role, UNKNOWN included (a connection whose first chunks did
+    not say which end it is)."""
+    if roles is None or {Role.CLIENT, Role.SERVER} <= set(roles):
+        return 1 << Role.UNKNOWN | 1 << Role.CLIENT | 1 << Role.SERVER
+    return sum(1 << int(r) for r in set(roles))
 
 
 def wakeup_bytes(ring: int, asked: int | None) -> int:
@@ -320,7 +336,7 @@ class SockSource:
             if self._obj is None:
                 raise NotSupported("socket data capture",
                                    f"no sys_exit hook of {'/'.join(hooks)} loads here: " + "; ".join(errors))
-            self.set_protocols(self.settings.protocols)
+            self.set_protocols(self.settings.protocols, self.settings.trace_roles)
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
@@ -350,13 +366,17 @@ class SockSource:
         if self.tls is not None:
             self.tls.note_exec(pid)
 
-    def set_protocols(self, protocols: Iterable[Protocol]) -> None:
-        """Switch on exactly these protocols' data; takes effect at the next syscall."""
+    def set_protocols(self, protocols: Iterable[Protocol],
+                      trace_roles: Mapping[Protocol, frozenset[Role]] | None = None) -> None:
+        """Switch on exactly these protocols' data, each for the connection roles in
+        ``trace_roles`` (a protocol not there: both); takes effect at the next syscall."""
         assert self._obj is not None, "start() first"
         on = {int(p) for p in protocols}
+        roles = {int(p): r for p, r in (trace_roles or {}).items()}
         m = self._obj.map("sd_protos")
         for p in range(PROTO_MAX):
-            m.update(p.to_bytes(4, "little"), (1 if p in on else 0).to_bytes(4, "little"))
+            mask = role_mask(roles.get(p)) if p in on else 0
+            m.update(p.to_bytes(4, "little"), mask.to_bytes(4, "little"))
 
     def add_pid(self, pid: int) -> None:
         """Trace this process too (only meaningful when settings.pids is not None)."""
