@@ -440,19 +440,20 @@ def _prepare(kind: str, srv: S.Server) -> None:
 
 # sensor configurations: bench/tracers.py sock-drain --variant
 SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor"}
-# agent configurations: the andon config file each runs with (None: none)
-AGENTS = {"agent": None,
-          "agent-server": "observe:\n  trace_roles: {http: server, pgsql: server, mysql: server, redis: server, "
-                          "dns: server}\n"}
+# agent configurations: (the andon config file it runs with, "" for none; whether it traces
+# the client end, so that a complete run must capture every request there too)
+AGENTS = {"agent": ("", True),
+          "agent-server": ("observe:\n  trace_roles: {http: server, pgsql: server, mysql: server, redis: server, "
+                           "dns: server}\n", False)}
 CONFIGS = ("off", *SENSORS, *AGENTS, "on")
 
 
 def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
     if config in AGENTS:
         argv = [sys.executable, "-m", "andon", "run", "--no-rules", "--data-dir", str(data_dir)]
-        if AGENTS[config]:
+        if AGENTS[config][0]:
             cfg = data_dir.parent / "andon.yaml"
-            cfg.write_text(AGENTS[config])
+            cfg.write_text(AGENTS[config][0])
             argv += ["-c", str(cfg)]
         return Tracer(argv, 2.0, "no rules", env=snapshot.env())
     if config in SENSORS:
@@ -487,6 +488,7 @@ def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: ar
                 rec |= {f"rows_{k}": v for k, v in rows.items()}
                 rec["captured_server"] = rows["server"] / case.rows_per_match
                 rec["captured_client"] = rows["client"] / case.rows_per_match
+                rec["client_traced"] = AGENTS[config][1]
             elif config in SENSORS:
                 res = [json.loads(line)["result"] for line in tr.output.splitlines() if line.startswith('{"result"')]
                 if not res:
@@ -567,9 +569,10 @@ REACHED = 0.97  # a paced run "holds" its rate when it reached this share of the
 
 
 def complete(r: dict) -> bool:
-    """Every request of the run captured on both sides, nothing lost in the ring, and (paced)
+    """Every request of the run captured on both sides (the server's only, for an agent that
+    does not trace the client end), nothing lost in the ring, and (paced)
     the offered rate reached: a rate the traced server could not sustain is not reported."""
-    client = r.get("config") == "agent-server" or r.get("captured_client", 0) >= r["sent"]  # not traced there
+    client = not r.get("client_traced", True) or r.get("captured_client", 0) >= r["sent"]
     return (r.get("lost", 1) == 0 and r.get("captured_server", 0) >= r["sent"]
             and client and (not r["rate"] or r["rps"] >= REACHED * r["rate"]))
 

@@ -245,8 +245,8 @@ def _observe(sec: Any, where: str) -> ObserveConfig:
         if not isinstance(sec["enabled"], bool):
             raise UsageError(f"{where}observe.enabled must be true or false")
         kw["enabled"] = sec["enabled"]
+    known = ObserveConfig().protocols
     if "protocols" in sec:
-        known = ObserveConfig().protocols
         protos = sec["protocols"]
         if not isinstance(protos, list) or not all(isinstance(p, str) for p in protos):
             raise UsageError(f"{where}observe.protocols must be a list of names ({', '.join(known)})")
@@ -255,7 +255,6 @@ def _observe(sec: Any, where: str) -> ObserveConfig:
             raise UsageError(f"{where}observe.protocols: unknown {', '.join(bad)}; known: {', '.join(known)}")
         kw["protocols"] = tuple(p.lower() for p in protos)
     if "trace_roles" in sec:
-        known = ObserveConfig().protocols
         tr = sec["trace_roles"]
         if not isinstance(tr, dict):
             raise UsageError(f"{where}observe.trace_roles must map protocol names to client, server or "
