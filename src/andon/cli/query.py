@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..query import semantic
 from ..store.settings import DEFAULT_DATA_DIR
 
 
@@ -110,11 +111,17 @@ def _cells(result) -> list[list[Any]]:
     return rows
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, sem: str = "") -> str:
+    """A value for reading: by its semantic type (5.07 ms, 1.2 KiB, 4 /s) as ``px run``
+    shows it, else as it is; json and csv keep every digit."""
     if v is None:
         return ""
+    if sem:
+        shown = semantic.show(sem, v)
+        if shown is not None:
+            return shown
     if isinstance(v, float):
-        return format(v, ".6g")  # the table is for reading; json/csv keep every digit
+        return format(v, ".6g")
     return str(v)
 
 
@@ -137,13 +144,17 @@ def render(results, fmt: str, out) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=out, soft_wrap=False, width=None if out.isatty() else 160)
     for r in results:
         console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows)", highlight=False)
         t = Table()
-        for c in r.columns:
-            t.add_column(c, overflow="fold")
+        sems = r.semantics or [""] * len(r.columns)
+        for c, sem in zip(r.columns, sems):
+            numeric = sem and sem not in (semantic.HTTP_RESP_STATUS, semantic.QUANTILES, semantic.DURATION_NS_QUANTILES)
+            t.add_column(c, overflow="fold", justify="right" if numeric else "left")
         for row in _cells(r):
-            t.add_row(*(_cell(v) for v in row))
+            t.add_row(*(Text(_cell(v, sem), style=semantic.style(sem, c, v))
+                        for v, sem, c in zip(row, sems, r.columns)))
         console.print(t)

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import semantic
 from .plan import AGGREGATES, BOOL, FLOAT, INT, STR, TIME, Expr, Frame, QueryError, lit, lit_type, q
 
 NS = {"nanoseconds": 1, "microseconds": 10**3, "milliseconds": 10**6, "seconds": 10**9, "minutes": 60 * 10**9,
@@ -22,7 +23,7 @@ NS = {"nanoseconds": 1, "microseconds": 10**3, "milliseconds": 10**6, "seconds":
 def as_expr(v: object) -> Expr:
     if isinstance(v, Expr):
         return v
-    return Expr(lit(v), lit_type(v), frozenset(), None)
+    return Expr(lit(v), lit_type(v), frozenset(), None, semantic.of(v))
 
 
 def frame_of(*vals: object) -> Frame | None:
@@ -32,12 +33,12 @@ def frame_of(*vals: object) -> Frame | None:
     return None
 
 
-def combine(sql: str, typ: str | None, *vals: object) -> Expr:
+def combine(sql: str, typ: str | None, *vals: object, sem: str = "") -> Expr:
     cols: frozenset[str] = frozenset()
     for v in vals:
         if isinstance(v, Expr):
             cols |= v.cols
-    return Expr(sql, typ, cols, frame_of(*vals))
+    return Expr(sql, typ, cols, frame_of(*vals), sem)
 
 
 # ---- df.ctx[...] ------------------------------------------------------------------------
@@ -124,7 +125,9 @@ def _select(cond, a, b):
         return a if cond else b
     ta = a.typ if isinstance(a, Expr) else lit_type(a)
     tb = b.typ if isinstance(b, Expr) else lit_type(b)
-    return combine(f"(CASE WHEN {cond.sql} THEN {as_expr(a).sql} ELSE {as_expr(b).sql} END)", ta or tb, cond, a, b)
+    sa, sb = semantic.of(a), semantic.of(b)
+    return combine(f"(CASE WHEN {cond.sql} THEN {as_expr(a).sql} ELSE {as_expr(b).sql} END)", ta or tb, cond, a, b,
+                   sem=sa if sa == sb else "")
 
 
 def _bin(v, size):
@@ -140,24 +143,27 @@ def _bin(v, size):
 
 def _duration(v):
     if isinstance(v, Expr):
-        return combine(f"CAST({v.sql} AS BIGINT)", INT, v)
+        return combine(f"CAST({v.sql} AS BIGINT)", INT, v, sem=semantic.DURATION_NS)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise QueryError(f"px.DurationNanos() needs a number, not {v!r}")
-    return int(v)
+    return semantic.tag(int(v), semantic.DURATION_NS)
 
 
-def _identity_num(name):
+def _identity_num(name, sem=""):
+    """px.Bytes(), px.Percent(), ...: the same number, said to be of semantic type ``sem``."""
     def f(v):
-        if isinstance(v, Expr) or isinstance(v, (int, float)) and not isinstance(v, bool):
-            return v
+        if isinstance(v, Expr):
+            return combine(v.sql, v.typ, v, sem=sem) if sem else v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return semantic.tag(v, sem) if sem else v
         raise QueryError(f"px.{name}() needs a number, not {v!r}")
     return f
 
 
-def _math(name, sqlname, pyf, typ):
+def _math(name, sqlname, pyf, typ, keep_sem=False):
     def f(v):
         if isinstance(v, Expr):
-            return combine(f"{sqlname}({v.sql})", typ, v)
+            return combine(f"{sqlname}({v.sql})", typ, v, sem=v.sem if keep_sem else "")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise QueryError(f"px.{name}() needs a number, not {v!r}")
         return pyf(v)
@@ -174,7 +180,7 @@ def _pluck(kind):
         e = as_expr(v)
         s = f"json_extract_string({e.sql}, {_json_path(key)})"
         if kind == "float":
-            return combine(f"COALESCE(TRY_CAST({s} AS DOUBLE), 0.0)", FLOAT, v)
+            return combine(f"COALESCE(TRY_CAST({s} AS DOUBLE), 0.0)", FLOAT, v, sem=semantic.pluck(e.sem))
         if kind == "int":
             return combine(f"COALESCE(TRY_CAST({s} AS BIGINT), 0)", INT, v)
         return combine(f"COALESCE({s}, '')", STR, v)
@@ -232,10 +238,10 @@ def make_px(now_ns: int) -> dict[str, object]:
     add("now", lambda: now_ns, 0)
     for unit, mult in NS.items():
         add(unit, (lambda m: lambda n: _duration(n * m) if not isinstance(n, Expr) else
-                   combine(f"({n.sql} * {m})", INT, n))(mult), 1)
+                   combine(f"({n.sql} * {m})", INT, n, sem=semantic.DURATION_NS))(mult), 1)
     add("DurationNanos", _duration, 1)
-    add("Bytes", _identity_num("Bytes"), 1)
-    add("Percent", _identity_num("Percent"), 1)
+    add("Bytes", _identity_num("Bytes", semantic.BYTES), 1)
+    add("Percent", _identity_num("Percent", semantic.PERCENT), 1)
     add("Time", _identity_num("Time"), 1)
     add("time_to_int64", _identity_num("time_to_int64"), 1)
     add("int64_to_time", lambda v: combine(v.sql, TIME, v) if isinstance(v, Expr) else v, 1)
@@ -243,7 +249,7 @@ def make_px(now_ns: int) -> dict[str, object]:
     add("floor", _math("floor", "floor", math.floor, FLOAT), 1)
     add("ceil", _math("ceil", "ceil", math.ceil, FLOAT), 1)
     add("round", _math("round", "round", round, FLOAT), 1)
-    add("abs", _math("abs", "abs", abs, None), 1)
+    add("abs", _math("abs", "abs", abs, None, keep_sem=True), 1)
     add("log", _math("log", "ln", math.log, FLOAT), 1)
     add("contains", _contains, 2)
     add("length", _str_fn(lambda a: f"length({a})", len, INT), 1)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import AndonError
+from . import semantic
 
 INT, FLOAT, STR, BOOL, TIME = "INT", "FLOAT", "STR", "BOOL", "TIME"
 _NUMERIC = {INT, FLOAT, TIME, BOOL}
@@ -90,6 +91,7 @@ class Expr:
     typ: str | None
     cols: frozenset[str]
     frame: "Frame | None" = None
+    sem: str = ""  # Pixie's semantic type (andon.query.semantic), '' for a plain value
 
 
 _ids = itertools.count()
@@ -101,9 +103,13 @@ class Frame:
     columns: tuple[str, ...]
     types: dict[str, str | None] = field(default_factory=dict, compare=False)
     table: str = ""  # the source table, for messages
+    sems: dict[str, str] = field(default_factory=dict, compare=False)  # semantic types, where not ''
 
     def col(self, name: str) -> Expr:
-        return Expr(q(name), self.types.get(name), frozenset([name]), self)
+        return Expr(q(name), self.types.get(name), frozenset([name]), self, self.sems.get(name, ""))
+
+    def _sems(self, names) -> dict[str, str]:
+        return {c: self.sems[c] for c in names if c in self.sems}
 
     def _from(self) -> str:
         return f"({self.sql}) AS t{next(_ids)}"
@@ -118,7 +124,7 @@ class Frame:
         self.check(e.cols)
         if e.typ not in (BOOL, None):
             raise QueryError("a filter must be a boolean expression", hint="compare a column: df[df.x > 1]")
-        return Frame(f"SELECT * FROM {self._from()} WHERE {e.sql}", self.columns, self.types, self.table)
+        return Frame(f"SELECT * FROM {self._from()} WHERE {e.sql}", self.columns, self.types, self.table, self.sems)
 
     def with_column(self, name: str, e: Expr) -> "Frame":
         self.check(e.cols)
@@ -129,12 +135,16 @@ class Frame:
             parts = [q(c) for c in self.columns] + [f"{e.sql} AS {q(name)}"]
             cols.append(name)
         types[name] = e.typ
-        return Frame(f"SELECT {', '.join(parts)} FROM {self._from()}", tuple(cols), types, self.table)
+        sems = dict(self.sems)
+        sems.pop(name, None)
+        if e.sem:
+            sems[name] = e.sem
+        return Frame(f"SELECT {', '.join(parts)} FROM {self._from()}", tuple(cols), types, self.table, sems)
 
     def select(self, names: list[str]) -> "Frame":
         self.check(names)
         return Frame(f"SELECT {', '.join(q(c) for c in names)} FROM {self._from()}", tuple(names),
-                     {c: self.types.get(c) for c in names}, self.table)
+                     {c: self.types.get(c) for c in names}, self.table, self._sems(names))
 
     def drop(self, names: list[str]) -> "Frame":
         self.check(names)
@@ -143,13 +153,14 @@ class Frame:
     def head(self, n: int) -> "Frame":
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise QueryError(f"head() needs a count >= 0, not {n!r}")
-        return Frame(f"SELECT * FROM {self._from()} LIMIT {n}", self.columns, self.types, self.table)
+        return Frame(f"SELECT * FROM {self._from()} LIMIT {n}", self.columns, self.types, self.table, self.sems)
 
     def agg(self, keys: list[str], aggs: list[tuple[str, str, "AggFunc"]]) -> "Frame":
         """GROUP BY ``keys``; ``aggs`` are (output name, input column, function)."""
         self.check(keys)
         self.check([c for _, c, _ in aggs])
         inner, outer, types = [q(k) for k in keys], [q(k) for k in keys], {k: self.types.get(k) for k in keys}
+        sems = self._sems(keys)
         names = list(keys)
         for out, col, fn in aggs:
             if out in names:
@@ -160,11 +171,14 @@ class Frame:
             inner.append(f"{raw} AS {tmp}")
             outer.append(f"{fn.post(tmp)} AS {q(out)}")
             types[out] = fn.result_type(self.types.get(col))
+            sem = semantic.aggregate(fn.name, self.sems.get(col, ""))
+            if sem:
+                sems[out] = sem
         group = f" GROUP BY {', '.join(q(k) for k in keys)}" if keys else ""
         inner_sql = f"SELECT {', '.join(inner)} FROM {self._from()}{group}"
         order = f" ORDER BY {', '.join(q(k) for k in keys)}" if keys else ""
         sql = f"SELECT {', '.join(outer)} FROM ({inner_sql}) AS t{next(_ids)}{order}"
-        return Frame(sql, tuple(names), types, self.table)
+        return Frame(sql, tuple(names), types, self.table, sems)
 
     def merge(self, right: "Frame", how: str, left_on: list[str], right_on: list[str],
               suffixes: tuple[str, str]) -> "Frame":
@@ -176,30 +190,29 @@ class Frame:
         self.check(left_on)
         right.check(right_on)
         ls, rs = suffixes
-        parts, names, types = [], [], {}
-        for c in self.columns:
-            n = c + ls if c in right.columns else c
-            parts.append(f"l.{q(c)} AS {q(n)}")
-            names.append(n)
-            types[n] = self.types.get(c)
-        for c in right.columns:
-            n = c + rs if c in self.columns else c
-            parts.append(f"r.{q(c)} AS {q(n)}")
-            names.append(n)
-            types[n] = right.types.get(c)
+        parts, names, types, sems = [], [], {}, {}
+        for side, f, other, suffix in (("l", self, right, ls), ("r", right, self, rs)):
+            for c in f.columns:
+                n = c + suffix if c in other.columns else c
+                parts.append(f"{side}.{q(c)} AS {q(n)}")
+                names.append(n)
+                types[n] = f.types.get(c)
+                if c in f.sems:
+                    sems[n] = f.sems[c]
         if len(set(names)) != len(names):
             raise QueryError("merge(): the suffixes leave two columns with the same name",
                              hint="give suffixes=['_x', '_y'] (two different suffixes)")
         on = " AND ".join(f"l.{q(a)} = r.{q(b)}" for a, b in zip(left_on, right_on))
         sql = f"SELECT {', '.join(parts)} FROM ({self.sql}) AS l {joins[how]} ({right.sql}) AS r ON {on}"
-        return Frame(sql, tuple(names), types, self.table)
+        return Frame(sql, tuple(names), types, self.table, sems)
 
     def append(self, other: "Frame") -> "Frame":
         if set(other.columns) != set(self.columns):
             raise QueryError("append(): both DataFrames need the same columns")
         cols = ", ".join(q(c) for c in self.columns)
         return Frame(f"SELECT {cols} FROM {self._from()} UNION ALL SELECT {cols} FROM {other._from()}",
-                     self.columns, self.types, self.table)
+                     self.columns, self.types, self.table,
+                     {c: s for c, s in self.sems.items() if other.sems.get(c) == s})
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..store.settings import parse_duration_ns
 from ..errors import UsageError
+from . import semantic
 from .functions import Builtin, Ctx, as_expr, combine, ctx_column, make_px
 from .plan import BOOL, FLOAT, INT, STR, TIME, AggFunc, Expr, Frame, QueryError, lit_type
 
@@ -412,6 +413,7 @@ class Interpreter:
             return combine(f"({ea.sql} || {eb.sql})", STR, a, b)
         if STR in (ta, tb):
             raise self.fail(node, f"operator {sym} is not defined on strings")
+        sem = semantic.binop(sym, ea.sem, eb.sem)
         if sym == "/":
             typ = FLOAT
             sql = f"(CAST({ea.sql} AS DOUBLE) / {eb.sql})"
@@ -428,7 +430,7 @@ class Interpreter:
             else:
                 typ = INT
             sql = f"({ea.sql} {sym} {eb.sql})"
-        return combine(sql, typ, a, b)
+        return combine(sql, typ, a, b, sem=sem)
 
     def _expr(self, node: ast.AST, v: Any) -> Expr:
         if isinstance(v, Expr):

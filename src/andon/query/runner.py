@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ast
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class Result:
     columns: list[str]
     types: list[str | None]  # coarse types; TIME columns hold ns since the epoch
     rows: list[tuple]
+    semantics: list[str] = field(default_factory=list)  # Pixie's semantic types ('' none); empty for SQL
 
     def dicts(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, r)) for r in self.rows]
@@ -66,7 +67,8 @@ class CatalogTables(SourceTables):
         src = self.catalog.source_sql(table, since_ns, until_ns)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         types = {c.name: _COARSE.get(c.type, INT) for c in schema.columns}
-        return Frame(f"SELECT * FROM ({src}) AS src{where}", schema.names, types, table)
+        sems = {c.name: c.semantic for c in schema.columns if c.semantic}
+        return Frame(f"SELECT * FROM ({src}) AS src{where}", schema.names, types, table, sems)
 
 
 def find_script(name: str) -> Path:
@@ -195,7 +197,9 @@ def execute(displays: list[Display], catalog: Catalog) -> list[Result]:
         except duckdb.Error as e:
             raise QueryError(f"{d.name}: the query failed in DuckDB: {str(e).splitlines()[0]}",
                              hint="usually a type mismatch, e.g. comparing a string column with a number") from None
-        results.append(Result(d.name, list(d.frame.columns), [d.frame.types.get(c) for c in d.frame.columns], rows))
+        f = d.frame
+        results.append(Result(d.name, list(f.columns), [f.types.get(c) for c in f.columns], rows,
+                              [f.sems.get(c, "") for c in f.columns]))
     return results
 
 

@@ -41,6 +41,7 @@ class Column:
     name: str
     type: str
     desc: str = ""
+    semantic: str = ""  # Pixie's semantic type (ST_DURATION_NS, ST_BYTES, ...), '' for none
 
     @property
     def sql_type(self) -> str:
@@ -78,8 +79,19 @@ ENRICHMENT = _cols(("pid", INT64), ("comm", STRING), ("container_id", STRING), (
 ALIASES = {"container": "container_name", "command": "comm"}
 
 
+# Pixie's semantic types of the columns that have one (shared/reference/pixie_tables.md):
+# what ``andon query`` shows as ``5.07 ms`` or ``1.2 KiB``. mysql_events' resp_status is a
+# MySQL status, not an HTTP one, and has none, as in Pixie.
+_SEMANTIC = {"latency": "ST_DURATION_NS", "cpu_utime_ns": "ST_DURATION_NS", "cpu_ktime_ns": "ST_DURATION_NS",
+             **{c: "ST_BYTES" for c in ("req_body_size", "resp_body_size", "bytes_sent", "bytes_recv", "vsize_bytes",
+                                        "rss_bytes", "rchar_bytes", "wchar_bytes", "read_bytes", "write_bytes")}}
+
+
 def _table(name: str, desc: str, *spec: tuple[str, str]) -> TableSchema:
-    return TableSchema(name, _cols(*spec) + ENRICHMENT, desc)
+    sem = dict(_SEMANTIC)
+    if name == "http_events":
+        sem["resp_status"] = "ST_HTTP_RESP_STATUS"
+    return TableSchema(name, tuple(Column(n, t, semantic=sem.get(n, "")) for n, t in spec) + ENRICHMENT, desc)
 
 
 TABLES: dict[str, TableSchema] = {t.name: t for t in (
