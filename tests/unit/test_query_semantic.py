@@ -44,6 +44,7 @@ def test_rules_are_pixies():
     assert st.aggregate("quantiles", st.NONE) == st.QUANTILES
     assert st.aggregate("max", st.HTTP_RESP_STATUS) == st.NONE
     assert st.pluck(st.DURATION_NS_QUANTILES) == st.DURATION_NS
+    assert st.absolute(st.PERCENT) == st.PERCENT and st.absolute(st.DURATION_NS_QUANTILES) == st.NONE
 
 
 def test_values_are_shown_in_their_units():

@@ -163,7 +163,7 @@ def _identity_num(name, sem=""):
 def _math(name, sqlname, pyf, typ, keep_sem=False):
     def f(v):
         if isinstance(v, Expr):
-            return combine(f"{sqlname}({v.sql})", typ, v, sem=v.sem if keep_sem else "")
+            return combine(f"{sqlname}({v.sql})", typ, v, sem=semantic.absolute(v.sem) if keep_sem else "")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise QueryError(f"px.{name}() needs a number, not {v!r}")
         return pyf(v)

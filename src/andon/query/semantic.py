@@ -91,6 +91,10 @@ def aggregate(fn: str, sem: str) -> str:
     return NONE
 
 
+def absolute(sem: str) -> str:
+    return sem if sem in _KEPT_BY_AGG else NONE
+
+
 def pluck(sem: str) -> str:
     return DURATION_NS if sem == DURATION_NS_QUANTILES else NONE
 
