@@ -8,10 +8,15 @@ look up on one host: they return '' so Pixie's "is it a pod?" branches take the 
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import duckdb
 
 from . import semantic
 from .plan import AGGREGATES, BOOL, FLOAT, INT, STR, TIME, Expr, Frame, QueryError, lit, lit_type, q
@@ -77,12 +82,26 @@ def ctx_column(frame: Frame, key: object) -> Expr:
         raise QueryError(f"ctx[{key!r}] is not known", hint=f"andon knows ctx[...] for: {', '.join(sorted(CTX))}")
     need, sql, typ = CTX[key]
     missing = [c for c in need if c not in frame.columns]
-    if missing:
-        raise QueryError(f"ctx[{key!r}] needs column {missing[0]!r}, which this DataFrame no longer has",
-                         hint="use df.ctx[...] before groupby/drop, as in Pixie")
     if sql is None:
         sql = lit(socket.gethostname()) if not need else _entity(frame)
+    if missing and "upid" in frame.columns and frame.table:
+        return _ctx_by_upid(frame, need, sql, typ)
+    if missing:
+        raise QueryError(f"ctx[{key!r}] needs column {missing[0]!r} or 'upid', which this DataFrame no longer has",
+                         hint="use df.ctx[...] before groupby/drop, as in Pixie")
     return Expr(sql, typ, frozenset(need), frame)
+
+
+def _ctx_by_upid(frame: Frame, need: tuple[str, ...], sql: str, typ: str) -> Expr:
+    """ctx[...] of a DataFrame that kept ``upid`` but not andon's enrichment columns
+    (``px.DataFrame(select=['time_', 'upid', ...])``): Pixie resolves ctx from the upid,
+    so do we, from the rows of the same table (one process, one name: any row will do)."""
+    if need == ("pid",):  # the pid is part of the upid itself ("asid:pid:start_ts")
+        return Expr(f"COALESCE(TRY_CAST(split_part({q('upid')}, ':', 2) AS BIGINT), 0)", typ, frozenset(["upid"]),
+                    frame)
+    names = (f"(SELECT map(list(u), list(v)) FROM (SELECT {q('upid')} AS u, any_value({sql}) AS v "
+             f"FROM {q(frame.table)} GROUP BY {q('upid')}))")
+    return Expr(f"COALESCE(map_extract_value({names}, {q('upid')}), '')", typ, frozenset(["upid"]), frame)
 
 
 class Ctx:
@@ -229,6 +248,161 @@ def _substring(s, pos, length):
     return combine(f"substr({s.sql}, {as_expr(pos).sql} + 1, {as_expr(length).sql})", STR, s, pos, length)
 
 
+# ---- regular expressions (RE2, as Pixie's regex_ops.h) -----------------------------------
+
+def _re2(sql: str, *params: object) -> object:
+    """One RE2 call on plain values, in a throwaway DuckDB: the same regex engine and flags as
+    the column path, so a plain value and a column never disagree."""
+    try:
+        with duckdb.connect() as con:
+            return con.execute(sql, list(params)).fetchone()[0]
+    except duckdb.Error as e:
+        raise QueryError(f"not a valid regular expression: {str(e).splitlines()[0]}",
+                         hint="RE2 syntax: https://github.com/google/re2/wiki/Syntax") from None
+
+
+def _pattern(name: str, pattern: object) -> str:
+    if isinstance(pattern, Expr):
+        raise QueryError(f"px.{name}() needs a fixed pattern, not a column")
+    pattern = _need_str(name, pattern)
+    _re2("SELECT regexp_matches('', ?)", pattern)  # refuse a bad pattern now, not mid-query
+    return pattern
+
+
+def _regex_match(pattern, s):
+    """True when the whole string matches; '.' matches newlines too (RE2 dot_nl, as Pixie)."""
+    pattern = _pattern("regex_match", pattern)
+    if not isinstance(s, Expr):
+        return bool(_re2("SELECT regexp_full_match(?, ?, 's')", _need_str("regex_match", s), pattern))
+    return combine(f"regexp_full_match({s.sql}, {lit(pattern)}, 's')", BOOL, s)
+
+
+def _replace(pattern, s, sub):
+    """Every match of the pattern replaced by ``sub``, where \\1..\\9 are capture groups."""
+    pattern = _pattern("replace", pattern)
+    sub = _need_str("replace", sub)
+    if not isinstance(s, Expr):
+        return _re2("SELECT regexp_replace(?, ?, ?, 'g')", _need_str("replace", s), pattern, sub)
+    return combine(f"regexp_replace({s.sql}, {lit(pattern)}, {lit(sub)}, 'g')", STR, s)
+
+
+# ---- SQL normalization: px.normalize_pgsql, px.normalize_mysql ------------------------------
+#
+# Pixie (carnot/funcs/builtins/sql_ops.cc) parses the query with ANTLR and replaces each
+# constant with a placeholder, in order: $1, $2... for PostgreSQL, ? for MySQL. Placeholders
+# already in an Execute's query take their values from its params, in the same sequence. The
+# answer is JSON: {"query":...,"params":[...]} or {"error":...}. We find the constants with a
+# tokenizer instead of a grammar (the same answers on ordinary queries): strings, numbers,
+# true and false; never inside names, quoted names or comments, nor the sizes of types in a
+# CREATE/ALTER (varchar(20)), which Pixie's grammar does not count as values either. Columns
+# call the same Python function as plain values, through a DuckDB UDF (register_udfs).
+
+_NUM = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_TYPEMOD = r"[A-Za-z_][A-Za-z0-9_]*\s*\(\s*[0-9]+(?:\s*,\s*[0-9]+)*\s*\)"
+_TOKENS = {
+    "pgsql": (r"--[^\n]*", r"/\*[\s\S]*?\*/", r"[Ee]'(?:[^'\\]|''|\\[\s\S])*'", r"[BbXxNn]?'(?:[^']|'')*'",
+              r'"(?:[^"]|"")*"', r"\$[0-9]+", r"[A-Za-z_][A-Za-z0-9_$]*", _NUM, r"[\s\S]"),
+    "mysql": (r"--[^\n]*", r"#[^\n]*", r"/\*[\s\S]*?\*/", r"[Xx]'[0-9A-Fa-f]*'", r"[Bb]'[01]*'",
+              r"'(?:[^'\\]|''|\\[\s\S])*'", r'"(?:[^"\\]|""|\\[\s\S])*"', r"`(?:[^`]|``)*`",
+              r"@@?[A-Za-z0-9_.$]*", r"0[xX][0-9A-Fa-f]+", r"0[bB][01]+", r"[A-Za-z_$][A-Za-z0-9_$]*", _NUM,
+              r"[\s\S]"),
+}
+# a whole token that is a value; in MySQL "..." is a string too (without ANSI_QUOTES)
+_CONSTANT = {"pgsql": r"(?i)[ebxn]?'[\s\S]+|" + _NUM + "|true|false",
+             "mysql": r"(?i)[xb]?'[\s\S]+|\"[\s\S]+|0[xb][0-9a-f]+|" + _NUM + "|true|false"}
+_PLACEHOLDER = {"pgsql": r"\$[0-9]+", "mysql": r"\?"}
+_UNCLOSED = {"pgsql": ("'",), "mysql": ("'", '"')}  # a quote the tokenizer could not close
+_DDL = r"(?is)\s*(create|alter)\b.*"
+_SQL_CMDS = {"pgsql": ("Query", "Execute"), "mysql": (3, 0x17)}  # COM_QUERY, COM_STMT_EXECUTE
+_ERR_CMD = {"pgsql": "cmd_code must be one of 'Query' or 'Execute'", "mysql": "cmd_code must be one of '3' or '23'"}
+_ERR_QUOTE = "SQL Parsing Failed: unterminated quoted string"
+_ERR_MORE = "Query has more parameter placeholders in it than parameter values were passed in"
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)  # as Pixie's rapidjson Writer
+
+
+def _token_re(dialect: str, ddl: bool) -> str:
+    return "|".join(((_TYPEMOD,) if ddl else ()) + _TOKENS[dialect])
+
+
+def _split_execute(text: str) -> tuple[str, list[str]]:
+    """``query=[Q] params=[a, b]`` as Pixie's ParseExecuteCommand reads it: Q ends at the first ']'."""
+    v = text[len("query=["):] if text.startswith("query=[") else text
+    query = v[:v.index("]")] if "]" in v else v
+    rest = v[len(query):]
+    rest = rest[len("] params=["):] if rest.startswith("] params=[") else rest
+    return query, (rest[:rest.rindex("]")] if "]" in rest else rest).split(", ")
+
+
+def normalize_sql(text: str, cmd: object, dialect: str) -> str:
+    """Pixie's normalize_pgsql / normalize_mysql of one query, as its JSON answer."""
+    query_cmd, execute_cmd = _SQL_CMDS[dialect]
+    if cmd == execute_cmd:
+        query, values = _split_execute(text)
+    elif cmd == query_cmd:
+        query, values = text, []
+    else:
+        return _json({"error": _ERR_CMD[dialect]})
+    tokens = re.findall(_token_re(dialect, re.fullmatch(_DDL, query) is not None), query)
+    out, params, generic = [], [], 0
+    for t in tokens:
+        if t in _UNCLOSED[dialect]:
+            return _json({"error": _ERR_QUOTE})
+        if re.fullmatch(_PLACEHOLDER[dialect], t):
+            generic += 1
+            idx = generic if dialect == "mysql" else int(t[1:])
+            if not 1 <= idx <= len(values):
+                return _json({"error": _ERR_MORE})
+            params.append(values[idx - 1])
+        elif re.fullmatch(_CONSTANT[dialect], t):
+            params.append(t)
+        else:
+            out.append(t)
+            continue
+        out.append(f"${len(params)}" if dialect == "pgsql" else "?")
+    return _json({"query": "".join(out), "params": params})
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalize_cached(text: str, cmd: str, dialect: str) -> str:
+    """The column path's UDF: one Python answer per distinct (query, command), cached,
+    because a table holds the same few statements many times over."""
+    code: object = cmd
+    if dialect == "mysql":
+        code = int(cmd) if cmd.lstrip("-").isdigit() else cmd
+    return normalize_sql(text, code, dialect)
+
+
+UDF_NORMALIZE = "andon_normalize_sql"
+
+
+def register_udfs(con: duckdb.DuckDBPyConnection) -> None:
+    """Give a DuckDB connection the Python functions column expressions call (once per connection)."""
+    known = con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ?", [UDF_NORMALIZE]).fetchall()
+    if not known[0][0]:
+        con.create_function(UDF_NORMALIZE, _normalize_cached, ["VARCHAR", "VARCHAR", "VARCHAR"], "VARCHAR",
+                            side_effects=False)
+
+
+def _normalize(dialect: str):
+    name = f"normalize_{dialect}"
+    cmd_type = STR if dialect == "pgsql" else INT
+
+    def f(text, cmd):
+        for v, typ in ((text, STR), (cmd, cmd_type)):
+            if (v.typ not in (typ, None)) if isinstance(v, Expr) else lit_type(v) != typ:
+                what = "the command string ('Query', 'Execute')" if typ == STR else "the command code (3, 23)"
+                raise QueryError(f"px.{name}() needs the query text and {what}",
+                                 hint=f"px.{name}(df.{'req' if dialect == 'pgsql' else 'req_body'}, df.req_cmd)")
+        if not isinstance(text, Expr) and not isinstance(cmd, Expr):
+            return normalize_sql(text, cmd, dialect)
+        sql = f"{UDF_NORMALIZE}({as_expr(text).sql}, CAST({as_expr(cmd).sql} AS VARCHAR), {lit(dialect)})"
+        return combine(sql, STR, text, cmd)
+    return f
+
+
 def make_px(now_ns: int) -> dict[str, object]:
     fns: dict[str, object] = {}
 
@@ -272,6 +446,10 @@ def make_px(now_ns: int) -> dict[str, object]:
                  "pod_id_to_node_name", "pod_name_to_service_name", "service_id_to_service_name",
                  "pod_id_to_service_id", "ip_to_service_id"):
         add(name, _empty_expr, 1)
+    add("regex_match", _regex_match, 2)
+    add("replace", _replace, 3)
+    add("normalize_pgsql", _normalize("pgsql"), 2)
+    add("normalize_mysql", _normalize("mysql"), 2)
     add("nslookup", _first, 1)
     add("script_reference", _first, 2, 3)
     fns.update(AGGREGATES)
