@@ -567,13 +567,29 @@ def test_bundled_scripts_and_pxl_vs_sql(agent: ObserveAgent, named_clients: dict
         f"df = df[df.local_port == {http.port} and df.trace_role == 2 and px.contains(df.req_path, '{tag}')]\n"
         "s = df.groupby('resp_status').agg(n=('latency', px.count), mean=('latency', px.mean))\n"
         "px.display(s, 'by_status')\n")
+    # Pixie's SQL normalization (as its px/sql_queries uses it) over the real psql and mariadb rows
+    norm_file = agent.data_dir.parent / f"norm_{tag}.pxl"
+    norm_file.write_text(
+        "import px\n"
+        "pg = px.DataFrame(table='pgsql_events', start_time='-5m')\n"
+        f"pg = pg[pg.remote_port == {pg.port} and px.contains(pg.req, '{tag}')]\n"
+        "pg.n = px.normalize_pgsql(pg.req, pg.req_cmd)\n"
+        "pg.q = px.pluck(pg.n, 'query')\n"
+        "pg.p = px.pluck(pg.n, 'params')\n"
+        "px.display(pg[['q', 'p']], 'pg')\n"
+        "my = px.DataFrame(table='mysql_events', start_time='-5m')\n"
+        f"my = my[my.remote_port == {maria.port} and px.contains(my.req_body, '{tag}')]\n"
+        "my.n = px.normalize_mysql(my.req_body, my.req_cmd)\n"
+        "my.q = px.pluck(my.n, 'query')\n"
+        "my.p = px.pluck(my.n, 'params')\n"
+        "px.display(my[['q', 'p']], 'my')\n")
     sql = (f"SELECT resp_status, count(*) AS n, avg(latency) AS mean FROM http_events WHERE local_port = {http.port} "
            f"AND trace_role = 2 AND req_path LIKE '%{tag}%' GROUP BY 1 ORDER BY 1")
     out = _cli_many(agent, {
         "http": ["px/http_data", *src], "pgsql": ["px/pgsql_data", *src], "mysql": ["px/mysql_data", *src],
         "redis": ["px/redis_data", *src], "dns": ["px/dns_data", "--arg", "destination_filter=dnsmasq"],
         "stats": ["px/service_stats", "--arg", "start_time=-5m", "--arg", f"svc={tag}"],
-        "pxl": [str(pxl_file)], "sql": ["--sql", sql],
+        "pxl": [str(pxl_file)], "sql": ["--sql", sql], "norm": [str(norm_file)],
     })
 
     def table(key: str, name: str | None = None) -> list[dict]:
@@ -605,6 +621,8 @@ def test_bundled_scripts_and_pxl_vs_sql(agent: ObserveAgent, named_clients: dict
     by_pxl = sorted((x["resp_status"], x["n"], round(x["mean"], 3)) for x in table("pxl"))
     by_sql = sorted((x["resp_status"], x["n"], round(x["mean"], 3)) for x in table("sql"))
     assert by_pxl == by_sql and [(s, n) for s, n, _ in by_sql] == [(200, 3), (404, 1), (500, 1)]
+    assert [(x["q"], json.loads(x["p"])) for x in table("norm", "pg")] == [("SELECT $1 AS tag", [f"'{tag}'"])]
+    assert [(x["q"], json.loads(x["p"])) for x in table("norm", "my")] == [("SELECT ?", [f"'{tag}'"])]
     _made("http_events", 10)
 
 
