@@ -319,6 +319,10 @@ _ERR_QUOTE = "SQL Parsing Failed: unterminated quoted string"
 _ERR_MORE = "Query has more parameter placeholders in it than parameter values were passed in"
 
 
+_MAYBE_VALUE = "?$'\".`"  # a one-character token or a name starting so may be a value or a placeholder
+_compiled = functools.lru_cache(maxsize=64)(re.compile)
+
+
 def _json(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)  # as Pixie's rapidjson Writer
 
@@ -345,18 +349,25 @@ def normalize_sql(text: str, cmd: object, dialect: str) -> str:
         query, values = text, []
     else:
         return _json({"error": _ERR_CMD[dialect]})
-    tokens = re.findall(_token_re(dialect, re.fullmatch(_DDL, query) is not None), query)
+    tokens = _compiled(_token_re(dialect, _compiled(_DDL).fullmatch(query) is not None)).findall(query)
     out, params, generic = [], [], 0
+    placeholder, constant = _compiled(_PLACEHOLDER[dialect]).fullmatch, _compiled(_CONSTANT[dialect]).fullmatch
     for t in tokens:
+        c = t[0]
+        # most tokens are names, spaces and punctuation: no regex for them
+        if (c.isalpha() or c == "_" or len(t) == 1) and not c.isdigit() and c not in _MAYBE_VALUE \
+                and "'" not in t and t.lower() not in ("true", "false"):
+            out.append(t)
+            continue
         if t in _UNCLOSED[dialect]:
             return _json({"error": _ERR_QUOTE})
-        if re.fullmatch(_PLACEHOLDER[dialect], t):
+        if placeholder(t):
             generic += 1
             idx = generic if dialect == "mysql" else int(t[1:])
             if not 1 <= idx <= len(values):
                 return _json({"error": _ERR_MORE})
             params.append(values[idx - 1])
-        elif re.fullmatch(_CONSTANT[dialect], t):
+        elif constant(t):
             params.append(t)
         else:
             out.append(t)
