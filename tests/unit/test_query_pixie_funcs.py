@@ -106,18 +106,23 @@ px.display(df[['req_path', 'route', 'dots']], 'out')
         ("/x", "/x", "127_0_0_1x")]
 
 
-@pytest.mark.parametrize("call, msg", [
-    ("px.regex_match('(', df.req_path)", "not a valid regular expression"),
-    ("px.regex_match(df.req_path, df.req_path)", "needs a fixed pattern"),
-    ("px.regex_match(5, df.req_path)", "needs a string"),
-    ("px.regex_match('a', 5)", "needs a string"),
-    ("px.replace('[', df.req_path, 'x')", "not a valid regular expression"),
-    ("px.replace('a', df.req_path, 1)", "needs a string"),
-    ("px.replace('a', df.req_path)", "takes 3 argument"),
+@pytest.mark.parametrize("table, call, msg", [
+    ("http_events", "px.regex_match('(', df.req_path)", "not a valid regular expression"),
+    ("http_events", "px.regex_match(df.req_path, df.req_path)", "needs a fixed pattern"),
+    ("http_events", "px.regex_match(5, df.req_path)", "needs a string"),
+    ("http_events", "px.regex_match('a', 5)", "needs a string"),
+    ("http_events", "px.replace('[', df.req_path, 'x')", "not a valid regular expression"),
+    ("http_events", "px.replace('a', df.req_path, 1)", "needs a string"),
+    ("http_events", "px.replace('a', df.req_path)", "takes 3 argument"),
+    ("pgsql_events", "px.normalize_pgsql(df.req, 3)", "command string"),
+    ("pgsql_events", "px.normalize_pgsql(df.latency, df.req_cmd)", "query text"),
+    ("pgsql_events", "px.normalize_pgsql(df.req)", "takes 2 argument"),
+    ("pgsql_events", "px.normalize_mysql(df.req, 'Query')", "command code"),
+    ("pgsql_events", "px.normalize_mysql(1, 3)", "query text"),
 ])
-def test_regex_refusals(catalog, call, msg):
+def test_refusals(catalog, table, call, msg):
     with pytest.raises(QueryError, match=msg) as ei:
-        run_pxl(f"import px\ndf = px.DataFrame(table='http_events')\ndf.x = {call}\npx.display(df)\n",
+        run_pxl(f"import px\ndf = px.DataFrame(table='{table}')\ndf.x = {call}\npx.display(df)\n",
                 catalog, now_ns=NOW)
     assert ei.value.line == 3
 
@@ -197,20 +202,6 @@ df = df.groupby('normed_query').agg(n=('latency', px.count))
 px.display(df, 'out')
 """)
     assert {r["normed_query"]: r["n"] for r in got} == {w["query"]: 1 for w in PG_WANT if "query" in w}
-
-
-@pytest.mark.parametrize("call, msg", [
-    ("px.normalize_pgsql(df.req, 3)", "command string"),
-    ("px.normalize_pgsql(df.latency, df.req_cmd)", "query text"),
-    ("px.normalize_pgsql(df.req)", "takes 2 argument"),
-    ("px.normalize_mysql(df.req, 'Query')", "command code"),
-    ("px.normalize_mysql(1, 3)", "query text"),
-])
-def test_normalize_refusals(catalog, call, msg):
-    with pytest.raises(QueryError, match=msg) as ei:
-        run_pxl(f"import px\ndf = px.DataFrame(table='pgsql_events')\ndf.x = {call}\npx.display(df)\n",
-                catalog, now_ns=NOW)
-    assert ei.value.line == 3
 
 
 # ---- df.ctx[...] after select= ---------------------------------------------------------------
