@@ -122,10 +122,6 @@ class Message:
     def reason(self) -> str:
         return self.head.reason
 
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return [(name, value) for name, value, _, _ in self.head.lines]
-
     def header(self, name: str) -> str | None:
         return self.head.hmap.get(name.lower())
 
