@@ -143,6 +143,35 @@ def test_compaction_merges_and_keeps_every_row(tmp_path):
     assert count(tmp_path) == (60, 6 * sum(range(10)))
 
 
+def test_compaction_never_rewrites_a_merged_segment_with_fresh_flushes(tmp_path):
+    # ARRANGE: merges of 4 flushes each
+    st = Store(settings(tmp_path, compact_min_files=4))
+
+    def flushes(first, n):
+        for k in range(first, first + n):
+            st.append("http_events", [rec(T0 + k * S + i, i) for i in range(10)])
+            st.flush()
+
+    def spans():
+        return [(s.lo, s.hi, s.rows) for s in st.segments("http_events")]
+
+    # ACT / ASSERT: the second run of 4 flushes is merged on its own, not into the first merge
+    flushes(0, 4)
+    assert st.compact() == 1 and spans() == [(0, 3, 40)]
+    flushes(4, 4)
+    assert st.compact() == 1 and spans() == [(0, 3, 40), (4, 7, 40)]
+    flushes(8, 4)
+    assert st.compact() == 1
+    flushes(12, 4)  # three merged segments are not a run yet: only the flushes are merged
+    assert st.compact() == 1 and [s[:2] for s in spans()] == [(0, 3), (4, 7), (8, 11), (12, 15)]
+    # four merged segments are a run of their own; three flushes are not a run yet
+    flushes(16, 3)
+    assert st.compact() == 1
+    assert spans() == [(0, 15, 160), (16, 16, 10), (17, 17, 10), (18, 18, 10)]
+    st.close()
+    assert count(tmp_path) == (190, 19 * sum(range(10)))
+
+
 def test_merge_leftovers_removed_on_open(tmp_path):
     st = Store(settings(tmp_path, compact_min_files=2))
     for k in range(2):
