@@ -152,11 +152,12 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int, rate: float | None 
     else:
         argv.append(url)
     out, cpu = _run(argv, timeout=seconds + 30)
-    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    # wrk prints the elapsed time as 999.99ms, 8.00s or 1.50m
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
     if not m:
         raise LoadError(f"wrk printed no request count:\n{out[-800:]}")
     sent = int(m.group(1))
-    elapsed = float(m.group(2)) * (1e-3 if m.group(3) == "ms" else 1)
+    elapsed = float(m.group(2)) * {"ms": 1e-3, "s": 1, "m": 60}[m.group(3)]
     errors = 0
     if e := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(e.group(1))
