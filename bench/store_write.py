@@ -1,16 +1,18 @@
 """CPU cost of the agent's table store over minutes of traffic: flushes, retention and merges.
 
-The store thread flushes every table's buffered rows to a Parquet segment once a second and,
-every 5 s, applies retention and merges runs of small segments (``Store._loop``). A replay
-here does the same on simulated time, as fast as it can: ``--rate`` HTTP rows a second (as
-nginx-1k's server side makes them: 1 KB responses, a 30-byte body prefix) for ``--seconds``
-simulated seconds, a flush per second, retention and compaction every fifth. Rows are built
-before the clock starts; only the store is timed (process_time, DuckDB's thread included).
+The store thread flushes every table's buffered rows to a Parquet segment each
+``flush_interval``, or as soon as a table holds ``max_buffer_rows``, and every
+``max(5 * flush_interval, 5 s)`` applies retention and merges runs of small segments
+(``Store._loop``). A replay here does the same, with the store's default settings of the code
+under test, on simulated time and as fast as it can: ``--rate`` HTTP rows a second (as
+nginx-1k's server side makes them: 1 KB responses, a 30-byte body prefix), appended in
+batches of 500 as the observing thread does, for ``--seconds`` simulated seconds. Rows are
+built outside the clock; only the store is timed (process_time, DuckDB's thread included).
 
 Prints µs of CPU per row for the flushes, for the maintenance (merges) and in all, the
-segments merged and the bytes on disk at the end. ``--baseline REV`` runs each replay on the
-``src/andon`` of that git revision too (``git archive``), old and new interleaved in fresh
-processes, and prints new/old.
+flushes and segments merged, the segments and bytes on disk at the end. ``--baseline REV``
+runs each replay on the ``src/andon`` of that git revision too (``git archive``), old and new
+interleaved in fresh processes, and prints new/old.
 
     .venv/bin/python bench/store_write.py [--rate 5000] [--seconds 600] [--repeat 3] [--baseline REV]
 """
@@ -51,31 +53,45 @@ def replay(rate: int, seconds: int) -> dict:
     from andon.store.store import Store
 
     rnd = random.Random(1)
-    # rows are made once per distinct second shape and reused with shifted times: building
-    # 3 M dicts up front would take more memory than the store ever holds
+    # one second's rows, reused with shifted times: building millions of dicts up front
+    # would take more memory than the store ever holds
     proto = _rows(0, rate, rnd)
+    batch = 500
     with tempfile.TemporaryDirectory(prefix="andon-store-bench-") as d:
         st = Store(StoreSettings(data_dir=Path(d), control_socket=False))
+        interval = st.settings.flush_interval_ns
+        bound = st.settings.max_buffer_rows
+        maint_every = max(interval * 5, 5 * 10**9)
         flush_s = maint_s = 0.0
+        buffered = flushes = 0
+        last_flush = last_maint = 0
         for s in range(seconds):
             shift = s * 10**9
-            batch = [dict(r, time_=r["time_"] + shift) for r in proto]
-            st.append("http_events", batch)
-            a = time.process_time()
-            st.flush()
-            b = time.process_time()
-            flush_s += b - a
-            if s % 5 == 4:
-                st.enforce_retention(now_ns=T0 + shift)
-                st.compact()
-                maint_s += time.process_time() - b
+            rows = [dict(r, time_=r["time_"] + shift) for r in proto]
+            for i in range(0, rate, batch):
+                part = rows[i : i + batch]
+                st.append("http_events", part)
+                buffered += len(part)
+                now = shift + (i + len(part)) * 10**9 // rate
+                if buffered >= bound or now - last_flush >= interval:
+                    a = time.process_time()
+                    st.flush()
+                    b = time.process_time()
+                    flush_s += b - a
+                    flushes += 1
+                    buffered, last_flush = 0, now
+                    if now - last_maint >= maint_every:
+                        last_maint = now
+                        st.enforce_retention(now_ns=T0 + now)
+                        st.compact()
+                        maint_s += time.process_time() - b
         on_disk = sum(p.stat().st_size for p in Path(d).rglob("*.parquet"))
         segments = len(st.segments("http_events"))
         merged = st.stats.segments_merged
         st.close()
     n = rate * seconds
     return {"rows": n, "flush_us": flush_s / n * 1e6, "maint_us": maint_s / n * 1e6,
-            "total_us": (flush_s + maint_s) / n * 1e6, "merged": merged, "segments": segments,
+            "total_us": (flush_s + maint_s) / n * 1e6, "flushes": flushes, "merged": merged, "segments": segments,
             "mb": on_disk / 1e6}
 
 
@@ -112,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {i + 1}/{a.repeat} {k}: {runs[k][-1]['total_us']:.2f} µs/row", file=sys.stderr, flush=True)
     print(f"store: {a.rate:,} http_events rows/s for {a.seconds} simulated s ({a.rate * a.seconds:,} rows), "
           f"µs of CPU per row, median of {a.repeat}" + (f"; old = {a.baseline}" if a.baseline else ""))
-    print(f"{'code':<5} {'flush':>7} {'merges':>7} {'total':>7} {'merged':>7} {'segments':>9} {'MB':>6}")
+    print(f"{'code':<5} {'flush':>7} {'merges':>7} {'total':>7} {'flushes':>8} {'merged':>7} {'segments':>9} {'MB':>6}")
     med = {}
     for k, rs in runs.items():
         m = {f: statistics.median(r[f] for r in rs) for f in ("flush_us", "maint_us", "total_us", "mb")}
         med[k] = m
-        print(f"{k:<5} {m['flush_us']:>7.2f} {m['maint_us']:>7.2f} {m['total_us']:>7.2f} {rs[0]['merged']:>7} "
+        print(f"{k:<5} {m['flush_us']:>7.2f} {m['maint_us']:>7.2f} {m['total_us']:>7.2f} {rs[0]['flushes']:>8} {rs[0]['merged']:>7} "
               f"{rs[0]['segments']:>9} {m['mb']:>6.1f}")
     if "old" in runs:
         ratios = sorted(n["total_us"] / o["total_us"] for o, n in zip(runs["old"], runs["new"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -51,6 +52,13 @@ def test_retention_from_config():
     assert (r.max_age_ns, r.max_bytes, r.max_rows) == (1800 * S, 2**20, 5)
     with pytest.raises(UsageError, match="unknown key"):
         Retention.from_config({"max_agee": "1h"})
+
+
+@pytest.mark.parametrize("bad", ["lots", 0, -5, 2.5, True])
+def test_max_buffer_rows_from_config_refuses_what_is_not_a_count(bad):
+    assert StoreSettings.from_config({"max_buffer_rows": 500}).max_buffer_rows == 500
+    with pytest.raises(UsageError, match="store.max_buffer_rows"):
+        StoreSettings.from_config({"max_buffer_rows": bad})
 
 
 def test_flush_writes_columns_with_pixie_names_and_zero_fill(tmp_path):
@@ -226,6 +234,28 @@ def test_damaged_inside_pages_skipped(tmp_path):
 def test_empty_tables_query_fine(tmp_path):
     c = Catalog(tmp_path / "none")
     assert c.con.execute("SELECT count(*) FROM dns_events").fetchone() == (0,)
+
+
+def test_a_full_buffer_is_flushed_without_waiting_for_the_interval(tmp_path):
+    # ARRANGE: an hour's interval, so only the row bound can make the thread flush (and no age
+    # limit: T0 is long ago)
+    st = Store(settings(tmp_path, flush_interval_ns=3600 * S, max_buffer_rows=50,
+                        retention=Retention(max_age_ns=0)))
+    st.start()
+    try:
+        # ACT: a table below its bound waits; one that reaches it is written
+        st.append("http_events", [rec(T0 + i, i) for i in range(49)])
+        time.sleep(0.3)
+        assert count(tmp_path) == (0, 0)
+        st.append("http_events", [rec(T0 + 49, 49)])
+        deadline = time.monotonic() + 10
+        while count(tmp_path)[0] < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # ASSERT
+        assert count(tmp_path) == (50, sum(range(50)))
+        assert [s.rows for s in st.segments("http_events")] == [50]
+    finally:
+        st.close()
 
 
 def test_control_socket_flushes_on_request(tmp_path):

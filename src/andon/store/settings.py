@@ -4,7 +4,8 @@ In the agent's config (``andon.yaml``) they read::
 
     store:
       data_dir: /var/lib/andon
-      flush_interval: 1s          # rows reach disk (and queries) within this
+      flush_interval: 5s          # rows reach disk within this (queries ask for a flush first)
+      max_buffer_rows: 10000      # ... or as soon as a table holds this many
       retention:
         max_age: 1h               # segments whose newest row is older are deleted
         max_bytes: 256MiB         # over all tables; oldest segments go first
@@ -96,9 +97,14 @@ class Retention:
 class StoreSettings:
     data_dir: Path = DEFAULT_DATA_DIR
     retention: Retention = field(default_factory=Retention)
-    flush_interval_ns: int = 10**9
-    # a table's buffer is flushed early when it holds this many rows
-    max_buffer_rows: int = 200_000
+    # every flush of a table costs ~6 ms of CPU whatever its size (a DuckDB COPY to a new
+    # Parquet file): 1,000 rows a second flushed every second cost 14 µs a row, 5,000 rows
+    # 6 µs (bench/store_write.py). Queries, `andon top` and `andon observe` ask for a flush
+    # first, so a longer interval costs readers nothing; it bounds what a crash loses
+    flush_interval_ns: int = 5 * 10**9
+    # a table's buffer is flushed early when it holds this many rows: the bound on the rows
+    # (~2 KB each as dicts) waiting in memory under heavy traffic
+    max_buffer_rows: int = 10_000
     # small segments are merged into ones of up to this many rows ...
     compact_rows: int = 2_000_000
     # ... once at least this many small ones have piled up
@@ -120,5 +126,8 @@ class StoreSettings:
         if "flush_interval" in cfg:
             kw["flush_interval_ns"] = parse_duration_ns(cfg["flush_interval"])
         if "max_buffer_rows" in cfg:
-            kw["max_buffer_rows"] = int(cfg["max_buffer_rows"])
+            n = cfg["max_buffer_rows"]
+            if type(n) is not int or n < 1:
+                raise UsageError(f"store.max_buffer_rows: not a positive count of rows: {n!r}")
+            kw["max_buffer_rows"] = n
         return cls(**kw)
