@@ -47,6 +47,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import snapshot  # bench/snapshot.py, beside this script
 from andon.app.config import ObserveConfig
 from andon.app import observer as observer_mod
 from andon.app.observer import Observer
@@ -272,10 +273,7 @@ def compare(a: argparse.Namespace) -> int:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     new_src = os.path.join(repo, "src")
     with tempfile.TemporaryDirectory(prefix="andon-baseline-") as tmp:
-        archive = subprocess.run(["git", "-C", repo, "archive", a.baseline, "src/andon"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        old_src = os.path.join(tmp, "src")
+        old_src = snapshot.source_at(a.baseline, tmp)
         print(f"whole chain (ring bytes -> Store flushed), µs of CPU per row, median of {a.repeat}; "
               f"old = {a.baseline}")
         print(f"{'replay':<13} {'rows':>7} {'old us/row':>10} {'new us/row':>10} {'new/old':>8} {'spread':>12}")

@@ -64,3 +64,12 @@ def env(bpf_dir: Path | None = None) -> dict[str, str]:
     e["PYTHONPATH"] = str(SNAP / "src") + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e["ANDON_BPF_DIR"] = str(bpf_dir or SNAP / "bpf")
     return e
+
+
+def source_at(rev: str, dest: str) -> str:
+    """Extract ``src/andon`` of git revision ``rev`` under ``dest``; returns the directory to put
+    on ``PYTHONPATH`` (the baseline of the benchmarks that compare two revisions' Python)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/andon"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return os.path.join(dest, "src")

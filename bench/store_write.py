@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import snapshot  # bench/snapshot.py, beside this script
+
 T0 = 1_700_000_000 * 10**9
 
 
@@ -117,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     srcs = {"new": os.path.join(repo, "src")}
     with tempfile.TemporaryDirectory(prefix="andon-baseline-") as tmp:
         if a.baseline:
-            archive = subprocess.run(["git", "-C", repo, "archive", a.baseline, "src/andon"], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-            srcs = {"old": os.path.join(tmp, "src"), **srcs}
+            srcs = {"old": snapshot.source_at(a.baseline, tmp), **srcs}
         runs: dict[str, list[dict]] = {k: [] for k in srcs}
         for i in range(a.repeat):
             for k, src in srcs.items():  # interleaved: old, new, old, new...
