@@ -35,10 +35,10 @@ import snapshot  # bench/snapshot.py, beside this script
 T0 = 1_700_000_000 * 10**9
 
 
-def _rows(second: int, rate: int, rnd: random.Random) -> list[dict]:
-    t = T0 + second * 10**9
+def _rows(rate: int, rnd: random.Random) -> list[dict]:
+    """One simulated second's rows, from T0."""
     return [{
-        "time_": t + i * (10**9 // rate), "upid": "00000001-0000-0a1b-0000-000000012345",
+        "time_": T0 + i * (10**9 // rate), "upid": "00000001-0000-0a1b-0000-000000012345",
         "remote_addr": "127.0.0.1", "remote_port": 40000 + i % 64, "local_addr": "127.0.0.1", "local_port": 8080,
         "trace_role": 2, "encrypted": False, "major_version": 1, "minor_version": 1, "content_type": 0,
         "req_headers": '{"Host":"127.0.0.1:8080","User-Agent":"wrk"}', "req_method": "GET",
@@ -57,7 +57,7 @@ def replay(rate: int, seconds: int) -> dict:
     rnd = random.Random(1)
     # one second's rows, reused with shifted times: building millions of dicts up front
     # would take more memory than the store ever holds
-    proto = _rows(0, rate, rnd)
+    proto = _rows(rate, rnd)
     batch = 500
     with tempfile.TemporaryDirectory(prefix="andon-store-bench-") as d:
         st = Store(StoreSettings(data_dir=Path(d), control_socket=False))

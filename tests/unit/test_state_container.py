@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -364,7 +365,7 @@ def test_tail_lines_is_woken_by_a_write_not_by_its_poll(tmp_path):
     # a poll every 30 s: only the inotify watch can bring the line sooner
     it = tail_lines(str(log), lambda: bool(stop), every=30.0, idle=30.0)
     got: list[bytes] = []
-    t = __import__("threading").Thread(target=lambda: got.append(next(it)))
+    t = threading.Thread(target=lambda: got.append(next(it)))
     t.start()
     time.sleep(0.1)  # the tail is asleep now
     t0 = time.monotonic()
@@ -408,7 +409,7 @@ def test_create_event_gives_metadata_from_bundle_before_inspect(tmp_path):
     reg = _watching_registry(tmp_path, 1.0, body, "TRUE")
     reg.keep_news = True
     try:
-        t = __import__("threading").Thread(target=reg.on_runtime_event, args=(parse_podman_event(PODMAN_EVENTS[0]),))
+        t = threading.Thread(target=reg.on_runtime_event, args=(parse_podman_event(PODMAN_EVENTS[0]),))
         t.start()
         time.sleep(0.02)
         # inspect is still running (1 s): the kernel's first sight must not queue another
