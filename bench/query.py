@@ -3,17 +3,22 @@
     .venv/bin/python bench/query.py [--rate 1000] [--minutes 60] [--repeat 3] [--dir DIR]
 
 1. Ingest: ``rate * minutes * 60`` synthetic HTTP records (a few services, paths and
-   status codes, log-normal latencies) go through Store.append/flush in 1 s batches,
-   as the agent would; then compaction. Prints rows per CPU second of the store's own
-   work (building the dicts is not counted).
+   status codes, log-normal latencies) go to the store in batches of 500, flushed and
+   merged on their own timestamps by the store thread's policy and default settings
+   (``store_policy.Replay``), so the segments left are those an agent leaves after the
+   hour. Prints rows per CPU second of the store's own work (building the dicts is not
+   counted) and the segment files.
 2. Queries over the whole hour, PxL and the same query in SQL, each run ``--repeat``
    times; prints the median wall and CPU milliseconds and the ratio PxL/SQL (the SQL
    run is the baseline, measured in the same run, on the same connection).
+3. The same PxL over the same rows merged into one segment file, the layout's baseline:
+   prints its CPU and the ratio of the agent's layout to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from andon.query.runner import run_pxl, run_script, run_sql  # noqa: E402
 from andon.store import Retention, Store, StoreSettings  # noqa: E402
 from andon.store.catalog import Catalog  # noqa: E402
+
+import store_policy  # noqa: E402  (bench/store_policy.py, beside this script)
 
 S = 10**9
 
@@ -62,24 +69,19 @@ def ingest(data_dir: Path, rate: int, minutes: int) -> tuple[int, float, float]:
     t0 = now - minutes * 60 * S
     st = Store(StoreSettings(data_dir=data_dir, control_socket=False,
                              retention=Retention(max_age_ns=2 * 3600 * S, max_bytes=4 * 2**30)), clock=lambda: now)
-    cpu = 0.0
+    rp = store_policy.Replay(st, t0=t0)
     rows = 0
-    chunk_s = 60  # build a minute of records at a time, hand them over a second at a time
+    chunk_s = 60  # build a minute of records at a time, hand them over in batches of 500 as the agent does
+    batch = 500
     for m in range(minutes):
         recs = records(rng, t0 + m * 60 * S, rate * chunk_s, 60 * S)
-        for k in range(chunk_s):
-            batch = recs[k * rate:(k + 1) * rate]
-            c0 = time.process_time()
-            st.append("http_events", batch)
-            st.flush()
-            cpu += time.process_time() - c0
-            rows += len(batch)
-        c0 = time.process_time()
-        st.compact()
-        cpu += time.process_time() - c0
-    c0 = time.process_time()
+        for i in range(0, len(recs), batch):
+            part = recs[i : i + batch]
+            rp.append("http_events", part, now=part[-1]["time_"] - t0)
+            rows += len(part)
+    rp.close()
+    cpu = rp.flush_s + rp.maint_s
     st.close()
-    cpu += time.process_time() - c0
     size = sum(s.size for s in Store(StoreSettings(data_dir=data_dir, control_socket=False)).segments("http_events"))
     return rows, cpu, size
 
@@ -116,6 +118,16 @@ def http_data_sql(since: int) -> str:
 FROM http_events WHERE time_ >= {since} LIMIT 1000"""
 
 
+def one_file(src: Path, dst: Path) -> None:
+    """The same rows as ``src`` in a single segment: the baseline layout for the queries."""
+    shutil.copytree(src, dst)
+    st = Store(StoreSettings(data_dir=dst, control_socket=False))
+    segs = st.segments("http_events")
+    if len(segs) > 1 and not st._merge(st.tables["http_events"], segs):
+        raise SystemExit(f"could not merge {len(segs)} segments into one in {dst}")
+    st.close()
+
+
 def timed(fn, repeat: int) -> tuple[float, float, int]:
     walls, cpus, n = [], [], 0
     for _ in range(repeat):
@@ -142,26 +154,38 @@ def main() -> int:
     print(f"ingest: {rows} rows ({a.rate}/s for {a.minutes} min), store CPU {cpu:.1f} s -> "
           f"{rows / cpu:,.0f} rows per CPU second; on disk {size / 2**20:.1f} MiB "
           f"({size / rows:.1f} B/row)")
-    cat = Catalog(a.dir)
-    print(f"segments: {len(cat.files['http_events'])} files")
+    one_file(a.dir, a.dir.with_name(a.dir.name + "-onefile"))
+    cat, cat1 = Catalog(a.dir), Catalog(a.dir.with_name(a.dir.name + "-onefile"))
+    print(f"segments: {len(cat.files['http_events'])} files as the agent leaves them; "
+          f"baseline: the same rows in {len(cat1.files['http_events'])} file")
     since = time.time_ns() - 2 * 3600 * S
-    cases = [
-        ("service LET (10 s windows, quantiles)", lambda: run_pxl(SERVICE_LET_PXL, cat),
-         lambda: run_sql(let_sql(since), cat)),
-        ("px/http_data (head 1000)", lambda: run_script("px/http_data", cat, args={"start_time": "-2h"}),
-         lambda: run_sql(http_data_sql(since), cat)),
-        ("px/service_stats (5 widgets)", lambda: run_script("px/service_stats", cat, args={"start_time": "-2h"}),
-         None),
-    ]
-    print(f"{'query':42} {'PxL ms':>9} {'cpu ms':>9} {'SQL ms':>9} {'cpu ms':>9} {'PxL/SQL':>8} rows")
-    for name, p, s in cases:
+
+    def cases(c):
+        return [
+            ("service LET (10 s windows, quantiles)", lambda: run_pxl(SERVICE_LET_PXL, c),
+             lambda: run_sql(let_sql(since), c)),
+            ("px/http_data (head 1000)", lambda: run_script("px/http_data", c, args={"start_time": "-2h"}),
+             lambda: run_sql(http_data_sql(since), c)),
+            ("px/service_stats (5 widgets)", lambda: run_script("px/service_stats", c, args={"start_time": "-2h"}),
+             None),
+        ]
+    print(f"{'query':38} {'PxL ms':>8} {'cpu ms':>8} {'SQL ms':>8} {'cpu ms':>8} {'PxL/SQL':>8} "
+          f"{'1-file cpu ms':>14} {'files/1-file':>13} rows")
+    for (name, p, s), (_, p1, _) in zip(cases(cat), cases(cat1)):
         pw, pc, pn = timed(p, a.repeat)
+        _, pc1, pn1 = timed(p1, a.repeat)
+        if pn1 != pn:
+            raise SystemExit(f"{name}: {pn} rows over the agent's segments but {pn1} over one file")
         if s is not None:
             sw, sc, sn = timed(s, a.repeat)
-            print(f"{name:42} {pw:9.1f} {pc:9.1f} {sw:9.1f} {sc:9.1f} {pw / sw:8.2f} {pn}/{sn}")
+            sql = f"{sw:8.1f} {sc:8.1f} {pw / sw:8.2f}"
+            rows_col = f"{pn}/{sn}"
         else:
-            print(f"{name:42} {pw:9.1f} {pc:9.1f} {'':>9} {'':>9} {'':>8} {pn}")
+            sql, rows_col = f"{'':>8} {'':>8} {'':>8}", f"{pn}"
+        print(f"{name:38} {pw:8.1f} {pc:8.1f} {sql} {pc1:14.1f} {pc / pc1:13.2f} {rows_col}")
     cat.close()
+    cat1.close()
+    shutil.rmtree(a.dir.with_name(a.dir.name + "-onefile"))
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -3,8 +3,8 @@
 The store thread flushes every table's buffered rows to a Parquet segment each
 ``flush_interval``, or as soon as a table holds ``max_buffer_rows``, and every
 ``max(5 * flush_interval, 5 s)`` applies retention and merges runs of small segments
-(``Store._loop``). A replay here does the same, with the store's default settings of the code
-under test, on simulated time and as fast as it can: ``--rate`` HTTP rows a second (as
+(``Store._loop``). A replay here does the same (``store_policy.Replay``), with the store's default
+settings of the code under test, on simulated time and as fast as it can: ``--rate`` HTTP rows a second (as
 nginx-1k's server side makes them: 1 KB responses, a 30-byte body prefix), appended in
 batches of 500 as the observing thread does, for ``--seconds`` simulated seconds. Rows are
 built outside the clock; only the store is timed (process_time, DuckDB's thread included).
@@ -27,10 +27,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import snapshot  # bench/snapshot.py, beside this script
+import store_policy  # bench/store_policy.py
 
 T0 = 1_700_000_000 * 10**9
 
@@ -61,36 +61,17 @@ def replay(rate: int, seconds: int) -> dict:
     batch = 500
     with tempfile.TemporaryDirectory(prefix="andon-store-bench-") as d:
         st = Store(StoreSettings(data_dir=Path(d), control_socket=False))
-        interval = st.settings.flush_interval_ns
-        bound = st.settings.max_buffer_rows
-        maint_every = max(interval * 5, 5 * 10**9)
-        flush_s = maint_s = 0.0
-        buffered = flushes = 0
-        last_flush = last_maint = 0
+        rp = store_policy.Replay(st, t0=T0)
         for s in range(seconds):
             shift = s * 10**9
             rows = [dict(r, time_=r["time_"] + shift) for r in proto]
             for i in range(0, rate, batch):
-                part = rows[i : i + batch]
-                st.append("http_events", part)
-                buffered += len(part)
-                now = shift + (i + len(part)) * 10**9 // rate
-                if buffered >= bound or now - last_flush >= interval:
-                    a = time.process_time()
-                    st.flush()
-                    b = time.process_time()
-                    flush_s += b - a
-                    flushes += 1
-                    buffered, last_flush = 0, now
-                    if now - last_maint >= maint_every:
-                        last_maint = now
-                        st.enforce_retention(now_ns=T0 + now)
-                        st.compact()
-                        maint_s += time.process_time() - b
+                rp.append("http_events", rows[i : i + batch], now=shift + min(i + batch, rate) * 10**9 // rate)
         on_disk = sum(p.stat().st_size for p in Path(d).rglob("*.parquet"))
         segments = len(st.segments("http_events"))
         merged = st.stats.segments_merged
         st.close()
+    flush_s, maint_s, flushes = rp.flush_s, rp.maint_s, rp.flushes
     n = rate * seconds
     return {"rows": n, "flush_us": flush_s / n * 1e6, "maint_us": maint_s / n * 1e6,
             "total_us": (flush_s + maint_s) / n * 1e6, "flushes": flushes, "merged": merged, "segments": segments,
