@@ -331,6 +331,22 @@ def test_redis_commands_and_pipeline(agent: ObserveAgent, redis: S.Server):
     assert {(x["comm"], x["pid"]) for x in servers_} == {("redis-server", redis.pid)}
 
 
+def test_redis_cli_opening_command_docs_is_one_truncated_row_and_pairing_holds(agent: ObserveAgent, redis: S.Server):
+    # redis-cli reading commands from stdin first asks COMMAND DOCS: a ~170 KB reply of which
+    # the sensor copies 4 KB a write. Its words must not become replies to anything
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    out = S._run(["redis-cli", "-h", redis.host, "-p", str(redis.port)], input=f"SET c_{tag} v_{tag}\nGET c_{tag}\n")
+    assert out.stdout.split() == ["OK", f"v_{tag}"]
+    rows = agent.wait_rows("SELECT trace_role, req_cmd, req_args, resp FROM redis_events "
+                           f"WHERE {_on_port(redis.port, t0)}", 6, timeout=WAIT_S)
+    for side in _sides(rows):
+        got = [(x["req_cmd"], x["resp"]) for x in side]
+        assert [c for c, _ in got] == ["COMMAND DOCS", "SET", "GET"], got
+        docs = got[0][1]
+        assert docs.startswith('["') and docs.endswith("... [TRUNCATED]") and len(docs) == 1024 + len("... [TRUNCATED]")
+        assert got[1:] == [("SET", "OK"), ("GET", f"v_{tag}")]
+
+
 # -- DNS ---------------------------------------------------------------------------------------------
 def _dns_query(name: str, txid: int) -> bytes:
     """A standard query for ``name`` A, recursion desired (RFC 1035 4.1)."""

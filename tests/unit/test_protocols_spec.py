@@ -184,6 +184,77 @@ def test_redis_reply_split_at_every_byte():
                     "resp": '["abc","[NULL]","<NULL>"]', "latency": 10 + len(reply) - 2}]
 
 
+def command_docs_writes(entries: int, per_write: int) -> list[bytes]:
+    """A reply shaped like Redis 7's answer to redis-cli's opening COMMAND DOCS, as the
+    server writes it: a map of command names to nested maps whose leaves are words such as
+    "integer" and "arguments", ``per_write`` entries a write, so every later write starts
+    with what looks like a reply."""
+    writes = [b"%" + str(entries).encode() + b"\r\n"]
+    for i in range(entries):
+        entry = (b"$%d\r\ncmd%d\r\n" % (len(b"cmd%d" % i), i) + b"%3\r\n$7\r\nsummary\r\n$12\r\nsome command\r\n"
+                 + b"$5\r\ngroup\r\n$7\r\ninteger\r\n$9\r\narguments\r\n*1\r\n%2\r\n+name\r\n+key\r\n+type\r\n+integer\r\n")
+        if i % per_write == 0 and i:
+            writes.append(b"")
+        writes[-1] += entry
+    return writes
+
+
+def test_redis_a_reply_cut_by_the_copy_bound_is_one_truncated_record_not_words_from_inside_it():
+    # the sensor copies 4096 bytes of each write: the rest of a big reply is never seen, and
+    # what follows the cut (a later write of the same reply) must not be taken for replies
+    cut = command_docs_writes(400, 100)
+    assert len(cut) == 4 and all(len(c) > 4096 for c in cut) and cut[1][:1] == b"$"
+    chunks = [DataChunk(1, I, b"*2\r\n$7\r\nCOMMAND\r\n$4\r\nDOCS\r\n")]
+    chunks += [DataChunk(2 + k, E, c[:4096], size=len(c)) for k, c in enumerate(cut)]
+    chunks += [DataChunk(20, I, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), DataChunk(21, E, b"$1\r\nv\r\n")]
+    out, p = run(Protocol.REDIS, Role.SERVER, chunks)
+    assert [(r["req_cmd"], r["req_args"], r["latency"]) for r in out] == [("COMMAND DOCS", "[]", 1), ("GET", '{"key":"k"}', 1)]
+    # the reply's whole entries within the 4,096 bytes seen, cut at Pixie's 1,024 characters
+    resp = out[0]["resp"]
+    assert resp.startswith('{"cmd0":"{\\"summary\\":\\"some command\\",\\"group\\":\\"integer\\"')
+    assert '"cmd4":' in resp and "cmd100" not in resp and "cmd399" not in resp
+    assert resp.endswith("... [TRUNCATED]") and len(resp) == 1024 + len("... [TRUNCATED]")
+    assert out[1]["resp"] == "v"
+    assert p.stats.unmatched_responses == 0 and p.stats.truncated == len(cut)
+
+
+def test_redis_a_request_cut_by_the_copy_bound_is_still_answered_by_its_own_reply():
+    big = b"x" * 100_000
+    set_cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n" + big + b"\r\n"
+    chunks = [DataChunk(1, E, set_cmd[:4096], size=len(set_cmd)),
+              DataChunk(2, E, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+              DataChunk(3, I, b"+OK\r\n"), DataChunk(4, I, b"$1\r\nx\r\n")]
+    out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_cmd"], r["resp"], r["latency"]) for r in out] == [("SET", "OK", 2), ("GET", "x", 2)]
+    assert out[0]["req_args"].startswith('{"key":"k","value":"xxx') and out[0]["req_args"].endswith("... [TRUNCATED]")
+    assert out[1]["req_args"] == '{"key":"k"}'
+    assert p.stats.unmatched_responses == 0 and p.stats.unmatched_requests == 0
+
+
+def test_redis_replies_lost_from_the_ring_end_the_waiting_requests_and_pairing_resumes_after():
+    # two pipelined GETs; the ring lost the replies' bytes: neither request gets a wrong reply
+    chunks = [DataChunk(1, E, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"),
+              DataChunk(3, I, b"$2\r\nbb\r\n", gap=7),  # "$1\r\na\r\n" never arrived, then b's reply
+              DataChunk(4, E, b"*1\r\n$4\r\nPING\r\n"), DataChunk(5, I, b"+PONG\r\n")]
+    out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_cmd"], r["req_args"], r["resp"]) for r in out] == [
+        ("GET", '{"key":"a"}', "... [TRUNCATED]"), ("PING", "{}", "PONG")]
+    assert p.stats.unmatched_requests == 1  # GET b: its reply may have been in the lost bytes
+    assert p.stats.unmatched_responses == 0  # "bb" comes while no request waits: skipped with the cut, not a reply
+
+
+def test_redis_a_subscriber_keeps_its_messages_after_lost_bytes():
+    msg = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n"
+    chunks = [DataChunk(1, E, b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"),
+              DataChunk(2, I, b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"),
+              DataChunk(4, I, msg, gap=len(msg)),  # one message lost, the next one whole
+              DataChunk(5, I, msg)]
+    out, _ = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_cmd"], r["resp"], r["time_"]) for r in out] == [
+        ("SUBSCRIBE", '["subscribe","c","1"]', 2), ("PUSH PUB", '["message","c","hi"]', 4),
+        ("PUSH PUB", '["message","c","hi"]', 5)]
+
+
 # -- DNS --------------------------------------------------------------------------------------
 def name(n: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in n.split(".")) + b"\0"

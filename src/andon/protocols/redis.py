@@ -19,6 +19,20 @@ we cover the usual ones), and the JSON array of arguments otherwise.
 
 Role.UNKNOWN: a direction starting with an array of bulk strings or an inline command word
 carries requests; one starting with a reply type marker carries replies.
+
+Lost bytes (the copy bound cut a big write, or the ring dropped records). RESP does not say
+how long an aggregate is, so the rest of a cut reply cannot be found by looking for a
+frame start: the words inside a reply (COMMAND DOCS's ``integer``, ``arguments``) look like
+replies themselves. Instead the order of the exchange is used:
+
+* a request cut short is still a request: it is queued with the words seen (the cut one
+  ends in ``... [TRUNCATED]``), so its reply answers it and not the next command;
+* a reply cut short answers the oldest waiting request at once, with what was seen of it
+  (``... [TRUNCATED]`` at the end; latency to the last byte seen). Requests still waiting
+  then are counted unmatched: their replies may have been in the lost bytes;
+* after the cut, a direction resumes only at a write that starts a frame: for replies, once
+  a request has been made since the cut (or at a published message), since before that
+  everything the server sends is the rest of the cut reply.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import re
 from dataclasses import dataclass
 
 from andon.protocols.base import DataChunk, Direction, Protocol
-from andon.protocols.stream import Side, StreamParser, bound, latency
+from andon.protocols.stream import MAX_STRING, TRUNCATED_MSG, Side, StreamParser, bound, latency
 
 MAX_DEPTH = 16
 MAX_ELEMENTS = 1 << 20
@@ -264,6 +278,70 @@ def _command(words: list[str]) -> Request:
     return req
 
 
+_LOST = "lost"  # Side.state of a direction skipping the rest of a cut frame
+_START_REQ = re.compile(rb"\*[1-9][0-9]{0,6}\r\n\$")
+_START_PUB = re.compile(rb"\*[34]\r\n\$[78]\r\n[ps]?message\r\n")
+
+
+def _words_so_far(buf: bytearray) -> list[str]:
+    """The words of the command at the front of ``buf`` that was cut short: the whole bulk
+    strings, then what was seen of the cut one with the truncation mark."""
+    if not buf or buf[0] != ord("*"):
+        line = bytes(buf[: MAX_INLINE]).split(b"\r\n", 1)[0]
+        words = [_t(w) for w in line.split()]
+        if words:
+            words[-1] += TRUNCATED_MSG
+        return words
+    got = _line(buf, 1)
+    if not isinstance(got, tuple):
+        return []
+    _, pos = got
+    words: list[str] = []
+    while pos < len(buf):
+        if buf[pos] != ord("$"):
+            break
+        got = _line(buf, pos + 1)
+        if not isinstance(got, tuple):
+            break
+        text, nxt = got
+        n = _size(text)
+        if n is None or n < 0:
+            break
+        if len(buf) < nxt + n + 2:
+            words.append(_t(bytes(buf[nxt : nxt + min(n, MAX_STRING)])) + TRUNCATED_MSG)
+            return words
+        words.append(_t(bytes(buf[nxt : nxt + n])))
+        pos = nxt + n + 2
+    if words:
+        words[-1] += TRUNCATED_MSG
+    return words
+
+
+def _reply_so_far(buf: bytearray) -> str:
+    """What was seen of a reply that was cut short, marked as truncated: a bulk string's
+    first bytes, an aggregate's whole top-level elements."""
+    if buf[:1] in (b"$", b"=", b"!"):
+        got = _line(buf, 1)
+        if isinstance(got, tuple):
+            body = _t(bytes(buf[got[1] : got[1] + MAX_STRING]))
+            return ("-" + body if buf[:1] == b"!" else body) + TRUNCATED_MSG
+    elif buf[:1] and buf[:1] in b"*~>%":
+        got = _line(buf, 1)
+        if isinstance(got, tuple):
+            items: list[str] = []
+            pos = got[1]
+            while True:
+                value = parse_value(buf, pos, 1)
+                if not isinstance(value, tuple):
+                    break
+                items.append(value[0].text)
+                pos = value[1]
+            if buf[:1] == b"%":  # a map's whole pairs, as parse_value shows a map
+                return _js(dict(zip(items[::2], items[1::2]))) + TRUNCATED_MSG
+            return _js(items) + TRUNCATED_MSG
+    return TRUNCATED_MSG
+
+
 class RedisParser(StreamParser):
     protocol = Protocol.REDIS
     table = "redis_events"
@@ -279,6 +357,18 @@ class RedisParser(StreamParser):
     def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0,
                    chunk: DataChunk | None = None) -> list[dict]:
         side = self.sides.get(direction)
+        if side is None and gap and self.req_dir is not None and direction in (Direction.EGRESS, Direction.INGRESS):
+            side = self._side(Direction(direction))
+        if side is not None and (gap or side.state is _LOST) and not self.closed:
+            out = self._lose(side, gap, ts_ns) if gap else []
+            if not self._resumes(side, data):
+                self.stats.bytes_skipped += len(data)  # the rest of the cut frame
+                side.last_ts = ts_ns
+                if size > len(data):
+                    self.stats.truncated += 1
+                return out
+            side.state = None  # a frame starts here: what was lost before it is accounted for
+            return out + StreamParser.feed(self, DataChunk(ts_ns, direction, data, size, 0))
         if (side is not None and not side.buf and not side.skip and not side.resync and not gap
                 and not self.closed and size == len(data) and data):
             out = self._whole(side, data, ts_ns)
@@ -358,6 +448,41 @@ class RedisParser(StreamParser):
                 continue
             req = reqs.popleft()
             out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
+        return out
+
+    def _resumes(self, side: Side, data: bytes) -> bool:
+        """Whether a direction skipping the rest of a cut frame starts a frame again with
+        this write (see the module docstring)."""
+        if side.is_req:
+            if _START_REQ.match(data):
+                return True
+            word = data.split(b"\r\n", 1)[0].split(b" ", 1)[0].decode("latin-1").upper()
+            return data.endswith(b"\r\n") and (word in _ARGS or word in _CONTAINER or word == "SET")
+        if data[:1] == b">" or _START_PUB.match(data):
+            return True
+        return bool(self.reqs) and data[:1] in _MARKERS and parse_value(bytearray(data[:MAX_INLINE]), 0) is not _BAD
+
+    def _lose(self, side: Side, n: int, ts: int) -> list[dict]:
+        """``n`` bytes of this direction were never seen (see the module docstring)."""
+        if side.state is _LOST:
+            return []
+        out: list[dict] = []
+        if side.is_req:
+            words = _words_so_far(side.buf)
+            req = command(words) if words else Request("", TRUNCATED_MSG, 0)
+            req.ts = ts
+            self._push_request(req)
+        else:
+            text = _reply_so_far(side.buf) if side.buf else TRUNCATED_MSG
+            self.stats.frames += 1
+            if self.reqs:
+                req = self.reqs.popleft()
+                out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
+            self.stats.unmatched_requests += len(self.reqs)
+            self.reqs.clear()
+        self.stats.bytes_skipped += side.drop_all()
+        side.resync = False
+        side.state = _LOST
         return out
 
     def _guess(self, chunk: DataChunk) -> bool | None:
