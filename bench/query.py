@@ -120,6 +120,7 @@ FROM http_events WHERE time_ >= {since} LIMIT 1000"""
 
 def one_file(src: Path, dst: Path) -> None:
     """The same rows as ``src`` in a single segment: the baseline layout for the queries."""
+    shutil.rmtree(dst, ignore_errors=True)  # left by an earlier run with the same --dir
     shutil.copytree(src, dst)
     st = Store(StoreSettings(data_dir=dst, control_socket=False))
     segs = st.segments("http_events")
