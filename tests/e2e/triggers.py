@@ -179,8 +179,9 @@ PERL_LISTEN = (
     'open(R,">","/tmp/listening"); close(R); accept(C,S) or die "accept: $!"; '
     'syswrite(C,$ARGV[1]) if defined $ARGV[1]; while(<C>){print}'
 )
-# wait (2 s at most) for the perl listener above to be listening
-WAIT_LISTEN = "for i in $(seq 40); do [ -e /tmp/listening ] && break; sleep 0.05; done"
+# wait (20 s at most) for the perl listener above to be listening: on a busy machine perl can take
+# over 2 s to start in a new container, and a shell that connects before it is refused
+WAIT_LISTEN = "for i in $(seq 400); do [ -e /tmp/listening ] && break; sleep 0.05; done"
 
 
 # -- file acts -------------------------------------------------------------------------------
@@ -432,7 +433,7 @@ def netcat_shell_in_container(podman: Podman, nc: str, port: int = 4444) -> Act:
     # the client retries until the listener is up; a refused nc exits without exec'ing the shell
     script = (
         f"printf 'echo {m}-ok\\nexit\\n' | {nc_in} -l -p {port} -q 5 & "
-        f"for i in $(seq 40); do {nc_in} 127.0.0.1 {port} -e /bin/sh 2>/dev/null && break; sleep 0.05; done; wait"
+        f"for i in $(seq 400); do {nc_in} 127.0.0.1 {port} -e /bin/sh 2>/dev/null && break; sleep 0.05; done; wait"
     )
     c = podman.run("-v", f"{nc}:{nc_in}:ro", cmd=["bash", "-c", script])
     assert f"{m}-ok" in c.out, c.out
