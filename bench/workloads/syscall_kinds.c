@@ -1,5 +1,6 @@
-/* syscall_kinds N: the cost of one syscall of each kind a socket data hook sees, N calls of
- * each, printed as one JSON line of nanoseconds per call:
+/* syscall_kinds N [KIND]: the cost of one syscall of each kind a socket data hook sees, N
+ * calls of each (with KIND, of that kind only; the others print 0), printed as one JSON line
+ * of nanoseconds per call:
  *   getppid      a syscall the hook does not trace (it returns at the number)
  *   read_eagain  read(2) of an empty non-blocking pipe: a traced number, failed
  *   write_null   write(2) of 8 bytes to /dev/null: a traced number, fd not a socket
@@ -49,31 +50,41 @@ int main(int argc, char **argv)
 {
 	const char req[] = "GET /syscall-kinds HTTP/1.1\r\nHost: x\r\nUser-Agent: andon-bench\r\n\r\n";
 	char buf[256] = { 0 };
-	long n = argc == 2 ? atol(argv[1]) : 0, i;
+	long n = argc >= 2 ? atol(argv[1]) : 0, i;
+	const char *only = argc == 3 ? argv[2] : NULL;
+	long n0 = n, n1 = n, n2 = n, n3 = n / 4;
 	int p[2], dn, cli, srv;
 	double t0, t1, t2, t3, t4;
 
-	if (n < 1 || n > 10000000) {
-		fprintf(stderr, "usage: %s N (1..10000000)\n", argv[0]);
+	if (n < 1 || n > 10000000 || argc > 3 ||
+	    (only && strcmp(only, "getppid") && strcmp(only, "read_eagain") && strcmp(only, "write_null") &&
+	     strcmp(only, "http_pair"))) {
+		fprintf(stderr, "usage: %s N (1..10000000) [getppid|read_eagain|write_null|http_pair]\n", argv[0]);
 		return 2;
+	}
+	if (only) {
+		n0 = strcmp(only, "getppid") ? 0 : n0;
+		n1 = strcmp(only, "read_eagain") ? 0 : n1;
+		n2 = strcmp(only, "write_null") ? 0 : n2;
+		n3 = strcmp(only, "http_pair") ? 0 : n3;
 	}
 	if (pipe2(p, O_NONBLOCK) || (dn = open("/dev/null", O_WRONLY)) < 0 || tcp_pair(&cli, &srv)) {
 		perror("syscall_kinds: setup");
 		return 1;
 	}
 	t0 = now();
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n0; i++)
 		syscall(SYS_getppid);
 	t1 = now();
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n1; i++)
 		if (read(p[0], buf, 8) != -1)
 			return 1;
 	t2 = now();
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n2; i++)
 		if (write(dn, buf, 8) != 8)
 			return 1;
 	t3 = now();
-	for (i = 0; i < n / 4; i++) {
+	for (i = 0; i < n3; i++) {
 		size_t got = 0;
 		if (write(cli, req, 64) != 64)
 			return 1;
@@ -86,6 +97,6 @@ int main(int argc, char **argv)
 	}
 	t4 = now();
 	printf("{\"getppid\": %.1f, \"read_eagain\": %.1f, \"write_null\": %.1f, \"http_pair\": %.1f}\n",
-	       (t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n, (t4 - t3) / (n / 4));
+	       n0 ? (t1 - t0) / n0 : 0, n1 ? (t2 - t1) / n1 : 0, n2 ? (t3 - t2) / n2 : 0, n3 ? (t4 - t3) / n3 : 0);
 	return 0;
 }
