@@ -21,8 +21,8 @@ static __always_inline struct socket *andon_file_socket(struct file *f)
 	return (struct socket *)BPF_CORE_READ(f, private_data);
 }
 
-/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
-static __always_inline struct socket *andon_fd_socket(long fd)
+/* The open file behind fd in the current task, or NULL. */
+static __always_inline struct file *andon_fd_file(long fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -33,13 +33,13 @@ static __always_inline struct socket *andon_fd_socket(long fd)
 	if (fd < 0 || fd >= max)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	return andon_file_socket(f);
+	return f;
 }
 
 /* The same from a tp_btf program: the task, its fd table and the table's size are read
- * with direct (BTF) loads instead of helper calls; the slot and the file's fields still go
- * through bpf_probe_read_kernel (a slot at a variable index is not a BTF pointer). */
-static __always_inline struct socket *andon_fd_socket_btf(long fd)
+ * with direct (BTF) loads instead of helper calls; the slot still goes through
+ * bpf_probe_read_kernel (a slot at a variable index is not a BTF pointer). */
+static __always_inline struct file *andon_fd_file_btf(long fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *fdt = task->files->fdt;
@@ -48,7 +48,18 @@ static __always_inline struct socket *andon_fd_socket_btf(long fd)
 	if (!fdt || fd < 0 || fd >= fdt->max_fds)
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), (void *)((__u64)fdt->fd + fd * sizeof(f)));
-	return andon_file_socket(f);
+	return f;
+}
+
+/* The kernel socket behind fd in the current task, or NULL when fd is not a socket. */
+static __always_inline struct socket *andon_fd_socket(long fd)
+{
+	return andon_file_socket(andon_fd_file(fd));
+}
+
+static __always_inline struct socket *andon_fd_socket_btf(long fd)
+{
+	return andon_file_socket(andon_fd_file_btf(fd));
 }
 
 #endif /* ANDON_FDSOCK_H */

@@ -86,6 +86,8 @@ struct sdc_key {
 struct sdc_conn {
 	__u64 conn_id;
 	__u64 sk;     /* the struct sock the fd named when we made the entry */
+	__u64 file;   /* the struct file the fd named when last checked: while the fd still names
+		       * it, it is the same socket, and the file's inode and socket need not be read */
 	__u64 sent;
 	__u64 recv;
 	__u8 role;
@@ -161,6 +163,16 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sdt_call);
 } sd_tls SEC(".maps");
+
+/* The file operations of every socket (net/socket.c socket_file_ops), learned from the
+ * first file whose inode says it is a socket: from then on one read of a file's f_op tells
+ * a socket from anything else. 0 until learned. */
+__u64 sd_sock_fops = 0;
+
+/* TLS library calls in progress (entered, not yet returned) over all threads. While it is
+ * 0 no syscall can be inside one, and sd__on_data skips the sd_tls lookup. It is never
+ * below the number of calls in sd_tls: an entry the LRU evicts is not subtracted. */
+__u64 sd_tls_live = 0;
 
 struct sdt_ssl_key {
 	__u32 tgid;
@@ -294,8 +306,8 @@ static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, l
 }
 
 /* Make the entry for (tgid, fd), which names socket sk, and send its open record. */
-static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct sock *sk, __u16 family, __u8 l4,
-						   __u8 role, __u32 origin, __u64 pid_tgid)
+static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct file *f, struct sock *sk,
+						   __u16 family, __u8 l4, __u8 role, __u32 origin, __u64 pid_tgid)
 {
 	__u32 zero = 0;
 	__u64 *next = bpf_map_lookup_elem(&sd_ids, &zero);
@@ -304,6 +316,7 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	struct sdc_conn c = {
 		.conn_id = __sync_fetch_and_add(next, 1) + 1,
 		.sk = (__u64)sk,
+		.file = (__u64)f,
 		.role = role,
 		.l4 = l4,
 	};
@@ -346,14 +359,23 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	return cp;
 }
 
+/* f is a socket's file (its inode said so): its f_op is every socket's */
+static __always_inline void sd__learn_fops(struct file *f)
+{
+	sd_sock_fops = (__u64)BPF_CORE_READ(f, f_op);
+}
+
 /* connect/accept: a new connection on fd whatever was there before. */
 static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 pid_tgid, const int btf)
 {
-	struct socket *so = btf ? andon_fd_socket_btf(fd) : andon_fd_socket(fd);
+	struct file *f = btf ? andon_fd_file_btf(fd) : andon_fd_file(fd);
+	struct socket *so = andon_file_socket(f);
 	__u16 family = 0;
 	__u8 l4 = 0;
 	if (!so)
 		return;
+	if (!sd_sock_fops)
+		sd__learn_fops(f);
 	struct sock *sk = sd__inet_sock(so, &family, &l4);
 	if (!sk)
 		return;
@@ -361,7 +383,7 @@ static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 
 	struct sdc_conn *old = bpf_map_lookup_elem(&sd_conns, &key);
 	if (old)
 		sd__emit_close(old, pid_tgid, fd, SD_CLOSE_REUSED);
-	sd__conn_new(&key, sk, family, l4, role, origin, pid_tgid);
+	sd__conn_new(&key, f, sk, family, l4, role, origin, pid_tgid);
 }
 
 static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
@@ -775,22 +797,35 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 		    nr == NR_RECVMMSG)
 			   ? SD_INGRESS
 			   : SD_EGRESS;
-	struct socket *so = btf ? andon_fd_socket_btf(fd) : andon_fd_socket(fd);
-	if (!so)
+	struct file *f = btf ? andon_fd_file_btf(fd) : andon_fd_file(fd);
+	if (!f)
 		return;
+	__u64 fops = sd_sock_fops;
+	if (fops && (__u64)BPF_CORE_READ(f, f_op) != fops)
+		return; /* not a socket: a file, a pipe, a tty... */
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
-	struct sock *sk = BPF_CORE_READ(so, sk);
-	if (!c || c->sk != (__u64)sk) {
-		__u16 family = 0;
-		__u8 l4 = 0;
-		if (!sd__inet_sock(so, &family, &l4))
+	/* The fd still names the file it named last time: the same socket. Otherwise (a new
+	 * fd, or one whose close we did not see) check that it is a socket, and which. */
+	if (!c || c->file != (__u64)f) {
+		struct socket *so = andon_file_socket(f);
+		if (!so)
 			return;
-		if (c)
-			sd__emit_close(c, pid_tgid, fd, SD_CLOSE_REUSED);
-		c = sd__conn_new(&key, sk, family, l4, SD_ROLE_UNKNOWN, SD_ORIGIN_DATA, pid_tgid);
-		if (!c)
-			return;
+		if (!fops)
+			sd__learn_fops(f);
+		struct sock *sk = BPF_CORE_READ(so, sk);
+		if (!c || c->sk != (__u64)sk) {
+			__u16 family = 0;
+			__u8 l4 = 0;
+			if (!sd__inet_sock(so, &family, &l4))
+				return;
+			if (c)
+				sd__emit_close(c, pid_tgid, fd, SD_CLOSE_REUSED);
+			c = sd__conn_new(&key, f, sk, family, l4, SD_ROLE_UNKNOWN, SD_ORIGIN_DATA, pid_tgid);
+			if (!c)
+				return;
+		}
+		c->file = (__u64)f;
 	}
 
 	if (nr == NR_SENDMMSG || nr == NR_RECVMMSG) {
@@ -802,7 +837,7 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 
 	/* inside a TLS library call on this thread: this is its ciphertext, and this fd is
 	 * the call's socket */
-	struct sdt_call *call = bpf_map_lookup_elem(&sd_tls, &pid_tgid);
+	struct sdt_call *call = sd_tls_live ? bpf_map_lookup_elem(&sd_tls, &pid_tgid) : NULL;
 	if (call) {
 		/* a call whose SSL * is known to use another fd (a stale entry: a return that
 		 * never came) does not claim this socket */
@@ -1049,7 +1084,10 @@ static __always_inline int sdt__enter(void *ssl, void *buf, void *outp, __u16 fn
 	if (!sd__traced(pid_tgid))
 		return 0;
 	struct sdt_call call = {.ssl = (__u64)ssl, .buf = (__u64)buf, .outp = (__u64)outp, .fd = -1, .fn = fn};
-	bpf_map_update_elem(&sd_tls, &pid_tgid, &call, BPF_ANY);
+	if (!bpf_map_update_elem(&sd_tls, &pid_tgid, &call, BPF_NOEXIST))
+		__sync_fetch_and_add(&sd_tls_live, 1);
+	else
+		bpf_map_update_elem(&sd_tls, &pid_tgid, &call, BPF_ANY); /* a stale entry of this thread */
 	return 0;
 }
 
@@ -1090,7 +1128,8 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	if (!cp)
 		return 0; /* missed entry, or not traced */
 	struct sdt_call call = *cp;
-	bpf_map_delete_elem(&sd_tls, &pid_tgid);
+	if (!bpf_map_delete_elem(&sd_tls, &pid_tgid))
+		__sync_fetch_and_add(&sd_tls_live, -1);
 
 	/* the functions return int: only eax is defined */
 	int rc = (int)ret;

@@ -23,11 +23,13 @@ import pytest
 
 from andon.errors import UsageError
 from andon.events.sockdata import (
+    CLOSE_REUSED,
     CLOSE_SYSCALL,
     F_ADDR,
     F_TRUNCATED,
     ORIGIN_ACCEPT,
     ORIGIN_CONNECT,
+    ORIGIN_DATA,
     ConnClose,
     ConnOpen,
     Data,
@@ -501,6 +503,50 @@ def test_connection_seen_first_by_its_data_gets_role_from_the_protocol(sockdata)
         (Direction.EGRESS, RESP): Role.SERVER,
         (Direction.INGRESS, RESP): Role.CLIENT,
     }
+
+
+# An fd that comes to name another socket without a close(2) we see: dup2 over it.
+DUP2_CHILD = r"""
+import json, os, socket
+REQ1, REQ2 = {req1!r}, {req2!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(2)
+port = srv.getsockname()[1]
+a = socket.create_connection(("127.0.0.1", port)); sa, _ = srv.accept()
+b = socket.create_connection(("127.0.0.1", port)); sb, _ = srv.accept()
+a_port, b_port, fd = a.getsockname()[1], b.getsockname()[1], a.fileno()
+a.sendall(REQ1)
+got = b""
+while len(got) < len(REQ1): got += sa.recv(65536)
+os.dup2(b.fileno(), fd)  # fd now names b's socket; a's file is closed inside dup2
+os.write(fd, REQ2)
+got = b""
+while len(got) < len(REQ2): got += sb.recv(65536)
+for s in (a, b, sa, sb, srv): s.close()
+print(json.dumps({{"fd": fd, "a_port": a_port, "b_port": b_port}}))
+"""
+
+
+def test_fd_that_names_another_socket_after_dup2_is_a_new_connection(sd):
+    # Guard for the sensor's fast path (a connection whose fd still names the same file is
+    # not checked again): the file changed under the fd, so the old connection ends as
+    # REUSED and the bytes go to a new one with the new socket's ports.
+    src = sd
+    req2 = b"GET /after-dup2 HTTP/1.1\r\nHost: b\r\n\r\n"
+    # TRIGGER
+    pid, info = run_child(src, DUP2_CHILD.format(req1=REQ, req2=req2))
+    recs = collect(src, {pid}, closes(5))
+    # ASSERT: on fd, in order: a's open, REQ, a's close (REUSED), b's open, REQ2
+    on_fd = [r for r in recs if r.fd == info["fd"] and not (isinstance(r, ConnClose) and r.reason == CLOSE_SYSCALL)]
+    kinds = [(type(r).__name__, getattr(r, "reason", None)) for r in on_fd]
+    assert kinds == [("ConnOpen", None), ("Data", None), ("ConnClose", CLOSE_REUSED), ("ConnOpen", None),
+                     ("Data", None)], kinds
+    a_open, a_data, a_close, b_open, b_data = on_fd
+    assert (a_open.origin, a_open.lport) == (ORIGIN_CONNECT, info["a_port"])
+    assert a_data.data == REQ and a_data.conn_id == a_open.conn_id == a_close.conn_id
+    assert (a_close.bytes_sent, a_close.bytes_recv) == (len(REQ), 0)
+    assert (b_open.origin, b_open.lport) == (ORIGIN_DATA, info["b_port"]) and b_open.conn_id != a_open.conn_id
+    assert b_data.data == req2 and b_data.conn_id == b_open.conn_id and b_data.pos == 0
+    assert b_data.role == Role.CLIENT and b_data.protocol == Protocol.HTTP
 
 
 # -- network namespaces -----------------------------------------------------------------------
