@@ -243,6 +243,45 @@ def test_redis_replies_lost_from_the_ring_end_the_waiting_requests_and_pairing_r
     assert p.stats.unmatched_responses == 0  # "bb" comes while no request waits: skipped with the cut, not a reply
 
 
+def test_redis_a_big_bulk_reply_cut_by_the_copy_bound_keeps_the_pipeline_paired():
+    # GET a, GET b, GET c pipelined; a's value is 100 KB, so the sensor copies 4,096 bytes of
+    # the write that carries it. Its length line says where it ends: the next write, which
+    # starts right there, carries b's and c's replies and they still pair.
+    big = b"$100000\r\n" + b"v" * 100_000 + b"\r\n"
+    chunks = [DataChunk(1, E, b"".join(b"*2\r\n$3\r\nGET\r\n$1\r\n%s\r\n" % k for k in (b"a", b"b", b"c"))),
+              DataChunk(2, I, big[:4096], size=len(big)),
+              DataChunk(3, I, b"$1\r\nb\r\n$1\r\nc\r\n")]
+    out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_args"], r["latency"]) for r in out] == [('{"key":"a"}', 1), ('{"key":"b"}', 2), ('{"key":"c"}', 2)]
+    assert out[0]["resp"] == "v" * 1024 + "... [TRUNCATED]"
+    assert [r["resp"] for r in out[1:]] == ["b", "c"]
+    assert p.stats.unmatched_requests == p.stats.unmatched_responses == 0
+    assert p.stats.truncated == 1
+
+
+def test_redis_bytes_lost_inside_a_bulk_reply_are_skipped_by_its_length():
+    # the ring lost 50,000 bytes from the middle of a's 100 KB reply: the rest of it, in later
+    # writes, is skipped by the length its first line gave, and b's reply after it pairs
+    big = b"$100000\r\n" + b"v" * 100_000 + b"\r\n"
+    head, lost, mid = 4096, 50_000, 1000
+    chunks = [DataChunk(1, E, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"),
+              DataChunk(2, I, big[:head]),
+              DataChunk(3, I, big[head + lost: head + lost + mid], gap=lost),
+              DataChunk(4, I, big[head + lost + mid:] + b"$1\r\nb\r\n")]
+    out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_args"], r["resp"][:3], r["latency"]) for r in out] == [
+        ('{"key":"a"}', "vvv", 2), ('{"key":"b"}', "b", 3)]
+    assert out[0]["resp"].endswith("... [TRUNCATED]")
+    assert p.stats.unmatched_requests == p.stats.unmatched_responses == 0
+    # a loss past the end of a bulk string is a cut as before: the waiting request's reply
+    # may have been in it
+    chunks = [DataChunk(1, E, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"),
+              DataChunk(2, I, big[:head], size=len(big) + 7)]  # b's "$1\r\nb\r\n" was cut too
+    out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+    assert [(r["req_args"], r["resp"][-15:]) for r in out] == [('{"key":"a"}', "... [TRUNCATED]")]
+    assert p.stats.unmatched_requests == 1
+
+
 def test_redis_a_subscriber_keeps_its_messages_after_lost_bytes():
     msg = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n"
     chunks = [DataChunk(1, E, b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"),

@@ -30,6 +30,10 @@ replies themselves. Instead the order of the exchange is used:
 * a reply cut short answers the oldest waiting request at once, with what was seen of it
   (``... [TRUNCATED]`` at the end; latency to the last byte seen). Requests still waiting
   then are counted unmatched: their replies may have been in the lost bytes;
+* except a reply that is one bulk string (``$``, ``=``, ``!``: its length is in its first
+  line): when the lost bytes end inside it or exactly at its end, the rest of it is skipped
+  by that length, the waiting requests stay queued, and the replies after it pair as usual
+  (those that were not in the lost bytes themselves);
 * after the cut, a direction resumes only at a write that starts a frame: for replies, once
   a request has been made since the cut (or at a published message), since before that
   everything the server sends is the rest of the cut reply.
@@ -317,6 +321,21 @@ def _words_so_far(buf: bytearray) -> list[str]:
     return words
 
 
+def _bulk_left(buf: bytearray) -> int | None:
+    """The bytes still to come of the bulk string reply (``$``, ``=``, ``!``) at the front of
+    ``buf``, once its length line is whole; None for any other reply."""
+    if buf[:1] not in (b"$", b"=", b"!"):
+        return None
+    got = _line(buf, 1)
+    if not isinstance(got, tuple):
+        return None
+    n = _size(got[0])
+    if n is None or n < 0:
+        return None
+    left = got[1] + n + 2 - len(buf)
+    return left if left > 0 else None
+
+
 def _reply_so_far(buf: bytearray) -> str:
     """What was seen of a reply that was cut short, marked as truncated: a bulk string's
     first bytes, an aggregate's whole top-level elements."""
@@ -361,6 +380,8 @@ class RedisParser(StreamParser):
             side = self._side(Direction(direction))
         if side is not None and (gap or side.state is _LOST) and not self.closed:
             out = self._lose(side, gap, ts_ns) if gap else []
+            if side.state is not _LOST:  # the loss was inside a reply of known length: no cut
+                return out + StreamParser.feed(self, DataChunk(ts_ns, direction, data, size, 0))
             if not self._resumes(side, data):
                 self.stats.bytes_skipped += len(data)  # the rest of the cut frame
                 side.last_ts = ts_ns
@@ -466,7 +487,29 @@ class RedisParser(StreamParser):
         """``n`` bytes of this direction were never seen (see the module docstring)."""
         if side.state is _LOST:
             return []
+        if side.skip:  # inside the rest of a bulk string skipped by its length
+            if n <= side.skip:
+                side.skip -= n
+                return []
+            n -= side.skip
+            side.skip = 0
         out: list[dict] = []
+        left = None if side.is_req else _bulk_left(side.buf)
+        if left is not None and n <= left:
+            # the lost bytes end inside this bulk string or at its end: it answers the oldest
+            # request, the rest of it is skipped, and the replies after it still pair
+            self.stats.frames += 1
+            text = _reply_so_far(side.buf)
+            if self.reqs:
+                req = self.reqs.popleft()
+                out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
+            else:
+                self.stats.unmatched_responses += 1
+            self.stats.bytes_skipped += side.drop_all() + left
+            side.resync = False
+            if left > n:
+                self._begin_skip(side, left - n, None)
+            return out
         if side.is_req:
             words = _words_so_far(side.buf)
             req = command(words) if words else Request("", TRUNCATED_MSG, 0)
