@@ -273,6 +273,7 @@ def test_redis_bytes_lost_inside_a_bulk_reply_are_skipped_by_its_length():
         ('{"key":"a"}', "vvv", 2), ('{"key":"b"}', "b", 3)]
     assert out[0]["resp"].endswith("... [TRUNCATED]")
     assert p.stats.unmatched_requests == p.stats.unmatched_responses == 0
+    assert p.stats.bytes_skipped == len(big) - lost  # every byte of a's reply that arrived; the lost ones are not
     # a loss past the end of a bulk string is a cut as before: the waiting request's reply
     # may have been in it
     chunks = [DataChunk(1, E, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n"),

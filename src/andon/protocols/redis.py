@@ -505,7 +505,7 @@ class RedisParser(StreamParser):
                 out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
             else:
                 self.stats.unmatched_responses += 1
-            self.stats.bytes_skipped += side.drop_all() + left
+            self.stats.bytes_skipped += side.drop_all() + left - n  # seen, and still to come
             side.resync = False
             if left > n:
                 self._begin_skip(side, left - n, None)
