@@ -605,6 +605,31 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+_IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+_forward_users = 0
+_forward_before = "1"
+
+
+@contextlib.contextmanager
+def ipv4_forwarding() -> Iterator[None]:
+    """IPv4 forwarding on while held: traffic between two of a test's namespaces is routed
+    through the host. A fresh Debian has it off (podman turns it on when it sets up a
+    container's network, so a machine that ran containers before hides the need). Nested
+    holders share it; the value found by the first is put back after the last."""
+    global _forward_users, _forward_before
+    if _forward_users == 0:
+        _forward_before = _IP_FORWARD.read_text().strip()
+        if _forward_before != "1":
+            _IP_FORWARD.write_text("1")
+    _forward_users += 1
+    try:
+        yield
+    finally:
+        _forward_users -= 1
+        if _forward_users == 0 and _forward_before != "1":
+            _IP_FORWARD.write_text(_forward_before)
+
+
 @contextlib.contextmanager
 def netns() -> Iterator[NetNs]:
     """A network namespace of our own joined to the host by a veth pair on a random 10.x.y.z/30
@@ -616,7 +641,9 @@ def netns() -> Iterator[NetNs]:
             break
     tag = f"{os.getpid() % 10000}{random.randint(0, 999):03d}"
     ns = NetNs(f"andon-t{tag}", f"avh{tag}", f"avn{tag}", f"10.{a}.{b}.{c + 1}", f"10.{a}.{b}.{c + 2}")
+    fwd = contextlib.ExitStack()
     try:
+        fwd.enter_context(ipv4_forwarding())  # for traffic to another namespace of the test's
         _ip("netns", "add", ns.name)
         _ip("link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if, "netns", ns.name)
         _ip("addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
@@ -632,6 +659,7 @@ def netns() -> Iterator[NetNs]:
                 os.kill(int(pid), signal.SIGKILL)
         _ip("netns", "del", ns.name, check=False)
         _ip("link", "del", ns.host_if, check=False)  # gone with the namespace's end already, normally
+        fwd.close()
 
 
 # -- clients -----------------------------------------------------------------------------------------

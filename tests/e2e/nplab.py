@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import in_netns  # noqa: E402  (tests/servers.py)
+from servers import in_netns, ipv4_forwarding  # noqa: E402  (tests/servers.py)
 
 DROP_TIMEOUT = 0.3  # a probe with no answer in this long was dropped ...
 RETRY_TIMEOUT = 1.5  # ... unless a second, longer try (for probes expected to pass) gets one
@@ -200,11 +200,14 @@ class Lab:
     _tag: str = field(default_factory=lambda: f"{os.getpid() % 1000}{random.randint(0, 99):02d}")
     _links: list[str] = field(default_factory=list)
     _netns: list[str] = field(default_factory=list)
+    _forwarding: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     # -- topology ----------------------------------------------------------------------------------
     def add_v4(self, name: str, octets: tuple[int, int] = (200, 250), ports: list[int] | None = None) -> Node:
         """A namespace on a routed /30 in 10.<octets range>.x.y (default route via the host)."""
         host_ip, ns_ip = _free_v4_slash30(octets, ip("-o", "-4", "addr", "show").stdout)
+        if not any(n.gateway for n in self.nodes.values()):  # the first routed /30: through the host
+            self._forwarding.enter_context(ipv4_forwarding())
         node = self._make(name)
         ip("addr", "add", f"{host_ip}/30", "dev", node.host_if)
         ip("link", "set", node.host_if, "up")
@@ -305,3 +308,4 @@ class Lab:
             ip("netns", "del", ns, check=False)
         for link in reversed(self._links):
             ip("link", "del", link, check=False)
+        self._forwarding.close()

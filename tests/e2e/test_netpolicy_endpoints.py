@@ -175,7 +175,10 @@ def test_container_endpoint_labels_allow_deny_audit(dirs, client_ns):
         # the host veth's peer is the container's eth0 (each side's own sysfs)
         eth0 = int(podman("exec", c["name"], "cat", "/sys/class/net/eth0/ifindex").stdout)
         assert int(Path(f"/sys/class/net/{api['ifname']}/iflink").read_text()) == eth0 and api["ifname"] in out
-        assert Path(f"/sys/class/net/{api['ifname']}/master").resolve().name == "podman0"
+        # on podman's default bridge: podman0 with netavark, cni-podman0 with CNI (Debian 12's default)
+        bridge = podman("network", "inspect", "podman", "--format", "{{.NetworkInterface}}").stdout.strip()
+        assert bridge in ("podman0", "cni-podman0")
+        assert Path(f"/sys/class/net/{api['ifname']}/master").resolve().name == bridge
         assert api["identity"] != eps["client"]["identity"]
 
         policy = dirs[0].parent / "api.yaml"

@@ -1,9 +1,10 @@
 """Podman containers as policy endpoints: labels, addresses and host-side veth from podman.
 
-A container on a podman bridge network (``podman0`` by default) has one veth pair: ``eth0`` in
-its network namespace, the other end on the host. The host end's ifindex is eth0's ``iflink``
-(``link_index`` in ``ip -j link``), read inside the container's namespace through
-``/proc/<pid>/ns/net``; the TC programs go on that host end, as for any namespace endpoint.
+A container on a podman bridge network (``podman0`` with netavark, ``cni-podman0`` with CNI)
+has one veth pair: ``eth0`` in its network namespace, the other end on the host. The host
+end's ifindex is eth0's ``iflink`` (``link_index`` in ``ip -j link``), read inside the
+container's namespace through ``/proc/<pid>/ns/net``; the TC programs go on that host end, as
+for any namespace endpoint.
 
 Labels: a container's labels (``podman run --label app=api``) become ``container:app=api``, the
 source Cilium gives labels that come from the container runtime (as it gives ``k8s:`` to pod
