@@ -57,9 +57,4 @@ static __always_inline struct socket *andon_fd_socket(long fd)
 	return andon_file_socket(andon_fd_file(fd));
 }
 
-static __always_inline struct socket *andon_fd_socket_btf(long fd)
-{
-	return andon_file_socket(andon_fd_file_btf(fd));
-}
-
 #endif /* ANDON_FDSOCK_H */

@@ -487,24 +487,17 @@ class RedisParser(StreamParser):
         """``n`` bytes of this direction were never seen (see the module docstring)."""
         if side.state is _LOST:
             return []
-        if side.skip:  # inside the rest of a bulk string skipped by its length
-            if n <= side.skip:
-                side.skip -= n
-                return []
-            n -= side.skip
-            side.skip = 0
-        out: list[dict] = []
+        n, out = self._lose_in_skip(side, n, ts)  # inside the rest of a bulk string being skipped
+        if n == 0:
+            return out
         left = None if side.is_req else _bulk_left(side.buf)
         if left is not None and n <= left:
             # the lost bytes end inside this bulk string or at its end: it answers the oldest
             # request, the rest of it is skipped, and the replies after it still pair
-            self.stats.frames += 1
-            text = _reply_so_far(side.buf)
-            if self.reqs:
-                req = self.reqs.popleft()
-                out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
-            else:
+            answered = self._answer_oldest(_reply_so_far(side.buf), ts)
+            if not answered:
                 self.stats.unmatched_responses += 1
+            out += answered
             self.stats.bytes_skipped += side.drop_all() + left - n  # seen, and still to come
             side.resync = False
             if left > n:
@@ -516,17 +509,22 @@ class RedisParser(StreamParser):
             req.ts = ts
             self._push_request(req)
         else:
-            text = _reply_so_far(side.buf) if side.buf else TRUNCATED_MSG
-            self.stats.frames += 1
-            if self.reqs:
-                req = self.reqs.popleft()
-                out.append(self._emit(self._record(req.cmd, req.args, req.ts, text, ts)))
+            out += self._answer_oldest(_reply_so_far(side.buf) if side.buf else TRUNCATED_MSG, ts)
             self.stats.unmatched_requests += len(self.reqs)
             self.reqs.clear()
         self.stats.bytes_skipped += side.drop_all()
         side.resync = False
         side.state = _LOST
         return out
+
+    def _answer_oldest(self, text: str, ts: int) -> list[dict]:
+        """A reply cut short, ``text`` what was seen of it: the oldest waiting request's record
+        (none if no request waits)."""
+        self.stats.frames += 1
+        if not self.reqs:
+            return []
+        req = self.reqs.popleft()
+        return [self._emit(self._record(req.cmd, req.args, req.ts, text, ts))]
 
     def _guess(self, chunk: DataChunk) -> bool | None:
         data = bytes(chunk.data[:32])

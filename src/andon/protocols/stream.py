@@ -236,21 +236,25 @@ class StreamParser(ConnParser):
             if (side.base, len(side.buf), side.skip) == before:
                 return out
 
+    def _lose_in_skip(self, side: Side, n: int, ts: int) -> tuple[int, list[dict]]:
+        """Of ``n`` lost bytes, those inside the known rest of a frame being skipped only
+        shorten the skip (the frame is marked as having lost bytes). Returns the bytes lost
+        beyond it, and the records that ending the skip made."""
+        if not side.skip:
+            return n, []
+        side.skip_lost = True
+        if n < side.skip:
+            side.skip -= n
+            return 0, []
+        n -= side.skip
+        side.skip = 0
+        return n, self._end_skip(side, ts)
+
     def _lose(self, side: Side, n: int, ts: int) -> list[dict]:
         """``n`` bytes of this direction were never seen."""
-        if side.skip:
-            if n < side.skip:
-                side.skip -= n
-                side.skip_lost = True
-                return []
-            n -= side.skip
-            side.skip = 0
-            side.skip_lost = True
-            out = self._end_skip(side, ts)
-            if n == 0:
-                return out
-        else:
-            out = []
+        n, out = self._lose_in_skip(side, n, ts)
+        if n == 0:
+            return out
         if not side.buf and side.state is not None and not side.resync:
             absorbed = self._absorb(side, n, ts)
             if absorbed is not None:
