@@ -96,16 +96,21 @@ def test_live_json_shows_exec_and_open_of_a_child(tmp_path):
     assert "events shown" in err and " lost" in err
 
 
-def test_count_stops_after_n_events_and_nothing_stays_loaded():
-    p = start(["events", "-o", "json", "-t", "exec", "--count", "2"])
+def test_count_stops_after_n_events_and_nothing_stays_loaded(tmp_path):
+    # only the test's own execs count: two execs by anything else on the machine would end
+    # andon before the test sees it attached
+    name = f"andon-n-{uuid.uuid4().hex[:6]}"
+    (tmp_path / name).symlink_to("/bin/true")
+    p = start(["events", "-o", "json", "-t", "exec", "-c", name, "--count", "2"])
     wait_attached(p)
     deadline = time.monotonic() + 10
     while p.poll() is None and time.monotonic() < deadline:
-        subprocess.run(["/bin/true"])
+        subprocess.run([str(tmp_path / name)])
         time.sleep(0.05)
     out, err = p.communicate(timeout=10)
     assert p.returncode == 0, err
-    assert len(out.splitlines()) == 2
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert [e["comm"] for e in evs] == [name, name]
     assert "andon: 2 events shown" in err
     time.sleep(0.5)  # links are freed after an RCU grace period
     assert our_programs() == []
