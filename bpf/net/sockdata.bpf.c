@@ -124,6 +124,16 @@ struct {
 	__type(value, struct sdc_conn);
 } sd_conns SEC(".maps");
 
+/* Processes that have had an entry in sd_conns, with the highest fd of one. An exec or a
+ * close_range(2) closes fds without a close(2) we see; only in these processes, and only
+ * up to that fd, do they look for entries to end. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} sd_tgids SEC(".maps");
+
 /* A data record is built here, then copied into the ring at its exact size. buf is
  * three copy bounds long so that a masked offset (< SD_COPY_MAX) plus a masked length
  * (< 2 * SD_COPY_MAX) is provably inside it. */
@@ -222,6 +232,10 @@ struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
 #define NR_SENDMMSG 307
 #define NR_PREADV2 327
 #define NR_PWRITEV2 328
+#define NR_EXECVE 59
+#define NR_EXECVEAT 322
+#define NR_CLOSE_RANGE 436
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
 
 #define TS_COMPAT 0x0002
 #define EINPROGRESS 115
@@ -327,6 +341,13 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	struct sdc_conn *cp = bpf_map_lookup_elem(&sd_conns, key);
 	if (!cp)
 		return NULL;
+	__u32 *top = bpf_map_lookup_elem(&sd_tgids, &key->tgid);
+	if (!top) {
+		__u32 fd = key->fd;
+		bpf_map_update_elem(&sd_tgids, &key->tgid, &fd, BPF_ANY);
+	} else if ((__u32)key->fd > *top) {
+		*top = key->fd;
+	}
 
 	struct andon_sd_open *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
 	if (!r) {
@@ -394,6 +415,49 @@ static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
 		return;
 	sd__emit_close(c, pid_tgid, fd, SD_CLOSE_SYSCALL);
 	bpf_map_delete_elem(&sd_conns, &key);
+}
+
+/* fds closed with no close(2): by close_range(2) (fds first..last), or by an exec (every
+ * close-on-exec fd). The fast path compares the file an fd names with the one it named
+ * last time; an fd closed unseen whose number and freed struct file both came back to a
+ * new socket would pass for the old connection. So these end the entries now: each fd of
+ * the range up to the process's highest with an entry is looked up (a lookup that misses,
+ * ~40 ns, per fd). */
+#define SD_SWEEP_MAX (1 << 20)
+
+struct sd_sweep {
+	__u64 pid_tgid;
+	__u32 first;
+	__u32 exec;
+};
+
+static long sd__sweep_one(__u32 i, struct sd_sweep *w)
+{
+	struct sdc_key key = {.tgid = w->pid_tgid >> 32, .fd = w->first + i};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	if (!c)
+		return 0;
+	/* after the exec, before its new image ran: an fd that still names the file is open */
+	if (w->exec && (__u64)andon_fd_file(key.fd) == c->file)
+		return 0;
+	sd__emit_close(c, w->pid_tgid, key.fd, w->exec ? SD_CLOSE_EXEC : SD_CLOSE_SYSCALL);
+	bpf_map_delete_elem(&sd_conns, &key);
+	return 0;
+}
+
+static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __u32 last, __u32 exec)
+{
+	__u32 tgid = pid_tgid >> 32;
+	__u32 *top = bpf_map_lookup_elem(&sd_tgids, &tgid);
+	if (!top)
+		return; /* no entries here: nothing to look through */
+	if (last > *top)
+		last = *top;
+	if (first > last)
+		return;
+	__u32 n = last - first + 1;
+	struct sd_sweep w = {.pid_tgid = pid_tgid, .first = first, .exec = exec};
+	bpf_loop(n < SD_SWEEP_MAX ? n : SD_SWEEP_MAX, sd__sweep_one, &w, 0);
 }
 
 /* ---- copying the bytes -------------------------------------------------------------- */
@@ -1021,6 +1085,10 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 		if (ret < 0)
 			return 0;
 		break;
+	case NR_EXECVE: case NR_EXECVEAT: case NR_CLOSE_RANGE:
+		if (ret != 0)
+			return 0;
+		break;
 	default:
 		return 0;
 	}
@@ -1056,6 +1124,14 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 	case NR_ACCEPT:
 	case NR_ACCEPT4:
 		sd__on_conn(ret, SD_ROLE_SERVER, SD_ORIGIN_ACCEPT, pid_tgid, btf);
+		return 0;
+	case NR_EXECVE:
+	case NR_EXECVEAT:
+		sd__on_unseen_closes(pid_tgid, 0, ~0U, 1);
+		return 0;
+	case NR_CLOSE_RANGE:
+		if (!((__u32)r.a[2] & CLOSE_RANGE_CLOEXEC)) /* that one only marks them close-on-exec */
+			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], 0);
 		return 0;
 	}
 	sd__on_data(nr, &r, ret, pid_tgid, btf);

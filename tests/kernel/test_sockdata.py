@@ -23,6 +23,7 @@ import pytest
 
 from andon.errors import UsageError
 from andon.events.sockdata import (
+    CLOSE_EXEC,
     CLOSE_REUSED,
     CLOSE_SYSCALL,
     F_ADDR,
@@ -547,6 +548,82 @@ def test_fd_that_names_another_socket_after_dup2_is_a_new_connection(sd):
     assert (b_open.origin, b_open.lport) == (ORIGIN_DATA, info["b_port"]) and b_open.conn_id != a_open.conn_id
     assert b_data.data == req2 and b_data.conn_id == b_open.conn_id and b_data.pos == 0
     assert b_data.role == Role.CLIENT and b_data.protocol == Protocol.HTTP
+
+
+EXEC_CHILD = r"""
+import json, os, socket, sys
+REQ_A, REQ_B, REQ_LATE = {req_a!r}, {req_b!r}, {req_late!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(2)
+os.set_inheritable(srv.fileno(), True)  # the peer of b stays up across the exec
+a = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))  # close-on-exec, Python's default
+b = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+os.set_inheritable(b.fileno(), True)  # survives the exec
+a.sendall(REQ_A); b.sendall(REQ_B)
+print(json.dumps({{"a": a.fileno(), "b": b.fileno()}}), flush=True)
+# the new image writes once more on b, and closes it
+os.execv(sys.executable, [sys.executable, "-c",
+         "import os, sys; fd = int(sys.argv[1]); os.write(fd, sys.argv[2].encode()); os.close(fd)",
+         str(b.fileno()), REQ_LATE.decode()])
+"""
+
+
+def test_exec_ends_the_connections_of_its_close_on_exec_fds(sd):
+    # An exec closes every close-on-exec fd with no close(2): the sensor ends those
+    # connections when the exec returns (reason EXEC), and keeps the inherited ones
+    src = sd
+    req_a, req_b = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n"
+    late = b"GET /after-exec HTTP/1.1\r\nHost: b\r\n\r\n"
+    # TRIGGER
+    pid, info = run_child(src, EXEC_CHILD.format(req_a=req_a, req_b=req_b, req_late=late))
+    recs = collect(src, {pid}, closes(2))
+    # ASSERT
+    conns = by_conn(recs)
+    assert len(conns) == 2
+    a = next(rs for rs in conns.values() if rs[0].fd == info["a"])
+    b = next(rs for rs in conns.values() if rs[0].fd == info["b"])
+    kinds = lambda rs: [(type(r).__name__, getattr(r, "reason", None)) for r in rs]  # noqa: E731
+    assert kinds(a) == [("ConnOpen", None), ("Data", None), ("ConnClose", CLOSE_EXEC)]
+    assert a[1].data == req_a and (a[2].bytes_sent, a[2].bytes_recv) == (len(req_a), 0)
+    # b goes on in the new image as the same connection, until its own close(2)
+    assert kinds(b) == [("ConnOpen", None), ("Data", None), ("Data", None), ("ConnClose", CLOSE_SYSCALL)]
+    assert [r.data for r in b[1:3]] == [req_b, late] and b[2].pos == len(req_b)
+    assert b[3].bytes_sent == len(req_b) + len(late)
+    # a ended at the exec: before the new image's write on b
+    assert a[2].ts_ns < b[2].ts_ns
+
+
+CLOSE_RANGE_CHILD = r"""
+import ctypes, json, os, socket
+REQS, LATE = {reqs!r}, {late!r}
+libc = ctypes.CDLL(None, use_errno=True)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+ks = [socket.create_connection(("127.0.0.1", srv.getsockname()[1])) for _ in REQS]
+for k, req in zip(ks, REQS): k.sendall(req)
+fds = [k.detach() for k in ks]  # the fds are closed below, not by the socket objects
+assert fds == list(range(fds[0], fds[0] + 3)), fds
+assert libc.syscall(436, fds[0], fds[1], 0) == 0  # close_range(first, last, 0)
+assert libc.syscall(436, fds[2], fds[2], 4) == 0  # CLOSE_RANGE_CLOEXEC: only marks it
+os.write(fds[2], LATE)
+os.close(fds[2])
+print(json.dumps({{"fds": fds}}))
+"""
+
+
+def test_close_range_ends_the_connections_in_its_range(sd):
+    src = sd
+    reqs = [f"GET /{i} HTTP/1.1\r\nHost: r\r\n\r\n".encode() for i in range(3)]
+    late = b"GET /after-close-range HTTP/1.1\r\nHost: r\r\n\r\n"
+    # TRIGGER
+    pid, info = run_child(src, CLOSE_RANGE_CHILD.format(reqs=reqs, late=late))
+    recs = collect(src, {pid}, closes(3))
+    # ASSERT: the two in the range end at the close_range, before the write on the third
+    fds = info["fds"]
+    ends = {r.fd: r for r in recs if isinstance(r, ConnClose)}
+    assert sorted(ends) == fds and all(e.reason == CLOSE_SYSCALL for e in ends.values())
+    assert [ends[fd].bytes_sent for fd in fds] == [len(reqs[0]), len(reqs[1]), len(reqs[2]) + len(late)]
+    late_rec = next(r for r in recs if isinstance(r, Data) and r.data == late)
+    assert late_rec.fd == fds[2]
+    assert ends[fds[0]].ts_ns < late_rec.ts_ns and ends[fds[1]].ts_ns < late_rec.ts_ns < ends[fds[2]].ts_ns
 
 
 # -- network namespaces -----------------------------------------------------------------------

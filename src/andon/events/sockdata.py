@@ -7,7 +7,8 @@ object). The source yields three kinds of record, in ring order::
 
     ConnOpen   a connection was seen (connect, accept, or its first read/write)
     Data       one read/write of a connection whose protocol is switched on
-    ConnClose  close(2) of it, with the bytes sent and received while traced
+    ConnClose  its end (close(2), close_range(2), an exec, or its fd reused), with the bytes
+               sent and received while traced
 
 Each :class:`Data` carries its byte position in its direction; the source keeps the
 next expected position per connection and direction and puts the difference in
@@ -45,7 +46,7 @@ PROTO_MAX = 16  # SD_PROTO_MAX
 
 REC_OPEN, REC_DATA, REC_CLOSE = 1, 2, 3
 ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
-CLOSE_SYSCALL, CLOSE_REUSED = 1, 2
+CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC = 1, 2, 3
 F_TRUNCATED, F_ADDR, F_ENCRYPTED = 0x01, 0x02, 0x04
 AF_INET, AF_INET6 = 2, 10
 
@@ -165,7 +166,7 @@ class ConnClose:
     protocol: Protocol
     bytes_sent: int
     bytes_recv: int
-    reason: int  # CLOSE_SYSCALL / CLOSE_REUSED
+    reason: int  # CLOSE_SYSCALL (close(2), close_range(2)) / CLOSE_REUSED / CLOSE_EXEC
 
 
 Record = ConnOpen | Data | ConnClose
