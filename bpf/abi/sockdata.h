@@ -36,6 +36,7 @@ enum sd_close_reason {
 	SD_CLOSE_SYSCALL = 1, /* close(2) on the fd returned 0 */
 	SD_CLOSE_REUSED = 2,  /* the fd now names another socket: the old one went unseen */
 	SD_CLOSE_EXEC = 3,    /* execve(2) closed the fd (close-on-exec) */
+	SD_CLOSE_EXIT = 4,    /* the process exited with the fd open */
 };
 
 /* flags: field `flags` of struct andon_sd_data */

@@ -417,18 +417,20 @@ static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
 	bpf_map_delete_elem(&sd_conns, &key);
 }
 
-/* fds closed with no close(2): by close_range(2) (fds first..last), or by an exec (every
- * close-on-exec fd). The fast path compares the file an fd names with the one it named
+/* fds closed with no close(2): by close_range(2) (fds first..last), by an exec (every
+ * close-on-exec fd), or by the process's exit (every fd). The fast path compares the file an fd names with the one it named
  * last time; an fd closed unseen whose number and freed struct file both came back to a
  * new socket would pass for the old connection. So these end the entries now: each fd of
  * the range up to the process's highest with an entry is looked up (a lookup that misses,
  * ~40 ns, per fd). */
 #define SD_SWEEP_MAX (1 << 20)
 
+enum sd_sweep_why { SD_SWEEP_RANGE, SD_SWEEP_EXEC, SD_SWEEP_EXIT };
+
 struct sd_sweep {
 	__u64 pid_tgid;
 	__u32 first;
-	__u32 exec;
+	__u32 why;
 };
 
 static long sd__sweep_one(__u32 i, struct sd_sweep *w)
@@ -438,14 +440,15 @@ static long sd__sweep_one(__u32 i, struct sd_sweep *w)
 	if (!c)
 		return 0;
 	/* after the exec, before its new image ran: an fd that still names the file is open */
-	if (w->exec && (__u64)andon_fd_file(key.fd) == c->file)
+	if (w->why == SD_SWEEP_EXEC && (__u64)andon_fd_file(key.fd) == c->file)
 		return 0;
-	sd__emit_close(c, w->pid_tgid, key.fd, w->exec ? SD_CLOSE_EXEC : SD_CLOSE_SYSCALL);
+	sd__emit_close(c, w->pid_tgid, key.fd,
+		       w->why == SD_SWEEP_EXEC ? SD_CLOSE_EXEC : w->why == SD_SWEEP_EXIT ? SD_CLOSE_EXIT : SD_CLOSE_SYSCALL);
 	bpf_map_delete_elem(&sd_conns, &key);
 	return 0;
 }
 
-static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __u32 last, __u32 exec)
+static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __u32 last, __u32 why)
 {
 	__u32 tgid = pid_tgid >> 32;
 	__u32 *top = bpf_map_lookup_elem(&sd_tgids, &tgid);
@@ -456,7 +459,7 @@ static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __
 	if (first > last)
 		return;
 	__u32 n = last - first + 1;
-	struct sd_sweep w = {.pid_tgid = pid_tgid, .first = first, .exec = exec};
+	struct sd_sweep w = {.pid_tgid = pid_tgid, .first = first, .why = why};
 	bpf_loop(n < SD_SWEEP_MAX ? n : SD_SWEEP_MAX, sd__sweep_one, &w, 0);
 }
 
@@ -1127,11 +1130,11 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 		return 0;
 	case NR_EXECVE:
 	case NR_EXECVEAT:
-		sd__on_unseen_closes(pid_tgid, 0, ~0U, 1);
+		sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_SWEEP_EXEC);
 		return 0;
 	case NR_CLOSE_RANGE:
 		if (!((__u32)r.a[2] & CLOSE_RANGE_CLOEXEC)) /* that one only marks them close-on-exec */
-			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], 0);
+			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], SD_SWEEP_RANGE);
 		return 0;
 	}
 	sd__on_data(nr, &r, ret, pid_tgid, btf);
@@ -1150,6 +1153,23 @@ SEC("raw_tp/sys_exit")
 int BPF_PROG(sockdata_exit_raw, struct pt_regs *regs, long ret)
 {
 	return sd__sys_exit(regs, ret, 0);
+}
+
+/* The last thread of a process exits: its fds close with no close(2). Loaded with either
+ * sys_exit entry point (a process exit is rare: raw_tp's argument copy costs nothing here). */
+SEC("raw_tp/sched_process_exit")
+int sockdata_proc_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; /* a thread: the process goes on */
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!sd__traced(pid_tgid))
+		return 0;
+	sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_SWEEP_EXIT);
+	__u32 tgid = pid_tgid >> 32;
+	bpf_map_delete_elem(&sd_tgids, &tgid);
+	return 0;
 }
 
 /* ---- TLS library calls (uprobes on libssl) ------------------------------------------ */

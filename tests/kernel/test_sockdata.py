@@ -24,6 +24,7 @@ import pytest
 from andon.errors import UsageError
 from andon.events.sockdata import (
     CLOSE_EXEC,
+    CLOSE_EXIT,
     CLOSE_REUSED,
     CLOSE_SYSCALL,
     F_ADDR,
@@ -624,6 +625,33 @@ def test_close_range_ends_the_connections_in_its_range(sd):
     late_rec = next(r for r in recs if isinstance(r, Data) and r.data == late)
     assert late_rec.fd == fds[2]
     assert ends[fds[0]].ts_ns < late_rec.ts_ns and ends[fds[1]].ts_ns < late_rec.ts_ns < ends[fds[2]].ts_ns
+
+
+EXIT_CHILD = r"""
+import json, os, socket, threading
+REQ1, REQ2 = {req1!r}, {req2!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+k = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+k.sendall(REQ1)
+t = threading.Thread(target=lambda: None); t.start(); t.join()  # a thread's exit ends nothing
+k.sendall(REQ2)
+print(json.dumps({{"fd": k.fileno()}}), flush=True)
+os._exit(0)  # no close(2): the exit closes the fds
+"""
+
+
+def test_process_exit_ends_its_open_connections(sd):
+    src = sd
+    req1, req2 = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    # TRIGGER
+    pid, info = run_child(src, EXIT_CHILD.format(req1=req1, req2=req2))
+    recs = collect(src, {pid}, closes(1))
+    # ASSERT: one connection, both requests, ended once by the exit with its byte totals
+    assert [(type(r).__name__, getattr(r, "reason", None)) for r in recs] == [
+        ("ConnOpen", None), ("Data", None), ("Data", None), ("ConnClose", CLOSE_EXIT)]
+    assert {r.fd for r in recs} == {info["fd"]}
+    assert [r.data for r in recs[1:3]] == [req1, req2]
+    assert (recs[3].bytes_sent, recs[3].bytes_recv) == (len(req1) + len(req2), 0)
 
 
 # -- network namespaces -----------------------------------------------------------------------

@@ -7,8 +7,8 @@ object). The source yields three kinds of record, in ring order::
 
     ConnOpen   a connection was seen (connect, accept, or its first read/write)
     Data       one read/write of a connection whose protocol is switched on
-    ConnClose  its end (close(2), close_range(2), an exec, or its fd reused), with the bytes
-               sent and received while traced
+    ConnClose  its end (close(2), close_range(2), an exec, the process's exit, or its fd
+               reused), with the bytes sent and received while traced
 
 Each :class:`Data` carries its byte position in its direction; the source keeps the
 next expected position per connection and direction and puts the difference in
@@ -46,7 +46,7 @@ PROTO_MAX = 16  # SD_PROTO_MAX
 
 REC_OPEN, REC_DATA, REC_CLOSE = 1, 2, 3
 ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
-CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC = 1, 2, 3
+CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC, CLOSE_EXIT = 1, 2, 3, 4
 F_TRUNCATED, F_ADDR, F_ENCRYPTED = 0x01, 0x02, 0x04
 AF_INET, AF_INET6 = 2, 10
 
@@ -90,6 +90,8 @@ TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex"}
 
 # hook -> the program in net/sockdata.bpf.o, in the order tried
 HOOKS = {"tp_btf": "sockdata_exit_btf", "raw_tp": "sockdata_exit_raw"}
+# loaded with either: the end of a process ends its connections
+EXIT_PROGRAM = "sockdata_proc_exit"
 
 # the protocols the kernel can infer (bpf/net/sockdata.bpf.c, sd__infer)
 INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
@@ -166,7 +168,7 @@ class ConnClose:
     protocol: Protocol
     bytes_sent: int
     bytes_recv: int
-    reason: int  # CLOSE_SYSCALL (close(2), close_range(2)) / CLOSE_REUSED / CLOSE_EXEC
+    reason: int  # CLOSE_SYSCALL (close(2), close_range(2)) / CLOSE_REUSED / CLOSE_EXEC / CLOSE_EXIT
 
 
 Record = ConnOpen | Data | ConnClose
@@ -317,7 +319,7 @@ class SockSource:
                     obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                     try:
                         for p in obj.programs():
-                            p.autoload = p.name == prog or (tls and p.name in TLS_PROGRAMS)
+                            p.autoload = p.name in (prog, EXIT_PROGRAM) or (tls and p.name in TLS_PROGRAMS)
                         obj.set_rodata(cfg)
                         obj.set_max_entries("sd_ring", ring)
                         obj.set_max_entries("sd_scratch", self._ncpu)
@@ -341,6 +343,7 @@ class SockSource:
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
+            self._links.append(self._obj.program(EXIT_PROGRAM).attach())
             fd = self._obj.map("sd_ring").fd
             # with a wake-up step the kernel says when a batch is there; without, the reader lingers
             self.reader = VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake else VarRingReader(fd, ring)
