@@ -343,7 +343,8 @@ class SockSource:
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
             self._links.append(self._obj.program(self._prog).attach())
-            self._links.append(self._obj.program(EXIT_PROGRAM).attach())
+            if any(p.name == EXIT_PROGRAM for p in self._obj.programs()):  # older objects (bench baselines): none
+                self._links.append(self._obj.program(EXIT_PROGRAM).attach())
             fd = self._obj.map("sd_ring").fd
             # with a wake-up step the kernel says when a batch is there; without, the reader lingers
             self.reader = VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake else VarRingReader(fd, ring)
