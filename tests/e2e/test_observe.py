@@ -343,7 +343,11 @@ def test_redis_cli_opening_command_docs_is_one_truncated_row_and_pairing_holds(a
         got = [(x["req_cmd"], x["resp"]) for x in side]
         assert [c for c, _ in got] == ["COMMAND DOCS", "SET", "GET"], got
         docs = got[0][1]
-        assert docs.startswith('["') and docs.endswith("... [TRUNCATED]") and len(docs) == 1024 + len("... [TRUNCATED]")
+        # the reply's whole top-level elements seen before the bytes went missing, at most 1024
+        # characters: fewer when a big one (cluster's docs) comes early, and the order of the
+        # commands in the reply changes with every redis-server start
+        assert docs.startswith('["') and docs.endswith("... [TRUNCATED]")
+        assert len(docs) <= 1024 + len("... [TRUNCATED]"), docs
         assert got[1:] == [("SET", "OK"), ("GET", f"v_{tag}")]
 
 
