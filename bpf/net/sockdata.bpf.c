@@ -418,11 +418,11 @@ static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
 }
 
 /* fds closed with no close(2): by close_range(2) (fds first..last), by an exec (every
- * close-on-exec fd), or by the process's exit (every fd). The fast path compares the file an fd names with the one it named
- * last time; an fd closed unseen whose number and freed struct file both came back to a
- * new socket would pass for the old connection. So these end the entries now: each fd of
- * the range up to the process's highest with an entry is looked up (a lookup that misses,
- * ~40 ns, per fd). */
+ * close-on-exec fd), or by the process's exit (every fd). The fast path compares the file
+ * an fd names with the one it named last time; an fd closed unseen whose number and freed
+ * struct file both came back to a new socket would pass for the old connection. So these
+ * end the entries now: each fd of the range up to the process's highest with an entry is
+ * looked up (a lookup that misses, ~40 ns, per fd). */
 #define SD_SWEEP_MAX (1 << 20)
 
 enum sd_sweep_why { SD_SWEEP_RANGE, SD_SWEEP_EXEC, SD_SWEEP_EXIT };
