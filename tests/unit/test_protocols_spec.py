@@ -281,6 +281,14 @@ def test_redis_bytes_lost_inside_a_bulk_reply_are_skipped_by_its_length():
     out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
     assert [(r["req_args"], r["resp"][-15:]) for r in out] == [('{"key":"a"}', "... [TRUNCATED]")]
     assert p.stats.unmatched_requests == 1
+    # a cut reply that no request waits for is an unmatched response, bulk or aggregate, as
+    # a whole one would be
+    for reply in (big, b"*2\r\n$1\r\nx\r\n$100000\r\n" + b"v" * 100_000 + b"\r\n"):
+        chunks = [DataChunk(1, E, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"), DataChunk(2, I, b"$1\r\nx\r\n"),
+                  DataChunk(3, I, reply[:head], size=len(reply))]
+        out, p = run(Protocol.REDIS, Role.CLIENT, chunks)
+        assert [r["resp"] for r in out] == ["x"]
+        assert (p.stats.unmatched_requests, p.stats.unmatched_responses) == (0, 1)
 
 
 def test_redis_a_subscriber_keeps_its_messages_after_lost_bytes():

@@ -494,10 +494,7 @@ class RedisParser(StreamParser):
         if left is not None and n <= left:
             # the lost bytes end inside this bulk string or at its end: it answers the oldest
             # request, the rest of it is skipped, and the replies after it still pair
-            answered = self._answer_oldest(_reply_so_far(side.buf), ts)
-            if not answered:
-                self.stats.unmatched_responses += 1
-            out += answered
+            out += self._answer_oldest(_reply_so_far(side.buf), ts)
             self.stats.bytes_skipped += side.drop_all() + left - n  # seen, and still to come
             side.resync = False
             if left > n:
@@ -519,9 +516,10 @@ class RedisParser(StreamParser):
 
     def _answer_oldest(self, text: str, ts: int) -> list[dict]:
         """A reply cut short, ``text`` what was seen of it: the oldest waiting request's record
-        (none if no request waits)."""
+        (none if no request waits: an unmatched response, as a whole reply would be)."""
         self.stats.frames += 1
         if not self.reqs:
+            self.stats.unmatched_responses += 1
             return []
         req = self.reqs.popleft()
         return [self._emit(self._record(req.cmd, req.args, req.ts, text, ts))]
