@@ -407,14 +407,19 @@ static __always_inline void sd__on_conn(long fd, __u8 role, __u32 origin, __u64 
 	sd__conn_new(&key, f, sk, family, l4, role, origin, pid_tgid);
 }
 
+/* The connection of entry key ends: its close record, and the entry goes. */
+static __always_inline void sd__end(struct sdc_key *key, struct sdc_conn *c, __u64 pid_tgid, __u32 reason)
+{
+	sd__emit_close(c, pid_tgid, key->fd, reason);
+	bpf_map_delete_elem(&sd_conns, key);
+}
+
 static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
 {
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
-	if (!c)
-		return;
-	sd__emit_close(c, pid_tgid, fd, SD_CLOSE_SYSCALL);
-	bpf_map_delete_elem(&sd_conns, &key);
+	if (c)
+		sd__end(&key, c, pid_tgid, SD_CLOSE_SYSCALL);
 }
 
 /* fds closed with no close(2): by close_range(2) (fds first..last), by an exec (every
@@ -425,12 +430,10 @@ static __always_inline void sd__on_close(long fd, __u64 pid_tgid)
  * looked up (a lookup that misses, ~40 ns, per fd). */
 #define SD_SWEEP_MAX (1 << 20)
 
-enum sd_sweep_why { SD_SWEEP_RANGE, SD_SWEEP_EXEC, SD_SWEEP_EXIT };
-
 struct sd_sweep {
 	__u64 pid_tgid;
 	__u32 first;
-	__u32 why;
+	__u32 reason; /* SD_CLOSE_SYSCALL (close_range), SD_CLOSE_EXEC or SD_CLOSE_EXIT */
 };
 
 static long sd__sweep_one(__u32 i, struct sd_sweep *w)
@@ -440,15 +443,13 @@ static long sd__sweep_one(__u32 i, struct sd_sweep *w)
 	if (!c)
 		return 0;
 	/* after the exec, before its new image ran: an fd that still names the file is open */
-	if (w->why == SD_SWEEP_EXEC && (__u64)andon_fd_file(key.fd) == c->file)
+	if (w->reason == SD_CLOSE_EXEC && (__u64)andon_fd_file(key.fd) == c->file)
 		return 0;
-	sd__emit_close(c, w->pid_tgid, key.fd,
-		       w->why == SD_SWEEP_EXEC ? SD_CLOSE_EXEC : w->why == SD_SWEEP_EXIT ? SD_CLOSE_EXIT : SD_CLOSE_SYSCALL);
-	bpf_map_delete_elem(&sd_conns, &key);
+	sd__end(&key, c, w->pid_tgid, w->reason);
 	return 0;
 }
 
-static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __u32 last, __u32 why)
+static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __u32 last, __u32 reason)
 {
 	__u32 tgid = pid_tgid >> 32;
 	__u32 *top = bpf_map_lookup_elem(&sd_tgids, &tgid);
@@ -459,7 +460,7 @@ static __always_inline void sd__on_unseen_closes(__u64 pid_tgid, __u32 first, __
 	if (first > last)
 		return;
 	__u32 n = last - first + 1;
-	struct sd_sweep w = {.pid_tgid = pid_tgid, .first = first, .why = why};
+	struct sd_sweep w = {.pid_tgid = pid_tgid, .first = first, .reason = reason};
 	bpf_loop(n < SD_SWEEP_MAX ? n : SD_SWEEP_MAX, sd__sweep_one, &w, 0);
 }
 
@@ -1130,11 +1131,11 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 		return 0;
 	case NR_EXECVE:
 	case NR_EXECVEAT:
-		sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_SWEEP_EXEC);
+		sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_CLOSE_EXEC);
 		return 0;
 	case NR_CLOSE_RANGE:
 		if (!((__u32)r.a[2] & CLOSE_RANGE_CLOEXEC)) /* that one only marks them close-on-exec */
-			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], SD_SWEEP_RANGE);
+			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], SD_CLOSE_SYSCALL);
 		return 0;
 	}
 	sd__on_data(nr, &r, ret, pid_tgid, btf);
@@ -1166,7 +1167,7 @@ int sockdata_proc_exit(struct bpf_raw_tracepoint_args *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!sd__traced(pid_tgid))
 		return 0;
-	sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_SWEEP_EXIT);
+	sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_CLOSE_EXIT);
 	__u32 tgid = pid_tgid >> 32;
 	bpf_map_delete_elem(&sd_tgids, &tgid);
 	return 0;
