@@ -23,6 +23,9 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
              (``bench/tracers.py sock-drain``): the kernel's share of the cost
     sensor-track   the same, connections followed and protocols inferred, no data shipped
     sensor-floor   the same hook with no process traced: what any syscall-exit hook costs
+    sensor-socktp  an experiment: the same sensor body on the socket tracepoints (data) and
+             per-syscall tracepoints (lifecycle), no sys_exit hook
+             (``bench/workloads/sockdata_socktp.bpf.c``)
     agent    ``andon run --no-rules --data-dir DIR``: the whole protocol-tracing agent
     agent-server   the same with ``observe.trace_roles`` set to the server end of every
              protocol: the load generator's end is not copied, nor parsed
@@ -65,7 +68,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 import servers as S  # noqa: E402
 
 import snapshot  # noqa: E402
-from tracers import HZ, ForeignWatch, RssSampler, cpu_busy_s  # noqa: E402
+from tracers import HZ, ForeignWatch, RssSampler, build_socktp, cpu_busy_s  # noqa: E402
 
 RESULTS = BENCH / "results"
 WORKLOADS = BENCH / "workloads"
@@ -440,7 +443,7 @@ def _prepare(kind: str, srv: S.Server) -> None:
 
 
 # sensor configurations: bench/tracers.py sock-drain --variant
-SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor"}
+SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "sensor-socktp": "full"}
 # agent configurations: (the andon config file it runs with, "" for none; whether it traces
 # the client end, so that a complete run must capture every request there too)
 AGENTS = {"agent": ("", True),
@@ -458,6 +461,12 @@ def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
             argv += ["-c", str(cfg)]
         return Tracer(argv, 2.0, "no rules", env=snapshot.env())
     if config in SENSORS:
+        if config == "sensor-socktp":
+            out = snapshot.SNAP / "bpf-socktp"
+            if not out.exists():
+                build_socktp(snapshot.SNAP / "bpf", out)
+            return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--hooks", "socktp"], 2.0,
+                          '"ready"', env=snapshot.env(out))
         return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--variant", SENSORS[config]], 2.0,
                       '"ready"', env=snapshot.env())
     if config == "on":
@@ -685,8 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["flat", "paced", "both"], default="both")
     ap.add_argument("--rates", default=DEFAULT_RATES,
                     help=f"offered rates of the paced mode, requests (redis: commands) per second (default {DEFAULT_RATES})")
-    ap.add_argument("--configs", help="comma-separated, from off, sensor, sensor-track, sensor-floor, agent, on "
-                                      "(default off,sensor,agent; "
+    ap.add_argument("--configs", help="comma-separated, from off, sensor, sensor-track, sensor-floor, "
+                                      "sensor-socktp, agent, agent-server, on (default off,sensor,agent; "
                                       "off,on with --tracer)")
     ap.add_argument("--tracer", help=f"the 'on' configuration: a command started before each traced run, "
                                      f"e.g. {EXAMPLE_TRACER!r}")

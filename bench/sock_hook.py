@@ -10,6 +10,11 @@ not a socket, and a captured HTTP write+read over loopback TCP), pinned to one C
                   (``bench/tracers.py sock-drain``)
     REV           with ``--baseline REV``: the same with net/sockdata.bpf.c (and its
                   headers) of that commit, built into build/bench/bpf-REV
+    socktp        with ``--socktp``: the experiment in workloads/sockdata_socktp.bpf.c, the
+                  same sensor body on the socket tracepoints (data) and per-syscall
+                  tracepoints (connect, accept, close, exec, close_range), no sys_exit hook
+    socktp-data   with ``--socktp``: its two socket tracepoints alone, no syscall
+                  tracepoint at all (what a lifecycle off syscalls would leave)
 
 Configurations alternate over ``--repeat`` rounds; the median per kind is printed with the
 nanoseconds each configuration adds to ``none`` and the ratio.
@@ -66,6 +71,16 @@ def workload_exe() -> Path:
     return exe
 
 
+def socktp_bpf_dir() -> Path:
+    """build/bpf with net/sockdata.bpf.o replaced by the socket-tracepoint experiment."""
+    from tracers import BenchError, build_socktp
+
+    try:
+        return build_socktp(ROOT / "build" / "bpf", BUILD / "bpf-socktp")
+    except BenchError as e:
+        raise HookBenchError(str(e)) from e
+
+
 def baseline_bpf_dir(rev: str) -> Path:
     """build/bpf with net/sockdata.bpf.o rebuilt from ``rev``'s bpf/ sources."""
     sha = run(["git", "-C", str(ROOT), "rev-parse", "--short", rev]).stdout.strip()
@@ -88,14 +103,16 @@ def baseline_bpf_dir(rev: str) -> Path:
 class Drain:
     """bench/tracers.py sock-drain with BPF objects from ``bpf_dir``, attached until exit."""
 
-    def __init__(self, bpf_dir: Path) -> None:
+    def __init__(self, bpf_dir: Path, hooks: str = "sys_exit") -> None:
         self.bpf_dir = bpf_dir
+        self.hooks = hooks
         self.proc: subprocess.Popen | None = None
         self.result: dict = {}
 
     def __enter__(self) -> Drain:
         env = os.environ | {"ANDON_BPF_DIR": str(self.bpf_dir), "PYTHONPATH": str(ROOT / "src")}
-        self.proc = subprocess.Popen([sys.executable, str(BENCH / "tracers.py"), "sock-drain"], env=env,
+        self.proc = subprocess.Popen([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--hooks", self.hooks],
+                                     env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
         assert self.proc.stdout is not None
@@ -147,6 +164,8 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="REV", help="also the sensor built from this commit's sources")
     ap.add_argument("--cpu", type=int, default=1, help="the CPU the workload runs on (-1: anywhere)")
     ap.add_argument("--bpf-stats", action="store_true", help="also the sensor program's own ns per call, per kind")
+    ap.add_argument("--socktp", action="store_true",
+                    help="also the experiment on socket and per-syscall tracepoints (workloads/sockdata_socktp.bpf.c)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("sock_hook: needs root (BPF)", file=sys.stderr)
@@ -156,6 +175,8 @@ def main() -> int:
     configs: dict[str, Path | None] = {"none": None, "current": ROOT / "build" / "bpf"}
     if args.baseline:
         configs[args.baseline] = baseline_bpf_dir(args.baseline)
+    if args.socktp:
+        configs["socktp"] = configs["socktp-data"] = socktp_bpf_dir()
     got: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     prog: dict[str, list[dict[str, float]]] = {c: [] for c in configs if configs[c] is not None}
     records: dict[str, int] = {}
@@ -167,7 +188,7 @@ def main() -> int:
             if bpf is None:
                 got[name].append(measure(exe, n, args.cpu))
                 continue
-            with Drain(bpf) as d:
+            with Drain(bpf, name if name.startswith("socktp") else "sys_exit") as d:
                 time.sleep(0.5)
                 got[name].append(measure(exe, n, args.cpu))
                 if args.bpf_stats:

@@ -19,6 +19,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -518,7 +519,79 @@ class AgentTracer(Tracer):
 
 
 # -- the socket data sensor alone ---------------------------------------------------------------
-def sock_drain(seconds: float | None = None, variant: str = "full") -> dict:
+# the experiment's programs (workloads/sockdata_socktp.bpf.c): the sensor's body on socket
+# tracepoints for data and per-syscall tracepoints for the lifecycle, no sys_exit hook
+SOCKTP_PROGRAMS = ("sdx_send", "sdx_recv", "sdx_close", "sdx_connect", "sdx_accept", "sdx_accept4", "sdx_execve",
+                   "sdx_execveat", "sdx_close_range")
+
+
+def build_socktp(bpf_dir: Path, out: Path) -> Path:
+    """A copy of ``bpf_dir`` (built objects) with net/sockdata.bpf.o replaced by the
+    socket-tracepoint experiment, compiled with the Makefile's flags from this tree."""
+    root = BENCH.parent
+    if not (bpf_dir / "net" / "sockdata.bpf.o").exists():
+        raise BenchError(f"{bpf_dir}/net/sockdata.bpf.o is missing: run `make bpf` first")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bpf_dir, out)
+    arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    r = subprocess.run(["clang", "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-Wall",
+                        "-Wno-unused-function", f"-I{root / 'build' / 'include'}", f"-I{root / 'bpf' / 'include'}",
+                        "-c", str(BENCH / "workloads" / "sockdata_socktp.bpf.c"),
+                        "-o", str(out / "net" / "sockdata.bpf.o")], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise BenchError(f"building the socktp experiment failed:\n{r.stderr[-1500:]}")
+    return out
+
+
+def socktp_source(settings, data_only: bool = False):
+    """A SockSource whose object is the socket-tracepoint experiment: loaded and attached
+    with its programs instead of a sys_exit entry point; read, counted and closed as usual.
+    ``data_only``: the two socket tracepoints alone, no syscall tracepoint at all (no
+    connection ever ends: the bound of what taking the lifecycle off syscalls would save)."""
+    programs = SOCKTP_PROGRAMS[:2] if data_only else SOCKTP_PROGRAMS
+    from andon.bpf.object import BpfObject
+    from andon.bpf.ringbuf import page_aligned_size
+    from andon.bpf.varring import VarRingReader
+    from andon.events import sockdata as sd
+
+    class SockTpSource(sd.SockSource):
+        def start(self) -> None:
+            ring = page_aligned_size(self.settings.ring_bytes)
+            wake = sd.wakeup_bytes(ring, self.settings.wakeup_bytes)
+            cfg = sd.CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
+                                 int(self.settings.trace_self), int(self.settings.pids is not None),
+                                 wake.bit_length() - 1 if wake else 0)
+            obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
+            try:
+                names = {p.name for p in obj.programs()}
+                if not set(SOCKTP_PROGRAMS) <= names:
+                    raise BenchError(f"{self.settings.bpf_dir}: not the socktp experiment's object")
+                for p in obj.programs():
+                    p.autoload = p.name in programs or p.name == sd.EXIT_PROGRAM
+                obj.set_rodata(cfg)
+                obj.set_max_entries("sd_ring", ring)
+                obj.set_max_entries("sd_scratch", self._ncpu)
+                obj.set_max_entries("sd_tscratch", 1)
+                obj.load()
+                self._obj, self.hook = obj, "socktp"
+                self.set_protocols(self.settings.protocols, self.settings.trace_roles)
+                for pid in self.settings.pids or ():
+                    self.add_pid(pid)
+                for name in (*programs, sd.EXIT_PROGRAM):
+                    self._links.append(obj.program(name).attach())
+                fd = obj.map("sd_ring").fd
+                self.reader = (VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake
+                               else VarRingReader(fd, ring))
+            except BaseException:
+                self._obj = self._obj or obj
+                self.close()
+                raise
+
+    return SockTpSource(settings)
+
+
+def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str = "sys_exit") -> dict:
     """The agent's socket data sensor (``net/sockdata.bpf.o`` with the settings ``andon run``
     gives it: ObserveConfig's protocols, copy size and ring) with a reader that only walks
     the ring's record headers and moves the consumer on: no copies, no decoding, no
@@ -545,7 +618,8 @@ def sock_drain(seconds: float | None = None, variant: str = "full") -> dict:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     records = nbytes = 0
-    with SockSource(settings) as src:
+    with (socktp_source(settings, hooks == "socktp-data") if hooks.startswith("socktp")
+          else SockSource(settings)) as src:
         rd = src.reader
         assert rd is not None
         mem, mask = rd._prod_map, rd.mask
@@ -581,5 +655,9 @@ if __name__ == "__main__":
     ap.add_argument("--variant", choices=["full", "track", "floor"], default="full",
                     help="full: as the agent runs it; track: connections and inference, no data shipped; "
                          "floor: no process traced (the hook's own cost)")
+    ap.add_argument("--hooks", choices=["sys_exit", "socktp", "socktp-data"], default="sys_exit",
+                    help="sys_exit: the sensor as shipped; socktp: the experiment on socket tracepoints "
+                         "(ANDON_BPF_DIR must hold its object, bench/sock_hook.py builds it); socktp-data: "
+                         "its two socket tracepoints alone")
     a = ap.parse_args()
-    sock_drain(a.seconds, a.variant)
+    sock_drain(a.seconds, a.variant, a.hooks)
