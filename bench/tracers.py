@@ -545,48 +545,18 @@ def build_socktp(bpf_dir: Path, out: Path) -> Path:
 
 
 def socktp_source(settings, data_only: bool = False):
-    """A SockSource whose object is the socket-tracepoint experiment: loaded and attached
+    """A SockSource whose object is the socket-tracepoint experiment, loaded and attached
     with its programs instead of a sys_exit entry point; read, counted and closed as usual.
     ``data_only``: the two socket tracepoints alone, no syscall tracepoint at all (no
     connection ever ends: the bound of what taking the lifecycle off syscalls would save)."""
-    programs = SOCKTP_PROGRAMS[:2] if data_only else SOCKTP_PROGRAMS
-    from andon.bpf.object import BpfObject
-    from andon.bpf.ringbuf import page_aligned_size
-    from andon.bpf.varring import VarRingReader
-    from andon.events import sockdata as sd
+    from andon.events.sockdata import SockSource
 
-    class SockTpSource(sd.SockSource):
+    class SockTpSource(SockSource):
+        hooks = {"socktp": SOCKTP_PROGRAMS[:2] if data_only else SOCKTP_PROGRAMS}
+
         def start(self) -> None:
-            ring = page_aligned_size(self.settings.ring_bytes)
-            wake = sd.wakeup_bytes(ring, self.settings.wakeup_bytes)
-            cfg = sd.CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
-                                 int(self.settings.trace_self), int(self.settings.pids is not None),
-                                 wake.bit_length() - 1 if wake else 0)
-            obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
-            try:
-                names = {p.name for p in obj.programs()}
-                if not set(SOCKTP_PROGRAMS) <= names:
-                    raise BenchError(f"{self.settings.bpf_dir}: not the socktp experiment's object")
-                for p in obj.programs():
-                    p.autoload = p.name in programs or p.name == sd.EXIT_PROGRAM
-                obj.set_rodata(cfg)
-                obj.set_max_entries("sd_ring", ring)
-                obj.set_max_entries("sd_scratch", self._ncpu)
-                obj.set_max_entries("sd_tscratch", 1)
-                obj.load()
-                self._obj, self.hook = obj, "socktp"
-                self.set_protocols(self.settings.protocols, self.settings.trace_roles)
-                for pid in self.settings.pids or ():
-                    self.add_pid(pid)
-                for name in (*programs, sd.EXIT_PROGRAM):
-                    self._links.append(obj.program(name).attach())
-                fd = obj.map("sd_ring").fd
-                self.reader = (VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake
-                               else VarRingReader(fd, ring))
-            except BaseException:
-                self._obj = self._obj or obj
-                self.close()
-                raise
+            super().start()
+            self.hook = "socktp-data" if data_only else "socktp"
 
     return SockTpSource(settings)
 

@@ -88,8 +88,8 @@ STAT_NAMES = (
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
 TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex"}
 
-# hook -> the program in net/sockdata.bpf.o, in the order tried
-HOOKS = {"tp_btf": "sockdata_exit_btf", "raw_tp": "sockdata_exit_raw"}
+# hook -> the programs in net/sockdata.bpf.o it loads and attaches, in the order tried
+HOOKS = {"tp_btf": ("sockdata_exit_btf",), "raw_tp": ("sockdata_exit_raw",)}
 # loaded with either: the end of a process ends its connections
 EXIT_PROGRAM = "sockdata_proc_exit"
 
@@ -279,6 +279,8 @@ def _proto(v: int) -> Protocol:
 class SockSource:
     """Owns the loaded object, its link and the ring reader; close() releases all."""
 
+    hooks: Mapping[str, tuple[str, ...]] = HOOKS  # what settings.hook "auto" tries, in order
+
     # records taken off the ring per read_into: the rows they make are handed on before the
     # next read, so a reader that fell behind holds a bounded number of rows, not a whole ring
     BATCH_RECORDS = 8192
@@ -287,7 +289,7 @@ class SockSource:
         self.settings = settings or SockSettings()
         self.boot_offset = boot_offset_ns()
         self.hook = ""
-        self._prog = ""
+        self._progs: tuple[str, ...] = ()
         self.reader: VarRingReader | None = None
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
@@ -310,16 +312,16 @@ class SockSource:
                           wake.bit_length() - 1 if wake else 0)
         try:
             errors: list[str] = []
-            hooks = list(HOOKS) if self.settings.hook == "auto" else [self.settings.hook]
+            hooks = list(self.hooks) if self.settings.hook == "auto" else [self.settings.hook]
             for hook in hooks:
-                prog = HOOKS[hook]
+                progs = self.hooks[hook]
                 # with the uprobe programs first; a kernel that refuses them still gets
                 # plain capture
                 for tls in (True, False) if self.settings.tls else (False,):
                     obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                     try:
                         for p in obj.programs():
-                            p.autoload = p.name in (prog, EXIT_PROGRAM) or (tls and p.name in TLS_PROGRAMS)
+                            p.autoload = p.name in progs or p.name == EXIT_PROGRAM or (tls and p.name in TLS_PROGRAMS)
                         obj.set_rodata(cfg)
                         obj.set_max_entries("sd_ring", ring)
                         obj.set_max_entries("sd_scratch", self._ncpu)
@@ -330,7 +332,7 @@ class SockSource:
                         errors.append(f"{hook}{' with TLS uprobes' if tls else ''}: {e}")
                         log.info("%s%s unavailable (%s)", hook, " with TLS uprobes" if tls else "", e)
                         continue
-                    self._obj, self.hook, self._prog = obj, f"{hook}/sys_exit", prog
+                    self._obj, self.hook, self._progs = obj, f"{hook}/sys_exit", progs
                     if self.settings.tls and not tls:
                         self.tls_error = errors[-1]
                     break
@@ -342,7 +344,8 @@ class SockSource:
             self.set_protocols(self.settings.protocols, self.settings.trace_roles)
             for pid in self.settings.pids or ():
                 self.add_pid(pid)
-            self._links.append(self._obj.program(self._prog).attach())
+            for name in self._progs:
+                self._links.append(self._obj.program(name).attach())
             if any(p.name == EXIT_PROGRAM for p in self._obj.programs()):  # older objects (bench baselines): none
                 self._links.append(self._obj.program(EXIT_PROGRAM).attach())
             fd = self._obj.map("sd_ring").fd
