@@ -584,9 +584,11 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols) if variant != "track" else frozenset()
     settings = SockSettings(protocols=protocols, max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20,
                             pids=frozenset() if variant == "floor" else None)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # a list, not an Event: a second signal arriving inside the handler's Event.set() would
+    # wait for the lock the first holds, in the same thread, for ever
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     records = nbytes = 0
     with (socktp_source(settings, hooks == "socktp-data") if hooks.startswith("socktp")
           else SockSource(settings)) as src:
@@ -596,7 +598,7 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
         print(json.dumps({"ready": {"hook": src.hook, "tls": src.tls is not None, "ring_bytes": rd.size,
                                     "variant": variant}}), flush=True)
         deadline = time.monotonic() + seconds if seconds else None
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        while not stop and (deadline is None or time.monotonic() < deadline):
             if not rd.wait(0.1):
                 continue
             cons, prod = rd._cons.value, rd._prod[0]

@@ -72,23 +72,15 @@ static __always_inline int sdx__exit(struct syscall_trace_exit *ctx)
 	return sd__sys_exit(regs, ret, 1);
 }
 
-SEC("tracepoint/syscalls/sys_exit_close")
-int sdx_close(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
+/* one program per lifecycle syscall, the same body */
+#define SDX_EXIT(call)                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #call)                      \
+	int sdx_##call(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int sdx_connect(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int sdx_accept(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int sdx_accept4(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_exit_execve")
-int sdx_execve(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_exit_execveat")
-int sdx_execveat(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
-
-SEC("tracepoint/syscalls/sys_exit_close_range")
-int sdx_close_range(struct syscall_trace_exit *ctx) { return sdx__exit(ctx); }
+SDX_EXIT(close)
+SDX_EXIT(connect)
+SDX_EXIT(accept)
+SDX_EXIT(accept4)
+SDX_EXIT(execve)
+SDX_EXIT(execveat)
+SDX_EXIT(close_range)
