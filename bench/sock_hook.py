@@ -111,9 +111,8 @@ class Drain:
 
     def __enter__(self) -> Drain:
         env = os.environ | {"ANDON_BPF_DIR": str(self.bpf_dir), "PYTHONPATH": str(ROOT / "src")}
-        self.proc = subprocess.Popen([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--hooks", self.hooks],
-                                     env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        argv = [sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--hooks", self.hooks]
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
