@@ -18,6 +18,7 @@ fi
 #        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl) and load
 #        generators (wrk; pgbench and redis-benchmark come with the server packages)
 # network policy benchmark: iptables, the baseline andon's datapath is measured against
+# profiles in benchmarks and docs/performance.md: perf (bench/cost.py --perf, perf record -a)
 PKGS=(
 	clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make gcc libc6-dev pkg-config
 	python3 python3-venv python3-dev
@@ -26,7 +27,7 @@ PKGS=(
 	git netcat-traditional openssh-client
 	nginx-light postgresql postgresql-contrib mariadb-server mariadb-client redis-server redis-tools
 	dnsmasq-base bind9-dnsutils openssl wrk
-	iptables
+	iptables linux-perf
 )
 
 missing=()
