@@ -33,15 +33,23 @@ $(BUILD)/include/vmlinux.h:
 	@mkdir -p $(dir $@)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
+BPF_CFLAGS = -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Wno-unused-function -I$(BUILD)/include -Ibpf/include
+
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/include/vmlinux.h
 	@mkdir -p $(dir $@)
-	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Wno-unused-function \
-		-I$(BUILD)/include -Ibpf/include -c $< -o $@
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 bpf: $(BPF_OBJS)
 
 # the tp_btf build #includes the raw_tp source: rebuild it when that changes
 $(BUILD)/bpf/syscalls/sys_exit_btf.bpf.o: bpf/syscalls/sys_exit.bpf.c
+
+# bench only (bench/tracers.py build_socktp): the socket sensor's body on other hooks, an
+# experiment; it #includes the sensor's source
+$(BUILD)/bench/socktp/sockdata.bpf.o: bench/workloads/sockdata_socktp.bpf.c bpf/net/sockdata.bpf.c $(BPF_HDRS) \
+		$(BUILD)/include/vmlinux.h
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 # the minimal Debian image the container tests run (debootstrap + podman import, once)
 test-image: deps

@@ -527,20 +527,18 @@ SOCKTP_PROGRAMS = ("sdx_send", "sdx_recv", "sdx_close", "sdx_connect", "sdx_acce
 
 def build_socktp(bpf_dir: Path, out: Path) -> Path:
     """A copy of ``bpf_dir`` (built objects) with net/sockdata.bpf.o replaced by the
-    socket-tracepoint experiment, compiled with the Makefile's flags from this tree."""
+    socket-tracepoint experiment, built by the Makefile's rule for it from this tree."""
     root = BENCH.parent
     if not (bpf_dir / "net" / "sockdata.bpf.o").exists():
         raise BenchError(f"{bpf_dir}/net/sockdata.bpf.o is missing: run `make bpf` first")
+    target = "build/bench/socktp/sockdata.bpf.o"
+    r = subprocess.run(["make", "-s", "-C", str(root), target], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise BenchError(f"building the socktp experiment failed:\n{r.stderr[-1500:]}")
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bpf_dir, out)
-    arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-    r = subprocess.run(["clang", "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-Wall",
-                        "-Wno-unused-function", f"-I{root / 'build' / 'include'}", f"-I{root / 'bpf' / 'include'}",
-                        "-c", str(BENCH / "workloads" / "sockdata_socktp.bpf.c"),
-                        "-o", str(out / "net" / "sockdata.bpf.o")], capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise BenchError(f"building the socktp experiment failed:\n{r.stderr[-1500:]}")
+    shutil.copy(root / target, out / "net" / "sockdata.bpf.o")
     return out
 
 
