@@ -303,6 +303,20 @@ def test_redis_a_subscriber_keeps_its_messages_after_lost_bytes():
         ("PUSH PUB", '["message","c","hi"]', 5)]
 
 
+def test_redis_bytes_lost_before_the_role_was_known_take_lost_mode_when_replayed():
+    # a connection older than the agent (Role.UNKNOWN): the first write seen lost its first 30
+    # bytes, the start of a SET whose value holds RESP text. Its direction is not known until the
+    # server's "+OK"; the held write is then replayed and must be skipped as the rest of the cut
+    # command, as it is when the role is known from the start, not parsed as "VVVV" and "DEL k"
+    chunks = [DataChunk(1, I, b"vvvv\r\n*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n", gap=30), DataChunk(2, E, b"+OK\r\n"),
+              DataChunk(3, I, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), DataChunk(4, E, b"$2\r\nvv\r\n")]
+    for role in (Role.UNKNOWN, Role.SERVER):
+        out, p = run(Protocol.REDIS, role, chunks)
+        assert [(r["req_cmd"], r["req_args"], r["resp"], r["latency"]) for r in out] == [
+            ("", "... [TRUNCATED]", "OK", 1), ("GET", '{"key":"k"}', "vv", 1)], role
+        assert p.stats.bytes_skipped == 26 and p.stats.unmatched_requests == p.stats.unmatched_responses == 0
+
+
 # -- DNS --------------------------------------------------------------------------------------
 def name(n: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in n.split(".")) + b"\0"
