@@ -32,6 +32,12 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
     on       ``--tracer CMD``: any command (bpftrace...), with ``--ready-line`` and
              ``--captured-regex`` as before
 
+``--agent-cpu N`` gives the tracer CPU N to itself and pins the servers and load generators to
+the other CPUs, in every configuration ("off" too): a node where the agent has a core of its
+own, as Pixie's per-node agent has on a large node. The BPF programs still run in the traced
+processes' syscalls, on their CPUs, so the traced/untraced ratio is then the kernel side's
+cost, and the captured count says whether one core of the agent keeps up.
+
 For ``agent`` the captured count is read from the tables it wrote (rows of the case's table
 for this server's port, the request the case sends, server side and client side
 separately) and the loss from its closing line. The andon code and BPF objects are frozen
@@ -39,6 +45,7 @@ at the start (bench/snapshot.py), so every run measures the same code.
 
     .venv/bin/python bench/proto_load.py --quick
     .venv/bin/python bench/proto_load.py --only nginx-1k pg-extended redis-p1 redis-p16
+    .venv/bin/python bench/proto_load.py --mode flat --agent-cpu 1 --configs off,sensor,agent-server
     .venv/bin/python bench/proto_load.py --mode paced --rates 500,1000,2000,5000,10000 --only redis-p1
     .venv/bin/python bench/proto_load.py --tracer "bpftrace -e 'tracepoint:syscalls:sys_exit_read { @[comm] = count(); }'"
 """
@@ -269,7 +276,9 @@ class Tracer:
     sampled every 0.2 s from start to stop (peak VmRSS, RssAnon) and VmHWM read at the end."""
 
     def __init__(self, argv: list[str], ready_s: float, ready_line: str | None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cpu: int | None = None) -> None:
+        # taskset execs the command: the process watched and signalled is the tracer itself
+        argv = ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
         self.argv, self.ready_s, self.ready_line, self.env = argv, ready_s, ready_line, env
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc: subprocess.Popen | None = None
@@ -459,18 +468,18 @@ def tracer_for(config: str, args: argparse.Namespace, data_dir: Path) -> Tracer:
             cfg = data_dir.parent / "andon.yaml"
             cfg.write_text(AGENTS[config][0])
             argv += ["-c", str(cfg)]
-        return Tracer(argv, 2.0, "no rules", env=snapshot.env())
+        return Tracer(argv, 2.0, "no rules", env=snapshot.env(), cpu=args.agent_cpu)
     if config in SENSORS:
         if config == "sensor-socktp":
             out = snapshot.SNAP / "bpf-socktp"
             if not out.exists():
                 build_socktp(snapshot.SNAP / "bpf", out)
             return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--hooks", "socktp"], 2.0,
-                          '"ready"', env=snapshot.env(out))
+                          '"ready"', env=snapshot.env(out), cpu=args.agent_cpu)
         return Tracer([sys.executable, str(BENCH / "tracers.py"), "sock-drain", "--variant", SENSORS[config]], 2.0,
-                      '"ready"', env=snapshot.env())
+                      '"ready"', env=snapshot.env(), cpu=args.agent_cpu)
     if config == "on":
-        return Tracer(shlex.split(args.tracer), args.ready_s, args.ready_line)
+        return Tracer(shlex.split(args.tracer), args.ready_s, args.ready_line, cpu=args.agent_cpu)
     raise LoadError(f"unknown configuration {config!r} ({', '.join(CONFIGS)}; on with --tracer)")
 
 
@@ -543,7 +552,13 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {"runs": [], "configs": configs, "tracer": args.tracer, "seconds": args.seconds,
                      "repeat": args.repeat, "rates": args.rates, "modes": modes,
                      "started": datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg(),
-                     "ncpu": os.cpu_count(), "foreign_tracing": []}
+                     "ncpu": os.cpu_count(), "foreign_tracing": [], "agent_cpu": args.agent_cpu}
+    if args.agent_cpu is not None:
+        # servers and generators are started from here: they inherit the other CPUs
+        app = os.sched_getaffinity(0) - {args.agent_cpu}
+        os.sched_setaffinity(0, app)
+        results["app_cpus"] = sorted(app)
+        print(f"tracer on CPU {args.agent_cpu}; servers, generators and this harness on CPUs {sorted(app)}")
     if any(c in AGENTS or c in SENSORS for c in configs):
         results["snapshot"] = snapshot.freeze()
     if "paced" in modes and any(c.server == "redis" for c in chosen):
@@ -710,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "(x8 at -P 16)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of every configuration (default 3)")
     ap.add_argument("--only", nargs="*", help="cases by name or family (nginx, pg, redis, redis-p16, ...)")
+    ap.add_argument("--agent-cpu", type=int, metavar="N", help="the tracer alone on CPU N, servers and generators "
+                                                                "on the others, in every configuration")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, small redis -n, rates 1000,5000: "
                                                          "proves the harness")
     args = ap.parse_args(argv)
@@ -728,6 +745,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad or ("on" in args.configs and not args.tracer):
         ap.error(f"--configs: from {', '.join(CONFIGS)} (on needs --tracer); not {','.join(bad) or 'on'}")
+    if args.agent_cpu is not None:
+        mine = os.sched_getaffinity(0)
+        if args.agent_cpu not in mine or len(mine) < 2:
+            ap.error(f"--agent-cpu: one of the CPUs this process may use ({sorted(mine)}), with one left for the "
+                     f"servers; not {args.agent_cpu}")
     if os.geteuid() != 0:
         print("proto_load: run as root (servers start as their own users; tracers need BPF)", file=sys.stderr)
         return 2
