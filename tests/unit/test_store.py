@@ -245,6 +245,7 @@ def test_a_full_buffer_is_flushed_without_waiting_for_the_interval(tmp_path):
     try:
         # ACT: a table below its bound waits; one that reaches it is written
         st.append("http_events", [rec(T0 + i, i) for i in range(49)])
+        st.append("redis_events", [{"time_": T0, "req_cmd": "GET", "latency": 5}] * 3)
         time.sleep(0.3)
         assert count(tmp_path) == (0, 0)
         st.append("http_events", [rec(T0 + 49, 49)])
@@ -254,8 +255,32 @@ def test_a_full_buffer_is_flushed_without_waiting_for_the_interval(tmp_path):
         # ASSERT
         assert count(tmp_path) == (50, sum(range(50)))
         assert [s.rows for s in st.segments("http_events")] == [50]
+        # the other tables wait for the interval: no small segment cut off by the busy one
+        time.sleep(0.3)
+        assert st.segments("redis_events") == [] and count(tmp_path, "redis_events") == (0, 0)
     finally:
         st.close()
+    assert count(tmp_path, "redis_events") == (3, 15)  # written at close, nothing lost
+
+
+def test_the_interval_still_flushes_every_table_while_one_keeps_filling(tmp_path):
+    # a table that reaches its bound again and again must not starve the interval flush of
+    # the others
+    st = Store(settings(tmp_path, flush_interval_ns=S // 2, max_buffer_rows=20,
+                        retention=Retention(max_age_ns=0)))
+    st.start()
+    try:
+        st.append("redis_events", [{"time_": T0, "req_cmd": "GET", "latency": 5}])
+        deadline = time.monotonic() + 10
+        i = 0
+        while count(tmp_path, "redis_events")[0] < 1 and time.monotonic() < deadline:
+            st.append("http_events", [rec(T0 + i + k, 1) for k in range(20)])
+            i += 20
+            time.sleep(0.02)
+        assert count(tmp_path, "redis_events") == (1, 5)
+    finally:
+        st.close()
+    assert count(tmp_path)[0] == i
 
 
 def test_control_socket_flushes_on_request(tmp_path):

@@ -133,12 +133,17 @@ class Store:
 
     # ---- flushing -------------------------------------------------------------------
 
-    def flush(self) -> int:
-        """Write every buffered row to new segments. Returns how many rows were written."""
+    def flush(self, full_only: bool = False) -> int:
+        """Write every buffered row to new segments (``full_only``: only the tables that hold
+        ``max_buffer_rows`` or more, the rest waits for the interval). Returns how many rows
+        were written."""
         total = 0
+        bound = self.settings.max_buffer_rows if full_only else 0
         with self._disk_lock:
             for name, buf in self._buffers.items():
                 with buf.lock:
+                    if not buf.rows or len(buf.rows) < bound:
+                        continue
                     rows, buf.rows = buf.rows, []
                 if rows:
                     total += self._write(self.tables[name], rows)
@@ -381,10 +386,17 @@ class Store:
     def _loop(self) -> None:
         interval = self.settings.flush_interval_ns / 1e9
         last_maint = 0.0
+        last_flush = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(interval)
+            self._wake.wait(max(0.0, last_flush + interval - time.monotonic()))
             self._wake.clear()
             try:
+                if time.monotonic() - last_flush < interval:
+                    # woken early by a table that reached its bound: that one alone, so a
+                    # busy table does not cut every other table into small segments
+                    self.flush(full_only=True)
+                    continue
+                last_flush = time.monotonic()
                 self.flush()
                 if time.monotonic() - last_maint >= max(interval * 5, 5.0):
                     last_maint = time.monotonic()
