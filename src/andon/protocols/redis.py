@@ -377,7 +377,7 @@ class RedisParser(StreamParser):
     def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0,
                    chunk: DataChunk | None = None) -> list[dict]:
         side = self.sides.get(direction)
-        if side is None and self.req_dir is not None and direction in (Direction.EGRESS, Direction.INGRESS):
+        if side is None and gap and self.req_dir is not None and direction in (Direction.EGRESS, Direction.INGRESS):
             side = self._side(Direction(direction))
         if side is not None and (gap or side.state is _LOST) and not self.closed:
             out = self._lose(side, gap, ts_ns) if gap else []
@@ -397,10 +397,6 @@ class RedisParser(StreamParser):
             if out is not None:
                 return out
         return StreamParser.feed(self, chunk if chunk is not None else DataChunk(ts_ns, direction, data, size, gap))
-
-    def _feed_known(self, chunk: DataChunk) -> list[dict]:
-        # the chunks held while the role was unknown are replayed here: through lost mode too
-        return self.feed_parts(chunk.ts_ns, chunk.direction, chunk.data, chunk.size, chunk.gap, chunk)
 
     def _whole(self, side: Side, data: bytes, ts: int) -> list[dict] | None:
         """The usual chunk: whole commands (arrays of bulk strings) or whole plain replies

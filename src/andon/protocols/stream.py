@@ -174,9 +174,11 @@ class StreamParser(ConnParser):
             self.req_dir = direction if guess else Direction(1 - direction)
             out: list[dict] = []
             early, self.early, self.early_bytes = self.early, [], 0
+            # replayed through feed(), the parser's own entry: its handling of lost bytes
+            # (Redis's lost mode) and its fast paths apply to them as to any later chunk
             for old in early:
-                out += self._feed_known(old)
-            return out + self._feed_known(chunk)
+                out += self.feed(old)
+            return out + self.feed(chunk)
         return self._feed_known(chunk)
 
     def feed_parts(self, ts_ns: int, direction: Direction, data: bytes, size: int = -1, gap: int = 0) -> list[dict]:
