@@ -145,8 +145,7 @@ class Store:
                     if not buf.rows or len(buf.rows) < bound:
                         continue
                     rows, buf.rows = buf.rows, []
-                if rows:
-                    total += self._write(self.tables[name], rows)
+                total += self._write(self.tables[name], rows)
             self.stats.flushes += 1
             if total >= FRESH_CONNECTION_ROWS:
                 self._fresh_connection()
