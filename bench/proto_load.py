@@ -13,6 +13,8 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
     nginx-tls     nginx-1k over TLS              / paced.lua
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
+    pg-tpcb       pgbench -c4 -j2, its default TPC-B-like script (a transaction of 7 statements
+                  that updates three tables and inserts a row)  / pgbench -c8 -j2 -R RATE
     redis-p1      redis-benchmark -c16 -P 1      / workloads/redis_paced.c, 16 connections, 1 command a request
     redis-p16     redis-benchmark -c16 -P 16     / redis_paced.c, 16 commands a request
 
@@ -181,12 +183,14 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int, rate: float | None 
     return Load(sent / elapsed, sent, errors, cpu, p50_us=p50, p99_us=p99)
 
 
-def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int, rate: float | None = None) -> Load:
-    """pgbench -S flat out, or throttled to ``rate`` transactions/s (-R). Latency from its
+def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int, rate: float | None = None,
+            script: str = "select-only") -> Load:
+    """pgbench's built-in ``script`` (``select-only`` is -S; ``tpcb-like`` its default) flat
+    out, or throttled to ``rate`` transactions/s (-R). Latency from its
     per-transaction log: the elapsed time less the schedule lag (with -R pgbench counts a
     transaction from when it fell due; here, as for wrk, from when it started)."""
     with tempfile.TemporaryDirectory(prefix="andon-pgbench-") as logdir:
-        argv = ["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-S", "-M", mode,
+        argv = ["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-b", script, "-M", mode,
                 "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "--log",
                 f"--log-prefix={logdir}/tx"]
         if rate:
@@ -397,6 +401,7 @@ class Case:
     rows_per_req: int = 1             # rows a request makes there (pgbench -M extended: Parse, Bind, Describe, Execute)
     match: str = "true"               # SQL over that table: the rows of the requests the case sends
     rows_per_match: int = 1           # rows matching ``match`` per request sent (per redis command: 1)
+    reset: Callable[[S.Server], None] | None = None  # before every run, untraced: a case that writes starts afresh
 
 
 def measured(case: Case, srv: S.Server, rate: float | None) -> tuple[Load, float, float]:
@@ -419,10 +424,14 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
                     lambda s, r: wrk(s.url(path), threads=threads, conns=conns, seconds=seconds, rate=r),
                     "http_events", match=f"req_path = '{path}'")
 
-    def pg(mode: str, rows: int) -> Case:
-        return Case(f"pg-{mode}", "postgres", lambda s: pgbench(s, mode=mode, clients=4, seconds=seconds),
-                    lambda s, r: pgbench(s, mode=mode, clients=8, seconds=seconds, rate=r),
-                    "pgsql_events", rows, match=PG_MATCH)
+    def pg(mode: str, rows: int, script: str = "select-only", name: str = "", match: str = PG_MATCH) -> Case:
+        return Case(name or f"pg-{mode}", "postgres",
+                    lambda s: pgbench(s, mode=mode, clients=4, seconds=seconds, script=script),
+                    lambda s, r: pgbench(s, mode=mode, clients=8, seconds=seconds, rate=r, script=script),
+                    "pgsql_events", rows, match=match,
+                    # its updates leave dead rows (autovacuum is off): each run would find the tables
+                    # bigger than the last, so each starts from freshly built ones
+                    reset=None if script == "select-only" else lambda s: _prepare("postgres", s))
 
     def redis(p: int, n: int) -> Case:
         return Case(f"redis-p{p}", "redis", lambda s: redis_benchmark(s, pipeline=p, n=n),
@@ -435,6 +444,8 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "nginx-tls", "nginx-tls"),
         pg("simple", 1),
         pg("extended", 4),
+        # BEGIN, 3 UPDATEs, a SELECT, an INSERT, END: 7 Query rows; one INSERT a transaction
+        pg("simple", 7, "tpcb-like", "pg-tpcb", "req_cmd = 'Query' AND req LIKE 'INSERT INTO pgbench_history%'"),
         redis(1, redis_n),
         redis(16, redis_n * 8),
     ]
@@ -576,6 +587,8 @@ def run(args: argparse.Namespace) -> dict:
                         order = configs[k % len(configs):] + configs[: k % len(configs)]
                         k += 1
                         for config in order:
+                            if case.reset:
+                                case.reset(srv)
                             rec = one_run(case, srv, config, rate, args)
                             rec["case"] = case.name
                             rec["repeat"] = i
