@@ -520,9 +520,11 @@ class AgentTracer(Tracer):
 
 # -- the socket data sensor alone ---------------------------------------------------------------
 # the experiment's programs (workloads/sockdata_socktp.bpf.c): the sensor's body on socket
-# tracepoints for data and per-syscall tracepoints for the lifecycle, no sys_exit hook
-SOCKTP_PROGRAMS = ("sdx_send", "sdx_recv", "sdx_close", "sdx_connect", "sdx_accept", "sdx_accept4", "sdx_execve",
-                   "sdx_execveat", "sdx_close_range")
+# tracepoints for data and per-syscall tracepoints for the lifecycle, no sys_exit hook; the
+# sensor's own process-exit program with both, as with the shipped hooks
+SOCKTP_DATA = ("sdx_send", "sdx_recv")
+SOCKTP_PROGRAMS = (*SOCKTP_DATA, "sdx_close", "sdx_connect", "sdx_accept", "sdx_accept4", "sdx_execve",
+                   "sdx_execveat", "sdx_close_range", "sockdata_proc_exit")
 
 
 def build_socktp(bpf_dir: Path, out: Path) -> Path:
@@ -545,18 +547,36 @@ def build_socktp(bpf_dir: Path, out: Path) -> Path:
 def socktp_source(settings, data_only: bool = False):
     """A SockSource whose object is the socket-tracepoint experiment, loaded and attached
     with its programs instead of a sys_exit entry point; read, counted and closed as usual.
-    ``data_only``: the two socket tracepoints alone, no syscall tracepoint at all (no
-    connection ever ends: the bound of what taking the lifecycle off syscalls would save)."""
+    ``data_only``: the two socket tracepoints, no syscall tracepoint at all (a connection
+    ends only with its process: the bound of what taking the lifecycle off syscalls would save)."""
     from andon.events.sockdata import SockSource
 
     class SockTpSource(SockSource):
-        hooks = {"socktp": SOCKTP_PROGRAMS[:2] if data_only else SOCKTP_PROGRAMS}
+        hooks = {"socktp": (*SOCKTP_DATA, "sockdata_proc_exit") if data_only else SOCKTP_PROGRAMS}
 
         def start(self) -> None:
             super().start()
             self.hook = "socktp-data" if data_only else "socktp"
 
     return SockTpSource(settings)
+
+
+def shipped_source(settings):
+    """The shipped SockSource, its hooks cut to the programs its object has: bench/sock_hook.py's
+    baselines are objects built from older revisions (before the process-exit program, for one)."""
+    from andon.bpf.object import BpfObject
+    from andon.events.sockdata import SockSource
+
+    obj = BpfObject(settings.bpf_dir / "net" / "sockdata.bpf.o")
+    try:
+        present = {p.name for p in obj.programs()}
+    finally:
+        obj.close()
+
+    class ShippedSource(SockSource):
+        hooks = {h: tuple(p for p in progs if p in present) for h, progs in SockSource.hooks.items()}
+
+    return ShippedSource(settings)
 
 
 def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str = "sys_exit") -> dict:
@@ -576,7 +596,7 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     from andon.app.config import ObserveConfig
     from andon.app.observer import PROTOCOL_NAMES
     from andon.bpf.varring import BUSY, DISCARD, PAGE
-    from andon.events.sockdata import SockSettings, SockSource
+    from andon.events.sockdata import SockSettings
 
     cfg = ObserveConfig()
     protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols) if variant != "track" else frozenset()
@@ -589,7 +609,7 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     records = nbytes = 0
     with (socktp_source(settings, hooks == "socktp-data") if hooks.startswith("socktp")
-          else SockSource(settings)) as src:
+          else shipped_source(settings)) as src:
         rd = src.reader
         assert rd is not None
         mem, mask = rd._prod_map, rd.mask

@@ -88,10 +88,9 @@ STAT_NAMES = (
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
 TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex"}
 
-# hook -> the programs in net/sockdata.bpf.o it loads and attaches, in the order tried
-HOOKS = {"tp_btf": ("sockdata_exit_btf",), "raw_tp": ("sockdata_exit_raw",)}
-# loaded with either: the end of a process ends its connections
-EXIT_PROGRAM = "sockdata_proc_exit"
+# hook -> the programs in net/sockdata.bpf.o it loads and attaches, in the order tried: its
+# sys_exit entry point, and the process-exit program (the end of a process ends its connections)
+HOOKS = {"tp_btf": ("sockdata_exit_btf", "sockdata_proc_exit"), "raw_tp": ("sockdata_exit_raw", "sockdata_proc_exit")}
 
 # the protocols the kernel can infer (bpf/net/sockdata.bpf.c, sd__infer)
 INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
@@ -321,7 +320,7 @@ class SockSource:
                     obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                     try:
                         for p in obj.programs():
-                            p.autoload = p.name in progs or p.name == EXIT_PROGRAM or (tls and p.name in TLS_PROGRAMS)
+                            p.autoload = p.name in progs or (tls and p.name in TLS_PROGRAMS)
                         obj.set_rodata(cfg)
                         obj.set_max_entries("sd_ring", ring)
                         obj.set_max_entries("sd_scratch", self._ncpu)
@@ -346,8 +345,6 @@ class SockSource:
                 self.add_pid(pid)
             for name in self._progs:
                 self._links.append(self._obj.program(name).attach())
-            if any(p.name == EXIT_PROGRAM for p in self._obj.programs()):  # older objects (bench baselines): none
-                self._links.append(self._obj.program(EXIT_PROGRAM).attach())
             fd = self._obj.map("sd_ring").fd
             # with a wake-up step the kernel says when a batch is there; without, the reader lingers
             self.reader = VarRingReader(fd, ring, batch_bytes=wake, linger_s=None) if wake else VarRingReader(fd, ring)
