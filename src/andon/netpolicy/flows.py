@@ -62,8 +62,6 @@ EVENT_DROP, EVENT_TRACE, EVENT_POLICY_VERDICT, EVENT_L7 = "drop", "trace", "poli
 EVENT_NUMBER = {EVENT_DROP: 1, EVENT_TRACE: 4, EVENT_POLICY_VERDICT: 5, EVENT_L7: 129}
 # trace observation points: TraceToLxc 0 "to-endpoint", TraceFromLxc 5 "from-endpoint"; flow.proto's enum names
 TRACE_POINT = {"INGRESS": ("to-endpoint", 0, "TO_ENDPOINT"), "EGRESS": ("from-endpoint", 5, "FROM_ENDPOINT")}
-DROP_REASON_NAMES = {0: "DROP_REASON_UNKNOWN", 133: "POLICY_DENIED", 135: "CT_TRUNCATED_OR_INVALID_HEADER",
-                     155: "CT_MAP_INSERTION_FAILED", 181: "POLICY_DENY"}
 # Hubble's summary order of TCP flags (threefour parser getTCPFlags), joined with ", "
 TCP_FLAG_ORDER = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS")
 TCP_FLAG_BITS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20, "ECE": 0x40,
@@ -293,7 +291,7 @@ def flow_row(f: Flow, ctx: FlowContext, node_name: str = "") -> dict[str, Any]:
     flags = tcp_flag_text(f.tcp_flags) if f.proto == 6 else ""
     return {
         "time_": f.time_ns, "node_name": node_name, "verdict": f.verdict, "drop_reason": f.drop_reason,
-        "drop_reason_desc": DROP_REASON_NAMES.get(f.drop_reason, f"DROP_REASON_{f.drop_reason}") if f.drop_reason else "",
+        "drop_reason_desc": f.drop_reason_desc if f.drop_reason else "",
         "event_type": _event_type(f), "traffic_direction": f.traffic_direction, "is_reply": f.is_reply,
         "policy_match_type": f.policy_match_type, "ip_version": 6 if f.family == 6 else 4,
         "source_ip": f.src_ip, "destination_ip": f.dst_ip, "l4_protocol": l4,
