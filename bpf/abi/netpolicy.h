@@ -34,6 +34,8 @@
 #define NP_DROP_POLICY 133          /* POLICY_DENIED: no allow entry and default deny is on */
 #define NP_DROP_CT_INVALID_HDR 135  /* CT_TRUNCATED_OR_INVALID_HEADER: L3/L4 header cut short */
 #define NP_DROP_CT_INSERT 155       /* CT_MAP_INSERTION_FAILED */
+#define NP_DROP_FRAG_NOT_FOUND 175  /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND: default deny of a later
+                                     * fragment whose first was not seen (its ports unknown) */
 #define NP_DROP_POLICY_DENY 181     /* POLICY_DENY: a deny entry matched */
 
 /* Cilium POLICY_MATCH_* */
@@ -182,9 +184,10 @@ enum np_stat {
 	NP_STAT_CT_HIT = 6,       /* packets that skipped the policy via conntrack */
 	NP_STAT_CT_FULL = 7,      /* conntrack insert failed */
 	NP_STAT_POLICY_LOOKUPS = 8,
-	NP_STAT_FRAGMENTS = 9,    /* non-first IP fragments: no L4 header, tracked by L3 only */
+	NP_STAT_FRAGMENTS = 9,    /* later IP fragments (no L4 header): ports from their first fragment */
 	NP_STAT_ND = 10,          /* ICMPv6 neighbour discovery / MLD: passed, IPv6 cannot work without it */
-	NP_STAT_MAX = 11,
+	NP_STAT_FRAG_MISS = 11,   /* later fragments whose first was not seen: no ports, port-less rules only */
+	NP_STAT_MAX = 12,
 };
 
 /* A flow record, one per verdict worth reporting: every new connection, every drop,

@@ -143,6 +143,33 @@ struct {
  * type), so the ABI test can compare it with the Python format */
 struct np_flow np_flow_btf __attribute__((used));
 
+/* IP fragments: a datagram's first fragment leaves its ports here, keyed by addresses, protocol
+ * and identification, so its later fragments (no L4 header) get the same conntrack entry and the
+ * same policy as the first (Cilium's fragment tracking; LRU, its size). Only the BPF side uses it. */
+struct np_frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 id;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct np_frag_val {
+	__u16 sport;
+	__u16 dport;
+	__u16 pol_port;
+	__u8 icmp_type;
+	__u8 icmp_code;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct np_frag_key);
+	__type(value, struct np_frag_val);
+} np_frags SEC(".maps");
+
 /* where a packet is enforced: key for conntrack and counters, what flows report */
 struct where {
 	__u32 key;        /* ifindex, or NP_KEY_CGROUP | low 31 bits of the cgroup id */
@@ -161,7 +188,9 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 icmp_code;
-	__u8 fragment;
+	__u8 fragment;    /* a later fragment: ports from its first fragment (np__frag), if seen */
+	__u8 frag_first;  /* the first fragment of a datagram in several */
+	__u32 frag_id;    /* the datagram's identification, host order (either kind of fragment) */
 };
 
 static __always_inline void np__count(__u32 idx)
@@ -191,11 +220,13 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip->protocol;
 		__builtin_memcpy(p->saddr, &ip->saddr, 4);
 		__builtin_memcpy(p->daddr, &ip->daddr, 4);
-		/* a non-first fragment has no L4 header: tracked by addresses and proto only */
+		/* a later fragment has no L4 header: its ports come from its first (np__frag) */
+		p->frag_id = bpf_ntohs(ip->id);
 		if (ip->frag_off & bpf_htons(0x1fff)) {
 			p->fragment = 1;
 			return 0;
 		}
+		p->frag_first = (ip->frag_off & bpf_htons(0x2000)) != 0;
 		l4 = (void *)ip + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -205,11 +236,17 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
-		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &p->proto, &p->fragment);
+		struct andon_frag f = {};
+
+		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &p->proto, &f);
 		if (!l4)
 			return -1;
-		if (p->fragment)
+		p->frag_id = f.id;
+		p->frag_first = f.first;
+		if (f.later) {
+			p->fragment = 1;
 			return 0;
+		}
 	} else {
 		return 1;
 	}
@@ -264,13 +301,16 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip.protocol;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
+		p->frag_id = bpf_ntohs(ip.id);
 		if (ip.frag_off & bpf_htons(0x1fff)) {
 			p->fragment = 1;
 			return 0;
 		}
+		p->frag_first = (ip.frag_off & bpf_htons(0x2000)) != 0;
 		off = ip.ihl * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
+		struct andon_frag f = {};
 		long l4off;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
@@ -279,11 +319,15 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip6.nexthdr;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		l4off = andon_ipv6_skip_ext_skb(skb, sizeof(ip6), &p->proto, &p->fragment);
+		l4off = andon_ipv6_skip_ext_skb(skb, sizeof(ip6), &p->proto, &f);
 		if (l4off < 0)
 			return -1;
-		if (p->fragment)
+		p->frag_id = f.id;
+		p->frag_first = f.first;
+		if (f.later) {
+			p->fragment = 1;
 			return 0;
+		}
 		off = l4off;
 	} else {
 		return 1;
@@ -530,6 +574,37 @@ static __always_inline void np__policy(const struct np_endpoint *ep, const struc
 	}
 }
 
+/* A first fragment leaves its ports for the rest of its datagram; a later one takes them, or,
+ * when its first was not seen (lost, reordered, or sent before the program was attached), is
+ * counted and keeps no ports: only rules without a port can allow it. 1 for that miss. */
+static __always_inline int np__frag(struct pkt *p)
+{
+	struct np_frag_key k = { .id = p->frag_id, .proto = p->proto, .family = p->family };
+	struct np_frag_val *v;
+
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+	if (p->frag_first) {
+		struct np_frag_val nv = {
+			.sport = p->sport, .dport = p->dport, .pol_port = p->pol_port,
+			.icmp_type = p->icmp_type, .icmp_code = p->icmp_code,
+		};
+		bpf_map_update_elem(&np_frags, &k, &nv, BPF_ANY);
+		return 0;
+	}
+	v = bpf_map_lookup_elem(&np_frags, &k);
+	if (!v) {
+		np__count(NP_STAT_FRAG_MISS);
+		return 1;
+	}
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->pol_port = v->pol_port;
+	p->icmp_type = v->icmp_type;
+	p->icmp_code = v->icmp_code;
+	return 0;
+}
+
 /* The verdict on one packet of endpoint `ep` (parsed into `p`, `rc` from the parser):
  * 1 pass, 0 drop. Shared by the TC and the cgroup_skb programs. */
 static __always_inline int np__decide(struct __sk_buff *skb, const struct where *w, struct np_endpoint *ep,
@@ -540,6 +615,7 @@ static __always_inline int np__decide(struct __sk_buff *skb, const struct where 
 	struct verdict v = {};
 	struct np_ct_key ck;
 	struct np_ct_val *ct;
+	int frag_miss = 0;
 	__u64 now;
 
 	np__count(NP_STAT_PACKETS);
@@ -557,6 +633,8 @@ static __always_inline int np__decide(struct __sk_buff *skb, const struct where 
 	}
 	if (p.fragment)
 		np__count(NP_STAT_FRAGMENTS);
+	if (p.fragment || p.frag_first)
+		frag_miss = np__frag(&p);
 	/* neighbour discovery (133-137) and MLD (130-132, 143) are link plumbing, not
 	 * connections: Cilium answers them itself; here they pass, counted */
 	if (p.proto == IPPROTO_ICMPV6_ && ((p.icmp_type >= 130 && p.icmp_type <= 137) || p.icmp_type == 143)) {
@@ -612,6 +690,9 @@ static __always_inline int np__decide(struct __sk_buff *skb, const struct where 
 
 	/* -- policy -------------------------------------------------------------------------- */
 	np__policy(ep, &p, dir, &v);
+	/* default deny of a fragment whose ports are unknown: say why, as Cilium does */
+	if (frag_miss && v.drop_reason == NP_DROP_POLICY)
+		v.drop_reason = NP_DROP_FRAG_NOT_FOUND;
 
 	if (v.verdict == NP_VERDICT_DROPPED) {
 		np__account(ifindex, dir, v.verdict, skb->len);
@@ -635,7 +716,7 @@ static __always_inline int np__decide(struct __sk_buff *skb, const struct where 
 			.match_type = v.match_type,
 			.verdict = v.verdict,
 		};
-		/* a lone RST or a fragment opens nothing */
+		/* a lone RST or a later fragment opens nothing */
 		if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_RST)) && !p.fragment) {
 			np__ct_key(&ck, &p, ifindex, 0);
 			if (bpf_map_update_elem(&np_ct, &ck, &nv, BPF_ANY) == 0) {

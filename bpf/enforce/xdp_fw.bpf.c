@@ -75,11 +75,11 @@ int xdp__host_fw(struct xdp_md *ctx)
 		k.prefixlen = 160;
 		k.family = 6;
 		__builtin_memcpy(k.addr, &ip6->saddr, 16);
-		__u8 later_frag = 0;
+		struct andon_frag frag = {};
 
 		proto = ip6->nexthdr;
-		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &proto, &later_frag);
-		if (later_frag)
+		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &proto, &frag);
+		if (frag.later)
 			l4 = 0; /* as for IPv4: no ports, only proto-wide rules */
 	} else {
 		return XDP_PASS;

@@ -22,17 +22,31 @@ static __always_inline int andon_ipv6_is_ext(__u8 nh)
 	return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60;
 }
 
-/* One extension header of type nh from its first 4 bytes: its length in bytes, and the header
- * after it in *nh. *later_frag is set for a fragment header with a non-zero offset (no
- * upper-layer header in this packet). */
-static __always_inline __u32 andon_ipv6_ext_step(__u8 *nh, const __u8 h[4], __u8 *later_frag)
+/* What a fragment header said (zeroed by the caller): later is set for a fragment with a
+ * non-zero offset (no upper-layer header in this packet), first for offset 0 with more to
+ * follow (the upper-layer header is here, the rest of the datagram in later fragments); id is
+ * the datagram's identification, host order. */
+struct andon_frag {
+	__u32 id;
+	__u8 later;
+	__u8 first;
+};
+
+/* One extension header of type nh from its first 8 bytes (every extension header is at least
+ * 8 long): its length in bytes, and the header after it in *nh; a fragment header fills *f. */
+static __always_inline __u32 andon_ipv6_ext_step(__u8 *nh, const __u8 h[8], struct andon_frag *f)
 {
 	__u32 len;
 
 	if (*nh == 44) {
+		__u16 off = (h[2] << 8) | h[3];
+
 		len = 8;
-		if (((h[2] << 8) | h[3]) & 0xfff8)
-			*later_frag = 1;
+		f->id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
+		if (off & 0xfff8)
+			f->later = 1;
+		else if (off & 1)
+			f->first = 1;
 	} else if (*nh == 51) {
 		len = ((__u32)h[1] + 2) * 4;
 	} else {
@@ -46,17 +60,17 @@ static __always_inline __u32 andon_ipv6_ext_step(__u8 *nh, const __u8 h[4], __u8
  * next-header field. Returns the upper-layer header (or the first header left unwalked, or
  * where a later fragment's payload starts), with its protocol in *nh; NULL when a header runs
  * past the packet's end. */
-static __always_inline void *andon_ipv6_skip_ext(void *l4, void *end, __u8 *nh, __u8 *later_frag)
+static __always_inline void *andon_ipv6_skip_ext(void *l4, void *end, __u8 *nh, struct andon_frag *f)
 {
 #pragma unroll
 	for (int i = 0; i < ANDON_IPV6_MAX_EXT; i++) {
 		__u8 *h = l4;
 
-		if (!andon_ipv6_is_ext(*nh) || *later_frag)
+		if (!andon_ipv6_is_ext(*nh) || f->later)
 			return l4;
-		if ((void *)(h + 4) > end)
+		if ((void *)(h + 8) > end)
 			return NULL;
-		l4 += andon_ipv6_ext_step(nh, h, later_frag);
+		l4 += andon_ipv6_ext_step(nh, h, f);
 	}
 	return l4;
 }
@@ -65,17 +79,17 @@ static __always_inline void *andon_ipv6_skip_ext(void *l4, void *end, __u8 *nh, 
  * offset just past the fixed header; returns the offset of the upper-layer header, or -1 when
  * a header cannot be read. */
 static __always_inline long andon_ipv6_skip_ext_skb(struct __sk_buff *skb, __u32 off, __u8 *nh,
-						    __u8 *later_frag)
+						    struct andon_frag *f)
 {
 #pragma unroll
 	for (int i = 0; i < ANDON_IPV6_MAX_EXT; i++) {
-		__u8 h[4];
+		__u8 h[8];
 
-		if (!andon_ipv6_is_ext(*nh) || *later_frag)
+		if (!andon_ipv6_is_ext(*nh) || f->later)
 			return off;
 		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
 			return -1;
-		off += andon_ipv6_ext_step(nh, h, later_frag);
+		off += andon_ipv6_ext_step(nh, h, f);
 	}
 	return off;
 }

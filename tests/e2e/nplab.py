@@ -76,7 +76,7 @@ class EchoServer:
                 s: socket.socket = key.fileobj  # type: ignore[assignment]
                 with contextlib.suppress(OSError):
                     if s.type == socket.SOCK_DGRAM:
-                        data, peer = s.recvfrom(256)
+                        data, peer = s.recvfrom(65536)  # whole, also a datagram over the MTU
                         s.sendto(data, peer)
                     elif s in self.socks:  # a listener
                         c, _ = s.accept()
@@ -111,13 +111,17 @@ def tcp_probe(netns: str | None, addr: str, port: int, timeout: float) -> bool:
     return bool(in_netns(netns, go))
 
 
-def udp_probe(netns: str | None, addr: str, port: int, timeout: float) -> bool:
+def udp_probe(netns: str | None, addr: str, port: int, timeout: float, size: int = 0) -> bool:
+    """A UDP echo; with ``size``, a datagram of that many random bytes (over the MTU: fragments)
+    that must come back whole."""
+    payload = os.urandom(size) if size else b"andon"
+
     def go() -> bool:
         with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             try:
-                s.sendto(b"andon", (addr, port))
-                return s.recvfrom(64)[0] == b"andon"
+                s.sendto(payload, (addr, port))
+                return s.recvfrom(65536)[0] == payload
             except OSError:
                 return False
     return bool(in_netns(netns, go))

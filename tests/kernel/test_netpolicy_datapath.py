@@ -849,3 +849,111 @@ def test_xdp_firewall_sees_udp_behind_a_hop_by_hop_header(fw_ns):
         assert received(rx_q) == b"hop-by-hop"
         assert received(rx_p, 0.3) is None
         assert fw.counters()[rule][0] == 1
+
+
+# -- IP fragments -------------------------------------------------------------------------------------
+BIG = 3000  # a UDP payload over the veth's 1500-byte MTU: three fragments (IPv4 and IPv6)
+
+
+def big_echo(ns: str, family: int, server: str, port: int, timeout: float = TIMEOUT) -> tuple[bool, bool]:
+    """A BIG-byte datagram from namespace ``ns`` to ``server:port`` on the host, echoed back whole by
+    the host; (the host got it whole, the namespace got the echo whole)."""
+    payload = bytes(random.getrandbits(8) for _ in range(BIG))
+    with socket.socket(family, socket.SOCK_DGRAM) as rx:
+        rx.bind((server, port))
+        rx.settimeout(timeout)
+        done = threading.Event()
+        got: list[bool] = []
+
+        def echo() -> None:
+            try:
+                data, peer = rx.recvfrom(65536)
+            except OSError:
+                got.append(False)
+                return
+            got.append(data == payload)
+            rx.sendto(data, peer)
+            done.set()
+
+        t = threading.Thread(target=echo, daemon=True)
+        t.start()
+
+        def client() -> bool:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.settimeout(timeout)
+                s.sendto(payload, (server, port))
+                try:
+                    return s.recvfrom(65536)[0] == payload
+                except OSError:
+                    return False
+        back = bool(in_netns(ns, client))
+        t.join()
+    return bool(got and got[0]), back
+
+
+def test_fragmented_udp_takes_its_first_fragments_verdict_both_ways(dp, env):
+    """A datagram larger than the MTU crosses as three fragments; only the first has the UDP header.
+    With UDP to one port allowed (egress) and default deny both ways, the later fragments of the
+    request and of its echo pass on the first fragment's ports (its conntrack entry), so both arrive
+    whole; to another port every fragment is dropped and reported with that port."""
+    ns, _ = env
+    port, other = free_ports(2)
+    dp.apply([entry("egress", PEER, "udp", port, rule=31)])
+    before = dp.stats()
+    # TRIGGER: a 3000-byte datagram to the allowed port and its 3000-byte echo, then one to the other port
+    assert big_echo(ns.name, socket.AF_INET, ns.host_ip, port) == (True, True)
+    assert big_echo(ns.name, socket.AF_INET, ns.host_ip, other, timeout=0.3) == (False, False)
+    # ASSERT: 2 later fragments each way of the allowed exchange and 2 of the dropped datagram,
+    # each found its first fragment
+    after = dp.stats()
+    assert after["fragments"] - before["fragments"] == 6
+    assert after["frag_miss"] == before["frag_miss"]
+    flows = [f for f in flows_of(dp, 5) if f.proto == 17 and f.family == 4]
+    got = [(f.dport, f.verdict, f.is_reply) for f in flows]
+    assert got == [(port, "FORWARDED", False), (ns_port := flows[1].dport, "FORWARDED", True)] + [
+        (other, "DROPPED", False)] * 3, got
+    assert flows[1].sport == port and ns_port != 0
+
+
+def send_later_fragment(ns: str, src: str, dst: str, ident: int) -> None:
+    """One IPv4 fragment at offset 1480 (no UDP header) from ``ns``, its first never sent."""
+    def go() -> None:
+        payload = b"x" * 64
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 1480 // 8, 64, 17, 0,
+                          socket.inet_aton(src), socket.inet_aton(dst))
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+            s.sendto(hdr + payload, (dst, 0))
+    in_netns(ns, go)
+
+
+def test_a_later_fragment_without_its_first_is_counted_and_dropped(dp, env):
+    """A later fragment whose first was never seen has no ports: it is counted (frag_miss) and, with
+    only a port rule for UDP, dropped by default deny, reported with port 0 and Cilium's drop
+    reason for it."""
+    ns, _ = env
+    port, = free_ports(1)
+    dp.apply([entry("egress", PEER, "udp", port, rule=32)])
+    before = dp.stats()
+    # TRIGGER: a lone fragment at offset 1480 with a fresh identification
+    send_later_fragment(ns.name, ns.ns_ip, ns.host_ip, random.randint(1, 0xFFFF))
+    # ASSERT: counted as a fragment and as a miss; one drop with no ports
+    flows = [f for f in flows_of(dp, 1) if f.proto == 17]
+    after = dp.stats()
+    assert (after["fragments"] - before["fragments"], after["frag_miss"] - before["frag_miss"]) == (1, 1)
+    assert [(f.sport, f.dport, f.verdict, f.drop_reason_desc) for f in flows] == [
+        (0, 0, "DROPPED", "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND")]
+
+
+def test_fragmented_udp_over_ipv6_takes_its_first_fragments_verdict(dp, env, v6):
+    """The same over IPv6, where the fragment header is an extension header walked to its
+    identification."""
+    ns, _ = env
+    host, _inside = v6
+    port, = free_ports(1)
+    dp.apply([entry("egress", PEER, "udp", port, rule=33)])
+    before = dp.stats()
+    # TRIGGER: a 3000-byte datagram to the allowed port over IPv6 and its echo
+    assert big_echo(ns.name, socket.AF_INET6, host, port) == (True, True)
+    # ASSERT: 2 later fragments each way, none without its first
+    after = dp.stats()
+    assert (after["fragments"] - before["fragments"], after["frag_miss"] - before["frag_miss"]) == (4, 0)

@@ -90,6 +90,15 @@ def test_default_deny_drop_names_the_policy_that_switched_it_on():
     assert "ingress_allowed_by" not in f
 
 
+def test_a_fragment_without_its_first_dropped_by_default_deny_says_so_as_cilium():
+    row = flow_row(rec(sport=0, dport=0, proto=17, verdict=2, reason=175, match=0), ctx())
+    assert row["decided_by"] == "default deny by api-allows-frontend"
+    assert "First logical datagram fragment not found DROPPED" in compact(row, UTC)
+    f = to_hubble(row)["flow"]
+    assert (f["drop_reason"], f["drop_reason_desc"]) == (175, "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND")
+    assert f["event_type"] == {"type": 1, "sub_type": 175}
+
+
 def test_deny_rule_drop_names_rule_and_deny_item():
     row = flow_row(rec(dport=22, verdict=2, reason=181, policy=2, rule=1, match=3), ctx())
     assert row["decided_by"] == "denied by no-ssh rule 1 (ingressDeny item 0)"

@@ -53,12 +53,14 @@ ALLOW, DENY = 1, 2
 VERDICT_FORWARDED, VERDICT_DROPPED, VERDICT_AUDIT = 1, 2, 4
 VERDICTS = {0: "VERDICT_UNKNOWN", 1: "FORWARDED", 2: "DROPPED", 4: "AUDIT"}
 DROP_NONE, DROP_POLICY, DROP_CT_INVALID_HDR, DROP_CT_INSERT, DROP_POLICY_DENY = 0, 133, 135, 155, 181
+DROP_FRAG_NOT_FOUND = 175
 # Hubble's DropReason names for Cilium's drop codes
 DROP_REASONS = {
     0: "DROP_REASON_UNKNOWN",
     133: "POLICY_DENIED",
     135: "CT_TRUNCATED_OR_INVALID_HEADER",
     155: "CT_MAP_INSERTION_FAILED",
+    175: "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
     181: "POLICY_DENY",
 }
 MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL, MATCH_L3_PROTO, MATCH_PROTO_ONLY = range(7)
@@ -104,7 +106,7 @@ FLOW_FIELDS = ("ts", "ifindex", "src_identity", "dst_identity", "policy_id", "ru
                "match_type", "tcp_flags", "icmp_type", "icmp_code", "flags", "pad", "cgroup_id")
 FLOW_V1_SIZE = 80  # records before cgroup_id was appended (same fields at the same offsets)
 STAT_NAMES = ("packets", "unmanaged", "non_ip", "bad_hdr", "ring_full", "ct_new", "ct_hit", "ct_full",
-              "policy_lookups", "fragments", "nd")
+              "policy_lookups", "fragments", "nd", "frag_miss")
 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

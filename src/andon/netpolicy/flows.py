@@ -45,14 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datapath import DIR_EGRESS, DIR_INGRESS, PROTO_NAMES, STAT_NAMES, Flow, decode_flow
+from .datapath import DIR_EGRESS, DIR_INGRESS, DROP_FRAG_NOT_FOUND, DROP_POLICY, PROTO_NAMES, STAT_NAMES, Flow, decode_flow
 
 log = logging.getLogger("andon.flows")
 
 # -- Hubble's vocabulary ----------------------------------------------------------------------------
 # Cilium's drop reason texts (pkg/monitor/api/drop.go) for the codes the datapath uses
 DROP_REASON_TEXT = {133: "Policy denied", 135: "CT: Truncated or invalid header", 155: "CT: Map insertion failed",
-                    181: "Policy denied by denylist"}
+                    175: "First logical datagram fragment not found", 181: "Policy denied by denylist"}
 # pkg/monitor/api PolicyMatchType.String()
 MATCH_TEXT = {"NONE": "none", "L3_ONLY": "L3-Only", "L3_L4": "L3-L4", "L4_ONLY": "L4-Only", "ALL": "all",
               "L3_PROTO": "L3-Proto", "PROTO_ONLY": "Proto-Only"}
@@ -277,7 +277,9 @@ def flow_row(f: Flow, ctx: FlowContext, node_name: str = "") -> dict[str, Any]:
         port = None
     rule, decided_by = "", ""
     subject = here.name if here else (dst.name if f.direction == DIR_INGRESS else src.name)
-    if f.drop_reason == 133:  # no allow entry and default deny: the flow names who switched it on
+    # no allow entry and default deny (for a later fragment whose ports are unknown: 175, the
+    # datapath's reason for it): the flow names who switched it on
+    if f.drop_reason in (DROP_POLICY, DROP_FRAG_NOT_FOUND):
         rule = "default deny"
         decided_by = f"default deny by {policy}" if policy else "default deny"
     elif policy and f.drop_reason == 181:
