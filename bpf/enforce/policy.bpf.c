@@ -200,6 +200,16 @@ static __always_inline void np__count(__u32 idx)
 		*v += 1;
 }
 
+/* Where a packet stands in a datagram of several, from either family's header (the parsers
+ * below): 1 for a later fragment, which has no L4 header (np__frag finds its ports). */
+static __always_inline int np__fragment(struct pkt *p, __u32 id, int first, int later)
+{
+	p->frag_id = id;
+	p->frag_first = first && !later;
+	p->fragment = later != 0;
+	return p->fragment;
+}
+
 /* Parse Ethernet + IPv4/IPv6 + the first L4 header. 0 ok, 1 not IP, -1 truncated. */
 static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 {
@@ -220,13 +230,9 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip->protocol;
 		__builtin_memcpy(p->saddr, &ip->saddr, 4);
 		__builtin_memcpy(p->daddr, &ip->daddr, 4);
-		/* a later fragment has no L4 header: its ports come from its first (np__frag) */
-		p->frag_id = bpf_ntohs(ip->id);
-		if (ip->frag_off & bpf_htons(0x1fff)) {
-			p->fragment = 1;
+		/* more fragments (MF) / the fragment offset */
+		if (np__fragment(p, bpf_ntohs(ip->id), ip->frag_off & bpf_htons(0x2000), ip->frag_off & bpf_htons(0x1fff)))
 			return 0;
-		}
-		p->frag_first = (ip->frag_off & bpf_htons(0x2000)) != 0;
 		l4 = (void *)ip + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -241,12 +247,8 @@ static __always_inline int np__parse(struct __sk_buff *skb, struct pkt *p)
 		l4 = andon_ipv6_skip_ext(ip6 + 1, end, &p->proto, &f);
 		if (!l4)
 			return -1;
-		p->frag_id = f.id;
-		p->frag_first = f.first;
-		if (f.later) {
-			p->fragment = 1;
+		if (np__fragment(p, f.id, f.first, f.later))
 			return 0;
-		}
 	} else {
 		return 1;
 	}
@@ -301,12 +303,8 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip.protocol;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
-		p->frag_id = bpf_ntohs(ip.id);
-		if (ip.frag_off & bpf_htons(0x1fff)) {
-			p->fragment = 1;
+		if (np__fragment(p, bpf_ntohs(ip.id), ip.frag_off & bpf_htons(0x2000), ip.frag_off & bpf_htons(0x1fff)))
 			return 0;
-		}
-		p->frag_first = (ip.frag_off & bpf_htons(0x2000)) != 0;
 		off = ip.ihl * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
@@ -322,12 +320,8 @@ static __always_inline int np__parse_l3(struct __sk_buff *skb, struct pkt *p)
 		l4off = andon_ipv6_skip_ext_skb(skb, sizeof(ip6), &p->proto, &f);
 		if (l4off < 0)
 			return -1;
-		p->frag_id = f.id;
-		p->frag_first = f.first;
-		if (f.later) {
-			p->fragment = 1;
+		if (np__fragment(p, f.id, f.first, f.later))
 			return 0;
-		}
 		off = l4off;
 	} else {
 		return 1;
