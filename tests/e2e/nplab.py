@@ -162,11 +162,12 @@ def ping_probe(netns: str | None, addr: str, timeout: float) -> bool:
     return bool(in_netns(netns, go))
 
 
-def probe(netns: str | None, addr: str, proto: str, port: int, timeout: float) -> bool:
+def probe(netns: str | None, addr: str, proto: str, port: int, timeout: float, size: int = 0) -> bool:
+    """``size``: UDP only, a datagram of that many bytes (udp_probe)."""
     if proto == "TCP":
         return tcp_probe(netns, addr, port, timeout)
     if proto == "UDP":
-        return udp_probe(netns, addr, port, timeout)
+        return udp_probe(netns, addr, port, timeout, size)
     return ping_probe(netns, addr, timeout)
 
 
@@ -289,14 +290,16 @@ class Lab:
         node = self.nodes[name]
         return node.netns, node.addr
 
-    def reach(self, src: str, dst: str, proto: str, port: int, *, expect_pass: bool | None = None) -> bool:
+    def reach(self, src: str, dst: str, proto: str, port: int, *, expect_pass: bool | None = None,
+              size: int = 0) -> bool:
         """Does a new connection (or echo) from ``src`` to ``dst`` get through? Short timeout;
-        a probe expected to pass gets a second, longer try before it counts as dropped."""
+        a probe expected to pass gets a second, longer try before it counts as dropped.
+        ``size``: a UDP echo of that many bytes."""
         ns, _ = self.where(src)
         _, addr = self.where(dst)
-        ok = probe(ns, addr, proto, port, DROP_TIMEOUT)
+        ok = probe(ns, addr, proto, port, DROP_TIMEOUT, size)
         if not ok and expect_pass:
-            ok = probe(ns, addr, proto, port, RETRY_TIMEOUT)
+            ok = probe(ns, addr, proto, port, RETRY_TIMEOUT, size)
         return ok
 
     # -- teardown ------------------------------------------------------------------------------------

@@ -189,16 +189,12 @@ def test_dns_sized_udp_over_the_mtu_gets_through_a_port_rule(lab):
     first carries the port. Under Cilium's DNS example (every endpoint may send only to kube-dns on
     53), a 3000-byte echo to 53 comes back whole, between namespaces routed through the host, and
     the same to a port the policy leaves out does not."""
-    from nplab import DROP_TIMEOUT, RETRY_TIMEOUT, udp_probe
-
-    c, e = lab.nodes["C"], lab.nodes["E"]
     # TRIGGER: the DNS example applied with the real CLI; 3000-byte UDP echoes from C to E
     lab.andon("policy", "apply", str(POLICIES / "getting-started__dns-port.yaml"), inproc=True)
     try:
-        ok = udp_probe(c.netns, e.addr, 53, DROP_TIMEOUT, size=3000) or \
-            udp_probe(c.netns, e.addr, 53, RETRY_TIMEOUT, size=3000)
-        other = udp_probe(c.netns, e.addr, 8080, DROP_TIMEOUT, size=3000)
-        small = udp_probe(c.netns, e.addr, 53, RETRY_TIMEOUT)
+        ok = lab.reach("C", "E", "UDP", 53, expect_pass=True, size=3000)
+        other = lab.reach("C", "E", "UDP", 8080, size=3000)
+        small = lab.reach("C", "E", "UDP", 53, expect_pass=True)
     finally:
         lab.andon("policy", "delete", str((POLICIES / "getting-started__dns-port.yaml").resolve()), inproc=True)
     # ASSERT: the allowed port's big datagram and its echo arrived whole; the other port's did not
