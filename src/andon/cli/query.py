@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--func", dest="script_func", metavar="NAME", help="show only what this function of the script returns")
     p.add_argument("--table", metavar="NAME", help="print only the displayed table with this name")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"(default: {DEFAULT_DATA_DIR})")
-    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "records", "json", "csv"), default="table",
+                   help="table (one record per block when too wide, as psql's \\x auto), records, json or csv")
     p.add_argument("--no-flush", action="store_true", help="do not ask a running agent to flush first")
     p.add_argument("--list", action="store_true", help="list the bundled scripts and the tables")
     p.set_defaults(func=run_query)
@@ -143,18 +144,60 @@ def render(results, fmt: str, out) -> None:
             w.writerows(_cells(r))
         return
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     console = Console(file=out, soft_wrap=False, width=None if out.isatty() else 160)
     for r in results:
-        console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows)", highlight=False)
-        t = Table()
-        sems = r.semantics or [""] * len(r.columns)
-        for c, sem in zip(r.columns, sems):
-            numeric = sem and sem not in (semantic.HTTP_RESP_STATUS, semantic.QUANTILES, semantic.DURATION_NS_QUANTILES)
-            t.add_column(c, overflow="fold", justify="right" if numeric else "left")
-        for row in _cells(r):
-            t.add_row(*(Text(_cell(v, sem), style=semantic.style(sem, c, v))
-                        for v, sem, c in zip(row, sems, r.columns)))
-        console.print(t)
+        _print_result(console, r, records=(fmt == "records"))
+
+
+# A cell of the table view is one line: longer values are cut here (json and csv keep them).
+CELL_MAX = 40
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+def _shown(v: Any, sem: str) -> str:
+    """A cell's text on one line: control characters (a body's newlines) as escapes."""
+    return _cell(v, sem).translate(_CONTROL)
+
+
+def _print_result(console, r, records: bool) -> None:
+    """One result as a table, or, when the table would not fit the console (or ``-o
+    records``), one block of ``column  value`` lines per row, as ``psql``'s expanded display
+    (``\\x auto``) does: wide tables such as ``px/http_data`` stay readable."""
+    from rich.table import Table
+    from rich.text import Text
+
+    sems = r.semantics or [""] * len(r.columns)
+    rows = [[_shown(v, sem) for v, sem in zip(row, sems)] for row in _cells(r)]
+    styles = [[semantic.style(sem, c, v) for v, sem, c in zip(row, sems, r.columns)] for row in r.rows]
+    widths = [max([len(c), *(min(len(row[i]), CELL_MAX) for row in rows)]) for i, c in enumerate(r.columns)]
+    table_width = sum(widths) + 3 * len(widths) + 1
+    if records or table_width > console.width:
+        why = "" if records else f", one record each: a table would be {table_width} columns wide"
+        console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows{why})", highlight=False)
+        name_w = max(map(len, r.columns), default=0)
+        for n, (row, st) in enumerate(zip(rows, styles), 1):
+            console.print(Text(f"-[ RECORD {n} ]---", style="dim"))
+            for c, text, style in zip(r.columns, row, st):
+                # a long value folds onto lines of its own width, under itself
+                lines = Text(text, style=style).wrap(console, max(console.width - name_w - 2, 20), overflow="fold")
+                if not text:
+                    console.print(Text(c, style="bold"))
+                for i, part in enumerate(lines if text else []):
+                    part.rstrip()
+                    console.print(Text(c.ljust(name_w) if i == 0 else " " * name_w, style="bold" if i == 0 else ""),
+                                  Text("  ") + part, sep="")
+        return
+    console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows)", highlight=False)
+    t = Table()
+    for c, sem in zip(r.columns, sems):
+        numeric = sem and sem not in (semantic.HTTP_RESP_STATUS, semantic.QUANTILES, semantic.DURATION_NS_QUANTILES)
+        t.add_column(c, no_wrap=True, overflow="ellipsis", max_width=max(CELL_MAX, len(c)),
+                     justify="right" if numeric else "left")
+    for row, st in zip(rows, styles):
+        t.add_row(*(Text(text, style=style) for text, style in zip(row, st)))
+    console.print(t)
+    cut = sum(len(text) > CELL_MAX for row in rows for text in row)
+    if cut:
+        console.print(f"[dim]{cut} values longer than {CELL_MAX} characters cut (…): -o records, -o json or "
+                      f"-o csv show them whole[/dim]", highlight=False)
