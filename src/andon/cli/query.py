@@ -172,6 +172,9 @@ def _print_result(console, r, records: bool) -> None:
     styles = [[semantic.style(sem, c, v) for v, sem, c in zip(row, sems, r.columns)] for row in r.rows]
     widths = [max([len(c), *(min(len(row[i]), CELL_MAX) for row in rows)]) for i, c in enumerate(r.columns)]
     table_width = sum(widths) + 3 * len(widths) + 1
+    if not rows and table_width > console.width:
+        console.print(f"[bold]{r.name}[/bold] (0 rows)", highlight=False)
+        return
     if records or table_width > console.width:
         why = "" if records else f", one record each: a table would be {table_width} columns wide"
         console.print(f"[bold]{r.name}[/bold] ({len(r.rows)} rows{why})", highlight=False)

@@ -2,8 +2,8 @@
 
 Functions take column expressions (:class:`~andon.query.plan.Expr`) or plain values; on
 plain values most compute in Python (``px.DurationNanos(10 * ns_per_s)`` is a number),
-on columns they build SQL. Kubernetes lookups (``px.ip_to_pod_id``...) have nothing to
-look up on one host: they return '' so Pixie's "is it a pod?" branches take the IP path.
+on columns they build SQL. Kubernetes lookups (``px.ip_to_pod_id``...) take a pod to be
+a container, known by the addresses its traced processes report.
 """
 
 from __future__ import annotations
@@ -453,10 +453,14 @@ def make_px(now_ns: int) -> dict[str, object]:
     for key in ("pod_name", "service_name", "container_name", "container_id", "cmdline", "node_name",
                 "namespace", "pod_id", "service_id", "hostname"):
         add(f"upid_to_{key}", _upid_to(key), 1)
-    for name in ("ip_to_pod_id", "pod_id_to_pod_name", "pod_id_to_service_name", "pod_id_to_namespace",
-                 "pod_id_to_node_name", "pod_name_to_service_name", "service_id_to_service_name",
-                 "pod_id_to_service_id", "ip_to_service_id"):
-        add(name, _empty_expr, 1)
+    for name in ("ip_to_pod_id", "ip_to_service_id"):
+        add(name, _lookup(name, _ADDR_TO_CONTAINER), 1)
+    for name in ("pod_id_to_pod_name", "pod_id_to_service_name", "service_id_to_service_name"):
+        add(name, _lookup(name, _CONTAINER_NAMES), 1)
+    for name in ("pod_id_to_service_id", "pod_name_to_service_name"):  # one container: pod and service
+        add(name, _same_str, 1)
+    add("pod_id_to_namespace", _empty_expr, 1)
+    add("pod_id_to_node_name", _node_of, 1)
     add("regex_match", _regex_match, 2)
     add("replace", _replace, 3)
     add("normalize_pgsql", _normalize("pgsql"), 2)
@@ -474,3 +478,53 @@ def _empty_expr(v):
     if isinstance(v, Expr):
         return combine("''", STR, v)
     return ""
+
+
+# ---- Kubernetes lookups on one host: a pod is a container ----------------------------------
+# Pixie maps a peer's IP to its pod from the cluster's metadata. On one host the tables know
+# the containers' addresses: a traced process in a container reports its own address as
+# local_addr. An address maps to a container when every row that has it as local_addr, in
+# any protocol table, belongs to that one container: host processes, host-network containers
+# and loopback (each namespace has its own) never do.
+_PEER_TABLES = ("http_events", "pgsql_events", "mysql_events", "redis_events", "dns_events")
+# What a query's lookups read: every (local_addr, container_id, container_name) in the protocol
+# tables, made once per run (``prepare_lookups``) as a temporary table, so each lookup is a map
+# over a few rows instead of a scan of every table.
+PODS = "_andon_pods"
+
+
+def prepare_lookups(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Before a run whose SQL uses the Kubernetes lookups: their table, from the rows as they are now."""
+    if PODS in sql:
+        union = " UNION ALL ".join(f"SELECT local_addr, container_id, container_name FROM {q(t)}"
+                                   for t in _PEER_TABLES)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PODS} AS SELECT DISTINCT * FROM ({union})")
+
+
+_ADDR_TO_CONTAINER = (
+    f"(SELECT map(list(a), list(c)) FROM (SELECT local_addr AS a, min(container_id) AS c FROM {PODS} "
+    "WHERE local_addr NOT LIKE '127.%' AND local_addr NOT LIKE '::ffff:127.%' AND local_addr NOT IN ('', '::1') "
+    "GROUP BY local_addr HAVING count(DISTINCT container_id) = 1 AND min(container_id) <> ''))")
+_CONTAINER_NAMES = (
+    f"(SELECT map(list(i), list(n)) FROM (SELECT container_id AS i, max(container_name) AS n FROM {PODS} "
+    "WHERE container_id <> '' GROUP BY container_id))")
+
+
+def _lookup(name: str, table_sql: str) -> Callable[[object], Expr]:
+    """A lookup of its argument (a column or a plain string) in a map the tables give, '' when absent."""
+    def fn(v: object) -> Expr:
+        key = v.sql if isinstance(v, Expr) else lit(_need_str(name, v))
+        return combine(f"COALESCE(map_extract_value({table_sql}, {key}), '')", STR, v)
+    return fn
+
+
+def _same_str(v: object) -> object:
+    return combine(f"CAST({v.sql} AS VARCHAR)", STR, v) if isinstance(v, Expr) else str(v)
+
+
+def _node_of(v: object) -> object:
+    """The node of a pod: this host, for a container; '' for no pod."""
+    host = socket.gethostname()
+    if isinstance(v, Expr):
+        return combine(f"(CASE WHEN {v.sql} <> '' THEN {lit(host)} ELSE '' END)", STR, v)
+    return host if v else ""

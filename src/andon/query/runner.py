@@ -31,7 +31,7 @@ import yaml
 
 from ..store.catalog import Catalog
 from ..store.schema import BOOLEAN, FLOAT64, STRING, TIME64NS, UINT128
-from .functions import register_udfs
+from .functions import prepare_lookups, register_udfs
 from .plan import BOOL, FLOAT, INT, STR, TIME, Frame, QueryError, q
 from .pxl import Display, Interpreter, SourceTables
 
@@ -193,6 +193,7 @@ def plan_pxl(text: str, catalog: Catalog, *, args: dict[str, str] | None = None,
 def execute(displays: list[Display], catalog: Catalog) -> list[Result]:
     results = []
     register_udfs(catalog.con)
+    prepare_lookups(catalog.con, "\n".join(d.frame.sql for d in displays))
     for d in displays:
         try:
             rows = catalog.con.execute(d.frame.sql).fetchall()
