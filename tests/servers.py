@@ -454,13 +454,14 @@ def _run_python_http(host: str, port: int, cert: str | None, key: str | None) ->
         httpd.server_close()
 
 
-def python_http(*, port: int | None = None, tls: bool = False,
-                netns: NetNs | None = None) -> contextlib.AbstractContextManager[Server]:
+def python_http(*, port: int | None = None, tls: bool = False, netns: NetNs | None = None,
+                host: str = "127.0.0.1") -> contextlib.AbstractContextManager[Server]:
     """The Python server (this file run as a script, comm ``python3``): GET ``/`` (HTTP_ROOT_BODY),
     ``/size/<n>``, ``/status/<code>``, POST ``/echo``; anything else 404. Keep-alive HTTP/1.1,
     a thread per connection. ``tls``: a self-signed cert (``info["cert"]``). ``netns``: serve on
-    the namespace's address from inside it (``ip netns exec`` execs, so ``pid`` is Python's)."""
-    host = netns.ns_ip if netns else "127.0.0.1"
+    the namespace's address from inside it (``ip netns exec`` execs, so ``pid`` is Python's);
+    else on ``host``, an address of the host."""
+    host = netns.ns_ip if netns else host
 
     def build(p: int, d: Path):
         info: dict = {"tls": tls, "netns": netns.name if netns else None}

@@ -516,6 +516,58 @@ def test_http_client_inside_a_podman_container(agent: ObserveAgent, http: S.Serv
     assert {(x["container_id"], x["container_name"]) for x in servers_} == {("", "")}  # the server is on the host
 
 
+def test_a_podman_container_calling_the_host_is_named_as_the_caller(agent: ObserveAgent, tmp_path: Path):
+    """A container with an address of its own (its network namespace, made by the test) calls
+    a server on the host: the server's rows have the container's address as remote_addr, and
+    Pixie's lookups (px.ip_to_pod_id, px.pod_id_to_pod_name) name the container from it."""
+    if why := _podman_ready():
+        pytest.skip(why)
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    name = f"andon-t-{tag}"
+    paths = [f"/status/200?t={tag}", f"/status/404?t={tag}"]
+    with S.netns() as ns, S.python_http(host=ns.host_ip) as srv:
+        server = _comm(srv.pid)
+        perl = ("use IO::Socket::INET; for my $p (@ARGV) { my $s = IO::Socket::INET->new('%s:%d') or die $!; "
+                "print $s \"GET $p HTTP/1.1\\r\\nHost: c\\r\\nConnection: close\\r\\n\\r\\n\"; local $/; "
+                "my $r = <$s>; print((split /\\r\\n/, $r)[0], \"\\n\"); close $s } sleep 2") % (ns.host_ip, srv.port)
+        argv = ["podman", *PODMAN_RUN, "--network", f"ns:/run/netns/{ns.name}", "--name", name, IMAGE,
+                "perl", "-e", perl, *paths]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert out.stdout.split("\n")[:2] == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found"]
+            cid = subprocess.run(["podman", "inspect", "--type", "container", "--format", "{{.Id}}", name],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+            rows = _http_rows(agent, srv, t0, tag, 4)
+        finally:
+            subprocess.run(["podman", "rm", "-f", "-i", name], capture_output=True, timeout=60)
+    assert len(cid) == 64
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (2, 2), agent.log_tail()
+    _made("http_events", 4)
+    assert {(x["local_addr"], x["container_id"], x["comm"]) for x in clients} == {(ns.ns_ip, cid, "perl")}
+    assert {(x["remote_addr"], x["local_addr"], x["container_id"]) for x in servers_} == {(ns.ns_ip, ns.host_ip, "")}
+    # the runtime's name may come after the first rows (see the test above); the id never does
+    named = {x["container_name"] for x in clients} - {""}
+    assert named <= {name}
+    script = tmp_path / "peer.pxl"
+    script.write_text("import px\n"
+                      "df = px.DataFrame(table='http_events', start_time='-5m')\n"
+                      f"df = df[px.contains(df.req_path, 't={tag}') and df.trace_role == {SERVER}]\n"
+                      "df.pod_id = px.ip_to_pod_id(df.remote_addr)\n"
+                      "df.pod = px.pod_id_to_pod_name(df.pod_id)\n"
+                      "df.host = px.ip_to_pod_id(df.local_addr)\n"
+                      "px.display(df[['req_path', 'pod_id', 'pod', 'host']])\n")
+    got = _cli_many(agent, {"peer": [str(script)], "data": ["px/http_data", "--arg", "num_head=100000"]})
+    peer = got["peer"][0]["rows"]
+    assert sorted((r["req_path"], r["pod_id"], r["pod"], r["host"]) for r in peer) == [
+        (p, cid, name if named else "", "") for p in sorted(paths)]
+    data = [r for r in got["data"][0]["rows"] if r["req_path"].endswith(f"t={tag}")]
+    # the server's rows: the caller is the container (its address, if the runtime had not named it yet)
+    assert sorted((r["req_path"], r["source"], r["destination"]) for r in data if r["destination"] == server) == [
+        (p, name if named else ns.ns_ip, server) for p in sorted(paths)]
+
+
 # -- queries -----------------------------------------------------------------------------------------
 def _cli_many(agent: ObserveAgent, calls: dict[str, list[str]], timeout: float = 90.0) -> dict[str, list[dict]]:
     """Run several `andon query ... -o json` at once (each is a Python start-up); their tables."""
