@@ -17,6 +17,7 @@ What the sensor does not see, and these tests therefore do not ask for (docs/obs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -479,31 +481,38 @@ def _podman_ready() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _perl_gets(name: str, network: str, addr: str, port: int, paths: list[str]) -> Iterator[tuple[list[str], str]]:
+    """A podman container ``name`` on ``network`` that GETs each path from addr:port, one request
+    per connection: its status lines and its id, while it is kept (removed on exit).
+    The image has no curl; perl's core IO::Socket writes and reads on one fd. (Not bash's
+    /dev/tcp: `printf >&3` and `read <&3` dup the socket onto fds 1 and 0, and the sensor
+    keys a connection by (pid, fd), so request and response would be two connections.)
+    The container stays a moment after its requests so its cgroup can be read."""
+    perl = ("use IO::Socket::INET; for my $p (@ARGV) { my $s = IO::Socket::INET->new('%s:%d') or die $!; "
+            "print $s \"GET $p HTTP/1.1\\r\\nHost: c\\r\\nConnection: close\\r\\n\\r\\n\"; local $/; my $r = <$s>; "
+            "print((split /\\r\\n/, $r)[0], \"\\n\"); close $s } sleep 2") % (addr, port)
+    argv = ["podman", *PODMAN_RUN, "--network", network, "--name", name, IMAGE, "perl", "-e", perl, *paths]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cid = subprocess.run(["podman", "inspect", "--type", "container", "--format", "{{.Id}}", name],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        assert len(cid) == 64
+        yield out.stdout.split("\n")[:len(paths)], cid
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-i", name], capture_output=True, timeout=60)
+
+
 def test_http_client_inside_a_podman_container(agent: ObserveAgent, http: S.Server):
     if why := _podman_ready():
         pytest.skip(why)
     tag, t0 = secrets.token_hex(4), time.time_ns()
     name = f"andon-t-{tag}"
     paths = [f"/status/200?t={tag}", f"/status/404?t={tag}", f"/status/503?t={tag}"]
-    # the image has no curl; perl's core IO::Socket writes and reads on one fd. (Not bash's
-    # /dev/tcp: `printf >&3` and `read <&3` dup the socket onto fds 1 and 0, and the sensor
-    # keys a connection by (pid, fd), so request and response would be two connections.)
-    # One request per connection; the container stays a moment so its cgroup can be read.
-    perl = ("use IO::Socket::INET; for my $p (@ARGV) { my $s = IO::Socket::INET->new('127.0.0.1:%d') or die $!; "
-            "print $s \"GET $p HTTP/1.1\\r\\nHost: c\\r\\nConnection: close\\r\\n\\r\\n\"; local $/; my $r = <$s>; "
-            "print((split /\\r\\n/, $r)[0], \"\\n\"); close $s } sleep 2") % http.port
-    argv = ["podman", *PODMAN_RUN, "--network", "host", "--name", name, IMAGE, "perl", "-e", perl, *paths]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.split("\n")[:3] == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found",
-                                              "HTTP/1.1 503 Service Unavailable"]
-        cid = subprocess.run(["podman", "inspect", "--type", "container", "--format", "{{.Id}}", name],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
+    with _perl_gets(name, "host", "127.0.0.1", http.port, paths) as (lines, cid):
+        assert lines == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 503 Service Unavailable"]
         rows = _http_rows(agent, http, t0, tag, 6)
-    finally:
-        subprocess.run(["podman", "rm", "-f", "-i", name], capture_output=True, timeout=60)
-    assert len(cid) == 64
     clients, servers_ = _sides(rows)
     assert (len(clients), len(servers_)) == (3, 3), agent.log_tail()
     _made("http_events", 6)
@@ -527,21 +536,9 @@ def test_a_podman_container_calling_the_host_is_named_as_the_caller(agent: Obser
     paths = [f"/status/200?t={tag}", f"/status/404?t={tag}"]
     with S.netns() as ns, S.python_http(host=ns.host_ip) as srv:
         server = _comm(srv.pid)
-        perl = ("use IO::Socket::INET; for my $p (@ARGV) { my $s = IO::Socket::INET->new('%s:%d') or die $!; "
-                "print $s \"GET $p HTTP/1.1\\r\\nHost: c\\r\\nConnection: close\\r\\n\\r\\n\"; local $/; "
-                "my $r = <$s>; print((split /\\r\\n/, $r)[0], \"\\n\"); close $s } sleep 2") % (ns.host_ip, srv.port)
-        argv = ["podman", *PODMAN_RUN, "--network", f"ns:/run/netns/{ns.name}", "--name", name, IMAGE,
-                "perl", "-e", perl, *paths]
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
-            assert out.returncode == 0, out.stderr[-2000:]
-            assert out.stdout.split("\n")[:2] == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found"]
-            cid = subprocess.run(["podman", "inspect", "--type", "container", "--format", "{{.Id}}", name],
-                                 capture_output=True, text=True, timeout=30).stdout.strip()
+        with _perl_gets(name, f"ns:/run/netns/{ns.name}", ns.host_ip, srv.port, paths) as (lines, cid):
+            assert lines == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found"]
             rows = _http_rows(agent, srv, t0, tag, 4)
-        finally:
-            subprocess.run(["podman", "rm", "-f", "-i", name], capture_output=True, timeout=60)
-    assert len(cid) == 64
     clients, servers_ = _sides(rows)
     assert (len(clients), len(servers_)) == (2, 2), agent.log_tail()
     _made("http_events", 4)
