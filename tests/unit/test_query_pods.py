@@ -16,6 +16,7 @@ from andon.query import run_pxl
 from andon.query.runner import run_script
 from andon.store import Store, StoreSettings
 from andon.store.catalog import Catalog
+from andon.store.schema import TABLES
 
 S = 10**9
 NOW = 1_700_000_000 * S
@@ -91,3 +92,15 @@ def test_bundled_scripts_name_the_calling_container(catalog):
     incoming = next(r for r in edges if r.name == "incoming traffic").dicts()
     assert sorted(r["requestor"] for r in incoming) == ["", "db", "web"]  # "": 192.168.7.2, no pod
     assert {r["responder"] for r in incoming} == {"python3"}
+
+
+def test_lookups_over_a_catalog_without_some_protocol_tables_use_those_it_has(catalog):
+    """A Catalog made for some tables only: the lookups read the protocol tables it has (here
+    http_events, so the db container, known from pgsql_events, is unknown) and do not fail."""
+    only_http = Catalog(catalog.data_dir, tables={"http_events": TABLES["http_events"]})
+    try:
+        out = run_pxl(LOOKUPS, only_http, now_ns=NOW)[0].dicts()
+    finally:
+        only_http.close()
+    assert [(r["req_path"], r["trace_role"], r["pod_id"], r["pod"]) for r in out if r["pod_id"] or
+            r["req_path"] == "/db"] == [("/web", 2, "c1", "web"), ("/db", 2, "", "")]

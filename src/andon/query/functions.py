@@ -13,7 +13,7 @@ import json
 import math
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -493,12 +493,20 @@ _PEER_TABLES = ("http_events", "pgsql_events", "mysql_events", "redis_events", "
 PODS = "_andon_pods"
 
 
-def prepare_lookups(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Before a run whose SQL uses the Kubernetes lookups: their table, from the rows as they are now."""
-    if PODS in sql:
-        union = " UNION ALL ".join(f"SELECT local_addr, container_id, container_name FROM {q(t)}"
-                                   for t in _PEER_TABLES)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {PODS} AS SELECT DISTINCT * FROM ({union})")
+def prepare_lookups(con: duckdb.DuckDBPyConnection, sql: str, tables: Iterable[str]) -> None:
+    """Before a run whose SQL uses the Kubernetes lookups: their table, from the rows of the
+    protocol tables among ``tables`` as they are now."""
+    if PODS not in sql:
+        return
+    sources = [f"SELECT local_addr, container_id, container_name FROM {q(t)}" for t in _PEER_TABLES if t in tables]
+    union = " UNION ALL ".join(sources) or "SELECT ''::VARCHAR, ''::VARCHAR, ''::VARCHAR WHERE false"
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PODS} (local_addr VARCHAR, container_id VARCHAR, "
+                    "container_name VARCHAR)")
+        con.execute(f"INSERT INTO {PODS} SELECT DISTINCT * FROM ({union})")
+    except duckdb.Error as e:
+        raise QueryError(f"px.ip_to_pod_id and the other pod lookups could not read the tables: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 _ADDR_TO_CONTAINER = (

@@ -193,7 +193,7 @@ def plan_pxl(text: str, catalog: Catalog, *, args: dict[str, str] | None = None,
 def execute(displays: list[Display], catalog: Catalog) -> list[Result]:
     results = []
     register_udfs(catalog.con)
-    prepare_lookups(catalog.con, "\n".join(d.frame.sql for d in displays))
+    prepare_lookups(catalog.con, "\n".join(d.frame.sql for d in displays), catalog.tables)
     for d in displays:
         try:
             rows = catalog.con.execute(d.frame.sql).fetchall()
