@@ -156,3 +156,80 @@ def test_tuning_by_appending_lists_and_exceptions() -> None:
     assert "socat" in rules["Reverse shell"].full_condition
     assert not rules["Package manager run in container"].enabled
     assert res.ruleset.evttypes() == load().ruleset.evttypes()  # exec is still needed by others
+
+
+# --- runc's own execs are not the container's entrypoint ----------------------------------------
+
+CID = "96791fd7685d" + "ab" * 26  # 64 hex
+ALL_CAPS = 0x1FFFFFFFFFF
+PODMAN_CAPS = 0x800425FB  # podman's default set: CHOWN ... SETFCAP, no SYS_ADMIN
+CAP_SYS_ADMIN = 1 << 21
+
+
+def _exec(ts: int, pid: int, comm: str, filename: str, exepath: str, ppid: int, cgroup: str, caps: int):
+    from andon.events.schema import Event, EventType, ExecInfo
+
+    x = ExecInfo(caps, caps, pid * 1000, 0, 0, ppid, 0, 0, 0xFFFFFFFF, 0, pid, 4026531836, 1, 1, 1, 0,
+                 exepath=exepath, filename=filename, cwd="/", cgroup=cgroup, cgroup2=cgroup, argv=[filename])
+    return Event(ts=ts, type=EventType.EXEC, nr=59, pid=pid, tid=pid, uid=0, gid=0, cgroup_id=1, ret=0,
+                 args=(0,) * 6, comm=comm, exec=x)
+
+
+def _runc_start(entry_caps: int, exe_in_container: bool) -> list:
+    """What the event sensor saw of `podman run --runtime runc ... sh` (pids from a real run):
+    conmon starts `runc create`, which execs itself as `/proc/self/exe init` (comm `exe`),
+    which re-execs from a sealed memfd copy (comm `runc`, no path); then runc's init execs
+    the entrypoint. runc moves its init into the container's cgroup while it execs, so the
+    `exe` exec is seen in either cgroup, depending on who wins."""
+    host, ctr = "/", f"libpod-{CID}"
+    ts = 10**18
+    return [
+        _exec(ts + 1, 889, "conmon", "/usr/bin/conmon", "/usr/bin/conmon", 1, host, ALL_CAPS),
+        _exec(ts + 2, 890, "runc", "/usr/sbin/runc", "/usr/sbin/runc", 889, host, ALL_CAPS),
+        _exec(ts + 3, 897, "exe", "/proc/self/exe", "/usr/sbin/runc", 890, ctr if exe_in_container else host,
+              ALL_CAPS),
+        _exec(ts + 4, 897, "runc", "", "/", 890, ctr, ALL_CAPS),
+        _exec(ts + 5, 899, "sh", "/usr/bin/sh", "/usr/bin/dash", 889, ctr, entry_caps),
+    ]
+
+
+def _replay_default_rules(tmp_path: Path, evs: list) -> list[tuple[str, dict]]:
+    from andon.app.agent import Agent
+    from andon.app.config import AgentConfig
+    from andon.events.capture import CaptureHeader, CaptureWriter
+    from andon.events.schema import encode_record
+
+    cap = tmp_path / "runc.andoncap"
+    with CaptureWriter(cap, CaptureHeader(boot_offset=0, types=["all"])) as w:
+        for e in evs:
+            w.write_record(encode_record(e))
+    alerts: list[tuple[str, dict]] = []
+
+    class Collect:
+        def emit(self, a) -> None:
+            alerts.append((a.rule, dict(a.output_fields)))
+
+        def close(self) -> None:
+            pass
+
+    cfg = AgentConfig(rules_files=(DEFAULT_RULES,), watch_config_files=False, rule_matching="all")
+    agent = Agent(cfg, Collect(), rules_paths=[DEFAULT_RULES], status=open("/dev/null", "w"))
+    agent.run_replay(cap)
+    return alerts
+
+
+@pytest.mark.parametrize("exe_in_container", [False, True], ids=["exe-on-host", "exe-in-container"])
+def test_runc_init_is_not_a_privileged_entrypoint(tmp_path: Path, exe_in_container: bool) -> None:
+    # runc's init has every capability until it execs the entrypoint: were its `exe` exec taken
+    # for the entrypoint, every container would be "privileged" (this flaked in CI once)
+    alerts = _replay_default_rules(tmp_path, _runc_start(PODMAN_CAPS, exe_in_container))
+    assert [(r, f["proc.name"]) for r, f in alerts if r == "Privileged container started"] == []
+    assert [(r, f["proc.name"], f["container.id"]) for r, f in alerts if r == "Shell spawned in container"] == [
+        ("Shell spawned in container", "sh", CID[:12])]
+
+
+def test_a_privileged_entrypoint_still_alerts_after_runc_init(tmp_path: Path) -> None:
+    alerts = _replay_default_rules(tmp_path, _runc_start(PODMAN_CAPS | CAP_SYS_ADMIN, True))
+    fired = [(f["proc.name"], f["proc.pname"], f["container.id"]) for r, f in alerts
+             if r == "Privileged container started"]
+    assert fired == [("sh", "conmon", CID[:12])]
