@@ -104,3 +104,35 @@ def test_lookups_over_a_catalog_without_some_protocol_tables_use_those_it_has(ca
         only_http.close()
     assert [(r["req_path"], r["trace_role"], r["pod_id"], r["pod"]) for r in out if r["pod_id"] or
             r["req_path"] == "/db"] == [("/web", 2, "c1", "web"), ("/db", 2, "", "")]
+
+
+def test_an_address_reused_by_another_container_names_the_one_in_the_scripts_time_range(tmp_path):
+    """10.88.0.9 was container c5's an hour ago and is c6's now: a script over the last minute
+    names c6, one over the last two hours cannot tell (''), one over an hour ago names c5."""
+    hour = 3600 * S
+    with Store(StoreSettings(data_dir=tmp_path, control_socket=False)) as st:
+        st.append("http_events", [
+            {**http(0, "/then", 1, "10.88.0.9", "10.88.0.1", "curl", "c5", "old"), "time_": NOW - hour},
+            {**http(1, "/then", 2, "10.88.0.1", "10.88.0.9", "python3"), "time_": NOW - hour + S},
+            http(2, "/now", 1, "10.88.0.9", "10.88.0.1", "curl", "c6", "new"),
+            http(3, "/now", 2, "10.88.0.1", "10.88.0.9", "python3"),
+        ])
+    c = Catalog(tmp_path)
+    try:
+        def callers(start: str, end: str | None = None) -> list[tuple[str, str]]:
+            span = f", start_time='{start}'" + (f", end_time='{end}'" if end else "")
+            out = run_pxl("import px\n"
+                          f"df = px.DataFrame(table='http_events'{span})\n"
+                          "df = df[df.trace_role == 2]\n"
+                          "df.pod = px.pod_id_to_pod_name(px.ip_to_pod_id(df.remote_addr))\n"
+                          "px.display(df[['req_path', 'pod']])\n", c, now_ns=NOW)[0].dicts()
+            return [(r["req_path"], r["pod"]) for r in out]
+
+        assert callers("-1m") == [("/now", "new")]
+        assert callers("-2h") == [("/then", ""), ("/now", "")]
+        assert callers("-2h", "-30m") == [("/then", "old")]
+        # http_data's source column, over the last minute
+        data = run_script("px/http_data", c, args={"start_time": "-1m"}, now_ns=NOW)[0].dicts()
+        assert sorted((r["req_path"], r["source"]) for r in data) == [("/now", "new"), ("/now", "new")]
+    finally:
+        c.close()

@@ -13,13 +13,17 @@ import json
 import math
 import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from . import semantic
 from .plan import AGGREGATES, BOOL, FLOAT, INT, STR, TIME, Expr, Frame, QueryError, lit, lit_type, q
+
+if TYPE_CHECKING:
+    from ..store.catalog import Catalog
 
 NS = {"nanoseconds": 1, "microseconds": 10**3, "milliseconds": 10**6, "seconds": 10**9, "minutes": 60 * 10**9,
       "hours": 3600 * 10**9, "days": 86400 * 10**9}
@@ -493,13 +497,23 @@ _PEER_TABLES = ("http_events", "pgsql_events", "mysql_events", "redis_events", "
 PODS = "_andon_pods"
 
 
-def prepare_lookups(con: duckdb.DuckDBPyConnection, sql: str, tables: Iterable[str]) -> None:
+def prepare_lookups(catalog: Catalog, sql: str, since_ns: int | None = None, until_ns: int | None = None) -> None:
     """Before a run whose SQL uses the Kubernetes lookups: their table, from the rows of the
-    protocol tables among ``tables`` as they are now."""
+    catalog's protocol tables in the run's time range [since_ns, until_ns) (None: unbounded),
+    as they are now: an address two containers held at different times names the one that
+    held it then."""
     if PODS not in sql:
         return
-    sources = [f"SELECT local_addr, container_id, container_name FROM {q(t)}" for t in _PEER_TABLES if t in tables]
+    conds = []
+    if since_ns is not None:
+        conds.append(f"time_ >= {int(since_ns)}")
+    if until_ns is not None:
+        conds.append(f"time_ < {int(until_ns)}")
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    sources = [f"SELECT local_addr, container_id, container_name FROM ({catalog.source_sql(t, since_ns, until_ns)})"
+               f" AS s{where}" for t in _PEER_TABLES if t in catalog.tables]
     union = " UNION ALL ".join(sources) or "SELECT ''::VARCHAR, ''::VARCHAR, ''::VARCHAR WHERE false"
+    con = catalog.con
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {PODS} (local_addr VARCHAR, container_id VARCHAR, "
                     "container_name VARCHAR)")

@@ -42,6 +42,9 @@ _MAX_SEQ = 100_000  # longest string/list a script may build
 class Display:
     name: str
     frame: Frame
+    # the time range of every table the script read, [since, until) in ns (None: unbounded);
+    # the pod lookups read the same range
+    window: tuple[int | None, int | None] = (None, None)
 
 
 @dataclass

@@ -55,11 +55,22 @@ class Result:
 class CatalogTables(SourceTables):
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.windows: list[tuple[int | None, int | None]] = []  # of every frame made
+
+    def window(self) -> tuple[int | None, int | None]:
+        """The smallest time range that holds every frame made (None: unbounded)."""
+        if not self.windows:
+            return (None, None)
+        starts = [w[0] for w in self.windows]
+        ends = [w[1] for w in self.windows]
+        return (None if None in starts else min(s for s in starts if s is not None),
+                None if None in ends else max(e for e in ends if e is not None))
 
     def frame(self, table: str, since_ns: int | None, until_ns: int | None) -> Frame:
         schema = self.catalog.tables.get(table)
         if schema is None:
             raise QueryError(f"unknown table {table!r}", hint=f"tables: {', '.join(sorted(self.catalog.tables))}")
+        self.windows.append((since_ns, until_ns))
         conds = []
         if since_ns is not None:
             conds.append(f"{q('time_')} >= {since_ns}")
@@ -136,9 +147,18 @@ def plan_pxl(text: str, catalog: Catalog, *, args: dict[str, str] | None = None,
              vis: dict[str, Any] | None = None, now_ns: int | None = None,
              filename: str = "<script>") -> list[Display]:
     """Interpret the script; the frames it shows, not yet run."""
+    tables = CatalogTables(catalog)
+    displays = _plan(text, tables, args=args, func=func, vis=vis, now_ns=now_ns, filename=filename)
+    window = tables.window()
+    for d in displays:
+        d.window = window
+    return displays
+
+
+def _plan(text: str, tables: CatalogTables, *, args: dict[str, str] | None, func: str | None,
+          vis: dict[str, Any] | None, now_ns: int | None, filename: str) -> list[Display]:
     args = dict(args or {})
-    interp = Interpreter(text, CatalogTables(catalog), now_ns=time.time_ns() if now_ns is None else now_ns,
-                         filename=filename)
+    interp = Interpreter(text, tables, now_ns=time.time_ns() if now_ns is None else now_ns, filename=filename)
     for k, v in args.items():  # top-level scripts may use --arg values as variables
         interp.globals.setdefault(k, v)
     interp.run_module()
@@ -193,7 +213,11 @@ def plan_pxl(text: str, catalog: Catalog, *, args: dict[str, str] | None = None,
 def execute(displays: list[Display], catalog: Catalog) -> list[Result]:
     results = []
     register_udfs(catalog.con)
-    prepare_lookups(catalog.con, "\n".join(d.frame.sql for d in displays), catalog.tables)
+    starts = [d.window[0] for d in displays]
+    ends = [d.window[1] for d in displays]
+    since = None if None in starts or not starts else min(starts)
+    until = None if None in ends or not ends else max(ends)
+    prepare_lookups(catalog, "\n".join(d.frame.sql for d in displays), since, until)
     for d in displays:
         try:
             rows = catalog.con.execute(d.frame.sql).fetchall()
