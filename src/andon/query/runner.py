@@ -52,19 +52,20 @@ class Result:
         return [dict(zip(self.columns, r)) for r in self.rows]
 
 
+def span(windows: list[tuple[int | None, int | None]]) -> tuple[int | None, int | None]:
+    """The smallest time range [since, until) that holds all of ``windows`` (None: unbounded)."""
+    if not windows:
+        return (None, None)
+    starts = [w[0] for w in windows]
+    ends = [w[1] for w in windows]
+    return (None if None in starts else min(s for s in starts if s is not None),
+            None if None in ends else max(e for e in ends if e is not None))
+
+
 class CatalogTables(SourceTables):
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.windows: list[tuple[int | None, int | None]] = []  # of every frame made
-
-    def window(self) -> tuple[int | None, int | None]:
-        """The smallest time range that holds every frame made (None: unbounded)."""
-        if not self.windows:
-            return (None, None)
-        starts = [w[0] for w in self.windows]
-        ends = [w[1] for w in self.windows]
-        return (None if None in starts else min(s for s in starts if s is not None),
-                None if None in ends else max(e for e in ends if e is not None))
 
     def frame(self, table: str, since_ns: int | None, until_ns: int | None) -> Frame:
         schema = self.catalog.tables.get(table)
@@ -149,7 +150,7 @@ def plan_pxl(text: str, catalog: Catalog, *, args: dict[str, str] | None = None,
     """Interpret the script; the frames it shows, not yet run."""
     tables = CatalogTables(catalog)
     displays = _plan(text, tables, args=args, func=func, vis=vis, now_ns=now_ns, filename=filename)
-    window = tables.window()
+    window = span(tables.windows)
     for d in displays:
         d.window = window
     return displays
@@ -213,10 +214,7 @@ def _plan(text: str, tables: CatalogTables, *, args: dict[str, str] | None, func
 def execute(displays: list[Display], catalog: Catalog) -> list[Result]:
     results = []
     register_udfs(catalog.con)
-    starts = [d.window[0] for d in displays]
-    ends = [d.window[1] for d in displays]
-    since = None if None in starts or not starts else min(starts)
-    until = None if None in ends or not ends else max(ends)
+    since, until = span([d.window for d in displays])
     prepare_lookups(catalog, "\n".join(d.frame.sql for d in displays), since, until)
     for d in displays:
         try:
