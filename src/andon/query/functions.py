@@ -504,14 +504,8 @@ def prepare_lookups(catalog: Catalog, sql: str, since_ns: int | None = None, unt
     held it then."""
     if PODS not in sql:
         return
-    conds = []
-    if since_ns is not None:
-        conds.append(f"time_ >= {int(since_ns)}")
-    if until_ns is not None:
-        conds.append(f"time_ < {int(until_ns)}")
-    where = f" WHERE {' AND '.join(conds)}" if conds else ""
-    sources = [f"SELECT local_addr, container_id, container_name FROM ({catalog.source_sql(t, since_ns, until_ns)})"
-               f" AS s{where}" for t in _PEER_TABLES if t in catalog.tables]
+    sources = [f"SELECT local_addr, container_id, container_name FROM ({catalog.rows_sql(t, since_ns, until_ns)})"
+               for t in _PEER_TABLES if t in catalog.tables]
     union = " UNION ALL ".join(sources) or "SELECT ''::VARCHAR, ''::VARCHAR, ''::VARCHAR WHERE false"
     con = catalog.con
     try:

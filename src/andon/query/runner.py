@@ -32,7 +32,7 @@ import yaml
 from ..store.catalog import Catalog
 from ..store.schema import BOOLEAN, FLOAT64, STRING, TIME64NS, UINT128
 from .functions import prepare_lookups, register_udfs
-from .plan import BOOL, FLOAT, INT, STR, TIME, Frame, QueryError, q
+from .plan import BOOL, FLOAT, INT, STR, TIME, Frame, QueryError
 from .pxl import Display, Interpreter, SourceTables
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
@@ -72,16 +72,9 @@ class CatalogTables(SourceTables):
         if schema is None:
             raise QueryError(f"unknown table {table!r}", hint=f"tables: {', '.join(sorted(self.catalog.tables))}")
         self.windows.append((since_ns, until_ns))
-        conds = []
-        if since_ns is not None:
-            conds.append(f"{q('time_')} >= {since_ns}")
-        if until_ns is not None:
-            conds.append(f"{q('time_')} < {until_ns}")
-        src = self.catalog.source_sql(table, since_ns, until_ns)
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         types = {c.name: _COARSE.get(c.type, INT) for c in schema.columns}
         sems = {c.name: c.semantic for c in schema.columns if c.semantic}
-        return Frame(f"SELECT * FROM ({src}) AS src{where}", schema.names, types, table, sems)
+        return Frame(self.catalog.rows_sql(table, since_ns, until_ns), schema.names, types, table, sems)
 
 
 def find_script(name: str) -> Path:

@@ -65,11 +65,10 @@ def top_sql(catalog: Catalog, since_ns: int, until_ns: int, *, client: bool = Fa
     for table, (proto, endpoint, error, which) in ENDPOINTS.items():
         if table not in catalog.tables:
             continue
-        src = catalog.source_sql(table, since_ns, until_ns)
+        src = catalog.rows_sql(table, since_ns, until_ns)
         parts.append(
             f"SELECT '{proto}' AS protocol, {_SERVICE} AS service, {port} AS port, {endpoint} AS endpoint, "
-            f"({error}) AS is_error, latency FROM ({src}) "
-            f"WHERE time_ >= {int(since_ns)} AND time_ < {int(until_ns)} AND {role} AND {which}"
+            f"({error}) AS is_error, latency FROM ({src}) AS rows WHERE {role} AND {which}"
         )
     union = " UNION ALL ".join(parts)
     return (

@@ -70,6 +70,17 @@ class Catalog:
             return f"SELECT {typed} WHERE false"
         return f"SELECT {cols} FROM read_parquet({seg.sql_file_list(files)}, union_by_name=true)"
 
+    def rows_sql(self, name: str, since_ns: int | None = None, until_ns: int | None = None) -> str:
+        """A SELECT of the table's rows with ``time_`` in [since_ns, until_ns) (None: unbounded),
+        reading only the segments that overlap that range."""
+        conds = []
+        if since_ns is not None:
+            conds.append(f'"time_" >= {int(since_ns)}')
+        if until_ns is not None:
+            conds.append(f'"time_" < {int(until_ns)}')
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return f"SELECT * FROM ({self.source_sql(name, since_ns, until_ns)}) AS src{where}"
+
     def row_count(self, name: str) -> int:
         return sum(s.rows for s in self.files.get(name, ()))
 
