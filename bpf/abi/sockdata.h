@@ -22,6 +22,7 @@ enum sd_rec_type {
 	SD_REC_OPEN = 1,  /* struct andon_sd_open: a connection was seen for the first time */
 	SD_REC_DATA = 2,  /* struct andon_sd_data: one read or write of an enabled protocol */
 	SD_REC_CLOSE = 3, /* struct andon_sd_close: close(2) of a tracked connection's fd */
+	SD_REC_LIB = 4,   /* struct andon_sd_lib: a libssl file was mapped executable (with watch_libs) */
 };
 
 /* where a connection was first seen: field `origin` of struct andon_sd_open */
@@ -163,6 +164,17 @@ struct andon_sd_close {
 	__u32 _pad;
 };
 
+/* A process mapped a file named libssl.so.* executable (mmap(2) with PROT_EXEC and an fd): the
+ * reader finds the file in /proc/<pid>/maps and puts the TLS uprobes on it, if it is new.
+ * Header fields role, protocol and conn_id are 0; fd is the mmap's fd. */
+struct andon_sd_lib {
+	struct andon_sd_hdr h;
+	/* field 1: addr (u64) where the mapping starts (mmap's result) */
+	__u64 addr;
+	/* field 2: ino (u64) the mapped file's inode number */
+	__u64 ino;
+};
+
 /* load-time settings, in .rodata */
 struct andon_sd_config {
 	/* field 0: self_tgid (u32) the agent's own pid: never traced */
@@ -180,6 +192,9 @@ struct andon_sd_config {
 	 * the first record after it had caught up); N: no wake-up but one each time the backlog
 	 * crosses a multiple of 1 << N bytes (the reader also reads on a timer) */
 	__u32 wakeup_shift;
+	/* field 6: watch_libs (u32) 1: send a SD_REC_LIB record when a traced process maps a
+	 * libssl file executable (set when the TLS uprobes are loaded) */
+	__u32 watch_libs;
 };
 
 #endif

@@ -212,6 +212,7 @@ struct {
 struct andon_sd_open __sd_btf_open SEC(".andon.btf") __attribute__((used));
 struct andon_sd_close __sd_btf_close SEC(".andon.btf") __attribute__((used));
 struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
+struct andon_sd_lib __sd_btf_lib SEC(".andon.btf") __attribute__((used));
 
 #define BOUND(x, mask) ({ __u64 __v = (x); asm volatile("%[v] &= %[m]" : [v] "+r"(__v) : [m] "i"(mask)); __v; })
 
@@ -235,6 +236,8 @@ struct andon_sd_config __sd_btf_config SEC(".andon.btf") __attribute__((used));
 #define NR_EXECVE 59
 #define NR_EXECVEAT 322
 #define NR_CLOSE_RANGE 436
+#define NR_MMAP 9
+#define PROT_EXEC 0x4
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 
 #define TS_COMPAT 0x0002
@@ -1050,6 +1053,43 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		sd__count(SD_STAT_TLS_CHUNKS, 1);
 }
 
+/* mmap(2) of fd with PROT_EXEC returned addr: when the file is named libssl.so.*, tell the
+ * reader, which puts the TLS uprobes on that file if it is new to it. This is how a library
+ * loaded late (Python's `import ssl`), by an exec in the same pid, or from a directory of
+ * its own (LD_LIBRARY_PATH, a new container image) is probed within milliseconds, not at
+ * the reader's next rescan. The dynamic loader maps a library's code segment once with
+ * PROT_EXEC, so this is one record per process per load. */
+static __always_inline void sd__on_exec_map(long fd, __u64 addr, __u64 pid_tgid, const int btf)
+{
+	struct file *f = btf ? andon_fd_file_btf(fd) : andon_fd_file(fd);
+	if (!f)
+		return;
+	const unsigned char *name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+	char b[10];
+	if (bpf_probe_read_kernel(b, sizeof(b), name))
+		return;
+	if (b[0] != 'l' || b[1] != 'i' || b[2] != 'b' || b[3] != 's' || b[4] != 's' || b[5] != 'l' ||
+	    b[6] != '.' || b[7] != 's' || b[8] != 'o' || b[9] != '.')
+		return;
+	struct andon_sd_lib *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
+	if (!r) {
+		sd__count(SD_STAT_DROPS, 1);
+		return;
+	}
+	r->h.type = SD_REC_LIB;
+	r->h.role = 0;
+	r->h.protocol = 0;
+	r->h.pid = pid_tgid >> 32;
+	r->h.tid = (__u32)pid_tgid;
+	r->h.fd = fd;
+	r->h.ts = bpf_ktime_get_boot_ns();
+	r->h.conn_id = 0;
+	r->addr = addr;
+	r->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP); /* rare, and the sooner the probes are on, the better */
+	sd__count(SD_STAT_EVENTS, 1);
+}
+
 /* Whether this process is traced at all (the agent itself, the pid filter). */
 static __always_inline int sd__traced(__u64 pid_tgid)
 {
@@ -1093,6 +1133,15 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 		if (ret != 0)
 			return 0;
 		break;
+	case NR_MMAP: { /* an executable mapping of a file (anonymous memory is most mmaps) */
+		if (!sd_cfg.watch_libs || (unsigned long)ret >= (unsigned long)-4095L)
+			return 0;
+		long prot = btf ? regs->dx : BPF_CORE_READ(regs, dx);
+		long mfd = btf ? regs->r8 : BPF_CORE_READ(regs, r8);
+		if (!(prot & PROT_EXEC) || (int)mfd < 0)
+			return 0;
+		break;
+	}
 	default:
 		return 0;
 	}
@@ -1136,6 +1185,9 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 	case NR_CLOSE_RANGE:
 		if (!((__u32)r.a[2] & CLOSE_RANGE_CLOEXEC)) /* that one only marks them close-on-exec */
 			sd__on_unseen_closes(pid_tgid, (__u32)r.a[0], (__u32)r.a[1], SD_CLOSE_SYSCALL);
+		return 0;
+	case NR_MMAP:
+		sd__on_exec_map((int)r.a[4], ret, pid_tgid, btf);
 		return 0;
 	}
 	sd__on_data(nr, &r, ret, pid_tgid, btf);

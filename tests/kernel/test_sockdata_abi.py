@@ -58,6 +58,7 @@ def test_header(btf):
     [
         ("andon_sd_open", sd.OPEN, sd.OPEN_FIELDS),
         ("andon_sd_close", sd.CLOSE, sd.CLOSE_FIELDS),
+        ("andon_sd_lib", sd.LIB, sd.LIB_FIELDS),
     ],
 )
 def test_records(btf, cname, fmt, fields):

@@ -475,6 +475,8 @@ def _wait_for_file(src: SockSource, path: Path, timeout: float = 10.0) -> None:
 
 
 def test_process_started_later_with_its_own_libssl_is_found_by_rescan(shared, cert, tmp_path):
+    """The child maps its libssl before the test adds its pid to the filter, so the sensor
+    sends no record of the mapping: the rescan finds the file."""
     if not Path(LIBSSL).exists():
         pytest.skip(f"no {LIBSSL}")
     src = shared
@@ -494,9 +496,61 @@ def test_process_started_later_with_its_own_libssl_is_found_by_rescan(shared, ce
     found = next(f for f in src.tls.files.values() if f.path.endswith(str(lib / "libssl.so.3")))
     assert found.pid == child.pid and found.path == f"/proc/{child.pid}/root{lib}/libssl.so.3"
     assert set(found.functions) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"}
+    assert found.lag_ms is None  # not found through a mapping record
     by = conns(recs)
     assert plain(by[Role.CLIENT], Direction.EGRESS) == REQ and plain(by[Role.SERVER], Direction.EGRESS) == RESP
     assert all(r.encrypted for r in data(recs))
+
+
+# Seen first, libssl later: the child prints {"pid"} and waits; then it runs TLS_CHILD, which
+# loads libssl (its `import ssl`), prints {"pid", "port"} and waits again.
+LATE_PYTHON = "import json, os, sys\nprint(json.dumps({{'pid': os.getpid()}}), flush=True)\nsys.stdin.readline()\n{code}"
+LATE_EXEC = 'echo "{{\\"pid\\": $$}}"; read go; exec {python} -c "$0"'
+
+
+@pytest.mark.parametrize("how", ["import", "exec"])
+def test_libssl_loaded_after_the_process_was_scanned_is_probed_at_its_mapping(shared, cert, tmp_path, how):
+    """A process the rescans had already read, that then loads a libssl file new to the
+    sensor: by a late `import ssl`, or by an exec in the same pid. Rescans never read a seen
+    pid again; the sensor's record of the mapping gets the file probed."""
+    if not Path(LIBSSL).exists():
+        pytest.skip(f"no {LIBSSL}")
+    src = shared
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(LIBSSL, lib / "libssl.so.3")
+    code = TLS_CHILD.format(cert=cert[0], key=cert[1], req=REQ, resp=RESP, client="k.sendall(REQ)",
+                            server_read=65536)
+    if how == "import":
+        argv = [sys.executable, "-c", LATE_PYTHON.format(code=code)]
+    else:
+        argv = ["sh", "-c", LATE_EXEC.format(python=sys.executable), code]
+    before = src.stats()
+    child = Child(src, argv, env=dict(os.environ, LD_LIBRARY_PATH=str(lib)))
+    assert src.tls is not None
+    scans = src.tls.scans
+    deadline = time.monotonic() + 10
+    while src.tls.scans < scans + 2 and time.monotonic() < deadline:  # two rescans have read this pid
+        list(src.read(0.05))
+    assert src.tls.scans >= scans + 2
+    assert "libssl" not in Path(f"/proc/{child.pid}/maps").read_text()
+    # TRIGGER: libssl is loaded now
+    assert child.p.stdin and child.p.stdout
+    child.p.stdin.write("go\n")
+    child.p.stdin.flush()
+    assert json.loads(child.p.stdout.readline())["pid"] == child.pid  # same pid after the exec
+    assert str(lib / "libssl.so.3") in Path(f"/proc/{child.pid}/maps").read_text()
+    _wait_for_file(src, lib / "libssl.so.3", timeout=5.0)
+    child.go()
+    recs = collect(src, {child.pid}, closes=2)
+    # ASSERT
+    found = next(f for f in src.tls.files.values() if f.pid == child.pid)
+    assert found.path == f"/proc/{child.pid}/root{lib}/libssl.so.3"
+    assert found.lag_ms is not None and 0 < found.lag_ms < 5000  # found by the mapping's record
+    assert src.stats()["tls_libs_mapped"] == before["tls_libs_mapped"] + 1  # one record for one load
+    by = conns(recs)
+    assert plain(by[Role.CLIENT], Direction.EGRESS) == REQ == plain(by[Role.SERVER], Direction.INGRESS)
+    assert plain(by[Role.SERVER], Direction.EGRESS) == RESP == plain(by[Role.CLIENT], Direction.INGRESS)
 
 
 PODMAN_RUN = ["podman", "run", "--rm", "-i", "--runtime", "runc", "--ulimit", "nofile=4096:4096",

@@ -10,6 +10,10 @@ object). The source yields three kinds of record, in ring order::
     ConnClose  its end (close(2), close_range(2), an exec, the process's exit, or its fd
                reused), with the bytes sent and received while traced
 
+and one it acts on itself: a process mapped a libssl file (``REC_LIB``), whose TLS
+uprobes :class:`~andon.events.tls.TlsAttacher` then puts on at once (:class:`LibMapped`,
+not handed on by :meth:`SockSource.read_into`).
+
 Each :class:`Data` carries its byte position in its direction; the source keeps the
 next expected position per connection and direction and puts the difference in
 ``gap`` (bytes lost before this chunk: ring full, chunks before the protocol was
@@ -44,7 +48,7 @@ log = logging.getLogger("andon.sockdata")
 COPY_MAX = 16384  # SD_COPY_MAX
 PROTO_MAX = 16  # SD_PROTO_MAX
 
-REC_OPEN, REC_DATA, REC_CLOSE = 1, 2, 3
+REC_OPEN, REC_DATA, REC_CLOSE, REC_LIB = 1, 2, 3, 4
 ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
 CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC, CLOSE_EXIT = 1, 2, 3, 4
 F_TRUNCATED, F_ADDR, F_ENCRYPTED = 0x01, 0x02, 0x04
@@ -61,15 +65,18 @@ _DATA_HEAD = struct.Struct(DATA.format[:-3])
 _RADDR = _DATA_HEAD.size
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
 CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
-# struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter wakeup_shift
-CONFIG = struct.Struct("<IIIIII")
+# struct andon_sd_lib: hdr addr ino
+LIB = struct.Struct("<HBBIIiQQ QQ".replace(" ", ""))
+# struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter wakeup_shift watch_libs
+CONFIG = struct.Struct("<IIIIIII")
 
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
 OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
-CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift")
+LIB_FIELDS = ("addr", "ino")
+CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift", "watch_libs")
 
 STAT_NAMES = (
     "events",
@@ -170,7 +177,20 @@ class ConnClose:
     reason: int  # CLOSE_SYSCALL (close(2), close_range(2)) / CLOSE_REUSED / CLOSE_EXEC / CLOSE_EXIT
 
 
-Record = ConnOpen | Data | ConnClose
+@dataclass(slots=True)
+class LibMapped:
+    """A process mapped a file named libssl.so.* executable (the sensor's own business: the
+    reader probes the file, if new, before it reads on)."""
+
+    pid: int
+    tid: int
+    fd: int
+    ts_ns: int
+    addr: int  # where the mapping starts
+    ino: int  # the file's inode number
+
+
+Record = ConnOpen | Data | ConnClose | LibMapped
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,7 @@ class SockSettings:
     pids: frozenset[int] | None = None  # trace only these processes (more with add_pid); None: all
     tls: bool = True  # uprobes on OpenSSL: plaintext of TLS connections (andon.events.tls)
     tls_rescan_s: float = 2.0  # how often read() looks for processes with a new libssl file
+    tls_watch: bool = True  # probe a libssl file the moment a process maps it (SD_REC_LIB), not at a rescan
     # the kernel wakes the reader each time this many more bytes are pending (a power of two
     # of at least 4 KiB); None: a sixteenth of the ring, at least 64 KiB; 0: the kernel's
     # adaptive wake-up, at the first record after the reader had caught up
@@ -258,6 +279,9 @@ def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
     if typ == REC_CLOSE and len(rec) >= CLOSE.size:
         sent, recv, reason, _ = CLOSE.unpack_from(rec)[8:]
         return ConnClose(conn_id, pid, tid, fd, ts, _role(role), _proto(proto), sent, recv, reason)
+    if typ == REC_LIB and len(rec) >= LIB.size:
+        addr, ino = LIB.unpack_from(rec)[8:]
+        return LibMapped(pid, tid, fd, ts, addr, ino)
     return None
 
 
@@ -300,15 +324,17 @@ class SockSource:
         self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
         self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
         self.unread_bytes = 0  # ring bytes still there when the reader stopped (Observer.drain)
+        self.libs_mapped = 0  # REC_LIB records read: libssl files mapped by traced processes
 
     def start(self) -> None:
         if os.geteuid() != 0:
             raise PermissionDenied("the socket data sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
         ring = page_aligned_size(self.settings.ring_bytes)
         wake = wakeup_bytes(ring, self.settings.wakeup_bytes)
-        cfg = CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
-                          int(self.settings.trace_self), int(self.settings.pids is not None),
-                          wake.bit_length() - 1 if wake else 0)
+        def cfg(tls: bool) -> bytes:  # libssl mappings are watched when there are probes to put on them
+            return CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
+                               int(self.settings.trace_self), int(self.settings.pids is not None),
+                               wake.bit_length() - 1 if wake else 0, int(tls and self.settings.tls_watch))
         try:
             errors: list[str] = []
             hooks = list(self.hooks) if self.settings.hook == "auto" else [self.settings.hook]
@@ -321,7 +347,7 @@ class SockSource:
                     try:
                         for p in obj.programs():
                             p.autoload = p.name in progs or (tls and p.name in TLS_PROGRAMS)
-                        obj.set_rodata(cfg)
+                        obj.set_rodata(cfg(tls))
                         obj.set_max_entries("sd_ring", ring)
                         obj.set_max_entries("sd_scratch", self._ncpu)
                         obj.set_max_entries("sd_tscratch", self._ncpu if tls else 1)
@@ -365,11 +391,6 @@ class SockSource:
             log.warning("TLS capture off: %s", e)
             return
         self.tls = tls
-
-    def note_exec(self, pid: int) -> None:
-        """pid executed a new program: look at its libraries again at the next rescan."""
-        if self.tls is not None:
-            self.tls.note_exec(pid)
 
     def set_protocols(self, protocols: Iterable[Protocol],
                       trace_roles: Mapping[Protocol, frozenset[Role]] | None = None) -> None:
@@ -446,6 +467,11 @@ class SockSource:
                 if rec is None:
                     self.undecodable += 1
                     continue
+                if isinstance(rec, LibMapped):
+                    self.libs_mapped += 1
+                    if self.tls is not None:
+                        self.tls.on_mapped(rec.pid, rec.ts_ns)
+                    continue
                 if isinstance(rec, ConnClose):
                     for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
                         nxt.pop(rec.conn_id << 3 | k, None)
@@ -477,6 +503,7 @@ class SockSource:
                 if raw:
                     out[name] = int(np.frombuffer(raw, dtype="<u8").sum())
         out["tls_libs"] = len(self.tls.files) if self.tls is not None else 0
+        out["tls_libs_mapped"] = self.libs_mapped
         out["undecodable"] = self.undecodable
         out["gap_bytes"] = self.gap_bytes
         out["unread_bytes"] = self.unread_bytes
@@ -504,7 +531,7 @@ class SockSource:
         self.close()
 
 
-__all__ = ["SockSource", "SockSettings", "ConnOpen", "Data", "ConnClose", "decode", "Record"]
+__all__ = ["SockSource", "SockSettings", "ConnOpen", "Data", "ConnClose", "LibMapped", "decode", "Record"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,14 @@ distinct files:
   ``/proc/<pid>/root`` so that a container's (or any other mount namespace's) own copy is
   the file attached. Each file is attached once, keyed by (st_dev, st_ino).
 
-:meth:`TlsAttacher.rescan` reads the maps of pids it has not seen before (cheap: a
-directory listing plus one small file per new process), so a process that brings a new
-libssl file is covered within one rescan period; :meth:`TlsAttacher.note_exec` makes a
-pid be read again after it executed a new program.
+:meth:`TlsAttacher.on_mapped` reads one process's maps the moment the sensor says it
+mapped a file named ``libssl.so.*`` executable (``SD_REC_LIB``, from its ``mmap(2)`` at
+exit), so a library loaded late (Python's ``import ssl``), after an exec in the same pid,
+or from a directory of its own (``LD_LIBRARY_PATH``, a container image new to this host)
+is probed within milliseconds of its loading, before the program's first TLS call in
+most cases; calls made in between are not seen. :meth:`TlsAttacher.rescan` is the
+backstop (a record lost to a full ring): it reads the maps of pids it has not seen
+before (a directory listing plus one small file per new process) once a rescan period.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class LibFile:
     ino: int
     pid: int  # the process it was found mapped in; 0 for a host path
     functions: tuple[str, ...] = ()  # the functions probed (OpenSSL 1.1.0 has no _ex calls)
+    lag_ms: float | None = None  # from its mapping to its probes on; None: found by a scan
     links: list[Link] = field(default_factory=list, repr=False)
 
 
@@ -131,9 +136,20 @@ class TlsAttacher:
             return 0
         return self.rescan()
 
-    def note_exec(self, pid: int) -> None:
-        """pid executed a new program: read its maps again at the next rescan."""
-        self._seen.discard(pid)
+    def on_mapped(self, pid: int, ts_ns: int = 0) -> int:
+        """pid mapped a libssl file at wall-clock ``ts_ns``: probe the libssl files in its
+        maps that are new. Returns how many files were newly probed."""
+        if pid == os.getpid():
+            return 0
+        self._seen.add(pid)
+        new = 0
+        for path in self._libssl_of(pid):
+            lib = self._attach(path, pid)
+            if lib is not None:
+                new += 1
+                if ts_ns:
+                    lib.lag_ms = (time.time_ns() - ts_ns) / 1e6
+        return new
 
     def _libssl_of(self, pid: int) -> list[str]:
         try:
@@ -155,27 +171,39 @@ class TlsAttacher:
         return [f"{self._proc}/{pid}/root{p}" for p in sorted(found)]
 
     # -- probing ---------------------------------------------------------------------------
-    def _attach(self, path: str, pid: int) -> None:
+    def _attach(self, path: str, pid: int) -> LibFile | None:
+        """Probe the file at path unless it is probed (or failed) already; the new LibFile.
+
+        The file is opened first and probed through that descriptor (/proc/self/fd/N: the
+        same inode), so a short-lived process that exits meanwhile, taking its
+        /proc/<pid>/root with it, does not make the file fail."""
         try:
-            st = os.stat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in self.files or key in self.failed:
-            return
-        lib = LibFile(path, st.st_dev, st.st_ino, pid)
+            return None
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in self.files or key in self.failed:
+                return None
+            return self._probe(f"/proc/self/fd/{fd}", LibFile(path, st.st_dev, st.st_ino, pid))
+        finally:
+            os.close(fd)
+
+    def _probe(self, target: str, lib: LibFile) -> LibFile | None:
+        key = (lib.dev, lib.ino)
         done: list[str] = []
         why = ""
         for fn, prog in ENTRY_PROGS.items():
             # the return probe first: an entry without its return would leave the thread
             # marked "inside a TLS call" and its later socket bytes taken for ciphertext
             try:
-                ret = self._obj.program(RET_PROG).attach_uprobe(path, fn, retprobe=True)
+                ret = self._obj.program(RET_PROG).attach_uprobe(target, fn, retprobe=True)
             except (NotSupported, BpfError) as e:
                 why = why or str(e)
                 continue
             try:
-                entry = self._obj.program(prog).attach_uprobe(path, fn)
+                entry = self._obj.program(prog).attach_uprobe(target, fn)
             except (NotSupported, BpfError) as e:
                 ret.destroy()
                 why = why or str(e)
@@ -185,12 +213,14 @@ class TlsAttacher:
         if not {"SSL_read", "SSL_write"} <= set(done):
             for link in lib.links:
                 link.destroy()
+            lib.links.clear()
             self.failed[key] = why or "SSL_read/SSL_write not found"
-            log.info("libssl %s not probed: %s", path, self.failed[key])
-            return
+            log.info("libssl %s not probed: %s", lib.path, self.failed[key])
+            return None
         lib.functions = tuple(done)
         self.files[key] = lib
-        log.info("probing %s (%s) for pid %d and every other user of it", path, ", ".join(done), pid)
+        log.info("probing %s (%s) for pid %d and every other user of it", lib.path, ", ".join(done), lib.pid)
+        return lib
 
     def close(self) -> None:
         for lib in self.files.values():
