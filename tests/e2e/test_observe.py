@@ -25,6 +25,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -523,6 +524,65 @@ def test_http_client_inside_a_podman_container(agent: ObserveAgent, http: S.Serv
     # the registry resolves the name from the runtime; it may answer after the first rows
     assert {x["container_name"] for x in clients} <= {name, ""}
     assert {(x["container_id"], x["container_name"]) for x in servers_} == {("", "")}  # the server is on the host
+
+
+# A client that is already running (the agent's rescans have read its pid) when it imports ssl
+# from its own libssl file, then makes its HTTPS requests: the file is found through the
+# sensor's record of the mapping (a rescan reads a pid once and would never see it).
+LATE_TLS_CLIENT = """
+import sys, time
+time.sleep(3)
+import http.client, ssl  # http.client imports ssl too
+ctx = ssl.create_default_context(cafile="/t/cert.pem")
+time.sleep(0.5)
+for p in sys.argv[2:]:
+    c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
+    c.request("GET", p); r = c.getresponse(); r.read(); print(r.status, flush=True); c.close()
+time.sleep(2)  # the container stays a moment, so the agent reads its cgroup
+"""
+
+
+def test_https_client_in_a_container_with_a_libssl_new_to_the_agent(agent: ObserveAgent, tmp_path: Path):
+    """A container whose libssl.so.3 is a file the agent has never seen, loaded after the
+    container started: the client's rows are plaintext, encrypted, and the container's."""
+    if why := _podman_ready():
+        pytest.skip(why)
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    name = f"andon-t-{tag}"
+    prefix = Path(os.path.realpath(sys.base_prefix))  # this interpreter, mounted read-only
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in ("libssl.so.3", "libcrypto.so.3"):
+        shutil.copy(f"/usr/lib/x86_64-linux-gnu/{f}", lib / f)
+    paths = [f"/size/{n}?t={tag}" for n in (5, 50)]
+    with S.python_http(tls=True) as srv:
+        cert = Path(srv.info["cert"])
+        # the agent is up and reading: a request of its own makes its rows first
+        assert S.curl(srv.url(f"/size/1?t={tag}-ready"), cacert=cert).statuses == [200]
+        _http_rows(agent, srv, t0, f"{tag}-ready", 2)
+        argv = ["podman", *PODMAN_RUN, "--rm", "--network", "host", "--name", name,
+                "-v", f"{prefix}:{prefix}:ro", "-v", f"{cert.parent}:/t:ro",
+                "-v", f"{lib}/libssl.so.3:/usr/lib/x86_64-linux-gnu/libssl.so.3:ro",
+                "-v", f"{lib}/libcrypto.so.3:/usr/lib/x86_64-linux-gnu/libcrypto.so.3:ro",
+                IMAGE, str(prefix / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"),
+                "-c", LATE_TLS_CLIENT, str(srv.port), *paths]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+        finally:
+            subprocess.run(["podman", "rm", "-f", "-i", name], capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["200", "200"]
+        rows = _http_rows(agent, srv, t0, tag, 4)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (2, 2), agent.log_tail()
+    _made("http_events", 4)
+    for side in (clients, servers_):
+        assert [(x["req_path"], x["resp_status"], x["resp_body_size"]) for x in side] == [
+            (p, 200, int(p[6:].split("?")[0])) for p in paths]
+        assert {x["encrypted"] for x in side} == {True}
+    assert {x["comm"] for x in clients} == {f"python{sys.version_info.major}.{sys.version_info.minor}"}
+    assert len({x["container_id"] for x in clients} - {""}) == 1, agent.log_tail()
+    assert {x["container_id"] for x in servers_} == {""}
 
 
 def test_a_podman_container_calling_the_host_is_named_as_the_caller(agent: ObserveAgent, tmp_path: Path):
