@@ -470,7 +470,7 @@ class SockSource:
                 if isinstance(rec, LibMapped):
                     self.libs_mapped += 1
                     if self.tls is not None:
-                        self.tls.on_mapped(rec.pid, rec.ts_ns)
+                        self.tls.on_mapped(rec.pid, rec.ts_ns, rec.ino)
                     continue
                 if isinstance(rec, ConnClose):
                     for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):

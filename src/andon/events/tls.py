@@ -48,6 +48,9 @@ ENTRY_PROGS = {
 RET_PROG = "sockdata_ssl_ret"
 PROGRAMS = frozenset(ENTRY_PROGS.values()) | {RET_PROG}
 
+# (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
+MAPPED_MAX = 65536
+
 # where a host installs its libssl (Debian multiarch, Fedora/RHEL lib64, /usr/local builds)
 HOST_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -85,6 +88,7 @@ class TlsAttacher:
         self.files: dict[tuple[int, int], LibFile] = {}
         self.failed: dict[tuple[int, int], str] = {}  # files that could not be probed, and why
         self._seen: set[int] = set()
+        self._mapped: set[tuple[int, int]] = set()  # (pid, inode) of the mapping records handled
         self._next_scan = 0.0
         self.scans = 0
         self.maps_read = 0  # /proc/<pid>/maps files read, over all scans
@@ -136,11 +140,18 @@ class TlsAttacher:
             return 0
         return self.rescan()
 
-    def on_mapped(self, pid: int, ts_ns: int = 0) -> int:
-        """pid mapped a libssl file at wall-clock ``ts_ns``: probe the libssl files in its
-        maps that are new. Returns how many files were newly probed."""
+    def on_mapped(self, pid: int, ts_ns: int = 0, ino: int = 0) -> int:
+        """pid mapped a libssl file (inode ``ino``) at wall-clock ``ts_ns``: probe the libssl
+        files in its maps that are new. A process that maps the same file again (a dlopen
+        and dlclose loop) is not read again. Returns how many files were newly probed."""
         if pid == os.getpid():
             return 0
+        if ino:
+            if (pid, ino) in self._mapped:
+                return 0
+            if len(self._mapped) >= MAPPED_MAX:
+                self._mapped.clear()
+            self._mapped.add((pid, ino))
         self._seen.add(pid)
         new = 0
         for path in self._libssl_of(pid):

@@ -1,0 +1,62 @@
+"""TlsAttacher's bookkeeping of the sensor's libssl mapping records, over a fake /proc (no
+BPF: the probing itself is tests/kernel/test_sockdata_tls.py's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from andon.events import tls
+from andon.events.tls import TlsAttacher
+
+
+def _proc(tmp_path: Path, pid: int, maps: str) -> Path:
+    proc = tmp_path / "proc"
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / "maps").write_text(maps)
+    return proc
+
+
+def _attacher(proc: Path, monkeypatch) -> tuple[TlsAttacher, list[tuple[str, int]]]:
+    a = TlsAttacher(obj=None, proc=proc, host_dirs=())  # type: ignore[arg-type]
+    tried: list[tuple[str, int]] = []
+    monkeypatch.setattr(a, "_attach", lambda path, pid: tried.append((path, pid)))
+    return a, tried
+
+
+PID = 4_200_000  # above any pid_max, so never this process's own pid (which on_mapped skips)
+
+MAPS = ("7f0000000000-7f0000001000 r--p 00000000 fe:00 42 /opt/app/lib/libssl.so.3\n"
+        "7f0000001000-7f0000002000 r-xp 00001000 fe:00 42 /opt/app/lib/libssl.so.3\n"
+        "7f0000003000-7f0000004000 r-xp 00001000 fe:00 43 /usr/lib/libssl3.so\n")
+
+
+def test_a_mapping_record_reads_that_process_once_per_file(tmp_path, monkeypatch):
+    proc = _proc(tmp_path, PID, MAPS)
+    a, tried = _attacher(proc, monkeypatch)
+    # the dynamic loader's mapping of libssl: its maps are read, its OpenSSL libssl tried
+    # (NSS's libssl3.so is another library)
+    a.on_mapped(PID, 0, 42)
+    assert tried == [(f"{proc}/{PID}/root/opt/app/lib/libssl.so.3", PID)]
+    assert a.maps_read == 1
+    # the same file mapped again by the same process (dlopen/dlclose in a loop): not read again
+    for _ in range(100):
+        a.on_mapped(PID, 0, 42)
+    assert a.maps_read == 1 and len(tried) == 1
+    # another file in the same process is read
+    a.on_mapped(PID, 0, 77)
+    assert a.maps_read == 2
+    # the rescan does not read a pid a mapping record already read
+    a.rescan()
+    assert a.maps_read == 2
+
+
+def test_the_remembered_mappings_are_bounded(tmp_path, monkeypatch):
+    proc = _proc(tmp_path, PID, "")
+    a, _ = _attacher(proc, monkeypatch)
+    monkeypatch.setattr(tls, "MAPPED_MAX", 8)
+    for ino in range(1, 21):
+        a.on_mapped(PID, 0, ino)
+    assert a.maps_read == 20
+    assert 0 < len(a._mapped) <= 8
+    a.on_mapped(PID, 0, 20)  # still remembered after the last clear
+    assert a.maps_read == 20
