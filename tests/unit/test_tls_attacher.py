@@ -60,3 +60,25 @@ def test_the_remembered_mappings_are_bounded(tmp_path, monkeypatch):
     assert 0 < len(a._mapped) <= 8
     a.on_mapped(PID, 0, 20)  # still remembered after the last clear
     assert a.maps_read == 20
+
+
+def test_a_fifo_where_the_maps_name_libssl_is_skipped_without_blocking(tmp_path):
+    """Whoever owns a process's root can put a FIFO at the path its maps name: opening it
+    without O_NONBLOCK would block the reader for good. It is skipped, and nothing is probed."""
+    import os
+    import threading
+
+    lib = tmp_path / "root" / "lib"
+    lib.mkdir(parents=True)
+    os.mkfifo(lib / "libssl.so.3")
+    proc = tmp_path / "proc"
+    (proc / str(PID)).mkdir(parents=True)
+    (proc / str(PID) / "maps").write_text(f"7f0000001000-7f0000002000 r-xp 00001000 fe:00 42 {lib}/libssl.so.3\n")
+    os.symlink("/", proc / str(PID) / "root")
+    a = TlsAttacher(obj=None, proc=proc, host_dirs=())  # type: ignore[arg-type]  # a probe would fail on None
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(a.on_mapped(PID, 0, 42)), daemon=True)
+    t.start()
+    t.join(5)
+    assert got == [0], "on_mapped blocked on the FIFO"
+    assert a.files == {} and a.failed == {} and a.maps_read == 1

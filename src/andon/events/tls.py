@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,15 +188,17 @@ class TlsAttacher:
 
         The file is opened first and probed through that descriptor (/proc/self/fd/N: the
         same inode), so a short-lived process that exits meanwhile, taking its
-        /proc/<pid>/root with it, does not make the file fail."""
+        /proc/<pid>/root with it, does not make the file fail. Only a regular file is
+        probed: a FIFO put at that path (by whoever owns the process's root) would block an
+        open without O_NONBLOCK, and the reader with it."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return None
         try:
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
-            if key in self.files or key in self.failed:
+            if not stat.S_ISREG(st.st_mode) or key in self.files or key in self.failed:
                 return None
             return self._probe(f"/proc/self/fd/{fd}", LibFile(path, st.st_dev, st.st_ino, pid))
         finally:
