@@ -330,10 +330,11 @@ NGINX_SIZES = (0, 100, 1024, 16384, 1 << 20)
 
 
 def nginx(*, port: int | None = None, sizes: Sequence[int] = NGINX_SIZES, workers: int = 1,
-          tls: bool = False) -> contextlib.AbstractContextManager[Server]:
+          tls: bool = False, sendfile: bool = False) -> contextlib.AbstractContextManager[Server]:
     """nginx serving ``/`` (index.html, HTTP_ROOT_BODY) and ``/size/<n>`` (n bytes of 'x') for each
     n in ``sizes``; ``/missing`` is a 404. Access log off, daemon off, everything in the temp dir.
-    ``info``: ``sizes``, ``tls``, ``cert``."""
+    ``sendfile``: nginx's (and Debian's nginx.conf's) ``sendfile on``, the file's bytes sent by
+    sendfile(2); off, they are read and written. ``info``: ``sizes``, ``tls``, ``cert``."""
     def build(p: int, d: Path):
         www = d / "www"
         (www / "size").mkdir(parents=True)
@@ -367,6 +368,7 @@ http {{
     default_type application/octet-stream;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
+    sendfile {"on" if sendfile else "off"};
     server {{
         listen {listen};
         {tls_conf}

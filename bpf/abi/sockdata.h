@@ -45,6 +45,9 @@ enum sd_close_reason {
 #define SD_F_ADDR 0x02      /* raddr/rport/rfamily hold this datagram's peer (UDP) */
 #define SD_F_ENCRYPTED 0x04 /* plaintext of a TLS library call, not the socket bytes: pos counts
 			     * plaintext bytes, apart from the socket's own */
+#define SD_F_NOCOPY 0x08    /* bytes sendfile(2) or splice(2) moved between the socket and a file or
+			     * pipe: never in the process's memory, so copied is 0 and size says
+			     * how many (the stream's positions stay whole) */
 
 /* the TLS library call of a record with SD_F_ENCRYPTED: field `nr` of struct andon_sd_data */
 #define SD_TLS_READ 1     /* SSL_read */
@@ -82,7 +85,8 @@ enum sd_stat {
 	SD_STAT_TLS_CHUNKS = 8,    /* plaintext records of TLS library calls written */
 	SD_STAT_TLS_CIPHER_BYTES = 9, /* bytes of TLS ciphertext on sockets not copied */
 	SD_STAT_TLS_NO_CONN = 10,  /* TLS calls whose socket was never learned (memory BIO) */
-	SD_STAT_MAX = 11,
+	SD_STAT_NOCOPY_CHUNKS = 11, /* records of sendfile/splice chunks written (SD_F_NOCOPY) */
+	SD_STAT_MAX = 12,
 };
 
 struct andon_sd_hdr {

@@ -237,6 +237,8 @@ struct andon_sd_lib __sd_btf_lib SEC(".andon.btf") __attribute__((used));
 #define NR_EXECVEAT 322
 #define NR_CLOSE_RANGE 436
 #define NR_MMAP 9
+#define NR_SENDFILE 40
+#define NR_SPLICE 275
 #define PROT_EXEC 0x4
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 
@@ -863,12 +865,24 @@ static __always_inline void sd__on_mmsg(struct sdc_conn *c, long nr, struct sdc_
 
 static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, __u64 pid_tgid, const int btf)
 {
-	long fd = (int)r->a[0];
+	long fd = (int)r->a[0]; /* sendfile: out_fd */
 	__u8 dir = (nr == NR_READ || nr == NR_READV || nr == NR_RECVFROM || nr == NR_RECVMSG || nr == NR_PREADV2 ||
 		    nr == NR_RECVMMSG)
 			   ? SD_INGRESS
 			   : SD_EGRESS;
 	struct file *f = btf ? andon_fd_file_btf(fd) : andon_fd_file(fd);
+	if (nr == NR_SPLICE) {
+		/* splice(fd_in, off_in, fd_out, ...): one end is a pipe, the socket is the other:
+		 * fd_out, bytes sent; else fd_in, bytes received */
+		long out = (int)r->a[2];
+		struct file *fo = btf ? andon_fd_file_btf(out) : andon_fd_file(out);
+		if (fo && andon_file_socket(fo)) {
+			fd = out;
+			f = fo;
+		} else {
+			dir = SD_INGRESS;
+		}
+	}
 	if (!f)
 		return;
 	__u64 fops = sd_sock_fops;
@@ -938,6 +952,45 @@ static __always_inline int sd__wanted(const __u32 *on, __u8 role)
 }
 
 /*
+ * A chunk sendfile(2) or splice(2) moved: its bytes went from a file or pipe to the socket (or
+ * from the socket to a pipe) inside the kernel, so there is nothing to copy. On a connection
+ * of a wanted protocol it is a data record with copied 0 and SD_F_NOCOPY: its size keeps the
+ * stream's positions whole, and a parser counts the bytes as lost where they fall (inside a
+ * body of known length, as nginx's `sendfile on` sends a static file, only that body is
+ * short). Before the protocol is known there are no bytes to infer from: skipped.
+ */
+static __always_inline void sd__deliver_nocopy(struct sdc_conn *c, long nr, __u64 size, __u64 pos, __u8 dir,
+						long fd, __u64 pid_tgid)
+{
+	__u32 pkey = c->protocol;
+	__u32 *on = bpf_map_lookup_elem(&sd_protos, &pkey);
+	if (!c->protocol || !sd__wanted(on, c->role)) {
+		sd__count(SD_STAT_SKIPPED_BYTES, size);
+		sd__count(SD_STAT_SKIPPED_CHUNKS, 1);
+		return;
+	}
+	struct andon_sd_data *d = bpf_ringbuf_reserve(&sd_ring, sizeof(*d), 0);
+	if (!d) {
+		sd__count(SD_STAT_DROPS, 1);
+		sd__count(SD_STAT_DROPPED_BYTES, size);
+		return;
+	}
+	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
+	d->pos = pos;
+	d->size = size;
+	d->copied = 0;
+	d->nr = nr;
+	d->direction = dir;
+	d->flags = SD_F_NOCOPY;
+	d->rport = 0;
+	d->rfamily = 0;
+	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
+	bpf_ringbuf_submit(d, sd__wake(sizeof(*d)));
+	sd__count(SD_STAT_EVENTS, 1);
+	sd__count(SD_STAT_NOCOPY_CHUNKS, 1);
+}
+
+/*
  * Infer (while still trying), copy and send one chunk of connection c: size bytes moved,
  * pos bytes before it in its direction. For a plaintext chunk of a TLS call (encrypted)
  * the bytes are at r->a[1] and nr is the SD_TLS_* call.
@@ -945,6 +998,10 @@ static __always_inline int sd__wanted(const __u32 *on, __u8 role)
 static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *c, long nr, struct sdc_args *r,
 					__u64 size, __u64 pos, __u8 dir, int encrypted, long fd, __u64 pid_tgid)
 {
+	if (nr == NR_SENDFILE || nr == NR_SPLICE) {
+		sd__deliver_nocopy(c, nr, size, pos, dir, fd, pid_tgid);
+		return;
+	}
 	__u32 want = size < sd_cfg.max_copy ? size : sd_cfg.max_copy;
 	if (want > SD_COPY_MAX)
 		want = SD_COPY_MAX;
@@ -1113,7 +1170,7 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 	switch (nr) {
 	case NR_READ: case NR_WRITE: case NR_READV: case NR_WRITEV: case NR_SENDTO: case NR_RECVFROM:
 	case NR_SENDMSG: case NR_RECVMSG: case NR_PREADV2: case NR_PWRITEV2:
-	case NR_SENDMMSG: case NR_RECVMMSG:
+	case NR_SENDMMSG: case NR_RECVMMSG: case NR_SENDFILE: case NR_SPLICE:
 		if (ret <= 0)
 			return 0;
 		break;

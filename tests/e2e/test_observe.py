@@ -177,11 +177,38 @@ def test_http_nginx_200_and_404(agent: ObserveAgent):
             (f"/?t={tag}", 200, "OK"), (f"/missing?t={tag}", 404, "Not Found")]
         assert [x["resp_body_size"] for x in side] == r.sizes
         # the status and headers come from nginx's header write; the body of a static file is
-        # seen here because this nginx.conf leaves `sendfile` off (with it on, the file's bytes
-        # go through sendfile, which the sensor does not capture, and resp_body would be empty)
+        # seen here because this nginx.conf leaves `sendfile` off (with it on: the next test)
         assert side[0]["resp_body"] == S.HTTP_ROOT_BODY.decode()
         assert json.loads(side[0]["resp_headers"])["Server"].startswith("nginx/")
     assert {x["comm"] for x in servers_} == {"nginx"} and {x["pid"] for x in servers_} <= set(workers)
+
+
+def test_http_nginx_sendfile_on_keeps_every_response(agent: ObserveAgent):
+    """Debian's nginx.conf has `sendfile on`: nginx writes a static file's response head, then
+    sendfile(2)s the file to the socket. Those bytes never pass through nginx's memory: the
+    sensor sends their size, so the server end keeps its framing (before, the first body's
+    Content-Length swallowed the next response's head and the server end lost every response
+    after the first of a kept-alive connection)."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    sizes = (100, 1024, 16384, 100, 1 << 20, 0, 1024)
+    paths = [f"/size/{n}?t={tag}" for n in sizes] + [f"/?t={tag}", f"/missing?t={tag}"]
+    with S.nginx(sendfile=True) as srv:
+        r = S.curl([srv.url(p) for p in paths])
+        assert (r.statuses, r.connects) == ([200] * (len(sizes) + 1) + [404], 1), "one kept-alive connection"
+        rows = _http_rows(agent, srv, t0, tag, 2 * len(paths))
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (len(paths), len(paths)), agent.log_tail()
+    _made("http_events", 2 * len(paths))
+    for side in (clients, servers_):
+        assert [(x["req_path"], x["resp_status"], x["resp_body_size"]) for x in side] == [
+            (p, s, n) for p, s, n in zip(paths, r.statuses, r.sizes)]
+        assert list(r.sizes[:len(sizes)]) == list(sizes)
+    # the client read the file's bytes: its body prefix is there; the server sent them by
+    # sendfile: its body column is empty, its size is right. The 404 page is nginx's own
+    # memory (a write), so both ends have it.
+    assert (clients[-2]["resp_body"], servers_[-2]["resp_body"]) == (S.HTTP_ROOT_BODY.decode(), "")
+    assert clients[-1]["resp_body"] == servers_[-1]["resp_body"] != ""
+    assert {x["comm"] for x in servers_} == {"nginx"}
 
 
 def test_https_rows_are_plaintext_and_encrypted(agent: ObserveAgent):

@@ -28,7 +28,10 @@ from andon.events.sockdata import (
     CLOSE_REUSED,
     CLOSE_SYSCALL,
     F_ADDR,
+    F_NOCOPY,
     F_TRUNCATED,
+    NR_SENDFILE,
+    NR_SPLICE,
     ORIGIN_ACCEPT,
     ORIGIN_CONNECT,
     ORIGIN_DATA,
@@ -344,6 +347,112 @@ def test_large_write_is_cut_at_the_copy_bound(sd):
         pos += r.size
     assert src.stats()["truncated"] >= 1
     assert client[-1].bytes_sent == len(req)
+
+
+# -- sendfile(2) and splice(2): sizes without data ---------------------------------------------
+
+# A server on a thread answers two requests on one connection: the first response's body by
+# sendfile from a file, the second's by splice from a pipe; then it takes a POST into a pipe
+# by splice. The client sends and reads by send/recv. Prints {"port": P, "head": H}.
+NOCOPY_CHILD = r"""
+import json, os, socket, tempfile, threading
+REQ, BODY = {req!r}, bytes(range(256)) * 12
+POST = b"POST /up HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"z" * 5000
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+f = tempfile.TemporaryFile(); f.write(BODY); f.flush()
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]
+def take(c, n):
+    got = b""
+    while len(got) < n:
+        got += c.recv(n - len(got))
+def serve():
+    c, _ = srv.accept()
+    r, w = os.pipe()
+    take(c, len(REQ))
+    c.sendall(HEAD)
+    sent = 0
+    while sent < len(BODY):
+        sent += os.sendfile(c.fileno(), f.fileno(), sent, len(BODY) - sent)
+    take(c, len(REQ))
+    c.sendall(HEAD)
+    os.write(w, BODY)
+    moved = 0
+    while moved < len(BODY):
+        moved += os.splice(r, c.fileno(), len(BODY) - moved)
+    moved = 0
+    while moved < len(POST):
+        n = os.splice(c.fileno(), w, len(POST) - moved)
+        os.read(r, n)
+        moved += n
+    c.close()
+t = threading.Thread(target=serve); t.start()
+k = socket.create_connection(("127.0.0.1", port))
+for _ in range(2):
+    k.sendall(REQ)
+    take(k, len(HEAD) + len(BODY))
+k.sendall(POST)
+t.join(); k.close(); srv.close()
+print(json.dumps({{"port": port, "head": len(HEAD), "body": len(BODY), "post": len(POST)}}))
+"""
+
+
+def test_sendfile_and_splice_are_sizes_without_data(sd):
+    src = sd
+    before = src.stats()["nocopy_chunks"]
+    # TRIGGER
+    pid, info = run_child(src, NOCOPY_CHILD.format(req=REQ))
+    recs = collect(src, {pid}, closes(2))
+    # ASSERT
+    head, body, post = info["head"], info["body"], info["post"]
+    client, server = split_roles(recs)
+    out = [r for r in server if isinstance(r, Data) and r.direction == Direction.EGRESS]
+    # the response heads are copied; the bodies are records of their size with no data,
+    # at the positions they took in the stream
+    assert [(r.nr, r.size, len(r.data), r.flags & F_NOCOPY) for r in out if not r.nocopy] == [
+        (NR_SENDTO, head, head, 0)] * 2
+    files = [r for r in out if r.nocopy]
+    assert {(r.nr, r.data, r.flags & F_NOCOPY, r.protocol, r.role) for r in files} == {
+        (nr, b"", F_NOCOPY, Protocol.HTTP, Role.SERVER) for nr in (NR_SENDFILE, NR_SPLICE)}
+    assert sum(r.size for r in files if r.nr == NR_SENDFILE) == body
+    assert sum(r.size for r in files if r.nr == NR_SPLICE) == body
+    pos = 0
+    for r in out:
+        assert (r.pos, r.gap) == (pos, 0)
+        pos += r.size
+    assert pos == 2 * (head + body)
+    # the POST taken by splice from the socket into a pipe: ingress sizes, after the requests
+    inn = [r for r in server if isinstance(r, Data) and r.direction == Direction.INGRESS]
+    spliced = [r for r in inn if r.nocopy]
+    assert {(r.nr, r.data) for r in spliced} == {(NR_SPLICE, b"")}
+    assert sum(r.size for r in spliced) == post
+    assert spliced[0].pos == 2 * len(REQ)
+    # the client read the same bytes by recv: copied, whole
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body + bytes(range(256)) * 12
+    assert payload(client, Direction.INGRESS) == 2 * resp
+    assert server[-1].bytes_sent == 2 * (head + body) and server[-1].bytes_recv == 2 * len(REQ) + post
+    assert src.stats()["nocopy_chunks"] - before == len(files) + len(spliced)
+
+
+def test_sendfile_before_the_protocol_is_known_is_skipped(sd):
+    src = sd
+    before = src.stats()
+    # TRIGGER: the server's first bytes go by sendfile: nothing to infer from
+    code = NOCOPY_CHILD.format(req=REQ).replace(
+        "    take(c, len(REQ))\n    c.sendall(HEAD)\n    sent = 0", "    sent = 0", 1).replace(
+        "for _ in range(2):\n    k.sendall(REQ)\n    take(k, len(HEAD) + len(BODY))",
+        "take(k, len(BODY))\nfor _ in range(1):\n    k.sendall(REQ)\n    take(k, len(HEAD) + len(BODY))")
+    pid, info = run_child(src, code)
+    recs = collect(src, {pid}, closes(2))
+    # ASSERT
+    client, server = split_roles(recs)
+    out = [r for r in server if isinstance(r, Data) and r.direction == Direction.EGRESS]
+    # the sendfile chunk came first, before any request: skipped, not a record; the
+    # positions still count it
+    assert [r.nr for r in out if r.nocopy] == [NR_SPLICE]
+    assert out[0].pos == info["body"]
+    after = src.stats()
+    assert after["skipped_bytes"] - before["skipped_bytes"] >= info["body"]
 
 
 # -- UDP: a DNS query and answer by sendto/recvfrom -------------------------------------------

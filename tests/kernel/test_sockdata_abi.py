@@ -91,7 +91,15 @@ def _defines(prefix: str) -> dict[str, int]:
 
 def test_data_flags():
     assert _defines("SD_F_") == {"SD_F_TRUNCATED": sd.F_TRUNCATED, "SD_F_ADDR": sd.F_ADDR,
-                                 "SD_F_ENCRYPTED": sd.F_ENCRYPTED}
+                                 "SD_F_ENCRYPTED": sd.F_ENCRYPTED, "SD_F_NOCOPY": sd.F_NOCOPY}
+
+
+def test_nocopy_calls_are_the_programs_numbers():
+    from andon.events.nr_x86_64 import SYSCALL_NAMES
+    prog = (HEADER.parents[1] / "net/sockdata.bpf.c").read_text()
+    nrs = {m[1]: int(m[2]) for m in re.finditer(r"#define NR_(SENDFILE|SPLICE) (\d+)", prog)}
+    assert nrs == {"SENDFILE": sd.NR_SENDFILE, "SPLICE": sd.NR_SPLICE}
+    assert (SYSCALL_NAMES[sd.NR_SENDFILE], SYSCALL_NAMES[sd.NR_SPLICE]) == ("sendfile", "splice")
 
 
 def test_tls_calls():

@@ -51,7 +51,8 @@ PROTO_MAX = 16  # SD_PROTO_MAX
 REC_OPEN, REC_DATA, REC_CLOSE, REC_LIB = 1, 2, 3, 4
 ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
 CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC, CLOSE_EXIT = 1, 2, 3, 4
-F_TRUNCATED, F_ADDR, F_ENCRYPTED = 0x01, 0x02, 0x04
+F_TRUNCATED, F_ADDR, F_ENCRYPTED, F_NOCOPY = 0x01, 0x02, 0x04, 0x08
+NR_SENDFILE, NR_SPLICE = 40, 275  # a record with F_NOCOPY: which call moved the bytes
 AF_INET, AF_INET6 = 2, 10
 
 # struct andon_sd_hdr: type role protocol pid tid fd ts conn_id
@@ -90,6 +91,7 @@ STAT_NAMES = (
     "tls_chunks",
     "tls_cipher_bytes",
     "tls_no_conn",
+    "nocopy_chunks",
 )
 
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
@@ -158,6 +160,11 @@ class Data:
     def encrypted(self) -> bool:
         """Plaintext of a TLS library call (its pos counts plaintext bytes)."""
         return bool(self.flags & F_ENCRYPTED)
+
+    @property
+    def nocopy(self) -> bool:
+        """Bytes sendfile(2) or splice(2) moved inside the kernel: a size, no data."""
+        return bool(self.flags & F_NOCOPY)
 
     def chunk(self) -> DataChunk:
         return DataChunk(self.ts_ns, self.direction, self.data, self.size, self.gap)
@@ -566,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
                     arrow = ">" if r.direction == Direction.EGRESS else "<"
                     if r.encrypted:
                         arrow += f" tls({TLS_CALLS.get(r.nr, r.nr)})"
+                    if r.nocopy:
+                        arrow += f" {'splice' if r.nr == NR_SPLICE else 'sendfile'}"
                     cut = f" (+{r.size - len(r.data)} not copied)" if r.truncated else ""
                     gap = f" gap={r.gap}" if r.gap else ""
                     print(f"data  conn={r.conn_id} {comm}[{r.pid}] {arrow} {r.protocol.name.lower()} "
