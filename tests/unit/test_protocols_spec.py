@@ -119,6 +119,31 @@ def test_pgsql_error_in_extended_batch_skips_to_sync():
     assert p.stats.unmatched_requests == 2  # the Bind and Execute the backend skipped
 
 
+def _pg_session(answer: bytes) -> list[DataChunk]:
+    """A client's view: SSLRequest, the backend's one-byte answer, then (after "S", the TLS
+    calls' plaintext) the startup message, authentication OK, one simple query."""
+    startup = struct.pack("!ii", 0, 196608) + b"user\0postgres\0\0"
+    return [DataChunk(1, E, struct.pack("!ii", 8, 80877103)), DataChunk(2, I, answer),
+            DataChunk(3, E, struct.pack("!i", len(startup)) + startup[4:]),
+            DataChunk(4, I, pg(b"R", b"\0\0\0\0") + pg(b"Z", b"I")),
+            DataChunk(5, E, pg(b"Q", b"select 42\0")),
+            DataChunk(9, I, pg(b"T", b"\0\x01a\0" + b"\0" * 18) + pg(b"D", b"\0\x01\0\0\0\x0242")
+                      + pg(b"C", b"SELECT 1\0") + pg(b"Z", b"I"))]
+
+
+def test_pgsql_after_ssl_accepted_the_tls_plaintext_is_parsed_as_after_ssl_refused():
+    # with TLS the sensor delivers no ciphertext, only the library calls' plaintext: the same
+    # messages as a plaintext session after "N"
+    for answer in (b"S", b"N"):
+        out, p = run(Protocol.PGSQL, Role.CLIENT, _pg_session(answer))
+        assert [(r["req_cmd"], r["req"], r["resp"], r["latency"]) for r in out] == [
+            ("Query", "select 42", "a\n42\nSELECT 1", 4)], answer
+        assert (p.stats.invalid, p.stats.bytes_skipped) == (0, 0), answer
+    # GSSAPI encryption wraps the messages: skipped and counted, never parsed
+    out, p = run(Protocol.PGSQL, Role.CLIENT, _pg_session(b"G"))
+    assert out == [] and p.stats.bytes_skipped > 0 and p.stats.invalid == 0
+
+
 def test_pgsql_large_data_row_is_skipped_not_buffered():
     big = b"x" * (600 * 1024)
     row = pg(b"D", struct.pack("!hi", 1, len(big)) + big)

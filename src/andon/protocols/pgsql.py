@@ -2,7 +2,9 @@
 ``pgsql_events`` records.
 
 Frontend: the untagged startup message, SSLRequest / GSSENCRequest (the backend's one-byte
-answer is read; after ``S`` the connection is TLS and skipped), CancelRequest, and tagged
+answer is read; after ``S`` the socket carries TLS, which the sensor does not deliver: what
+follows is the plaintext of the TLS library's calls, from the startup message on, parsed as
+if there were no TLS; after ``G`` the connection is GSSAPI-wrapped and skipped), CancelRequest, and tagged
 messages. Simple query ``Q`` gives one record when its cycle ends (ReadyForQuery), with every
 result set and command tag of the query string. The extended protocol gives one record per
 Parse ``P`` (``PARSE COMPLETE``), Bind ``B`` (``BIND COMPLETE``), Describe ``D`` (the row
@@ -178,7 +180,7 @@ class PgSQLParser(StreamParser):
         self.bound_query = ""
         self.bound_params: list[str] = []
         self.ssl_answer = False  # the backend's next byte answers an SSL/GSS request
-        self.encrypted = False
+        self.encrypted = False  # GSSAPI encryption: the rest is wrapped, skipped
 
     # -- role, resync ---------------------------------------------------------------------
     def _guess(self, chunk: DataChunk) -> bool | None:
@@ -278,10 +280,13 @@ class PgSQLParser(StreamParser):
                 answer = buf[0]
                 side.consume(1)
                 self.stats.frames += 1
-                if answer in b"SG":
+                # "S": TLS from here on. The sensor keeps the ciphertext out and delivers the
+                # TLS calls' plaintext (the startup message first), so parsing goes on as
+                # after "N"; with a TLS library it does not probe, nothing more comes.
+                if answer == ord("G"):  # GSSAPI-wrapped from here on: skipped
                     self.encrypted = True
                     self.stats.bytes_skipped += side.drop_all()
-                elif answer != ord("N"):
+                elif answer not in b"SN":
                     self._bad(side)
                 continue
             if side.is_req and buf[0] == 0:  # untagged: startup, SSL, GSS or cancel request
