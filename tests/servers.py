@@ -487,12 +487,14 @@ def _pg_probe(srv: Server) -> bool:
     return r.returncode == 0
 
 
-def postgres(*, port: int | None = None, settings: dict[str, str] | None = None
+def postgres(*, port: int | None = None, settings: dict[str, str] | None = None, tls: bool = False
              ) -> contextlib.AbstractContextManager[Server]:
     """PostgreSQL 15 as user ``postgres`` (it refuses root): initdb with trust auth into the temp
     dir, listening on 127.0.0.1 only, unix socket in the temp dir (``info["socket_dir"]``), fsync
     off. Superuser ``postgres``, database ``postgres``, no password. Stopped with SIGINT (fast
-    shutdown: it does not wait for clients to leave)."""
+    shutdown: it does not wait for clients to leave). ``tls``: ``ssl = on`` with a self-signed
+    certificate (``info["cert"]``), as Debian's own cluster has it; clients choose (libpq's
+    default, sslmode=prefer, takes it)."""
     def build(p: int, d: Path):
         data = d / "data"
         r = subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
@@ -504,12 +506,19 @@ def postgres(*, port: int | None = None, settings: dict[str, str] | None = None
         opts = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(d), "fsync": "off",
                 "synchronous_commit": "off", "full_page_writes": "off", "logging_collector": "off",
                 "max_connections": "100", "shared_buffers": "64MB"}
+        info = {"socket_dir": d, "data": data}
+        if tls:
+            cert, key = self_signed_cert(d)
+            shutil.chown(key, "postgres")
+            key.chmod(0o600)  # postgres refuses a key others can read
+            opts.update({"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)})
+            info["cert"] = cert
         opts.update(settings or {})
         argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(p)]
         for k, v in opts.items():
             argv += ["-c", f"{k}={v}"]
         return _serve("postgres", argv, host="127.0.0.1", port=p, workdir=d, probe=_pg_probe,
-                      stop_signal=signal.SIGINT, user="postgres", info={"socket_dir": d, "data": data})
+                      stop_signal=signal.SIGINT, user="postgres", info=info)
     return _with_retry(_prepared("pg", "postgres", build), port)
 
 
@@ -736,10 +745,12 @@ def curl(url: str | Sequence[str], n: int = 1, *, keepalive: bool = True, cacert
     return res
 
 
-def psql(srv: Server, sql: str, *, db: str = "postgres") -> list[list[str]]:
-    """``psql -c`` over TCP (simple query protocol); rows as lists of strings (CSV, no header)."""
+def psql(srv: Server, sql: str, *, db: str = "postgres", sslmode: str = "prefer") -> list[list[str]]:
+    """``psql -c`` over TCP (simple query protocol); rows as lists of strings (CSV, no header).
+    ``sslmode``: libpq's (its default, prefer, is TLS when the server offers it)."""
     r = _run(["psql", "-X", "-q", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-d", db,
-              "-v", "ON_ERROR_STOP=1", "--csv", "-t", "-c", sql], env=dict(os.environ, PGCONNECT_TIMEOUT="5"))
+              "-v", "ON_ERROR_STOP=1", "--csv", "-t", "-c", sql],
+             env=dict(os.environ, PGCONNECT_TIMEOUT="5", PGSSLMODE=sslmode))
     return [row for row in csv.reader(io.StringIO(r.stdout)) if row]
 
 

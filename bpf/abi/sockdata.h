@@ -168,7 +168,7 @@ struct andon_sd_close {
 	__u32 _pad;
 };
 
-/* A process mapped a file named libssl.so.* executable (mmap(2) with PROT_EXEC and an fd): the
+/* A process mapped a file named libssl.so.* or libssl-* executable (mmap(2) with PROT_EXEC and an fd): the
  * reader finds the file in /proc/<pid>/maps and puts the TLS uprobes on it, if it is new.
  * Header fields role, protocol and conn_id are 0; fd is the mmap's fd. */
 struct andon_sd_lib {

@@ -1110,7 +1110,8 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		sd__count(SD_STAT_TLS_CHUNKS, 1);
 }
 
-/* mmap(2) of fd with PROT_EXEC returned addr: when the file is named libssl.so.*, tell the
+/* mmap(2) of fd with PROT_EXEC returned addr: when the file is named libssl.so.* (or
+ * libssl-*, as Python wheels name the copy they bundle: libssl-6a9b88ec.so.3), tell the
  * reader, which puts the TLS uprobes on that file if it is new to it. This is how a library
  * loaded late (Python's `import ssl`), by an exec in the same pid, or from a directory of
  * its own (LD_LIBRARY_PATH, a new container image) is probed within milliseconds, not at
@@ -1125,9 +1126,10 @@ static __always_inline void sd__on_exec_map(long fd, __u64 addr, __u64 pid_tgid,
 	char b[10];
 	if (bpf_probe_read_kernel(b, sizeof(b), name))
 		return;
-	if (b[0] != 'l' || b[1] != 'i' || b[2] != 'b' || b[3] != 's' || b[4] != 's' || b[5] != 'l' ||
-	    b[6] != '.' || b[7] != 's' || b[8] != 'o' || b[9] != '.')
+	if (b[0] != 'l' || b[1] != 'i' || b[2] != 'b' || b[3] != 's' || b[4] != 's' || b[5] != 'l')
 		return;
+	if (b[6] != '-' && (b[6] != '.' || b[7] != 's' || b[8] != 'o' || b[9] != '.'))
+		return; /* the reader checks the whole name (src/andon/events/tls.py, LIBSSL) */
 	struct andon_sd_lib *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
 	if (!r) {
 		sd__count(SD_STAT_DROPS, 1);

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import secrets
 import shutil
@@ -272,6 +273,53 @@ def test_pgsql_simple_and_extended_protocol(agent: ObserveAgent, pg: S.Server):
     assert {x["pid"] for x in clients[3:]} == {os.getpid()}  # psycopg runs in this process
     assert {x["comm"] for x in servers_} == {"postgres"}
     assert {x["pid"] for x in servers_}.isdisjoint({pg.pid}), "backends are the postmaster's children"
+
+
+# A psycopg[binary] client in a process of its own: the wheel's libpq links the libssl copy the
+# wheel bundles (psycopg_binary.libs/libssl-<hash>.so.3), not the host's
+PSYCOPG_TLS = r"""
+import json, sys
+import psycopg
+port, tag = int(sys.argv[1]), sys.argv[2]
+with psycopg.connect(host="127.0.0.1", port=port, user="postgres", sslmode="require", autocommit=True) as c:
+    got = c.execute(f"SELECT %s::int + 1 AS t_{tag}", (41,), prepare=True).fetchall()
+    ssl = c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "/libssl" in l})
+print(json.dumps({"got": got, "ssl": ssl, "libs": libs}))
+"""
+
+
+def test_pgsql_over_tls_is_plaintext_and_encrypted(agent: ObserveAgent):
+    """PostgreSQL with ssl on (Debian's own cluster has it, and libpq's default sslmode takes
+    it): psql, with the host's libssl, and psycopg[binary], with the copy its wheel bundles.
+    The sensor keeps the ciphertext out and delivers the TLS calls' plaintext; the parser
+    goes on after the backend's "S" (it used to skip the rest of the connection)."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    with S.postgres(tls=True) as pg:
+        assert S.psql(pg, f"SELECT ssl, '{tag}' AS tag FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                      sslmode="require") == [["t", tag]]
+        r = subprocess.run([sys.executable, "-c", PSYCOPG_TLS, str(pg.port), tag], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        child = json.loads(r.stdout)
+        assert (child["got"], child["ssl"]) == ([[42]], True)
+        # libpq's calls go to the wheel's copy (Python's own ssl module maps the host's too)
+        libs = {Path(p).parent.name: Path(p).name for p in child["libs"]}
+        assert re.fullmatch(r"libssl-[0-9a-f]{8}\.so\.3", libs.get("psycopg_binary.libs", "")), libs
+        rows = agent.wait_rows("SELECT trace_role, req_cmd, req, resp, encrypted, comm FROM pgsql_events "
+                               f"WHERE {_on_port(pg.port, t0)} AND req LIKE '%{tag}%' ORDER BY time_, req_cmd",
+                               6, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    want = [("Query", f"SELECT ssl, '{tag}' AS tag FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+             f"ssl,tag\nt,{tag}\nSELECT 1"),
+            ("Parse", f"SELECT $1::int + 1 AS t_{tag}", "PARSE COMPLETE"),
+            ("Execute", f"query=[SELECT $1::int + 1 AS t_{tag}] params=[\\x0029]", "42\nSELECT 1")]
+    for side in (clients, servers_):
+        assert [(x["req_cmd"], x["req"], x["resp"]) for x in side] == want, agent.log_tail()
+        assert {x["encrypted"] for x in side} == {True}
+    assert [x["comm"] for x in clients] == ["psql"] + [Path(sys.executable).name[:15]] * 2
+    assert {x["comm"] for x in servers_} == {"postgres"}
+    _made("pgsql_events", 6)
 
 
 # -- MariaDB -----------------------------------------------------------------------------------------

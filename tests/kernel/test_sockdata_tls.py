@@ -508,17 +508,22 @@ LATE_PYTHON = "import json, os, sys\nprint(json.dumps({{'pid': os.getpid()}}), f
 LATE_EXEC = 'echo "{{\\"pid\\": $$}}"; read go; exec {python} -c "$0"'
 
 
-@pytest.mark.parametrize("how", ["import", "exec"])
-def test_libssl_loaded_after_the_process_was_scanned_is_probed_at_its_mapping(shared, cert, tmp_path, how):
+@pytest.mark.parametrize("how,name", [("import", "libssl.so.3"), ("exec", "libssl.so.3"),
+                                      ("import", "libssl-0123abcd.so.3")])
+def test_libssl_loaded_after_the_process_was_scanned_is_probed_at_its_mapping(shared, cert, tmp_path, how, name):
     """A process the rescans had already read, that then loads a libssl file new to the
     sensor: by a late `import ssl`, or by an exec in the same pid. Rescans never read a seen
-    pid again; the sensor's record of the mapping gets the file probed."""
+    pid again; the sensor's record of the mapping gets the file probed. The file may have a
+    Python wheel's hashed name (psycopg[binary] bundles libssl-6a9b88ec.so.3): here the
+    loader finds it through a libssl.so.3 symlink, and maps name the file itself."""
     if not Path(LIBSSL).exists():
         pytest.skip(f"no {LIBSSL}")
     src = shared
     lib = tmp_path / "lib"
     lib.mkdir()
-    shutil.copy(LIBSSL, lib / "libssl.so.3")
+    shutil.copy(LIBSSL, lib / name)
+    if name != "libssl.so.3":
+        (lib / "libssl.so.3").symlink_to(name)
     code = TLS_CHILD.format(cert=cert[0], key=cert[1], req=REQ, resp=RESP, client="k.sendall(REQ)",
                             server_read=65536)
     if how == "import":
@@ -539,13 +544,13 @@ def test_libssl_loaded_after_the_process_was_scanned_is_probed_at_its_mapping(sh
     child.p.stdin.write("go\n")
     child.p.stdin.flush()
     assert json.loads(child.p.stdout.readline())["pid"] == child.pid  # same pid after the exec
-    assert str(lib / "libssl.so.3") in Path(f"/proc/{child.pid}/maps").read_text()
-    _wait_for_file(src, lib / "libssl.so.3", timeout=5.0)
+    assert str(lib / name) in Path(f"/proc/{child.pid}/maps").read_text()
+    _wait_for_file(src, lib / name, timeout=5.0)
     child.go()
     recs = collect(src, {child.pid}, closes=2)
     # ASSERT
     found = next(f for f in src.tls.files.values() if f.pid == child.pid)
-    assert found.path == f"/proc/{child.pid}/root{lib}/libssl.so.3"
+    assert found.path == f"/proc/{child.pid}/root{lib}/{name}"
     assert found.lag_ms is not None and 0 < found.lag_ms < 5000  # found by the mapping's record
     assert src.stats()["tls_libs_mapped"] == before["tls_libs_mapped"] + 1  # one record for one load
     by = conns(recs)

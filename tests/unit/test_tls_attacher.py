@@ -82,3 +82,22 @@ def test_a_fifo_where_the_maps_name_libssl_is_skipped_without_blocking(tmp_path)
     t.join(5)
     assert got == [0], "on_mapped blocked on the FIFO"
     assert a.files == {} and a.failed == {} and a.maps_read == 1
+
+
+def test_the_openssl_files_a_process_maps_are_told_from_others_by_name(tmp_path, monkeypatch):
+    names = {
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3": True,
+        "/opt/old/lib/libssl.so.1.1": True,
+        # a Python wheel's bundled copy (auditwheel names it after its hash)
+        "/venv/lib/python3.11/site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3": True,
+        "/usr/lib/libssl3.so": False,  # NSS
+        "/usr/lib/libssl.so.3 (deleted)": False,  # replaced on disk: nothing to open
+        "/opt/x/libssl-notahash.so.3": False,
+        "/usr/lib/libssl.so": False,  # the development symlink, never mapped by its soname
+    }
+    maps = "".join(f"7f00000{i:02x}000-7f00000{i:02x}fff r-xp 00001000 fe:00 {50 + i} {n}\n"
+                   for i, n in enumerate(names))
+    proc = _proc(tmp_path, PID, maps)
+    a, tried = _attacher(proc, monkeypatch)
+    a.on_mapped(PID, 0, 50)
+    assert sorted(p for p, _ in tried) == sorted(f"{proc}/{PID}/root{n}" for n, ok in names.items() if ok)

@@ -7,12 +7,13 @@ maps that file, including processes started later. What has to be found are the
 distinct files:
 
 * the host's standard library directories, once at start;
-* every ``libssl.so.3`` / ``libssl.so.1.1`` named in ``/proc/<pid>/maps``, opened through
+* every ``libssl.so.3`` / ``libssl.so.1.1`` (or a wheel's ``libssl-<hash>.so.3``) named in
+  ``/proc/<pid>/maps``, opened through
   ``/proc/<pid>/root`` so that a container's (or any other mount namespace's) own copy is
   the file attached. Each file is attached once, keyed by (st_dev, st_ino).
 
 :meth:`TlsAttacher.on_mapped` reads one process's maps the moment the sensor says it
-mapped a file named ``libssl.so.*`` executable (``SD_REC_LIB``, from its ``mmap(2)`` at
+mapped a file named ``libssl.so.*`` or ``libssl-*`` executable (``SD_REC_LIB``, from its ``mmap(2)`` at
 exit), so a library loaded late (Python's ``import ssl``), after an exec in the same pid,
 or from a directory of its own (``LD_LIBRARY_PATH``, a container image new to this host)
 is probed within milliseconds of its loading, before the program's first TLS call in
@@ -36,8 +37,10 @@ from ..errors import BpfError, NotSupported
 
 log = logging.getLogger("andon.tls")
 
-# OpenSSL's sonames; NSS's libssl3.so is another library with other functions
-LIBSSL = re.compile(r"/libssl\.so\.(3|1\.1)$")
+# OpenSSL's sonames, and the copies Python wheels bundle under a hashed name (auditwheel:
+# psycopg[binary]'s psycopg_binary.libs/libssl-6a9b88ec.so.3); NSS's libssl3.so is another
+# library with other functions
+LIBSSL = re.compile(r"/libssl(-[0-9a-f]{8})?\.so\.(3|1\.1)$")
 
 # function -> the entry program; every function's return goes to RET_PROG
 ENTRY_PROGS = {
@@ -172,7 +175,7 @@ class TlsAttacher:
         self.maps_read += 1
         found: set[str] = set()
         for line in raw.split(b"\n"):
-            if b"libssl.so." not in line:
+            if b"/libssl" not in line:
                 continue
             parts = line.split(maxsplit=5)
             if len(parts) == 6:
