@@ -527,10 +527,11 @@ def _mysql_probe(srv: Server) -> bool:
     return mysql(srv, "select 1", timeout=PROBE_TIMEOUT_S) == [["1"]]
 
 
-def mariadb(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
+def mariadb(*, port: int | None = None, tls: bool = False) -> contextlib.AbstractContextManager[Server]:
     """MariaDB as user ``mysql``: mariadb-install-db into the temp dir (root@localhost and
     root@127.0.0.1 with no password; TCP clients are root@127.0.0.1 under --skip-name-resolve), --bind-address=127.0.0.1, unix socket ``info["socket"]``, no binlog, small
-    buffer pool. Database ``test`` is created for the tests."""
+    buffer pool. Database ``test`` is created for the tests. ``tls``: a self-signed
+    certificate (``info["cert"]``), so clients that ask for TLS get it."""
     def build(p: int, d: Path):
         data = d / "data"
         r = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}",
@@ -546,8 +547,13 @@ def mariadb(*, port: int | None = None) -> contextlib.AbstractContextManager[Ser
                 "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
                 "--innodb-flush-log-at-trx-commit=0", f"--log-error={d}/server.log",
                 "--max-connections=200", "--performance-schema=0"]
+        info = {"socket": sock, "data": data}
+        if tls:
+            cert, key = self_signed_cert(d)
+            argv += [f"--ssl-cert={cert}", f"--ssl-key={key}"]
+            info["cert"] = cert
         return _serve("mariadb", argv, host="127.0.0.1", port=p, workdir=d, probe=_mysql_probe,
-                      user="mysql", info={"socket": sock, "data": data}, timeout=60)
+                      user="mysql", info=info, timeout=60)
 
     @contextlib.contextmanager
     def with_test_db():

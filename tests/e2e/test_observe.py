@@ -364,6 +364,43 @@ def test_mysql_text_prepared_and_error(agent: ObserveAgent, maria: S.Server):
     _made("mysql_events", len(rows))
 
 
+def test_mysql_over_tls_is_plaintext_and_encrypted(agent: ObserveAgent):
+    """MariaDB with a certificate, the mysql CLI with --ssl and mysql-connector with TLS: the
+    client's SSL request packet is plain, the rest the TLS calls' plaintext."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    with S.mariadb(tls=True) as maria:
+        r = S._run(["mysql", "--no-defaults", "--protocol=TCP", "-h", maria.host, "-P", str(maria.port), "-u", "root",
+                    "--ssl", "-N", "-B", "-e", f"SELECT '{tag}', VARIABLE_VALUE <> '' FROM information_schema"
+                    ".SESSION_STATUS WHERE VARIABLE_NAME = 'SSL_CIPHER'"])
+        assert r.stdout.split() == [tag, "1"], "the CLI's session is TLS"
+        import mysql.connector
+        conn = mysql.connector.connect(host=maria.host, port=maria.port, user="root", database="test",
+                                       use_pure=True, autocommit=True, ssl_disabled=False, connection_timeout=5)
+        try:
+            cur = conn.cursor(prepared=True)
+            cur.execute(f"SELECT ? + 1 AS t_{tag}", (41,))
+            assert cur.fetchall() == [(42,)]
+            plain = conn.cursor()
+            plain.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            assert plain.fetchall()[0][1], "the connector's session is TLS"
+        finally:
+            conn.close()
+        rows = agent.wait_rows("SELECT trace_role, req_cmd, req_body, resp_status, resp_body, encrypted, comm "
+                               f"FROM mysql_events WHERE {_on_port(maria.port, t0)} AND req_body LIKE '%{tag}%' "
+                               "ORDER BY time_, req_cmd", 6, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    q = f"SELECT '{tag}', VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'SSL_CIPHER'"
+    want = [(MYSQL_QUERY, q, MYSQL_OK, "Resultset rows = 1"),
+            (MYSQL_STMT_PREPARE, f"SELECT ? + 1 AS t_{tag}", MYSQL_OK, ""),
+            (MYSQL_STMT_EXECUTE, f"query=[SELECT ? + 1 AS t_{tag}] params=[41]", MYSQL_OK, "Resultset rows = 1")]
+    for side in (clients, servers_):
+        assert [(x["req_cmd"], x["req_body"], x["resp_status"], x["resp_body"]) for x in side] == want, rows
+        assert {x["encrypted"] for x in side} == {True}
+    assert [x["comm"] for x in clients] == ["mysql", _comm(os.getpid()), _comm(os.getpid())]
+    assert {x["comm"] for x in servers_} == {"mariadbd"}
+    _made("mysql_events", 6)
+
+
 # -- Redis -------------------------------------------------------------------------------------------
 def _js(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
