@@ -11,6 +11,8 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
     nginx-1k      wrk -t2 -c16 on /size/1024     / the same with workloads/paced.lua (wrk's delay() hook)
     nginx-small   wrk -t1 -c4 on / (17 bytes)    / paced.lua
     nginx-tls     nginx-1k over TLS              / paced.lua
+    nginx-sendfile  nginx-1k with `sendfile on` (Debian's nginx.conf): the file's bytes go by
+                  sendfile(2), so the sensor sends their size, not a copy  / paced.lua
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
     pg-tpcb       pgbench -c4 -j2, its default TPC-B-like script (a transaction of 7 statements
@@ -442,6 +444,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "nginx-1k", "nginx"),
         http("/", 1, 4, "nginx-small", "nginx"),
         http("/size/1024", 2, 16, "nginx-tls", "nginx-tls"),
+        http("/size/1024", 2, 16, "nginx-sendfile", "nginx-sendfile"),
         pg("simple", 1),
         pg("extended", 4),
         # BEGIN, 3 UPDATEs, a SELECT, an INSERT, END: 7 Query rows; one INSERT a transaction
@@ -452,6 +455,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
 
 
 STARTERS = {"nginx": lambda: S.nginx(workers=1), "nginx-tls": lambda: S.nginx(workers=1, tls=True),
+            "nginx-sendfile": lambda: S.nginx(workers=1, sendfile=True),
             "postgres": lambda: S.postgres(settings={"autovacuum": "off"}),  # no background work in the windows
             "redis": S.redis}
 
