@@ -148,7 +148,7 @@ def ring_records(name: str, n: int, first: int = 0) -> list[bytes]:
     proto, role, _, _ = _pairs("http-server" if name == "http-varied" else name)
     addr = bytes([127, 0, 0, 1]) + bytes(12)
     out = [sd.OPEN.pack(sd.REC_OPEN, int(role), int(proto), PID, PID, 5 + c, 1000, first + c + 1, 2, 6, 8080,
-                        40000 + c, addr, addr, 4026531840, 2, b"srv", b"srv") for c in range(CONNS)]
+                        40000 + c, addr, addr, 4026531840, 2, b"srv", b"srv", 0, b"") for c in range(CONNS)]
     t, pos = 1000, {}
     for c, chunks in _exchanges(name, n, first):
         for d, data in chunks:

@@ -569,11 +569,15 @@ def _redis_probe(srv: Server) -> bool:
 
 
 def redis(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
-    """redis-server on 127.0.0.1 with no persistence (--save '' --appendonly no), as ``nobody``."""
+    """redis-server on 127.0.0.1 with no persistence (--save '' --appendonly no), as ``nobody``;
+    also on the unix socket ``info["socket"]``."""
     def build(p: int, d: Path):
+        sock = d / "redis.sock"
         argv = ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(d), "--daemonize", "no", "--logfile", "", "--protected-mode", "no"]
-        return _serve("redis", argv, host="127.0.0.1", port=p, workdir=d, probe=_redis_probe, user="nobody")
+                "--dir", str(d), "--daemonize", "no", "--logfile", "", "--protected-mode", "no",
+                "--unixsocket", str(sock), "--unixsocketperm", "777"]
+        return _serve("redis", argv, host="127.0.0.1", port=p, workdir=d, probe=_redis_probe, user="nobody",
+                      info={"socket": sock})
     return _with_retry(_prepared("redis", "nobody", build), port)
 
 

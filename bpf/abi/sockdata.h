@@ -108,11 +108,13 @@ struct andon_sd_hdr {
 	__u64 conn_id;
 };
 
+#define SD_UNIX_PATH_MAX 108 /* sizeof(sockaddr_un.sun_path) */
+
 struct andon_sd_open {
 	struct andon_sd_hdr h;
-	/* field 1: family (u16) AF_INET 2 / AF_INET6 10 */
+	/* field 1: family (u16) AF_INET 2 / AF_INET6 10 / AF_UNIX 1 (a stream socket) */
 	__u16 family;
-	/* field 2: l4 (u16) IPPROTO_TCP 6 / IPPROTO_UDP 17 */
+	/* field 2: l4 (u16) IPPROTO_TCP 6 / IPPROTO_UDP 17; 0 for AF_UNIX */
 	__u16 l4;
 	/* field 3: lport (u16) host order */
 	__u16 lport;
@@ -130,6 +132,12 @@ struct andon_sd_open {
 	char comm[16];
 	/* field 10: tcomm (char[16]) the name of the thread that made the record */
 	char tcomm[16];
+	/* field 11: path_len (u32) AF_UNIX: bytes of path; 0 for an unnamed pair (socketpair) */
+	__u32 path_len;
+	/* field 12: path (u8[SD_UNIX_PATH_MAX]) AF_UNIX: the address the server end is bound to (the
+	 * listening socket's; for a client, its peer's), sun_path as the kernel holds it: a
+	 * leading NUL for an abstract name */
+	__u8 path[SD_UNIX_PATH_MAX];
 };
 
 struct andon_sd_data {
@@ -199,6 +207,8 @@ struct andon_sd_config {
 	/* field 6: watch_libs (u32) 1: send a SD_REC_LIB record when a traced process maps a
 	 * libssl file executable (set when the TLS uprobes are loaded) */
 	__u32 watch_libs;
+	/* field 7: unix_sockets (u32) 1: also trace unix stream sockets (AF_UNIX, SOCK_STREAM) */
+	__u32 unix_sockets;
 };
 
 #endif

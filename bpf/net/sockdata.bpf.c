@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Socket data capture: the bytes that TCP and UDP sockets of every process read and
+ * Socket data capture: the bytes that TCP, UDP and unix stream sockets of every process read and
  * write, per connection, with connection open/close records, for the protocol parsers.
  *
  * One program on sys_exit (tp_btf, or raw_tp where tp_btf does not load), filtered by
@@ -244,8 +244,10 @@ struct andon_sd_lib __sd_btf_lib SEC(".andon.btf") __attribute__((used));
 
 #define TS_COMPAT 0x0002
 #define EINPROGRESS 115
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define SOCK_STREAM 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define SD_IOV_MAX 16 /* iovecs walked per call; the rest are counted as not copied */
@@ -264,14 +266,22 @@ static __always_inline void sd__count(__u32 idx, __u64 n)
 		*v += n;
 }
 
-/* The inet sock of a socket, with its family and protocol; NULL for anything but
- * TCP/UDP over IPv4/IPv6 (unix, netlink, raw, ... are not traced). */
+/* The sock of a socket we trace, with its family and protocol; NULL for anything but TCP/UDP
+ * over IPv4/IPv6 and unix stream sockets (netlink, raw, unix datagrams, ... are not traced).
+ * A unix stream socket is a byte stream as TCP is: its l4 here is IPPROTO_TCP, which is what
+ * the connection's entry needs (held chunks, no datagram peers); its open record says 0. */
 static __always_inline struct sock *sd__inet_sock(struct socket *so, __u16 *family, __u8 *l4)
 {
 	struct sock *sk = BPF_CORE_READ(so, sk);
 	if (!sk)
 		return NULL;
 	*family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (*family == AF_UNIX) {
+		if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM || !sd_cfg.unix_sockets)
+			return NULL;
+		*l4 = IPPROTO_TCP;
+		return sk;
+	}
 	if (*family != AF_INET && *family != AF_INET6)
 		return NULL;
 	*l4 = BPF_CORE_READ(sk, sk_protocol);
@@ -324,6 +334,31 @@ static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, l
 	sd__count(SD_STAT_EVENTS, 1);
 }
 
+/* A unix stream socket's server address into its open record: the address it is bound to
+ * (an accepted socket shares its listener's), else its peer's (a client is not bound); none
+ * for an unnamed pair. Global, as sd__copy: verified once, on its own. */
+__noinline int sd__unix_path(struct andon_sd_open *r, __u64 skp)
+{
+	struct sock *sk = (struct sock *)skp;
+	if (!r || !sk)
+		return 0;
+	struct unix_address *ua = BPF_CORE_READ((struct unix_sock *)sk, addr);
+	if (!ua) {
+		struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+		if (peer)
+			ua = BPF_CORE_READ((struct unix_sock *)peer, addr);
+	}
+	if (!ua)
+		return 0;
+	int len = BPF_CORE_READ(ua, len) - (int)sizeof(__u16); /* sockaddr_un: sun_family, then sun_path */
+	if (len <= 0 || len > SD_UNIX_PATH_MAX)
+		return 0;
+	if (bpf_probe_read_kernel(r->path, len, &ua->name[0].sun_path))
+		return 0;
+	r->path_len = len;
+	return len;
+}
+
 /* Make the entry for (tgid, fd), which names socket sk, and send its open record. */
 static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct file *f, struct sock *sk,
 						   __u16 family, __u8 l4, __u8 role, __u32 origin, __u64 pid_tgid)
@@ -361,19 +396,26 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	}
 	sd__header(&r->h, SD_REC_OPEN, pid_tgid, key->fd, cp);
 	r->family = family;
-	r->l4 = l4;
+	r->l4 = family == AF_UNIX ? 0 : l4;
 	r->origin = origin;
-	/* the socket's own addresses: right inside any network namespace */
-	r->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	r->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	__builtin_memset(r->laddr, 0, sizeof(r->laddr));
 	__builtin_memset(r->raddr, 0, sizeof(r->raddr));
-	if (family == AF_INET) {
-		bpf_probe_read_kernel(r->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_probe_read_kernel(r->raddr, 4, &sk->__sk_common.skc_daddr);
+	r->path_len = 0;
+	if (family == AF_UNIX) {
+		r->lport = 0;
+		r->rport = 0;
+		sd__unix_path(r, (__u64)sk);
 	} else {
-		bpf_probe_read_kernel(r->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_probe_read_kernel(r->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+		/* the socket's own addresses: right inside any network namespace */
+		r->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		r->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		if (family == AF_INET) {
+			bpf_probe_read_kernel(r->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+			bpf_probe_read_kernel(r->raddr, 4, &sk->__sk_common.skc_daddr);
+		} else {
+			bpf_probe_read_kernel(r->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			bpf_probe_read_kernel(r->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+		}
 	}
 	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	/* the process's name (its group leader's), and the thread's: dig's are dig and isc-net-0000 */

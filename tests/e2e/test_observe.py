@@ -541,6 +541,56 @@ def test_dns_over_tcp_dig_both_sides(agent: ObserveAgent, dns: S.Server):
         json.loads(x["req_header"])["txid"] for x in servers_]
 
 
+# -- unix stream sockets ------------------------------------------------------------------------------
+def _on_path(path: Path, since_ns: int) -> str:
+    """SQL: rows of the connections through the unix socket at ``path`` since ``since_ns``."""
+    return f"(remote_addr = '{path}' OR local_addr = '{path}') AND time_ >= {since_ns}"
+
+
+def test_local_clients_over_unix_sockets(agent: ObserveAgent, pg: S.Server, maria: S.Server, redis: S.Server):
+    """psql with a socket directory for -h, the mysql CLI with --socket and redis-cli -s: on a
+    database's own host its clients use unix sockets (libpq with no host, `mysql -h localhost`).
+    Both ends, named by the socket's path, ports 0."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    pg_sock = Path(pg.info["socket_dir"]) / f".s.PGSQL.{pg.port}"
+    r = S._run(["psql", "-X", "-q", "-h", str(pg.info["socket_dir"]), "-p", str(pg.port), "-U", "postgres",
+                "--csv", "-t", "-c", f"SELECT '{tag}' AS unix"])
+    assert r.stdout.split() == [tag]
+    r = S._run(["mysql", "--no-defaults", f"--socket={maria.info['socket']}", "-u", "root", "-N", "-B",
+                "-e", f"SELECT '{tag}'"])
+    assert r.stdout.split() == [tag]
+    for args in (["SET", f"u_{tag}", "v"], ["GET", f"u_{tag}"]):
+        r = S._run(["redis-cli", "-s", str(redis.info["socket"]), *args])
+    assert r.stdout.strip() == "v"
+
+    cols = "trace_role, remote_addr, remote_port, local_addr, local_port, comm"
+    pg_rows = agent.wait_rows(f"SELECT {cols}, req, resp FROM pgsql_events WHERE {_on_path(pg_sock, t0)} "
+                              f"AND req LIKE '%{tag}%' ORDER BY trace_role", 2, timeout=WAIT_S)
+    my_rows = agent.wait_rows(f"SELECT {cols}, req_body AS req, resp_body AS resp FROM mysql_events "
+                              f"WHERE {_on_path(maria.info['socket'], t0)} AND req_body LIKE '%{tag}%' "
+                              "ORDER BY trace_role", 2, timeout=WAIT_S)
+    rd_rows = agent.wait_rows(f"SELECT {cols}, req_cmd || ' ' || req_args AS req, resp FROM redis_events "
+                              f"WHERE {_on_path(redis.info['socket'], t0)} AND req_args LIKE '%u_{tag}%' "
+                              "ORDER BY time_, trace_role", 4, timeout=WAIT_S)
+    for rows, path, client, server, want in (
+            (pg_rows, pg_sock, "psql", "postgres", [(f"SELECT '{tag}' AS unix", f"unix\n{tag}\nSELECT 1")]),
+            (my_rows, maria.info["socket"], "mysql", "mariadbd", [(f"SELECT '{tag}'", "Resultset rows = 1")]),
+            (rd_rows, redis.info["socket"], "redis-cli", "redis-server",
+             [(f'SET {{"key":"u_{tag}","value":"v","options":[]}}', "OK"), (f'GET {{"key":"u_{tag}"}}', "v")])):
+        clients, servers_ = _sides(rows)
+        for side, comm in ((clients, client), (servers_, server)):
+            assert [(x["req"], x["resp"]) for x in side] == want, rows
+            assert {(x["remote_addr"], x["local_addr"], x["remote_port"], x["local_port"], x["comm"])
+                    for x in side} == {(str(path), str(path), 0, 0, comm)}
+    _made("pgsql_events", 2)
+    _made("mysql_events", 2)
+    _made("redis_events", 4)
+    # conn_stats: the connections, of family AF_UNIX (1), as Pixie's addr_family
+    stats = agent.wait_rows(f"SELECT DISTINCT addr_family, trace_role FROM conn_stats WHERE remote_addr = "
+                            f"'{pg_sock}' AND time_ >= {t0} ORDER BY trace_role", 2, timeout=WAIT_S)
+    assert [(x["addr_family"], x["trace_role"]) for x in stats] == [(1, CLIENT), (1, SERVER)]
+
+
 # -- one end only ------------------------------------------------------------------------------------
 def test_trace_roles_keep_one_end_of_each_protocol(tmp_path: Path, http: S.Server, pg: S.Server):
     # TRIGGER: an agent of its own told to keep HTTP's client end and PostgreSQL's server end;

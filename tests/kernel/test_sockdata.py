@@ -23,6 +23,7 @@ import pytest
 
 from andon.errors import UsageError
 from andon.events.sockdata import (
+    AF_UNIX,
     CLOSE_EXEC,
     CLOSE_EXIT,
     CLOSE_REUSED,
@@ -453,6 +454,75 @@ def test_sendfile_before_the_protocol_is_known_is_skipped(sd):
     assert out[0].pos == info["body"]
     after = src.stats()
     assert after["skipped_bytes"] - before["skipped_bytes"] >= info["body"]
+
+
+# -- unix stream sockets ------------------------------------------------------------------------
+
+# One HTTP exchange on each of: a unix socket bound to a path, one bound to an abstract name,
+# and a socketpair (no name; no connect or accept either). Prints the addresses.
+UNIX_CHILD = r"""
+import json, os, socket, threading
+REQ, RESP = {req!r}, {resp!r}
+def exchange(srv, addr):
+    def serve():
+        c, _ = srv.accept()
+        got = b""
+        while len(got) < len(REQ):
+            got += c.recv(65536)
+        c.sendall(RESP)
+        c.close()
+    t = threading.Thread(target=serve); t.start()
+    k = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); k.connect(addr)
+    k.sendall(REQ)
+    got = b""
+    while len(got) < len(RESP):
+        got += k.recv(65536)
+    k.close(); t.join(); srv.close()
+path, abstract = {path!r}, b"\0andon-" + os.urandom(4).hex().encode()
+for addr in (path, abstract):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); srv.bind(addr); srv.listen(1)
+    exchange(srv, addr)
+a, b = socket.socketpair()
+a.sendall(REQ); assert b.recv(65536) == REQ
+b.sendall(RESP); assert a.recv(65536) == RESP
+a.close(); b.close()
+print(json.dumps({{"abstract": "@" + abstract[1:].decode()}}))
+"""
+
+
+def test_unix_stream_sockets_are_connections_named_by_their_path(sd, tmp_path):
+    src = sd
+    path = str(tmp_path / "http.sock")
+    # TRIGGER
+    pid, info = run_child(src, UNIX_CHILD.format(req=REQ, resp=RESP, path=path))
+    recs = collect(src, {pid}, closes(6))
+    # ASSERT
+    conns = by_conn(recs)
+    assert len(conns) == 6, conns
+    opens = [rs[0] for rs in conns.values()]
+    assert all(isinstance(o, ConnOpen) for o in opens)
+    got = sorted((o.raddr, o.role, o.origin) for o in opens)
+    assert got == sorted([
+        (path, Role.CLIENT, ORIGIN_CONNECT), (path, Role.SERVER, ORIGIN_ACCEPT),
+        (info["abstract"], Role.CLIENT, ORIGIN_CONNECT), (info["abstract"], Role.SERVER, ORIGIN_ACCEPT),
+        ("", Role.UNKNOWN, ORIGIN_DATA), ("", Role.UNKNOWN, ORIGIN_DATA)])  # the pair: unnamed
+    assert {(o.family, o.l4, o.lport, o.rport, o.laddr == o.raddr) for o in opens} == {(AF_UNIX, 0, 0, 0, True)}
+    for rs in conns.values():
+        role = next((r.role for r in rs if isinstance(r, Data)), None)  # the pair's: from its first message
+        want = {Role.CLIENT: (REQ, RESP), Role.SERVER: (RESP, REQ)}[role]
+        assert (payload(rs, Direction.EGRESS), payload(rs, Direction.INGRESS)) == want
+        assert {r.protocol for r in rs if isinstance(r, Data)} == {Protocol.HTTP}
+        close = rs[-1]
+        assert isinstance(close, ConnClose) and (close.bytes_sent, close.bytes_recv) == tuple(map(len, want))
+    assert src.stats()["drops"] == 0
+
+
+def test_unix_sockets_off_are_not_traced(sockdata, tmp_path):
+    src = sockdata(unix=False)
+    # TRIGGER
+    pid, _ = run_child(src, UNIX_CHILD.format(req=REQ, resp=RESP, path=str(tmp_path / "http.sock")))
+    # ASSERT: nothing at all of this child (it made no inet socket)
+    assert collect(src, {pid}, timeout=1.0) == []
 
 
 # -- UDP: a DNS query and answer by sendto/recvfrom -------------------------------------------

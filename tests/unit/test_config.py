@@ -61,6 +61,7 @@ def test_falcos_singular_rules_file_key_is_accepted(tmp_path):
         ({"observe": {"protocols": "http"}}, "observe.protocols must be a list"),
         ({"observe": {"max_copy_bytes": 20000}}, "observe.max_copy_bytes"),
         ({"observe": {"enabled": "yes"}}, "observe.enabled"),
+        ({"observe": {"unix_sockets": 1}}, "observe.unix_sockets must be true or false"),
         ({"observe": {"idle_timeout": "soon"}}, "observe.idle_timeout"),
         ({"observe": {"sample": 1}}, "unknown key.*observe"),
         ({"observe": {"trace_roles": ["server"]}}, "observe.trace_roles must map protocol names"),
@@ -119,7 +120,8 @@ def test_observe_and_store_sections(tmp_path):
     cfg = config_from_dict({"observe": {"protocols": ["HTTP", "dns"], "idle_timeout": "30s", "max_copy_bytes": 16384},
                             "store": {"data_dir": str(tmp_path), "retention": {"max_age": "2h", "max_bytes": "1GiB"}}})
     assert cfg.observe.protocols == ("http", "dns") and cfg.observe.idle_timeout_ns == 30 * 10**9
-    assert cfg.observe.max_copy_bytes == 16384 and cfg.observe.enabled
+    assert cfg.observe.max_copy_bytes == 16384 and cfg.observe.enabled and cfg.observe.unix_sockets
+    assert not config_from_dict({"observe": {"unix_sockets": False}}).observe.unix_sockets
     assert cfg.store.data_dir == tmp_path and cfg.store.retention.max_age_ns == 7200 * 10**9
     assert cfg.store.retention.max_bytes == 2**30
     assert "observe" not in cfg.outputs and "store" not in cfg.outputs

@@ -250,7 +250,7 @@ def data_rec(conn: int, ts: int, d: int, payload: bytes, pos: int, size: int | N
 
 def open_rec(conn: int) -> bytes:
     a = bytes([127, 0, 0, 1]) + bytes(12)
-    return sd.OPEN.pack(sd.REC_OPEN, 2, 1, 77, 78, 5, 10, conn, 2, 6, 8080, 40000, a, a, 99, 2, b"srv", b"w1")
+    return sd.OPEN.pack(sd.REC_OPEN, 2, 1, 77, 78, 5, 10, conn, 2, 6, 8080, 40000, a, a, 99, 2, b"srv", b"w1", 0, b"")
 
 
 def close_rec(conn: int) -> bytes:
@@ -649,3 +649,17 @@ def test_header_line_cache_is_bounded_and_keeps_no_long_lines():
     long = b"Cookie: " + b"c" * http_mod._LINE_KEY
     h = http_mod.parse_head(True, b"GET / HTTP/1.1\r\n" + long)
     assert h.hmap["cookie"] == "c" * http_mod._LINE_KEY and long not in http_mod._LINES
+
+
+def test_a_unix_socket_open_record_names_both_ends_by_the_path():
+    def rec(path: bytes, n: int) -> bytes:
+        return sd.OPEN.pack(sd.REC_OPEN, 1, 0, 77, 78, 5, 10, 3, sd.AF_UNIX, 0, 0, 0, bytes(16), bytes(16), 99, 1,
+                            b"psql", b"psql", n, path)
+    o = sd.decode(rec(b"/run/postgresql/.s.PGSQL.5432", 29))
+    assert (o.family, o.laddr, o.raddr, o.lport, o.rport, o.l4) == (
+        sd.AF_UNIX, "/run/postgresql/.s.PGSQL.5432", "/run/postgresql/.s.PGSQL.5432", 0, 0, 0)
+    # an abstract name: a leading NUL, shown as @ (ss, /proc/net/unix); NULs inside it kept
+    assert sd.decode(rec(b"\0andon\0x", 8)).raddr == "@andon\0x"
+    # an unnamed pair; and a length past the field is cut to it
+    assert sd.decode(rec(b"", 0)).raddr == ""
+    assert sd.decode(rec(b"/tmp/s" + b"\0" * 102, 500)).raddr == "/tmp/s"

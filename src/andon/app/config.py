@@ -33,7 +33,7 @@ SYSTEM_CONFIG = Path("/etc/andon/andon.yaml")
 _AGENT_KEYS = {"rules_files", "rules_file", "rule_matching", "priority", "watch_config_files", "hostname", "sensor",
                "append_output", "observe", "store", "flows", "network", "firewall"}
 _OBSERVE_KEYS = {"enabled", "protocols", "trace_roles", "max_copy_bytes", "ring_buffer_mb", "process_stats_interval",
-                 "conn_stats_interval", "idle_timeout"}
+                 "conn_stats_interval", "idle_timeout", "unix_sockets"}
 _TRACE_ROLES = ("client", "server")
 _APPEND_KEYS = {"match", "extra_output", "suggested_output", "extra_fields"}
 _MATCH_KEYS = {"rule", "source", "tags"}
@@ -56,6 +56,8 @@ class ObserveConfig:
     trace_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_copy_bytes: int = 4096
     ring_buffer_mb: int = 8
+    # unix stream sockets too: a host's local clients (psql, mysql -h localhost, redis-cli -s)
+    unix_sockets: bool = True
     process_stats_interval_ns: int = 10 * 10**9
     conn_stats_interval_ns: int = 5 * 10**9
     idle_timeout_ns: int = 300 * 10**9
@@ -241,10 +243,11 @@ def _observe(sec: Any, where: str) -> ObserveConfig:
     if unknown:
         raise UsageError(f"{where}unknown key(s) under observe: {', '.join(sorted(unknown))}")
     kw: dict[str, Any] = {}
-    if "enabled" in sec:
-        if not isinstance(sec["enabled"], bool):
-            raise UsageError(f"{where}observe.enabled must be true or false")
-        kw["enabled"] = sec["enabled"]
+    for key in ("enabled", "unix_sockets"):
+        if key in sec:
+            if not isinstance(sec[key], bool):
+                raise UsageError(f"{where}observe.{key} must be true or false")
+            kw[key] = sec[key]
     known = ObserveConfig().protocols
     if "protocols" in sec:
         protos = sec["protocols"]

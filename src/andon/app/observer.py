@@ -81,7 +81,7 @@ class Observer:
                 protocols=self.protocols, max_copy=self.cfg.max_copy_bytes,
                 trace_roles={PROTOCOL_NAMES[p]: frozenset(Role[r.upper()] for r in roles)
                              for p, roles in self.cfg.trace_roles},
-                ring_bytes=self.cfg.ring_buffer_mb << 20, trace_self=self._trace_self))
+                ring_bytes=self.cfg.ring_buffer_mb << 20, trace_self=self._trace_self, unix=self.cfg.unix_sockets))
             self.source.start()
         except BaseException:
             self.store.close()

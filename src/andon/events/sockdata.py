@@ -53,12 +53,12 @@ ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
 CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC, CLOSE_EXIT = 1, 2, 3, 4
 F_TRUNCATED, F_ADDR, F_ENCRYPTED, F_NOCOPY = 0x01, 0x02, 0x04, 0x08
 NR_SENDFILE, NR_SPLICE = 40, 275  # a record with F_NOCOPY: which call moved the bytes
-AF_INET, AF_INET6 = 2, 10
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 # struct andon_sd_hdr: type role protocol pid tid fd ts conn_id
 HDR = struct.Struct("<HBBIIiQQ")
-# struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm tcomm
-OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16s".replace(" ", ""))
+# struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm tcomm path_len path
+OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16sI108s".replace(" ", ""))
 # struct andon_sd_data: hdr pos size copied nr direction flags rport rfamily raddr, then data[]
 DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
 # the same without raddr (read only for a record with F_ADDR), and where raddr starts
@@ -69,15 +69,18 @@ CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
 # struct andon_sd_lib: hdr addr ino
 LIB = struct.Struct("<HBBIIiQQ QQ".replace(" ", ""))
 # struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter wakeup_shift watch_libs
-CONFIG = struct.Struct("<IIIIIII")
+# unix_sockets
+CONFIG = struct.Struct("<IIIIIIII")
 
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
-OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm")
+OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm", "path_len",
+               "path")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
 LIB_FIELDS = ("addr", "ino")
-CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift", "watch_libs")
+CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift", "watch_libs",
+                 "unix_sockets")
 
 STAT_NAMES = (
     "events",
@@ -105,6 +108,15 @@ HOOKS = {"tp_btf": ("sockdata_exit_btf", "sockdata_proc_exit"), "raw_tp": ("sock
 INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
 
 
+def unix_path(raw: bytes, n: int) -> str:
+    """sun_path as the kernel holds it (``n`` bytes) as text: a leading NUL (an abstract
+    name) shown as ``@``, as ss(8) and /proc/net/unix do; a filesystem path up to its NUL."""
+    raw = raw[:max(0, min(n, len(raw)))]
+    if raw[:1] == b"\0":
+        return "@" + raw[1:].decode(errors="replace")
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def _addr(family: int, raw: bytes) -> str:
     if family == AF_INET:
         return str(ipaddress.IPv4Address(raw[:4]))
@@ -122,12 +134,12 @@ class ConnOpen:
     fd: int
     ts_ns: int  # wall clock
     role: Role
-    family: int  # AF_INET / AF_INET6
-    laddr: str
+    family: int  # AF_INET / AF_INET6 / AF_UNIX (a stream socket)
+    laddr: str  # AF_UNIX: the socket's path (unix_path), as raddr; ports 0
     lport: int
     raddr: str
     rport: int
-    l4: int  # 6 TCP, 17 UDP
+    l4: int  # 6 TCP, 17 UDP; 0 for AF_UNIX
     netns: int  # inode of the socket's network namespace
     origin: int  # ORIGIN_CONNECT / ORIGIN_ACCEPT / ORIGIN_DATA
     comm: str  # the process's name (its thread group leader's)
@@ -217,6 +229,7 @@ class SockSettings:
     tls: bool = True  # uprobes on OpenSSL: plaintext of TLS connections (andon.events.tls)
     tls_rescan_s: float = 2.0  # how often read() looks for processes with a new libssl file
     tls_watch: bool = True  # probe a libssl file the moment a process maps it (SD_REC_LIB), not at a rescan
+    unix: bool = True  # also unix stream sockets (psql, mysql -h localhost, redis-cli -s)
     # the kernel wakes the reader each time this many more bytes are pending (a power of two
     # of at least 4 KiB); None: a sixteenth of the ring, at least 64 KiB; 0: the kernel's
     # adaptive wake-up, at the first record after the reader had caught up
@@ -278,9 +291,12 @@ def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
     _, role, proto, pid, tid, fd, ts, conn_id = HDR.unpack_from(rec)
     ts += boot_offset
     if typ == REC_OPEN and len(rec) >= OPEN.size:
-        family, l4, lport, rport, laddr, raddr, netns, origin, comm, tcomm = OPEN.unpack_from(rec)[8:]
-        return ConnOpen(conn_id, pid, tid, fd, ts, _role(role), family, _addr(family, laddr), lport,
-                        _addr(family, raddr), rport, l4, netns, origin,
+        family, l4, lport, rport, laddr, raddr, netns, origin, comm, tcomm, path_len, path = OPEN.unpack_from(rec)[8:]
+        if family == AF_UNIX:  # both ends of the connection are the socket at that path
+            la = ra = unix_path(path, path_len)
+        else:
+            la, ra = _addr(family, laddr), _addr(family, raddr)
+        return ConnOpen(conn_id, pid, tid, fd, ts, _role(role), family, la, lport, ra, rport, l4, netns, origin,
                         comm.split(b"\0", 1)[0].decode(errors="replace"),
                         tcomm.split(b"\0", 1)[0].decode(errors="replace"))
     if typ == REC_CLOSE and len(rec) >= CLOSE.size:
@@ -341,7 +357,8 @@ class SockSource:
         def cfg(tls: bool) -> bytes:  # libssl mappings are watched when there are probes to put on them
             return CONFIG.pack(os.getpid(), self.settings.max_copy, self.settings.infer_tries,
                                int(self.settings.trace_self), int(self.settings.pids is not None),
-                               wake.bit_length() - 1 if wake else 0, int(tls and self.settings.tls_watch))
+                               wake.bit_length() - 1 if wake else 0, int(tls and self.settings.tls_watch),
+                               int(self.settings.unix))
         try:
             errors: list[str] = []
             hooks = list(self.hooks) if self.settings.hook == "auto" else [self.settings.hook]
@@ -568,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if isinstance(r, ConnOpen):
                     print(f"open  conn={r.conn_id} {r.comm}[{r.pid}] fd={r.fd} {r.role.name.lower()} "
-                          f"{'tcp' if r.l4 == 6 else 'udp'} {r.laddr}:{r.lport} -> {r.raddr}:{r.rport} netns={r.netns}")
+                          + (f"unix {r.raddr or '(unnamed)'}" if r.family == AF_UNIX else
+                             f"{'tcp' if r.l4 == 6 else 'udp'} {r.laddr}:{r.lport} -> {r.raddr}:{r.rport}")
+                          + f" netns={r.netns}")
                 elif isinstance(r, Data):
                     arrow = ">" if r.direction == Direction.EGRESS else "<"
                     if r.encrypted:
