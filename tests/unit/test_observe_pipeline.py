@@ -160,6 +160,11 @@ def test_processinfo_reads_proc(tmp_path):
     (tmp_path / "42" / "stat").write_text("42 (nc) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 999 1 1 0\n")
     who2 = pi.get(42, "nc")
     assert who2.upid == "0:42:999" and who2.comm == "nc"
+    # an exec: the same process (pid, start time) now runs perl (runc's init becoming a
+    # container's entrypoint, after its own socketpair was traced)
+    (tmp_path / "42" / "stat").write_text("42 (perl) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 999 1 1 0\n")
+    who3 = pi.get(42, "perl")
+    assert (who3.upid, who3.comm) == ("0:42:999", "perl")
 
 
 def test_tls_plaintext_marks_rows_encrypted(run):

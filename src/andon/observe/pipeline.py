@@ -96,6 +96,10 @@ class ProcessInfo:
                 self._cache.clear()
             who = Who(make_upid(pid, start), name or comm, self._container(pid))
             self._cache[pid] = who
+        elif name and who.comm != name:
+            # the same process (pid and start time) under another name: an exec (a container's
+            # runc init that becomes its entrypoint), or a rename. The tables say what it is now.
+            who.comm = name
         if not who.comm and comm:
             who.comm = comm
         if who.container_id and not who.container_name and self.names is not None:
