@@ -15,6 +15,7 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
                   sendfile(2), so the sensor sends their size, not a copy  / paced.lua
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
+    pg-unix       pg-extended over the server's unix socket (a client on the database's host)
     pg-tpcb       pgbench -c4 -j2, its default TPC-B-like script (a transaction of 7 statements
                   that updates three tables and inserts a row)  / pgbench -c8 -j2 -R RATE
     redis-p1      redis-benchmark -c16 -P 1      / workloads/redis_paced.c, 16 connections, 1 command a request
@@ -186,13 +187,15 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int, rate: float | None 
 
 
 def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int, rate: float | None = None,
-            script: str = "select-only") -> Load:
+            script: str = "select-only", unix: bool = False) -> Load:
     """pgbench's built-in ``script`` (``select-only`` is -S; ``tpcb-like`` its default) flat
     out, or throttled to ``rate`` transactions/s (-R). Latency from its
     per-transaction log: the elapsed time less the schedule lag (with -R pgbench counts a
-    transaction from when it fell due; here, as for wrk, from when it started)."""
+    transaction from when it fell due; here, as for wrk, from when it started). ``unix``: over
+    the server's unix socket, as a client on the database's own host connects by default."""
     with tempfile.TemporaryDirectory(prefix="andon-pgbench-") as logdir:
-        argv = ["pgbench", "-h", srv.host, "-p", str(srv.port), "-U", "postgres", "-n", "-b", script, "-M", mode,
+        host = str(srv.info["socket_dir"]) if unix else srv.host  # a directory: libpq's unix socket there
+        argv = ["pgbench", "-h", host, "-p", str(srv.port), "-U", "postgres", "-n", "-b", script, "-M", mode,
                 "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "--log",
                 f"--log-prefix={logdir}/tx"]
         if rate:
@@ -367,11 +370,12 @@ def agent_closing(output: str) -> dict:
             "unanswered": int(m.group(6)), "unread_bytes": int(m.group(7) or 0), "rows_line": m.group(1)}
 
 
-def captured_rows(data_dir: Path, table: str, match: str, port: int) -> dict[str, int]:
+def captured_rows(data_dir: Path, table: str, match: str, port: int, path: str = "") -> dict[str, int]:
     """Rows of ``table`` the agent stored for this server's port whose columns satisfy
     ``match`` (the request the case sends), by side: ``server`` (trace_role 2, local port)
     and ``client`` (trace_role 1, remote port); ``no_addr``: matching rows with neither
-    port known (a connection whose open record was lost), not counted as either."""
+    port known (a connection whose open record was lost), not counted as either. ``path``:
+    the server's unix socket instead (both address columns of its rows name it)."""
     import duckdb
 
     files = sorted(glob.glob(str(data_dir / table / "*.parquet")))
@@ -379,10 +383,12 @@ def captured_rows(data_dir: Path, table: str, match: str, port: int) -> dict[str
     if not files:
         return out
     con = duckdb.connect()
+    ours_l, ours_r = (f"local_addr = '{path}'", f"remote_addr = '{path}'") if path else (
+        f"local_port = {port}", f"remote_port = {port}")
     try:
-        q = (f"SELECT CASE WHEN trace_role = 2 AND local_port = {port} THEN 'server' "
-             f"WHEN trace_role = 1 AND remote_port = {port} THEN 'client' "
-             f"WHEN local_port = 0 AND remote_port = 0 THEN 'no_addr' END AS side, count(*) "
+        q = (f"SELECT CASE WHEN trace_role = 2 AND {ours_l} THEN 'server' "
+             f"WHEN trace_role = 1 AND {ours_r} THEN 'client' "
+             f"WHEN local_addr = '' AND remote_addr = '' THEN 'no_addr' END AS side, count(*) "
              f"FROM read_parquet(?) WHERE {match} GROUP BY side")
         for side, n in con.execute(q, [files]).fetchall():
             if side:
@@ -404,6 +410,7 @@ class Case:
     match: str = "true"               # SQL over that table: the rows of the requests the case sends
     rows_per_match: int = 1           # rows matching ``match`` per request sent (per redis command: 1)
     reset: Callable[[S.Server], None] | None = None  # before every run, untraced: a case that writes starts afresh
+    unix: Callable[[S.Server], str] | None = None  # the client connects to this unix socket, not the port
 
 
 def measured(case: Case, srv: S.Server, rate: float | None) -> tuple[Load, float, float]:
@@ -426,11 +433,13 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
                     lambda s, r: wrk(s.url(path), threads=threads, conns=conns, seconds=seconds, rate=r),
                     "http_events", match=f"req_path = '{path}'")
 
-    def pg(mode: str, rows: int, script: str = "select-only", name: str = "", match: str = PG_MATCH) -> Case:
+    def pg(mode: str, rows: int, script: str = "select-only", name: str = "", match: str = PG_MATCH,
+           unix: bool = False) -> Case:
         return Case(name or f"pg-{mode}", "postgres",
-                    lambda s: pgbench(s, mode=mode, clients=4, seconds=seconds, script=script),
-                    lambda s, r: pgbench(s, mode=mode, clients=8, seconds=seconds, rate=r, script=script),
+                    lambda s: pgbench(s, mode=mode, clients=4, seconds=seconds, script=script, unix=unix),
+                    lambda s, r: pgbench(s, mode=mode, clients=8, seconds=seconds, rate=r, script=script, unix=unix),
                     "pgsql_events", rows, match=match,
+                    unix=(lambda s: f"{s.info['socket_dir']}/.s.PGSQL.{s.port}") if unix else None,
                     # its updates leave dead rows (autovacuum is off): each run would find the tables
                     # bigger than the last, so each starts from freshly built ones
                     reset=None if script == "select-only" else lambda s: _prepare("postgres", s))
@@ -447,6 +456,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "nginx-sendfile", "nginx-sendfile"),
         pg("simple", 1),
         pg("extended", 4),
+        pg("extended", 4, name="pg-unix", unix=True),
         # BEGIN, 3 UPDATEs, a SELECT, an INSERT, END: 7 Query rows; one INSERT a transaction
         pg("simple", 7, "tpcb-like", "pg-tpcb", "req_cmd = 'Query' AND req LIKE 'INSERT INTO pgbench_history%'"),
         redis(1, redis_n),
@@ -518,7 +528,8 @@ def one_run(case: Case, srv: S.Server, config: str, rate: float | None, args: ar
                                   "tracer_peak_anon_kb": tr.rss.peak["RssAnon"]}
             if config in AGENTS:
                 rec |= agent_closing(tr.output)
-                rows = captured_rows(data_dir, case.table, case.match, srv.port)
+                rows = captured_rows(data_dir, case.table, case.match, srv.port,
+                                     case.unix(srv) if case.unix else "")
                 rec |= {f"rows_{k}": v for k, v in rows.items()}
                 rec["captured_server"] = rows["server"] / case.rows_per_match
                 rec["captured_client"] = rows["client"] / case.rows_per_match
