@@ -401,6 +401,7 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	__builtin_memset(r->laddr, 0, sizeof(r->laddr));
 	__builtin_memset(r->raddr, 0, sizeof(r->raddr));
 	r->path_len = 0;
+	__builtin_memset(r->path, 0, sizeof(r->path)); /* not whatever the ring held there before */
 	if (family == AF_UNIX) {
 		r->lport = 0;
 		r->rport = 0;
