@@ -57,11 +57,8 @@ RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 # A child that serves one connection on a thread and is its own client. The server side
 # receives until it has the whole request, answers, closes. Prints {"port": P}.
-HTTP_CHILD = r"""
-import json, os, socket, sys, threading
-REQ, RESP = {req!r}, {resp!r}
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
-port = srv.getsockname()[1]
+# The server's side of one exchange, on the listening socket srv (a global of the child).
+SERVE_ONE = r"""
 def serve():
     c, _ = srv.accept()
     got = b""
@@ -69,7 +66,13 @@ def serve():
         got += c.recv(65536)
     c.sendall(RESP)
     c.close()
-t = threading.Thread(target=serve); t.start()
+"""
+
+HTTP_CHILD = r"""
+import json, os, socket, sys, threading
+REQ, RESP = {req!r}, {resp!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]""" + SERVE_ONE + r"""t = threading.Thread(target=serve); t.start()
 k = socket.create_connection(("127.0.0.1", port))
 {client}
 k.close(); t.join(); srv.close()
@@ -462,15 +465,10 @@ def test_sendfile_before_the_protocol_is_known_is_skipped(sd):
 # and a socketpair (no name; no connect or accept either). Prints the addresses.
 UNIX_CHILD = r"""
 import json, os, socket, threading
-REQ, RESP = {req!r}, {resp!r}
-def exchange(srv, addr):
-    def serve():
-        c, _ = srv.accept()
-        got = b""
-        while len(got) < len(REQ):
-            got += c.recv(65536)
-        c.sendall(RESP)
-        c.close()
+REQ, RESP = {req!r}, {resp!r}""" + SERVE_ONE + r"""
+path, abstract = {path!r}, b"\0andon-" + os.urandom(4).hex().encode()
+for addr in (path, abstract):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); srv.bind(addr); srv.listen(1)
     t = threading.Thread(target=serve); t.start()
     k = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); k.connect(addr)
     k.sendall(REQ)
@@ -478,10 +476,6 @@ def exchange(srv, addr):
     while len(got) < len(RESP):
         got += k.recv(65536)
     k.close(); t.join(); srv.close()
-path, abstract = {path!r}, b"\0andon-" + os.urandom(4).hex().encode()
-for addr in (path, abstract):
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); srv.bind(addr); srv.listen(1)
-    exchange(srv, addr)
 a, b = socket.socketpair()
 a.sendall(REQ); assert b.recv(65536) == REQ
 b.sendall(RESP); assert a.recv(65536) == RESP
