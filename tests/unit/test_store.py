@@ -296,3 +296,43 @@ def test_control_socket_flushes_on_request(tmp_path):
     finally:
         st.close()
     assert request_flush(tmp_path, timeout=0.5) is None  # no agent: the caller reads the disk
+
+
+def _as_older_version(path, *dropped: str) -> None:
+    """Rewrite a segment as an andon that did not have these columns yet would have written it."""
+    import duckdb
+
+    con = duckdb.connect()
+    tmp = path.with_name("old.parquet.tmp")
+    con.execute(f"COPY (SELECT * EXCLUDE ({', '.join(dropped)}) FROM read_parquet('{path}')) TO '{tmp}' "
+                "(FORMAT parquet)")
+    con.close()
+    tmp.replace(path)
+
+
+def test_segments_of_an_older_schema_read_the_columns_they_lack_as_zero(tmp_path):
+    # ARRANGE: two segments; the first as written before comm and container_name existed
+    st = Store(settings(tmp_path, compact_min_files=2))
+    st.append("http_events", [rec(T0 + i, i, comm="nginx", container_name="web") for i in range(3)])
+    st.flush()
+    first = st.segments("http_events")[0].path
+    _as_older_version(first, "comm", "container_name")
+
+    def read() -> list[tuple]:
+        c = Catalog(tmp_path)
+        try:
+            return c.con.execute("SELECT comm, container_name, count(*) FROM http_events "
+                                 "GROUP BY ALL ORDER BY ALL").fetchall()
+        finally:
+            c.close()
+
+    # ASSERT: no file has the columns: the query works, with the type's zero (not an error)
+    assert read() == [("", "", 3)]
+    # a newer segment beside it: the old rows are zero there too, not NULL
+    st.append("http_events", [rec(T0 + 10 + i, i, comm="nginx", container_name="web") for i in range(2)])
+    st.flush()
+    assert read() == [("", "", 3), ("nginx", "web", 2)]
+    # a merge of the two keeps every row and writes the whole schema
+    assert st.compact() == 1
+    st.close()
+    assert read() == [("", "", 3), ("nginx", "web", 2)]

@@ -64,11 +64,10 @@ class Catalog:
         schema = self.tables[name]
         files = [s.path for s in self.files.get(name, ())
                  if (since_ns is None or s.tmax >= since_ns) and (until_ns is None or s.tmin <= until_ns)]
-        cols = ", ".join(f'"{c}"' for c in schema.names)
         if not files:
             typed = ", ".join(f'NULL::{c.sql_type} AS "{c.name}"' for c in schema.columns)
             return f"SELECT {typed} WHERE false"
-        return f"SELECT {cols} FROM read_parquet({seg.sql_file_list(files)}, union_by_name=true)"
+        return seg.select_sql(self.con, schema, files)
 
     def rows_sql(self, name: str, since_ns: int | None = None, until_ns: int | None = None) -> str:
         """A SELECT of the table's rows with ``time_`` in [since_ns, until_ns) (None: unbounded),

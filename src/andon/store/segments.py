@@ -153,3 +153,35 @@ def _sql_path(p: Path) -> str:
 
 def sql_file_list(paths: list[Path]) -> str:
     return "[" + ", ".join(f"'{_sql_path(p)}'" for p in paths) + "]"
+
+
+def _zero_sql(col) -> str:
+    """The column type's zero as a typed SQL literal ('' / 0 / 0.0 / false)."""
+    from .schema import ZERO
+
+    z = ZERO[col.type]
+    lit = "''" if isinstance(z, str) else ("false" if z is False else repr(z))
+    return f"CAST({lit} AS {col.sql_type})"
+
+
+def select_sql(con, schema, paths: list[Path]) -> str:
+    """A SELECT of ``schema``'s columns, in its order, over these segments, matched by name.
+
+    Segments written before a column was added to the table lack it: there it is the type's
+    zero, as a missing value is when a row is stored (no NULLs reach a query), instead of a
+    query that fails because no file has the column, or NULLs where some lack it."""
+    files = sql_file_list(paths)
+    have: dict[str, set[str]] = {}
+    for fname, col in con.execute(f"SELECT file_name, name FROM parquet_schema({files})").fetchall():
+        have.setdefault(col, set()).add(fname)
+    nfiles = len({f for fs in have.values() for f in fs})
+    parts = []
+    for c in schema.columns:
+        n = len(have.get(c.name, ()))
+        if n == nfiles:
+            parts.append(f'"{c.name}"')
+        elif n == 0:
+            parts.append(f'{_zero_sql(c)} AS "{c.name}"')
+        else:
+            parts.append(f'COALESCE("{c.name}", {_zero_sql(c)}) AS "{c.name}"')
+    return f"SELECT {', '.join(parts)} FROM read_parquet({files}, union_by_name=true)"

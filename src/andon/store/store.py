@@ -355,10 +355,8 @@ class Store:
         rows = sum(x.rows for x in run)
         name = seg.segment_name(run[0].lo, run[-1].hi, min(x.tmin for x in run), max(x.tmax for x in run), rows)
         final = self.data_dir / schema.name / name
-        cols = ", ".join(f'"{c}"' for c in schema.names)
         try:
-            seg.write_atomic(self._con, f"SELECT {cols} FROM read_parquet({seg.sql_file_list([x.path for x in run])})",
-                             final)
+            seg.write_atomic(self._con, seg.select_sql(self._con, schema, [x.path for x in run]), final)
         except (OSError, duckdb.Error) as e:
             log.warning("%s: merge of %d segments failed, kept as they are: %s", schema.name, len(run), e)
             return False
