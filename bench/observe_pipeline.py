@@ -147,8 +147,10 @@ def ring_records(name: str, n: int, first: int = 0) -> list[bytes]:
     replay shares nothing with the measured one."""
     proto, role, _, _ = _pairs("http-server" if name == "http-varied" else name)
     addr = bytes([127, 0, 0, 1]) + bytes(12)
+    # the open record's fields after tcomm, as far as the andon being measured has them (--baseline)
+    tail = tuple({"path": b""}.get(f, 0) for f in sd.OPEN_FIELDS[10:])
     out = [sd.OPEN.pack(sd.REC_OPEN, int(role), int(proto), PID, PID, 5 + c, 1000, first + c + 1, 2, 6, 8080,
-                        40000 + c, addr, addr, 4026531840, 2, b"srv", b"srv", 0, b"") for c in range(CONNS)]
+                        40000 + c, addr, addr, 4026531840, 2, b"srv", b"srv", *tail) for c in range(CONNS)]
     t, pos = 1000, {}
     for c, chunks in _exchanges(name, n, first):
         for d, data in chunks:

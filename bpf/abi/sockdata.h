@@ -138,6 +138,11 @@ struct andon_sd_open {
 	 * listening socket's; for a client, its peer's), sun_path as the kernel holds it: a
 	 * leading NUL for an abstract name */
 	__u8 path[SD_UNIX_PATH_MAX];
+	/* field 13: sock_id (u64) the kernel socket's identity while it lives (its struct sock) */
+	__u64 sock_id;
+	/* field 14: peer_id (u64) AF_UNIX: the sock_id of the other end (unix_sock.peer), 0 when
+	 * there is none yet; 0 for inet (its ends pair by their addresses and ports) */
+	__u64 peer_id;
 };
 
 struct andon_sd_data {

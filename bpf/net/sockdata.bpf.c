@@ -402,9 +402,12 @@ static __always_inline struct sdc_conn *sd__conn_new(struct sdc_key *key, struct
 	__builtin_memset(r->raddr, 0, sizeof(r->raddr));
 	r->path_len = 0;
 	__builtin_memset(r->path, 0, sizeof(r->path)); /* not whatever the ring held there before */
+	r->sock_id = (__u64)sk;
+	r->peer_id = 0;
 	if (family == AF_UNIX) {
 		r->lport = 0;
 		r->rport = 0;
+		r->peer_id = (__u64)BPF_CORE_READ((struct unix_sock *)sk, peer);
 		sd__unix_path(r, (__u64)sk);
 	} else {
 		/* the socket's own addresses: right inside any network namespace */

@@ -120,7 +120,7 @@ def dns():
 # -- HTTP --------------------------------------------------------------------------------------------
 HTTP_COLS = ("time_, trace_role, req_method, req_path, req_headers, resp_status, resp_message, resp_headers, resp_body, "
              "resp_body_size, latency, comm, pid, local_addr, local_port, remote_addr, remote_port, encrypted, "
-             "major_version, minor_version, container_id, container_name")
+             "major_version, minor_version, container_id, container_name, remote_pid, remote_comm")
 
 
 def _http_rows(agent: ObserveAgent, srv: S.Server, since: int, tag: str, n: int) -> list[dict]:
@@ -152,6 +152,9 @@ def test_http_keepalive_client_and_server_rows(agent: ObserveAgent, http: S.Serv
         assert json.loads(side[0]["req_headers"])["Host"] == f"127.0.0.1:{http.port}"
         assert len({x["pid"] for x in side}) == 1
     assert servers_[0]["pid"] == http.pid
+    # both ends are on this host: each names the process at the other end
+    assert {(x["remote_pid"], x["remote_comm"]) for x in servers_} == {(clients[0]["pid"], "curl")}
+    assert {(x["remote_pid"], x["remote_comm"]) for x in clients} == {(http.pid, _comm(http.pid))}
     # one connection: the client's local port is the server's remote port on every row
     assert {(x["local_addr"], x["remote_addr"], x["remote_port"]) for x in clients} == {
         ("127.0.0.1", "127.0.0.1", http.port)}
@@ -563,7 +566,7 @@ def test_local_clients_over_unix_sockets(agent: ObserveAgent, pg: S.Server, mari
         r = S._run(["redis-cli", "-s", str(redis.info["socket"]), *args])
     assert r.stdout.strip() == "v"
 
-    cols = "trace_role, remote_addr, remote_port, local_addr, local_port, comm"
+    cols = "trace_role, remote_addr, remote_port, local_addr, local_port, comm, remote_comm"
     pg_rows = agent.wait_rows(f"SELECT {cols}, req, resp FROM pgsql_events WHERE {_on_path(pg_sock, t0)} "
                               f"AND req LIKE '%{tag}%' ORDER BY trace_role", 2, timeout=WAIT_S)
     my_rows = agent.wait_rows(f"SELECT {cols}, req_body AS req, resp_body AS resp FROM mysql_events "
@@ -582,6 +585,8 @@ def test_local_clients_over_unix_sockets(agent: ObserveAgent, pg: S.Server, mari
             assert [(x["req"], x["resp"]) for x in side] == want, rows
             assert {(x["remote_addr"], x["local_addr"], x["remote_port"], x["local_port"], x["comm"])
                     for x in side} == {(str(path), str(path), 0, 0, comm)}
+        # the two ends pair by their kernel sockets: each names the process at the other end
+        assert {x["remote_comm"] for x in servers_} == {client} and {x["remote_comm"] for x in clients} == {server}
     _made("pgsql_events", 2)
     _made("mysql_events", 2)
     _made("redis_events", 4)

@@ -250,7 +250,7 @@ def data_rec(conn: int, ts: int, d: int, payload: bytes, pos: int, size: int | N
 
 def open_rec(conn: int) -> bytes:
     a = bytes([127, 0, 0, 1]) + bytes(12)
-    return sd.OPEN.pack(sd.REC_OPEN, 2, 1, 77, 78, 5, 10, conn, 2, 6, 8080, 40000, a, a, 99, 2, b"srv", b"w1", 0, b"")
+    return sd.OPEN.pack(sd.REC_OPEN, 2, 1, 77, 78, 5, 10, conn, 2, 6, 8080, 40000, a, a, 99, 2, b"srv", b"w1", 0, b"", 0, 0)
 
 
 def close_rec(conn: int) -> bytes:
@@ -654,10 +654,10 @@ def test_header_line_cache_is_bounded_and_keeps_no_long_lines():
 def test_a_unix_socket_open_record_names_both_ends_by_the_path():
     def rec(path: bytes, n: int) -> bytes:
         return sd.OPEN.pack(sd.REC_OPEN, 1, 0, 77, 78, 5, 10, 3, sd.AF_UNIX, 0, 0, 0, bytes(16), bytes(16), 99, 1,
-                            b"psql", b"psql", n, path)
+                            b"psql", b"psql", n, path, 0xffff1, 0xffff2)
     o = sd.decode(rec(b"/run/postgresql/.s.PGSQL.5432", 29))
-    assert (o.family, o.laddr, o.raddr, o.lport, o.rport, o.l4) == (
-        sd.AF_UNIX, "/run/postgresql/.s.PGSQL.5432", "/run/postgresql/.s.PGSQL.5432", 0, 0, 0)
+    assert (o.family, o.laddr, o.raddr, o.lport, o.rport, o.l4, o.sock_id, o.peer_id) == (
+        sd.AF_UNIX, "/run/postgresql/.s.PGSQL.5432", "/run/postgresql/.s.PGSQL.5432", 0, 0, 0, 0xffff1, 0xffff2)
     # an abstract name: a leading NUL, shown as @ (ss, /proc/net/unix); NULs inside it kept
     assert sd.decode(rec(b"\0andon\0x", 8)).raddr == "@andon\0x"
     # an unnamed pair; and a length past the field is cut to it

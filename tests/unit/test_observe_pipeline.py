@@ -180,3 +180,38 @@ def test_tls_plaintext_marks_rows_encrypted(run):
     p.tick(200)
     ssl = {r["remote_port"]: r["ssl"] for r in out["conn_stats"]}
     assert ssl == {8080: True}  # one group for both connections: any TLS makes it ssl
+
+
+def test_the_other_end_on_this_host_names_the_calling_process(run):
+    p, out = run
+    # a loopback connection traced at both ends: curl (pid 100) calls nginx (pid 200); the
+    # server's end sees the addresses and ports swapped. Connection 3 goes elsewhere.
+    srv = ConnOpen(2, 200, 200, 7, 11, Role.SERVER, socket.AF_INET, "10.0.0.2", 8080, "10.0.0.1", 40000, 6, 0, 2,
+                   "nginx")
+    p.handle_all([opened(1), srv, opened(3, lport=40001, raddr="192.0.2.9"),
+                  data(2, 100, I, REQ, role=Role.SERVER, pid=200), data(2, 150, E, RESP, role=Role.SERVER, pid=200),
+                  data(1, 90, E, REQ), data(1, 160, I, RESP),
+                  data(3, 100, E, REQ), data(3, 170, I, RESP)])
+    got = sorted((r["pid"], r["remote_pid"], r["remote_comm"]) for r in out["http_events"])
+    assert got == [(100, 0, ""), (100, 200, "nginx"), (200, 100, "curl")]
+
+
+def test_unix_socket_ends_pair_by_their_kernel_sockets(run):
+    p, out = run
+    path = "/run/postgresql/.s.PGSQL.5432"
+
+    def unix(cid, pid, role, comm, sock, peer):
+        return ConnOpen(cid, pid, pid, 5, 10, role, socket.AF_UNIX, path, 0, path, 0, 0, 0, 1, comm, "",
+                        sock, peer)
+    # two clients of one server socket path: each server end pairs with its own client
+    p.handle_all([unix(1, 100, Role.CLIENT, "psql", 0xa1, 0xb1), unix(2, 200, Role.SERVER, "postgres", 0xb1, 0xa1),
+                  unix(3, 101, Role.CLIENT, "app", 0xa2, 0xb2), unix(4, 201, Role.SERVER, "postgres", 0xb2, 0xa2)]
+                 + [data(c, 100, d, m, role=r, pid=pid) for c, pid, r, d, m in (
+                     (2, 200, Role.SERVER, I, REQ), (4, 201, Role.SERVER, I, REQ))]
+                 + [data(c, 150, E, RESP, role=Role.SERVER, pid=pid) for c, pid in ((2, 200), (4, 201))])
+    got = sorted((r["pid"], r["remote_pid"], r["remote_comm"], r["remote_addr"]) for r in out["http_events"])
+    assert got == [(200, 100, "psql", path), (201, 101, "app", path)]
+    # the closed client's process is still named on its server's later rows
+    p.handle_all([ConnClose(1, 100, 100, 5, 200, Role.CLIENT, Protocol.HTTP, 0, 0, 1),
+                  data(2, 300, I, REQ, role=Role.SERVER, pid=200), data(2, 350, E, RESP, role=Role.SERVER, pid=200)])
+    assert out["http_events"][-1]["remote_comm"] == "psql"

@@ -73,7 +73,7 @@ def test_flush_writes_columns_with_pixie_names_and_zero_fill(tmp_path):
     cols = [d[0] for d in c.con.execute("SELECT * FROM http_events LIMIT 0").description]
     assert cols[:8] == ["time_", "upid", "remote_addr", "remote_port", "local_addr", "local_port",
                         "trace_role", "encrypted"]
-    assert cols[-4:] == ["pid", "comm", "container_id", "container_name"]
+    assert cols[-6:] == ["pid", "comm", "container_id", "container_name", "remote_pid", "remote_comm"]
 
 
 def test_bad_values_are_counted_not_fatal(tmp_path):

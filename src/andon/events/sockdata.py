@@ -58,7 +58,8 @@ AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 # struct andon_sd_hdr: type role protocol pid tid fd ts conn_id
 HDR = struct.Struct("<HBBIIiQQ")
 # struct andon_sd_open: hdr family l4 lport rport laddr raddr netns origin comm tcomm path_len path
-OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16sI108s".replace(" ", ""))
+# sock_id peer_id
+OPEN = struct.Struct("<HBBIIiQQ HHHH16s16sII16s16sI108sQQ".replace(" ", ""))
 # struct andon_sd_data: hdr pos size copied nr direction flags rport rfamily raddr, then data[]
 DATA = struct.Struct("<HBBIIiQQ QIIHBBHH16s".replace(" ", ""))
 # the same without raddr (read only for a record with F_ADDR), and where raddr starts
@@ -75,7 +76,7 @@ CONFIG = struct.Struct("<IIIIIIII")
 # field names in C order, for the ABI test and for readers of this file
 HDR_FIELDS = ("type", "role", "protocol", "pid", "tid", "fd", "ts", "conn_id")
 OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "origin", "comm", "tcomm", "path_len",
-               "path")
+               "path", "sock_id", "peer_id")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
 LIB_FIELDS = ("addr", "ino")
@@ -144,6 +145,8 @@ class ConnOpen:
     origin: int  # ORIGIN_CONNECT / ORIGIN_ACCEPT / ORIGIN_DATA
     comm: str  # the process's name (its thread group leader's)
     thread: str = ""  # the name of the thread that opened it (dig: isc-net-0000)
+    sock_id: int = 0  # the kernel socket's identity while it lives
+    peer_id: int = 0  # AF_UNIX: the other end's sock_id (0: none yet); inet ends pair by address
 
 
 @dataclass(slots=True)
@@ -291,14 +294,15 @@ def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
     _, role, proto, pid, tid, fd, ts, conn_id = HDR.unpack_from(rec)
     ts += boot_offset
     if typ == REC_OPEN and len(rec) >= OPEN.size:
-        family, l4, lport, rport, laddr, raddr, netns, origin, comm, tcomm, path_len, path = OPEN.unpack_from(rec)[8:]
+        (family, l4, lport, rport, laddr, raddr, netns, origin, comm, tcomm, path_len, path, sock_id,
+         peer_id) = OPEN.unpack_from(rec)[8:]
         if family == AF_UNIX:  # both ends of the connection are the socket at that path
             la = ra = unix_path(path, path_len)
         else:
             la, ra = _addr(family, laddr), _addr(family, raddr)
         return ConnOpen(conn_id, pid, tid, fd, ts, _role(role), family, la, lport, ra, rport, l4, netns, origin,
                         comm.split(b"\0", 1)[0].decode(errors="replace"),
-                        tcomm.split(b"\0", 1)[0].decode(errors="replace"))
+                        tcomm.split(b"\0", 1)[0].decode(errors="replace"), sock_id, peer_id)
     if typ == REC_CLOSE and len(rec) >= CLOSE.size:
         sent, recv, reason, _ = CLOSE.unpack_from(rec)[8:]
         return ConnClose(conn_id, pid, tid, fd, ts, _role(role), _proto(proto), sent, recv, reason)

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..events.sockdata import F_ENCRYPTED, ConnClose, ConnOpen, Data
+from ..events.sockdata import AF_UNIX, F_ENCRYPTED, ConnClose, ConnOpen, Data
 from ..protocols import PARSERS
 from ..protocols.base import ConnParser, DataChunk, Direction, ParseStats, Protocol, Role
 from ..state.container import match_proc_cgroup
@@ -132,6 +132,9 @@ class Conn:
     peer: tuple[str, int] | None = None  # the last UDP datagram's remote end
     counted_open: bool = False
     common: dict | None = None  # the connection's columns of its rows, built on the first row
+    end_key: tuple | None = None  # this end, as the other end's peer_key names it
+    peer_key: tuple | None = None  # the other end's end_key
+    other: Conn | None = None  # the other end, once found: both ends on this host, both traced
 
 
 @dataclass
@@ -178,6 +181,17 @@ def _group_key(conn: Conn) -> tuple:
     return (conn.who.upid, raddr, rport, int(conn.role), int(conn.protocol))
 
 
+def _ends(rec: ConnOpen) -> tuple[tuple | None, tuple | None]:
+    """A connection's own end and its other end, as keys that pair the two ends of one
+    connection when both are on this host: an inet connection by its addresses and ports
+    (the other end sees them swapped), a unix one by its kernel sockets."""
+    if rec.family == AF_UNIX:
+        return (("u", rec.sock_id) if rec.sock_id else None), (("u", rec.peer_id) if rec.peer_id else None)
+    if not (rec.lport and rec.rport and rec.laddr and rec.raddr):  # unconnected UDP, or not known
+        return None, None
+    return (rec.l4, rec.laddr, rec.lport, rec.raddr, rec.rport), (rec.l4, rec.raddr, rec.rport, rec.laddr, rec.lport)
+
+
 class Pipeline:
     """Turns socket records into table rows; ``sink(table, rows)`` receives them in batches."""
 
@@ -193,6 +207,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._pending: dict[str, list[dict]] = {}
         self._connstats: dict[tuple, _ConnStat] = {}
+        self._ends: dict[tuple, Conn] = {}  # end_key -> the open connection with that end
 
     # -- records ---------------------------------------------------------------------------
     def handle_all(self, records: Iterable[ConnOpen | Data | ConnClose]) -> None:
@@ -220,9 +235,16 @@ class Pipeline:
         who = self.procs.get(rec.pid, rec.comm)
         conn = Conn(rec.conn_id, rec.pid, rec.role, rec.family, rec.laddr, rec.lport, rec.raddr, rec.rport,
                     rec.l4, who, rec.ts_ns, last_ns=rec.ts_ns)
+        conn.end_key, conn.peer_key = _ends(rec)
+        if conn.end_key is not None:
+            self._ends[conn.end_key] = conn
         self.conns[rec.conn_id] = conn
         self.stats.conns_opened += 1
         return conn
+
+    def _drop_end(self, conn: Conn) -> None:
+        if conn.end_key is not None and self._ends.get(conn.end_key) is conn:
+            del self._ends[conn.end_key]
 
     def data(self, conn_id: int, pid: int, tid: int, fd: int, ts_ns: int, direction: Direction,
              protocol: Protocol, role: Role, data: bytes, size: int, pos: int, gap: int = 0, nr: int = 0,
@@ -278,6 +300,7 @@ class Pipeline:
         self._finish(conn, rec.ts_ns)
 
     def _finish(self, conn: Conn, now_ns: int) -> None:
+        self._drop_end(conn)
         if conn.parser is not None:
             rows = conn.parser.close(now_ns)
             if rows:
@@ -296,6 +319,11 @@ class Pipeline:
     def _emit(self, conn: Conn, rows: list[dict]) -> None:
         who = conn.who
         common = conn.common
+        if conn.other is None and conn.peer_key is not None:
+            other = self._ends.get(conn.peer_key)
+            if other is not None and other is not conn:
+                conn.other = other
+                common = None
         # the Who is shared by a process's connections and may learn its comm/container name later
         if common is None or common["comm"] is not who.comm or common["container_name"] is not who.container_name:
             raddr, rport = conn.raddr, conn.rport
@@ -306,6 +334,8 @@ class Pipeline:
                 "local_port": conn.lport, "trace_role": int(conn.role), "encrypted": conn.encrypted,
                 "pid": conn.pid, "comm": who.comm, "container_id": who.container_id,
                 "container_name": who.container_name,
+                "remote_pid": conn.other.pid if conn.other is not None else 0,
+                "remote_comm": conn.other.who.comm if conn.other is not None else "",
             }
         table = conn.parser.table if conn.parser is not None else ""
         out = self._pending.setdefault(table, [])

@@ -19,7 +19,9 @@ Types are Pixie's names; on disk (Parquet) and in DuckDB they are:
 After Pixie's columns every table that describes a process gets andon's enrichment
 (``ENRICHMENT``): ``pid``, ``comm`` (the process name, as Falco's ``proc.name``),
 ``container_id`` and ``container_name`` (empty on the host). PxL's ``df.ctx[...]`` maps
-onto these (see :mod:`andon.query.pxl`).
+onto these (see :mod:`andon.query.pxl`). The request-response tables then have ``PEER``:
+``remote_pid`` and ``remote_comm``, the process at the other end of the connection when
+that end is on this host and traced too (0 and '' otherwise).
 
 Missing values are filled with the type's zero ('' / 0 / false) when a record is stored,
 as Pixie does: no NULLs reach a query, so ``df.x != ''`` means what it says.
@@ -75,6 +77,11 @@ _CONN = (("time_", TIME64NS), ("upid", UINT128), ("remote_addr", STRING), ("remo
 
 ENRICHMENT = _cols(("pid", INT64), ("comm", STRING), ("container_id", STRING), ("container_name", STRING))
 
+# After the enrichment of a request-response table: the process at the connection's other end,
+# when that end is on this host and traced too (loopback, a unix socket, a container's veth
+# without NAT); 0 and '' when it is elsewhere.
+PEER = _cols(("remote_pid", INT64), ("remote_comm", STRING))
+
 # Keys a producer may use for an enrichment column (protocols/base.py says ``container``).
 ALIASES = {"container": "container_name", "command": "comm"}
 
@@ -91,7 +98,8 @@ def _table(name: str, desc: str, *spec: tuple[str, str]) -> TableSchema:
     sem = dict(_SEMANTIC)
     if name == "http_events":
         sem["resp_status"] = "ST_HTTP_RESP_STATUS"
-    return TableSchema(name, tuple(Column(n, t, semantic=sem.get(n, "")) for n, t in spec) + ENRICHMENT, desc)
+    peer = PEER if name.endswith("_events") else ()
+    return TableSchema(name, tuple(Column(n, t, semantic=sem.get(n, "")) for n, t in spec) + ENRICHMENT + peer, desc)
 
 
 TABLES: dict[str, TableSchema] = {t.name: t for t in (
