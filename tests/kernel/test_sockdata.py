@@ -501,6 +501,11 @@ def test_unix_stream_sockets_are_connections_named_by_their_path(sd, tmp_path):
         (info["abstract"], Role.CLIENT, ORIGIN_CONNECT), (info["abstract"], Role.SERVER, ORIGIN_ACCEPT),
         ("", Role.UNKNOWN, ORIGIN_DATA), ("", Role.UNKNOWN, ORIGIN_DATA)])  # the pair: unnamed
     assert {(o.family, o.l4, o.lport, o.rport, o.laddr == o.raddr) for o in opens} == {(AF_UNIX, 0, 0, 0, True)}
+    # the two ends of each connection name each other's kernel socket (an identity while the
+    # socket lives: the exchanges run one after another, so a freed socket's may come back)
+    for addr in (path, info["abstract"], ""):
+        a, b = (o for o in opens if o.raddr == addr)
+        assert a.sock_id and b.sock_id and (a.peer_id, b.peer_id) == (b.sock_id, a.sock_id)
     for rs in conns.values():
         role = next((r.role for r in rs if isinstance(r, Data)), None)  # the pair's: from its first message
         want = {Role.CLIENT: (REQ, RESP), Role.SERVER: (RESP, REQ)}[role]
