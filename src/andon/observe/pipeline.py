@@ -134,7 +134,7 @@ class Conn:
     common: dict | None = None  # the connection's columns of its rows, built on the first row
     end_key: tuple | None = None  # this end, as the other end's peer_key names it
     peer_key: tuple | None = None  # the other end's end_key
-    other: Conn | None = None  # the other end, once found: both ends on this host, both traced
+    other: Conn | None = None  # the other end, linked when the second of the two opens
 
 
 @dataclass
@@ -238,6 +238,10 @@ class Pipeline:
         conn.end_key, conn.peer_key = _ends(rec)
         if conn.end_key is not None:
             self._ends[conn.end_key] = conn
+            # whichever end opens second links the two: rows look nothing up
+            other = self._ends.get(conn.peer_key) if conn.peer_key is not None else None
+            if other is not None and other is not conn and other.peer_key == conn.end_key:
+                conn.other, other.other, other.common = other, conn, None
         self.conns[rec.conn_id] = conn
         self.stats.conns_opened += 1
         return conn
@@ -319,11 +323,6 @@ class Pipeline:
     def _emit(self, conn: Conn, rows: list[dict]) -> None:
         who = conn.who
         common = conn.common
-        if conn.other is None and conn.peer_key is not None:
-            other = self._ends.get(conn.peer_key)
-            if other is not None and other is not conn:
-                conn.other = other
-                common = None
         # the Who is shared by a process's connections and may learn its comm/container name later
         if common is None or common["comm"] is not who.comm or common["container_name"] is not who.container_name:
             raddr, rport = conn.raddr, conn.rport
