@@ -304,16 +304,39 @@ static __always_inline __u64 sd__wake(__u64 len)
 	return (before >> shift) != ((before + len + 8) >> shift) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void sd__header(struct andon_sd_hdr *h, __u16 type, __u64 pid_tgid, long fd, struct sdc_conn *c)
+static __always_inline void sd__hdr(struct andon_sd_hdr *h, __u16 type, __u64 pid_tgid, long fd, __u8 role,
+				    __u8 protocol, __u64 conn_id)
 {
 	h->type = type;
-	h->role = c->role;
-	h->protocol = c->protocol;
+	h->role = role;
+	h->protocol = protocol;
 	h->pid = pid_tgid >> 32;
 	h->tid = (__u32)pid_tgid;
 	h->fd = fd;
 	h->ts = bpf_ktime_get_boot_ns();
-	h->conn_id = c->conn_id;
+	h->conn_id = conn_id;
+}
+
+/* The header of a record of connection c. */
+static __always_inline void sd__header(struct andon_sd_hdr *h, __u16 type, __u64 pid_tgid, long fd, struct sdc_conn *c)
+{
+	sd__hdr(h, type, pid_tgid, fd, c->role, c->protocol, c->conn_id);
+}
+
+/* A data record of connection c without a datagram's peer: header and fields, data[] not. */
+static __always_inline void sd__data_rec(struct andon_sd_data *d, struct sdc_conn *c, __u64 pid_tgid, long fd,
+					 __u64 pos, __u32 size, __u32 copied, __u16 nr, __u8 dir, __u8 flags)
+{
+	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
+	d->pos = pos;
+	d->size = size;
+	d->copied = copied;
+	d->nr = nr;
+	d->direction = dir;
+	d->flags = flags;
+	d->rport = 0;
+	d->rfamily = 0;
+	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
 }
 
 static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, long fd, __u32 reason)
@@ -856,16 +879,8 @@ static __always_inline void sd__emit_pend(struct sdc_conn *c, __u64 pid_tgid, lo
 		sd__count(SD_STAT_DROPPED_BYTES, c->pend_len);
 		return;
 	}
-	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
-	d->pos = c->pend_pos;
-	d->size = c->pend_len;
-	d->copied = c->pend_len;
-	d->nr = c->pend_nr;
-	d->direction = c->pend_dir;
-	d->flags = c->pend_enc ? SD_F_ENCRYPTED : 0;
-	d->rport = 0;
-	d->rfamily = 0;
-	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
+	sd__data_rec(d, c, pid_tgid, fd, c->pend_pos, c->pend_len, c->pend_len, c->pend_nr, c->pend_dir,
+		     c->pend_enc ? SD_F_ENCRYPTED : 0);
 	__builtin_memcpy(d->data, c->pend, SD_PEND_MAX);
 	bpf_ringbuf_submit(d, sd__wake(sizeof(*d) + SD_PEND_MAX));
 	sd__count(SD_STAT_EVENTS, 1);
@@ -1021,16 +1036,7 @@ static __always_inline void sd__deliver_nocopy(struct sdc_conn *c, long nr, __u6
 		sd__count(SD_STAT_DROPPED_BYTES, size);
 		return;
 	}
-	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
-	d->pos = pos;
-	d->size = size;
-	d->copied = 0;
-	d->nr = nr;
-	d->direction = dir;
-	d->flags = SD_F_NOCOPY;
-	d->rport = 0;
-	d->rfamily = 0;
-	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
+	sd__data_rec(d, c, pid_tgid, fd, pos, size, 0, nr, dir, SD_F_NOCOPY);
 	bpf_ringbuf_submit(d, sd__wake(sizeof(*d)));
 	sd__count(SD_STAT_EVENTS, 1);
 	sd__count(SD_STAT_NOCOPY_CHUNKS, 1);
@@ -1181,14 +1187,7 @@ static __always_inline void sd__on_exec_map(long fd, __u64 addr, __u64 pid_tgid,
 		sd__count(SD_STAT_DROPS, 1);
 		return;
 	}
-	r->h.type = SD_REC_LIB;
-	r->h.role = 0;
-	r->h.protocol = 0;
-	r->h.pid = pid_tgid >> 32;
-	r->h.tid = (__u32)pid_tgid;
-	r->h.fd = fd;
-	r->h.ts = bpf_ktime_get_boot_ns();
-	r->h.conn_id = 0;
+	sd__hdr(&r->h, SD_REC_LIB, pid_tgid, fd, 0, 0, 0); /* of no connection */
 	r->addr = addr;
 	r->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP); /* rare, and the sooner the probes are on, the better */
