@@ -94,28 +94,33 @@ _SEMANTIC = {"latency": "ST_DURATION_NS", "cpu_utime_ns": "ST_DURATION_NS", "cpu
                                         "rss_bytes", "rchar_bytes", "wchar_bytes", "read_bytes", "write_bytes")}}
 
 
-def _table(name: str, desc: str, *spec: tuple[str, str]) -> TableSchema:
+def _table(name: str, desc: str, *spec: tuple[str, str], peer: bool = False) -> TableSchema:
     sem = dict(_SEMANTIC)
     if name == "http_events":
         sem["resp_status"] = "ST_HTTP_RESP_STATUS"
-    peer = PEER if name.endswith("_events") else ()
-    return TableSchema(name, tuple(Column(n, t, semantic=sem.get(n, "")) for n, t in spec) + ENRICHMENT + peer, desc)
+    cols = tuple(Column(n, t, semantic=sem.get(n, "")) for n, t in spec) + ENRICHMENT + (PEER if peer else ())
+    return TableSchema(name, cols, desc)
+
+
+def _events(name: str, desc: str, *spec: tuple[str, str]) -> TableSchema:
+    """A request-response table: the connection's columns, its own, the enrichment, the peer."""
+    return _table(name, desc, *_CONN, *spec, peer=True)
 
 
 TABLES: dict[str, TableSchema] = {t.name: t for t in (
-    _table("http_events", "HTTP request-response pairs", *_CONN,
+    _events("http_events", "HTTP request-response pairs",
            ("major_version", INT64), ("minor_version", INT64), ("content_type", INT64),
            ("req_headers", STRING), ("req_method", STRING), ("req_path", STRING), ("req_body", STRING),
            ("req_body_size", INT64), ("resp_headers", STRING), ("resp_status", INT64),
            ("resp_message", STRING), ("resp_body", STRING), ("resp_body_size", INT64), ("latency", INT64)),
-    _table("pgsql_events", "PostgreSQL request-response pairs", *_CONN,
+    _events("pgsql_events", "PostgreSQL request-response pairs",
            ("req_cmd", STRING), ("req", STRING), ("resp", STRING), ("latency", INT64)),
-    _table("mysql_events", "MySQL request-response pairs", *_CONN,
+    _events("mysql_events", "MySQL request-response pairs",
            ("req_cmd", INT64), ("req_body", STRING), ("resp_status", INT64), ("resp_body", STRING),
            ("latency", INT64)),
-    _table("redis_events", "Redis request-response pairs", *_CONN,
+    _events("redis_events", "Redis request-response pairs",
            ("req_cmd", STRING), ("req_args", STRING), ("resp", STRING), ("latency", INT64)),
-    _table("dns_events", "DNS request-response pairs", *_CONN,
+    _events("dns_events", "DNS request-response pairs",
            ("req_header", STRING), ("req_body", STRING), ("resp_header", STRING), ("resp_body", STRING),
            ("latency", INT64)),
     _table("conn_stats", "connection-level byte and connection counters", ("time_", TIME64NS),

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .schema import ZERO, Column, TableSchema
+
 log = logging.getLogger("andon.store")
 
 _NAME_RE = re.compile(r"^(\d+)-(\d+)_(-?\d+)_(-?\d+)_(\d+)\.parquet$")
@@ -155,16 +157,14 @@ def sql_file_list(paths: list[Path]) -> str:
     return "[" + ", ".join(f"'{_sql_path(p)}'" for p in paths) + "]"
 
 
-def _zero_sql(col) -> str:
+def _zero_sql(col: Column) -> str:
     """The column type's zero as a typed SQL literal ('' / 0 / 0.0 / false)."""
-    from .schema import ZERO
-
     z = ZERO[col.type]
     lit = "''" if isinstance(z, str) else ("false" if z is False else repr(z))
     return f"CAST({lit} AS {col.sql_type})"
 
 
-def select_sql(con, schema, paths: list[Path]) -> str:
+def select_sql(con, schema: TableSchema, paths: list[Path]) -> str:
     """A SELECT of ``schema``'s columns, in its order, over these segments, matched by name.
 
     Segments written before a column was added to the table lack it: there it is the type's
