@@ -323,7 +323,8 @@ static __always_inline void sd__header(struct andon_sd_hdr *h, __u16 type, __u64
 	sd__hdr(h, type, pid_tgid, fd, c->role, c->protocol, c->conn_id);
 }
 
-/* A data record of connection c without a datagram's peer: header and fields, data[] not. */
+/* A data record of connection c: its header and fields; its datagram peer (rport, rfamily,
+ * raddr) and data[] are the caller's. */
 static __always_inline void sd__data_rec(struct andon_sd_data *d, struct sdc_conn *c, __u64 pid_tgid, long fd,
 					 __u64 pos, __u32 size, __u32 copied, __u16 nr, __u8 dir, __u8 flags)
 {
@@ -334,6 +335,11 @@ static __always_inline void sd__data_rec(struct andon_sd_data *d, struct sdc_con
 	d->nr = nr;
 	d->direction = dir;
 	d->flags = flags;
+}
+
+/* A data record with no datagram peer: its address fields zero. */
+static __always_inline void sd__no_peer(struct andon_sd_data *d)
+{
 	d->rport = 0;
 	d->rfamily = 0;
 	__builtin_memset(d->raddr, 0, sizeof(d->raddr));
@@ -881,6 +887,7 @@ static __always_inline void sd__emit_pend(struct sdc_conn *c, __u64 pid_tgid, lo
 	}
 	sd__data_rec(d, c, pid_tgid, fd, c->pend_pos, c->pend_len, c->pend_len, c->pend_nr, c->pend_dir,
 		     c->pend_enc ? SD_F_ENCRYPTED : 0);
+	sd__no_peer(d);
 	__builtin_memcpy(d->data, c->pend, SD_PEND_MAX);
 	bpf_ringbuf_submit(d, sd__wake(sizeof(*d) + SD_PEND_MAX));
 	sd__count(SD_STAT_EVENTS, 1);
@@ -1037,6 +1044,7 @@ static __always_inline void sd__deliver_nocopy(struct sdc_conn *c, long nr, __u6
 		return;
 	}
 	sd__data_rec(d, c, pid_tgid, fd, pos, size, 0, nr, dir, SD_F_NOCOPY);
+	sd__no_peer(d);
 	bpf_ringbuf_submit(d, sd__wake(sizeof(*d)));
 	sd__count(SD_STAT_EVENTS, 1);
 	sd__count(SD_STAT_NOCOPY_CHUNKS, 1);
@@ -1135,22 +1143,15 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 	if (got > want)
 		got = want;
 	struct andon_sd_data *d = &s->d;
-	sd__header(&d->h, SD_REC_DATA, pid_tgid, fd, c);
-	d->pos = pos;
-	d->size = size;
-	d->copied = got;
-	d->nr = nr;
-	d->direction = dir;
-	if (encrypted)
-		d->flags |= SD_F_ENCRYPTED;
-	if (!(d->flags & SD_F_ADDR)) {
+	/* sd__copy set SD_F_ADDR and the peer for a datagram with one */
+	__u8 flags = d->flags | (encrypted ? SD_F_ENCRYPTED : 0) | (got < size ? SD_F_TRUNCATED : 0);
+	sd__data_rec(d, c, pid_tgid, fd, pos, size, got, nr, dir, flags);
+	if (!(flags & SD_F_ADDR)) { /* raddr is read only with SD_F_ADDR: left as it is */
 		d->rport = 0;
 		d->rfamily = 0;
 	}
-	if (got < size) {
-		d->flags |= SD_F_TRUNCATED;
+	if (got < size)
 		sd__count(SD_STAT_TRUNCATED, 1);
-	}
 	__u64 len = sizeof(struct andon_sd_data) + BOUND(got, 2 * SD_COPY_MAX - 1);
 	if (bpf_ringbuf_output(&sd_ring, d, len, sd__wake(len))) {
 		sd__count(SD_STAT_DROPS, 1);
