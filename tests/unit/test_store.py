@@ -336,3 +336,35 @@ def test_segments_of_an_older_schema_read_the_columns_they_lack_as_zero(tmp_path
     assert st.compact() == 1
     st.close()
     assert read() == [("", "", 3), ("nginx", "web", 2)]
+
+
+def test_a_query_that_meets_a_segment_merged_away_reads_again(tmp_path):
+    from andon.store.catalog import VANISHED, with_catalog
+
+    st = Store(settings(tmp_path, compact_min_files=2))
+    for k in range(2):
+        st.append("http_events", [rec(T0 + k * S + i, i) for i in range(5)])
+        st.flush()
+    calls = []
+
+    def query(c: Catalog):
+        calls.append(len(c.files["http_events"]))
+        if len(calls) == 1:
+            assert st.compact() == 1  # the agent merges the two segments this Catalog listed
+        return c.con.execute("SELECT count(*) FROM http_events").fetchone()[0]
+
+    # ASSERT: the first reading fails on a listed file that is gone; the second, on a new
+    # listing (the merged segment), counts every row
+    assert with_catalog(tmp_path, query) == 10
+    assert calls == [2, 1]
+    # any other error is not retried
+    calls.clear()
+    with pytest.raises(UsageError, match="no such"):
+        with_catalog(tmp_path, lambda c: calls.append(1) or (_ for _ in ()).throw(UsageError("no such thing")))
+    assert calls == [1]
+    # a segment that keeps going away: the error after the last attempt, with DuckDB's words
+    def always_gone(c: Catalog):
+        raise UsageError(f"IO Error: {VANISHED} \"x.parquet\"")
+    with pytest.raises(UsageError, match=VANISHED):
+        with_catalog(tmp_path, always_gone, attempts=2)
+    st.close()

@@ -137,10 +137,9 @@ def read_rows(data_dir: Path, ctx: Any, since_ns: int | None, until_ns: int | No
               warn: Any = None) -> list[dict]:
     """Stored L3/L4 flows and L7 flows from the protocol tables, in time order."""
     from ..netpolicy.flows import dns_l7_rows, http_l7_rows
-    from ..store.catalog import Catalog
+    from ..store.catalog import with_catalog
 
-    catalog = Catalog(data_dir)
-    try:
+    def read(catalog) -> list[dict]:
         for w in catalog.warnings:
             if warn:
                 warn(w)
@@ -153,8 +152,9 @@ def read_rows(data_dir: Path, ctx: Any, since_ns: int | None, until_ns: int | No
             for table, make in (("http_events", http_l7_rows), ("dns_events", dns_l7_rows)):
                 for r in _query(catalog, table, early, until_ns, where):
                     rows.extend(make(r, ctx, ""))
-    finally:
-        catalog.close()
+        return rows
+
+    rows = with_catalog(data_dir, read)
     rows.sort(key=lambda r: int(r["time_"]))
     return rows
 

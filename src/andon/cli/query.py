@@ -57,7 +57,7 @@ def _args(pairs: list[str]) -> dict[str, str]:
 
 def run_query(args: argparse.Namespace) -> int:
     from ..query import runner
-    from ..store.catalog import Catalog
+    from ..store.catalog import Catalog, with_catalog
     from ..store.control import request_flush
     from ..store.schema import TABLES
 
@@ -72,20 +72,19 @@ def run_query(args: argparse.Namespace) -> int:
         raise UsageError(f"no data directory {args.data_dir}: is the agent storing tables there? (--data-dir DIR)")
     if not args.no_flush:
         request_flush(args.data_dir, timeout=1.0)
-    catalog = Catalog(args.data_dir)
-    try:
+    stdin_script = sys.stdin.read() if args.script == "-" else ""
+
+    def run(catalog: Catalog) -> list:
         for w in catalog.warnings:
             print(f"andon: warning: {w}", file=sys.stderr)
         if args.sql:
-            results = runner.run_sql(args.sql, catalog)
-        else:
-            if args.script == "-":
-                results = runner.run_pxl(sys.stdin.read(), catalog, args=_args(args.arg), func=args.script_func,
-                                         filename="<stdin>")
-            else:
-                results = runner.run_script(args.script, catalog, args=_args(args.arg), func=args.script_func)
-    finally:
-        catalog.close()
+            return runner.run_sql(args.sql, catalog)
+        if args.script == "-":
+            return runner.run_pxl(stdin_script, catalog, args=_args(args.arg), func=args.script_func,
+                                  filename="<stdin>")
+        return runner.run_script(args.script, catalog, args=_args(args.arg), func=args.script_func)
+
+    results = with_catalog(args.data_dir, run)
     if args.table:
         names = [r.name for r in results]
         results = [r for r in results if r.name == args.table]

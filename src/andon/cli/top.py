@@ -49,16 +49,12 @@ def _durations(args: argparse.Namespace) -> tuple[int, float]:
 
 def snapshot(data_dir: Path, window_ns: int, limit: int, client: bool) -> tuple[list[Any], int]:
     from ..query.top import top
-    from ..store.catalog import Catalog
+    from ..store.catalog import with_catalog
     from ..store.control import request_flush
 
     request_flush(data_dir, timeout=0.5)
     now = time.time_ns()
-    catalog = Catalog(data_dir)
-    try:
-        return top(catalog, now - window_ns, now, limit=limit, client=client), now
-    finally:
-        catalog.close()
+    return with_catalog(data_dir, lambda c: top(c, now - window_ns, now, limit=limit, client=client)), now
 
 
 def render(rows: list[Any], window_ns: int, now_ns: int, client: bool) -> Any:

@@ -1,7 +1,8 @@
 """A data directory opened for queries: one DuckDB view per table over its Parquet segments.
 
 Read-only: it never changes the directory, so it is safe to use while the agent writes
-(segments appear and disappear whole, by rename and unlink). A table with no segments is
+(segments appear and disappear whole, by rename and unlink; a query that meets a segment
+merged away since the listing runs again on a new one: :func:`with_catalog`). A table with no segments is
 an empty view with the table's columns, so queries on it return no rows, not an error.
 Damaged files are left out with a warning (:attr:`Catalog.warnings`).
 """
@@ -9,14 +10,42 @@ Damaged files are left out with a warning (:attr:`Catalog.warnings`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
+from ..errors import AndonError
 from . import segments as seg
 from .schema import TABLES, TableSchema
 
 log = logging.getLogger("andon.store")
+T = TypeVar("T")
+
+# DuckDB's words when a file of a query's list is gone: the running agent merged or deleted a
+# segment between the Catalog's listing and the read
+VANISHED = "No files found that match the pattern"
+
+
+def with_catalog(data_dir: Path, fn: Callable[[Catalog], T], attempts: int = 3) -> T:
+    """``fn(catalog)`` on a Catalog of ``data_dir``, closed after. A segment that the running
+    agent merged away (or retention deleted) between the listing and the read makes the
+    query fail with :data:`VANISHED`; then it runs again on a fresh listing, up to
+    ``attempts`` times in all."""
+    for attempt in range(attempts):
+        catalog = None
+        try:
+            catalog = Catalog(data_dir)
+            return fn(catalog)
+        except (duckdb.Error, AndonError) as e:
+            if VANISHED not in str(e) or attempt == attempts - 1:
+                raise
+            log.info("a segment went while reading %s (a merge): reading again", data_dir)
+        finally:
+            if catalog is not None:
+                catalog.close()
+    raise AssertionError("unreachable")
 
 
 class Catalog:
