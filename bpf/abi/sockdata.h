@@ -84,9 +84,11 @@ enum sd_stat {
 	SD_STAT_DROPPED_BYTES = 7, /* bytes of data records lost to a full ring */
 	SD_STAT_TLS_CHUNKS = 8,    /* plaintext records of TLS library calls written */
 	SD_STAT_TLS_CIPHER_BYTES = 9, /* bytes of TLS ciphertext on sockets not copied */
-	SD_STAT_TLS_NO_CONN = 10,  /* TLS calls whose socket was never learned (memory BIO) */
+	SD_STAT_TLS_NO_CONN = 10,  /* TLS calls whose socket was never learned */
 	SD_STAT_NOCOPY_CHUNKS = 11, /* records of sendfile/splice chunks written (SD_F_NOCOPY) */
-	SD_STAT_MAX = 12,
+	SD_STAT_TLS_BIO_BINDS = 12, /* SSL * bound to the socket its thread read TLS records from outside
+				     * a call (memory BIO; handshake steps) */
+	SD_STAT_MAX = 13,
 };
 
 struct andon_sd_hdr {

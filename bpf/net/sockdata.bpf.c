@@ -198,6 +198,32 @@ struct {
 	__type(value, __s32);
 } sd_sslfd SEC(".maps");
 
+/* pid_tgid -> the socket this thread last read TLS records from outside any library call.
+ * An SSL over a memory BIO (Python's asyncio, and so aiohttp, uvicorn, asyncpg) never
+ * touches its socket inside SSL_read: the event loop reads the ciphertext with recv(2),
+ * hands it to the SSL's BIO, then calls SSL_read on the same thread. So the socket that
+ * thread read last outside a call is the one the next read call, or handshake step, with
+ * no socket of its own decrypts: that call takes (and removes) the entry and binds its
+ * SSL * to the fd in sd_sslfd. Writes never take it (a write is not caused by a read on
+ * its socket); they use the binding. LRU: a thread that exits leaves its entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __s32);
+} sd_tls_rd SEC(".maps");
+
+/* pid_tgid -> the SSL * of an SSL_do_handshake in progress. Its own map, not sd_tls: a
+ * handshake carries no plaintext, so its socket calls are not claimed as a call's, and a
+ * handshake step inside another call (none in OpenSSL 1.1/3, but a build could) does not
+ * replace that call's entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} sd_tls_hs SEC(".maps");
+
 /* the uprobe programs' own scratch, as sd_scratch (sized by the loader): a return probe
  * preempted by a syscall exit on the same CPU does not share a buffer with it */
 struct {
@@ -833,6 +859,30 @@ __noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 joined, __u32 n, __u
 
 /* The connection carries TLS: from now on its socket bytes are ciphertext, and inference
  * starts afresh on the plaintext of the library calls. */
+/* TLS records were read from fd outside any library call: a memory BIO's ciphertext, or
+ * a handshake step's. Remembered for the thread's next read call or handshake step. */
+static __always_inline void sd__tls_read_outside(long fd, __u8 dir, __u64 pid_tgid)
+{
+	if (dir != SD_INGRESS)
+		return;
+	__s32 v = fd;
+	bpf_map_update_elem(&sd_tls_rd, &pid_tgid, &v, BPF_ANY);
+}
+
+/* A library call with no socket of its own on this thread (no syscall inside it): the
+ * socket the thread read TLS records from last, taken, and bound to the SSL *; -1 if none. */
+static __always_inline long sd__tls_take_read(struct sdt_ssl_key *k, __u64 pid_tgid)
+{
+	__s32 *last = bpf_map_lookup_elem(&sd_tls_rd, &pid_tgid);
+	if (!last)
+		return -1;
+	__s32 fd = *last;
+	bpf_map_delete_elem(&sd_tls_rd, &pid_tgid);
+	bpf_map_update_elem(&sd_sslfd, k, &fd, BPF_ANY);
+	sd__count(SD_STAT_TLS_BIO_BINDS, 1);
+	return fd;
+}
+
 static __always_inline void sd__mark_ssl(struct sdc_conn *c)
 {
 	if (c->ssl)
@@ -1002,6 +1052,8 @@ static __always_inline void sd__on_data(long nr, struct sdc_args *r, long ret, _
 	if (call || c->ssl) {
 		if (call)
 			call->fd = fd;
+		else
+			sd__tls_read_outside(fd, dir, pid_tgid);
 		sd__mark_ssl(c);
 		sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 		return;
@@ -1081,6 +1133,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 		c->tries++;
 		int found = sd__infer_chunk(s, 0, got, size, c->l4);
 		if ((found & SDI_TLS) && !encrypted) {
+			sd__tls_read_outside(fd, dir, pid_tgid);
 			sd__mark_ssl(c);
 			sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 			return;
@@ -1135,6 +1188,7 @@ static __always_inline void sd__deliver(struct sdc_scratch *s, struct sdc_conn *
 	 * 3.x) arrives outside any library call: from then on the socket carries ciphertext */
 	if (!encrypted && got >= 5 && (c->protocol == SD_PROTO_PGSQL || c->protocol == SD_PROTO_MYSQL) &&
 	    s->buf[0] == 0x16 && s->buf[1] == 3 && s->buf[2] <= 4) {
+		sd__tls_read_outside(fd, dir, pid_tgid);
 		sd__mark_ssl(c);
 		sd__count(SD_STAT_TLS_CIPHER_BYTES, size);
 		return;
@@ -1403,13 +1457,20 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	if (fd >= 0) {
 		bpf_map_update_elem(&sd_sslfd, &sk, &call.fd, BPF_ANY);
 	} else {
-		/* served from OpenSSL's buffer: no syscall during this call */
-		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
-		if (!known) {
-			sd__count(SD_STAT_TLS_NO_CONN, 1);
-			return 0;
+		/* no syscall during this call: a read served from OpenSSL's buffer, or any call on
+		 * a memory BIO. A read that follows the thread's read of TLS records outside a
+		 * call decrypts those (and rebinds an SSL * that malloc reused); any other call
+		 * uses the fd last bound to its SSL * */
+		int rd = call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX;
+		fd = rd ? sd__tls_take_read(&sk, pid_tgid) : -1;
+		if (fd < 0) {
+			__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
+			if (!known) {
+				sd__count(SD_STAT_TLS_NO_CONN, 1);
+				return 0;
+			}
+			fd = *known;
 		}
-		fd = *known;
 	}
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
@@ -1427,5 +1488,33 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 		return 0;
 	struct sdc_args r = {.a = {fd, call.buf}};
 	sd__deliver(s, c, call.fn, &r, size, pos, dir, 1, fd, pid_tgid);
+	return 0;
+}
+
+/* int SSL_do_handshake(SSL *s): the step of a handshake that a memory BIO's event loop
+ * takes after it read the peer's records (and SSL_connect/SSL_accept take inside). Its
+ * return binds the SSL * to the socket read last outside a call, so that the first
+ * SSL_write of a client on a memory BIO, before any SSL_read, finds its connection. */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_handshake, void *ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!sd__traced(pid_tgid))
+		return 0;
+	__u64 p = (__u64)ssl;
+	bpf_map_update_elem(&sd_tls_hs, &pid_tgid, &p, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 *p = bpf_map_lookup_elem(&sd_tls_hs, &pid_tgid);
+	if (!p)
+		return 0;
+	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = *p};
+	bpf_map_delete_elem(&sd_tls_hs, &pid_tgid);
+	sd__tls_take_read(&sk, pid_tgid);
 	return 0;
 }

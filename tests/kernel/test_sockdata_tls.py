@@ -290,6 +290,91 @@ k = socket.create_connection(srv.getsockname()); k.sendall(HELLO); k.recv(100); 
     assert after["skipped_bytes"] == before["skipped_bytes"]
 
 
+# asyncio's TLS (and so aiohttp's, uvicorn's, asyncpg's): every SSL on a memory BIO, whose
+# calls never touch a socket. One event loop thread serves {n} clients of its own at once,
+# each on its own connection with requests of its own path; a response echoes the path.
+ASYNCIO_TLS = r"""
+import asyncio, json, os, ssl, sys
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+N, ROUNDS = {n}, {rounds}
+async def handle(r, w):
+    for _ in range(ROUNDS):
+        head = await r.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        await w.drain()
+    w.close()
+async def client(port, i):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cctx)
+    for j in range(ROUNDS):
+        w.write(b"GET /c%d/r%d HTTP/1.1\r\nHost: x\r\n\r\n" % (i, j))
+        await w.drain()
+        await r.readuntil(b"/c%d/r%d" % (i, j))
+    w.close()
+    await w.wait_closed()
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+    port = srv.sockets[0].getsockname()[1]
+    print(json.dumps({{"pid": os.getpid(), "port": port}}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(client(port, i) for i in range(N)))
+    srv.close()
+    await srv.wait_closed()
+    print(json.dumps({{"port": port}}), flush=True)
+asyncio.run(main())
+"""
+
+
+def test_asyncio_memory_bio_calls_find_their_connection(shared, cert):
+    """Three asyncio clients and their server on one thread: no SSL call touches a socket.
+    Each read call takes the socket the thread read TLS records from last; each handshake
+    step binds its SSL * the same way, so a client's first write (before any read) finds its
+    connection too. Every connection carries exactly its own requests and responses."""
+    src = shared
+    n, rounds = 3, 3
+    before = src.stats()
+    # TRIGGER
+    child = Child(src, [sys.executable, "-c", ASYNCIO_TLS.format(cert=cert[0], key=cert[1], n=n, rounds=rounds)])
+    port = child.info["port"]
+    child.go()
+    recs = collect(src, {child.pid}, closes=2 * n)
+    # ASSERT
+    by: dict[int, list] = {}
+    for r in recs:
+        by.setdefault(r.conn_id, []).append(r)
+    clients = [rs for rs in by.values() if rs[0].role == Role.CLIENT]
+    servers = [rs for rs in by.values() if rs[0].role == Role.SERVER]
+    assert len(clients) == len(servers) == n
+    reqs = {i: b"".join(b"GET /c%d/r%d HTTP/1.1\r\nHost: x\r\n\r\n" % (i, j) for j in range(rounds)) for i in range(n)}
+    resps = {i: b"".join(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n/c%d/r%d" % (i, j) for j in range(rounds))
+             for i in range(n)}
+
+    def which(rs: list, direction: Direction) -> int:
+        """The client index a connection's first request names."""
+        sent = plain(rs, direction)
+        assert sent.startswith(b"GET /c"), (rs[0], sent)
+        return int(sent[6:7])
+
+    got_c = {which(rs, Direction.EGRESS): rs for rs in clients}
+    got_s = {which(rs, Direction.INGRESS): rs for rs in servers}
+    assert sorted(got_c) == sorted(got_s) == list(range(n))
+    for i in range(n):
+        c, s = got_c[i], got_s[i]
+        assert c[0].rport == s[0].lport == port and c[0].lport == s[0].rport
+        assert plain(c, Direction.EGRESS) == reqs[i] == plain(s, Direction.INGRESS)
+        assert plain(s, Direction.EGRESS) == resps[i] == plain(c, Direction.INGRESS)
+        for r in data(c) + data(s):
+            assert r.encrypted and r.protocol == Protocol.HTTP and r.gap == 0
+            assert r.nr == (SSL_WRITE_EX if r.direction == Direction.EGRESS else SSL_READ_EX)
+        assert [r.pos for r in data(c, Direction.EGRESS)] == [j * len(reqs[i]) // rounds for j in range(rounds)]
+    after = src.stats()
+    assert after["tls_no_conn"] == before["tls_no_conn"]
+    assert after["tls_chunks"] - before["tls_chunks"] == 4 * n * rounds
+    # at least one binding per read call with data, and one per connection's handshake
+    assert after["tls_bio_binds"] - before["tls_bio_binds"] >= 2 * n * rounds + 2 * n
+
+
 PG_STARTTLS = r"""
 import json, os, socket, ssl, struct, sys, threading
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
@@ -495,7 +580,7 @@ def test_process_started_later_with_its_own_libssl_is_found_by_rescan(shared, ce
     assert src.stats()["tls_libs"] == libs_before + 1
     found = next(f for f in src.tls.files.values() if f.path.endswith(str(lib / "libssl.so.3")))
     assert found.pid == child.pid and found.path == f"/proc/{child.pid}/root{lib}/libssl.so.3"
-    assert set(found.functions) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"}
+    assert set(found.functions) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"}
     assert found.lag_ms is None  # not found through a mapping record
     by = conns(recs)
     assert plain(by[Role.CLIENT], Direction.EGRESS) == REQ and plain(by[Role.SERVER], Direction.EGRESS) == RESP

@@ -96,6 +96,7 @@ STAT_NAMES = (
     "tls_cipher_bytes",
     "tls_no_conn",
     "nocopy_chunks",
+    "tls_bio_binds",
 )
 
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*

@@ -42,15 +42,17 @@ log = logging.getLogger("andon.tls")
 # library with other functions
 LIBSSL = re.compile(r"/libssl(-[0-9a-f]{8})?\.so\.(3|1\.1)$")
 
-# function -> the entry program; every function's return goes to RET_PROG
-ENTRY_PROGS = {
-    "SSL_read": "sockdata_ssl_read",
-    "SSL_write": "sockdata_ssl_write",
-    "SSL_read_ex": "sockdata_ssl_read_ex",
-    "SSL_write_ex": "sockdata_ssl_write_ex",
+# function -> its entry program and its return program. The four data calls share one
+# return program; SSL_do_handshake's only binds an SSL * to its socket (a memory BIO's
+# client writes before it reads).
+PROBES = {
+    "SSL_read": ("sockdata_ssl_read", "sockdata_ssl_ret"),
+    "SSL_write": ("sockdata_ssl_write", "sockdata_ssl_ret"),
+    "SSL_read_ex": ("sockdata_ssl_read_ex", "sockdata_ssl_ret"),
+    "SSL_write_ex": ("sockdata_ssl_write_ex", "sockdata_ssl_ret"),
+    "SSL_do_handshake": ("sockdata_ssl_handshake", "sockdata_ssl_handshake_ret"),
 }
-RET_PROG = "sockdata_ssl_ret"
-PROGRAMS = frozenset(ENTRY_PROGS.values()) | {RET_PROG}
+PROGRAMS = frozenset(p for pair in PROBES.values() for p in pair)
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
 MAPPED_MAX = 65536
@@ -211,11 +213,11 @@ class TlsAttacher:
         key = (lib.dev, lib.ino)
         done: list[str] = []
         why = ""
-        for fn, prog in ENTRY_PROGS.items():
+        for fn, (prog, ret_prog) in PROBES.items():
             # the return probe first: an entry without its return would leave the thread
             # marked "inside a TLS call" and its later socket bytes taken for ciphertext
             try:
-                ret = self._obj.program(RET_PROG).attach_uprobe(target, fn, retprobe=True)
+                ret = self._obj.program(ret_prog).attach_uprobe(target, fn, retprobe=True)
             except (NotSupported, BpfError) as e:
                 why = why or str(e)
                 continue
