@@ -233,6 +233,88 @@ def test_https_rows_are_plaintext_and_encrypted(agent: ObserveAgent):
         assert {(x["encrypted"], x["comm"]) for x in side} == {(True, comm)}
 
 
+# asyncio's TLS: an SSL over a memory BIO, whose calls never touch the socket (aiohttp here;
+# uvicorn and asyncpg use the same asyncio SSLProtocol)
+AIOHTTP_SERVER = r"""
+import asyncio, json, os, ssl, sys
+from aiohttp import web
+cert, key = sys.argv[1], sys.argv[2]
+async def item(req):
+    return web.Response(status=int(req.match_info["code"]), text=req.path_qs)
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    app = web.Application(); app.router.add_get("/item/{code}", item)
+    runner = web.AppRunner(app); await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx); await site.start()
+    print(json.dumps({"pid": os.getpid(), "port": site._server.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await runner.cleanup()
+asyncio.run(main())
+"""
+
+AIOHTTP_CLIENT = r"""
+import asyncio, json, sys
+import aiohttp
+urls = sys.argv[1:]
+async def main():
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False, limit=1)) as s:
+        for u in urls:
+            async with s.get(u) as r:
+                out.append([r.status, await r.text()])
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def test_asyncio_tls_aiohttp_both_ends_are_plaintext_and_encrypted(agent: ObserveAgent, tmp_path: Path):
+    """aiohttp's server and client (asyncio: every SSL on a memory BIO, so no OpenSSL call reads
+    or writes a socket) in two processes, one kept-alive connection: each request is a row
+    at both ends with its path and status, `encrypted`. Before, every call was counted in
+    tls_no_conn and no row was made."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    cert, key = S.self_signed_cert(tmp_path)
+    srv = subprocess.Popen([sys.executable, "-c", AIOHTTP_SERVER, str(cert), str(key)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(srv.stdout.readline() or "{}")
+        assert info, srv.stderr.read()
+        port, codes = info["port"], [200, 201, 404, 500, 200]
+        paths = [f"/item/{c}?i={i}&t={tag}" for i, c in enumerate(codes)]
+        r = subprocess.run([sys.executable, "-c", AIOHTTP_CLIENT, *(f"https://127.0.0.1:{port}{p}" for p in paths)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == [[c, p] for c, p in zip(codes, paths)]
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(port, t0)} "
+                               f"AND req_path LIKE '%t={tag}' ORDER BY time_", 2 * len(paths), timeout=WAIT_S)
+    finally:
+        srv.communicate("stop\n", timeout=30)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (len(paths), len(paths)), agent.log_tail()
+    _made("http_events", len(rows))
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"], x["resp_body"]) for x in side] == [
+            ("GET", p, c, p) for c, p in zip(codes, paths)]
+        assert {x["encrypted"] for x in side} == {True}
+        assert all(x["latency"] > 0 for x in side)
+    assert {x["pid"] for x in servers_} == {srv.pid} and {x["pid"] for x in clients} == {x["remote_pid"] for x in servers_}
+    assert len({(x["local_port"]) for x in clients}) == 1, "one kept-alive connection"
+
+
+ASYNCPG_TLS = r"""
+import asyncio, json, sys
+import asyncpg
+port, tag = int(sys.argv[1]), sys.argv[2]
+async def main():
+    c = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", ssl="require")
+    got = await c.fetch(f"SELECT $1::int + 1 AS t_{tag}", 41)
+    ssl = await c.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    await c.close()
+    print(json.dumps({"got": [list(r) for r in got], "ssl": ssl}))
+asyncio.run(main())
+"""
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------------
 def test_pgsql_simple_and_extended_protocol(agent: ObserveAgent, pg: S.Server):
     tag, t0 = secrets.token_hex(4), time.time_ns()
@@ -323,6 +405,30 @@ def test_pgsql_over_tls_is_plaintext_and_encrypted(agent: ObserveAgent):
     assert [x["comm"] for x in clients] == ["psql"] + [Path(sys.executable).name[:15]] * 2
     assert {x["comm"] for x in servers_} == {"postgres"}
     _made("pgsql_events", 6)
+
+
+def test_pgsql_over_tls_from_asyncpg(agent: ObserveAgent):
+    """asyncpg with ssl: asyncio's start_tls, an SSL on a memory BIO. Its prepared statement
+    (Parse, Describe, Bind, Execute: binary parameters and results) at both ends."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    with S.postgres(tls=True) as pg:
+        r = subprocess.run([sys.executable, "-c", ASYNCPG_TLS, str(pg.port), tag], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"got": [[42]], "ssl": True}
+        rows = agent.wait_rows("SELECT trace_role, req_cmd, req, resp, encrypted, comm FROM pgsql_events "
+                               f"WHERE {_on_port(pg.port, t0)} AND req LIKE '%t_{tag}%' ORDER BY time_, req_cmd",
+                               4, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    want = [("Execute", f"query=[SELECT $1::int + 1 AS t_{tag}] params=[\\x00000029]"),
+            ("Parse", f"SELECT $1::int + 1 AS t_{tag}")]
+    for side in (clients, servers_):
+        assert sorted((x["req_cmd"], x["req"]) for x in side) == want, agent.log_tail()
+        assert [x["resp"] for x in side if x["req_cmd"] == "Parse"] == ["PARSE COMPLETE"]
+        assert {x["encrypted"] for x in side} == {True}
+    assert {x["comm"] for x in clients} == {Path(sys.executable).name[:15]}
+    assert {x["comm"] for x in servers_} == {"postgres"}
+    _made("pgsql_events", len(rows))
 
 
 # -- MariaDB -----------------------------------------------------------------------------------------
