@@ -202,10 +202,12 @@ struct {
  * An SSL over a memory BIO (Python's asyncio, and so aiohttp, uvicorn, asyncpg) never
  * touches its socket inside SSL_read: the event loop reads the ciphertext with recv(2),
  * hands it to the SSL's BIO, then calls SSL_read on the same thread. So the socket that
- * thread read last outside a call is the one the next read call, or handshake step, with
- * no socket of its own decrypts: that call takes (and removes) the entry and binds its
- * SSL * to the fd in sd_sslfd. Writes never take it (a write is not caused by a read on
- * its socket); they use the binding. LRU: a thread that exits leaves its entry. */
+ * thread read last outside a call is the one the next handshake step (or read call of an
+ * SSL * not bound yet) with no socket of its own works on: that call takes (and removes)
+ * the entry and binds its SSL * to the fd in sd_sslfd. A handshake's last step follows
+ * its own socket's read, so a new SSL ends bound right even where malloc reused an old
+ * one's address. Writes never take it (a write is not caused by a read on its socket);
+ * they use the binding. LRU: a thread that exits leaves its entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -1458,18 +1460,19 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 		bpf_map_update_elem(&sd_sslfd, &sk, &call.fd, BPF_ANY);
 	} else {
 		/* no syscall during this call: a read served from OpenSSL's buffer, or any call on
-		 * a memory BIO. A read that follows the thread's read of TLS records outside a
-		 * call decrypts those (and rebinds an SSL * that malloc reused); any other call
-		 * uses the fd last bound to its SSL * */
-		int rd = call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX;
-		fd = rd ? sd__tls_take_read(&sk, pid_tgid) : -1;
-		if (fd < 0) {
-			__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
-			if (!known) {
-				sd__count(SD_STAT_TLS_NO_CONN, 1);
-				return 0;
-			}
+		 * a memory BIO. The fd last bound to its SSL * (by a call's syscall, or a
+		 * handshake step, which also rebinds an SSL * that malloc reused); else a read
+		 * decrypts what the thread read from a socket outside a call last. Not the other
+		 * way round: an event loop reads a record's first bytes on one connection, then
+		 * goes on reading plaintext another connection's SSL holds. */
+		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
+		if (known)
 			fd = *known;
+		else if (call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX)
+			fd = sd__tls_take_read(&sk, pid_tgid);
+		if (fd < 0) {
+			sd__count(SD_STAT_TLS_NO_CONN, 1);
+			return 0;
 		}
 	}
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
