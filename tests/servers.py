@@ -480,6 +480,71 @@ def python_http(*, port: int | None = None, tls: bool = False, netns: NetNs | No
     return _with_retry(_prepared("pyhttp", None, build), port)
 
 
+# -- aiohttp ------------------------------------------------------------------------------------------
+def _run_aiohttp(host: str, port: int, cert: str | None, key: str | None) -> None:
+    """The aiohttp server process: asyncio, one thread; with TLS every SSL is on a memory BIO
+    (asyncio's SSLProtocol), as uvicorn's and asyncpg's are. The python server's routes."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def root(req: web.Request) -> web.Response:
+        return web.Response(body=HTTP_ROOT_BODY, content_type="text/plain")
+
+    async def size(req: web.Request) -> web.Response:
+        n = int(req.match_info["n"])
+        if n > 16 << 20:
+            raise web.HTTPNotFound(text="not found\n")
+        return web.Response(body=b"x" * n, content_type="application/octet-stream")
+
+    async def status(req: web.Request) -> web.Response:
+        code = int(req.match_info["code"])
+        if not 200 <= code <= 599:
+            raise web.HTTPNotFound(text="not found\n")
+        return web.Response(status=code, text=f"status {code}\n")
+
+    async def echo(req: web.Request) -> web.Response:
+        return web.Response(body=await req.read(), content_type=req.content_type)
+
+    async def serve() -> None:
+        ctx = None
+        if cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+        app = web.Application()
+        app.router.add_get("/", root)
+        app.router.add_get(r"/size/{n:\d+}", size)
+        app.router.add_get(r"/status/{code:\d+}", status)
+        app.router.add_post("/echo", echo)
+        runner = web.AppRunner(app, access_log=None)  # no per-request log line: as the python server
+        await runner.setup()
+        await web.TCPSite(runner, host, port, ssl_context=ctx, backlog=128).start()
+        print(f"ready {host}:{port}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+def aiohttp_http(*, port: int | None = None, tls: bool = False) -> contextlib.AbstractContextManager[Server]:
+    """An aiohttp server (this file run as a script, comm ``python3``) with the Python server's
+    routes, on 127.0.0.1. ``tls``: a self-signed cert (``info["cert"]``)."""
+    host = "127.0.0.1"
+
+    def build(p: int, d: Path):
+        info: dict = {"tls": tls}
+        argv = [sys.executable, str(Path(__file__).resolve()), "aiohttp", "--host", host, "--port", str(p)]
+        if tls:
+            cert, key = self_signed_cert(d, ip=host)
+            argv += ["--cert", str(cert), "--key", str(key)]
+            info["cert"] = cert
+        return _serve("aiohttp", argv, host=host, port=p, workdir=d, probe=_http_probe, info=info,
+                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return _with_retry(_prepared("aiohttp", None, build), port)
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------------
 def _pg_probe(srv: Server) -> bool:
     r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", srv.host, "-p", str(srv.port), "-U", "postgres",
@@ -920,9 +985,16 @@ def main(argv: list[str]) -> int:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--cert")
     h.add_argument("--key")
+    h = sub.add_parser("aiohttp", help="the same routes served by aiohttp (asyncio)")
+    h.add_argument("--host", default="127.0.0.1")
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--cert")
+    h.add_argument("--key")
     a = ap.parse_args(argv)
     if a.cmd == "http":
         _run_python_http(a.host, a.port, a.cert, a.key)
+    elif a.cmd == "aiohttp":
+        _run_aiohttp(a.host, a.port, a.cert, a.key)
     return 0
 
 

@@ -235,23 +235,6 @@ def test_https_rows_are_plaintext_and_encrypted(agent: ObserveAgent):
 
 # asyncio's TLS: an SSL over a memory BIO, whose calls never touch the socket (aiohttp here;
 # uvicorn and asyncpg use the same asyncio SSLProtocol)
-AIOHTTP_SERVER = r"""
-import asyncio, json, os, ssl, sys
-from aiohttp import web
-cert, key = sys.argv[1], sys.argv[2]
-async def item(req):
-    return web.Response(status=int(req.match_info["code"]), text=req.path_qs)
-async def main():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
-    app = web.Application(); app.router.add_get("/item/{code}", item)
-    runner = web.AppRunner(app); await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx); await site.start()
-    print(json.dumps({"pid": os.getpid(), "port": site._server.sockets[0].getsockname()[1]}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    await runner.cleanup()
-asyncio.run(main())
-"""
-
 AIOHTTP_CLIENT = r"""
 import asyncio, json, sys
 import aiohttp
@@ -267,38 +250,39 @@ asyncio.run(main())
 """
 
 
-def test_asyncio_tls_aiohttp_both_ends_are_plaintext_and_encrypted(agent: ObserveAgent, tmp_path: Path):
+def test_asyncio_tls_aiohttp_both_ends_are_plaintext_and_encrypted(agent: ObserveAgent):
     """aiohttp's server and client (asyncio: every SSL on a memory BIO, so no OpenSSL call reads
     or writes a socket) in two processes, one kept-alive connection: each request is a row
-    at both ends with its path and status, `encrypted`. Before, every call was counted in
-    tls_no_conn and no row was made."""
+    at both ends with its path, status and body, `encrypted`. Then curl (a socket BIO) against
+    the same server. Before, every asyncio call was counted in tls_no_conn and made no row."""
     tag, t0 = secrets.token_hex(4), time.time_ns()
-    cert, key = S.self_signed_cert(tmp_path)
-    srv = subprocess.Popen([sys.executable, "-c", AIOHTTP_SERVER, str(cert), str(key)], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        info = json.loads(srv.stdout.readline() or "{}")
-        assert info, srv.stderr.read()
-        port, codes = info["port"], [200, 201, 404, 500, 200]
-        paths = [f"/item/{c}?i={i}&t={tag}" for i, c in enumerate(codes)]
-        r = subprocess.run([sys.executable, "-c", AIOHTTP_CLIENT, *(f"https://127.0.0.1:{port}{p}" for p in paths)],
+    codes = [200, 201, 404, 500, 200]
+    paths = [f"/status/{c}?i={i}&t={tag}" for i, c in enumerate(codes)]
+    with S.aiohttp_http(tls=True) as srv:
+        r = subprocess.run([sys.executable, "-c", AIOHTTP_CLIENT, *(srv.url(p) for p in paths)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout) == [[c, p] for c, p in zip(codes, paths)]
-        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(port, t0)} "
-                               f"AND req_path LIKE '%t={tag}' ORDER BY time_", 2 * len(paths), timeout=WAIT_S)
-    finally:
-        srv.communicate("stop\n", timeout=30)
+        assert json.loads(r.stdout) == [[c, f"status {c}\n"] for c in codes]
+        rows = _http_rows(agent, srv, t0, tag, 2 * len(paths))
+        curl = S.curl([srv.url(f"/size/{n}?t={tag}") for n in (10, 2000)], cacert=srv.info["cert"])
+        assert (curl.statuses, curl.connects) == ([200, 200], 1)
+        rows2 = _http_rows(agent, srv, t0, tag, 2 * len(paths) + 4)
+        comm = _comm(srv.pid)
     clients, servers_ = _sides(rows)
     assert (len(clients), len(servers_)) == (len(paths), len(paths)), agent.log_tail()
-    _made("http_events", len(rows))
     for side in (clients, servers_):
         assert [(x["req_method"], x["req_path"], x["resp_status"], x["resp_body"]) for x in side] == [
-            ("GET", p, c, p) for c, p in zip(codes, paths)]
+            ("GET", p, c, f"status {c}\n") for c, p in zip(codes, paths)]
         assert {x["encrypted"] for x in side} == {True}
         assert all(x["latency"] > 0 for x in side)
-    assert {x["pid"] for x in servers_} == {srv.pid} and {x["pid"] for x in clients} == {x["remote_pid"] for x in servers_}
-    assert len({(x["local_port"]) for x in clients}) == 1, "one kept-alive connection"
+    assert {x["pid"] for x in servers_} == {srv.pid}
+    assert {x["pid"] for x in clients} == {x["remote_pid"] for x in servers_} != {0}
+    assert len({x["local_port"] for x in clients}) == 1, "one kept-alive connection"
+    by_curl = [x for x in rows2 if x["req_path"].startswith("/size/")]
+    assert sorted((x["trace_role"], x["comm"], x["req_path"], x["resp_body_size"], x["encrypted"]) for x in by_curl) == [
+        (CLIENT, "curl", f"/size/10?t={tag}", 10, True), (CLIENT, "curl", f"/size/2000?t={tag}", 2000, True),
+        (SERVER, comm, f"/size/10?t={tag}", 10, True), (SERVER, comm, f"/size/2000?t={tag}", 2000, True)]
+    _made("http_events", len(rows2))
 
 
 ASYNCPG_TLS = r"""

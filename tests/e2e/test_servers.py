@@ -91,6 +91,18 @@ def test_python_https_with_self_signed_cert():
     _assert_gone(srv, [pid])
 
 
+def test_aiohttp_routes_keepalive_and_tls():
+    with S.aiohttp_http(tls=True) as srv:
+        assert srv.url("/").startswith("https://127.0.0.1:")
+        assert _get(srv.url("/"), srv.info["cert"]) == (200, S.HTTP_ROOT_BODY)
+        assert _get(srv.url("/size/3000"), srv.info["cert"]) == (200, b"x" * 3000)
+        assert _get(srv.url("/status/503"), srv.info["cert"]) == (503, b"status 503\n")
+        r = S.curl(srv.url("/echo"), 4, data=b"ping-andon", cacert=srv.info["cert"])
+        assert (r.statuses, r.sizes, r.connects) == ([200] * 4, [10] * 4, 1)
+        pid = srv.pid
+    _assert_gone(srv, [pid])
+
+
 def test_python_http_inside_a_network_namespace():
     with S.netns() as ns:
         assert ns.name in S._ip("netns", "list").stdout
