@@ -54,6 +54,9 @@ enum sd_close_reason {
 #define SD_TLS_WRITE 2    /* SSL_write */
 #define SD_TLS_READ_EX 3  /* SSL_read_ex */
 #define SD_TLS_WRITE_EX 4 /* SSL_write_ex */
+#define SD_TLS_READ_SHARED 5  /* SSL_read or SSL_read_ex: the function both call, probed in their place
+			       * (OpenSSL's ssl_read_internal: its entry is emulated, theirs single-stepped) */
+#define SD_TLS_WRITE_SHARED 6 /* SSL_write or SSL_write_ex, the same way (ssl_write_internal) */
 
 /* Pixie's endpoint_role_t */
 #define SD_ROLE_UNKNOWN 0

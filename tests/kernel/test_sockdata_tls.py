@@ -39,8 +39,10 @@ from andon.protocols.base import Direction, Protocol, Role
 if not (default_bpf_dir() / "net/sockdata.bpf.o").exists():
     pytest.skip("net/sockdata.bpf.o is not built: run `make bpf`", allow_module_level=True)
 
-# SD_TLS_*: the library call in a record's nr
-SSL_READ, SSL_WRITE, SSL_READ_EX, SSL_WRITE_EX = 1, 2, 3, 4
+# SD_TLS_*: the library call in a record's nr. The host's libssl (Debian 12's OpenSSL 3.0) is
+# probed at the function SSL_read and SSL_read_ex share (and SSL_write/SSL_write_ex), whose
+# records say 5 and 6 (src/andon/events/libssl_code.py)
+SSL_READ, SSL_WRITE, SSL_READ_EX, SSL_WRITE_EX, SSL_READ_SHARED, SSL_WRITE_SHARED = 1, 2, 3, 4, 5, 6
 
 REQ = b"GET /secret HTTP/1.1\r\nHost: localhost\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhidden"
@@ -104,15 +106,26 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(crt), str(key)
 
 
-@pytest.fixture(scope="module", params=["tp_btf", "raw_tp"])
+@pytest.fixture(scope="module", params=[("tp_btf", True), ("raw_tp", True), ("tp_btf", False)],
+                ids=["tp_btf", "raw_tp", "tp_btf-exported"])
 def shared(request: pytest.FixtureRequest) -> Iterator[SockSource]:
-    src = SockSource(SockSettings(hook=request.param, pids=frozenset(), tls_rescan_s=0.2))
+    """The sensor, shared by the module's tests. "-exported": the exported SSL_* functions
+    probed, as on a libssl whose shared functions are not found."""
+    hook, at_shared = request.param
+    src = SockSource(SockSettings(hook=hook, pids=frozenset(), tls_rescan_s=0.2, tls_shared=at_shared))
     src.start()
     if src.tls is None:
         src.close()
         pytest.skip(f"TLS uprobes unavailable: {src.tls_error}")
     yield src
     src.close()
+
+
+def nr(src: SockSource, call: str) -> int:
+    """The nr a record of the host's libssl has for ``call`` (SSL_read, SSL_read_ex, ...)."""
+    if src.settings.tls_shared:
+        return SSL_WRITE_SHARED if "write" in call else SSL_READ_SHARED
+    return {"SSL_read": SSL_READ, "SSL_write": SSL_WRITE, "SSL_read_ex": SSL_READ_EX, "SSL_write_ex": SSL_WRITE_EX}[call]
 
 
 class Child:
@@ -206,7 +219,7 @@ def test_python_https_plaintext_both_ends_and_no_ciphertext(shared, cert):
     for r in data(client) + data(server):
         assert r.flags & F_ENCRYPTED and r.encrypted
         assert r.protocol == Protocol.HTTP and r.gap == 0 and r.pos == 0 and not r.truncated
-        assert r.nr == (SSL_WRITE_EX if r.direction == Direction.EGRESS else SSL_READ_EX)
+        assert r.nr == nr(src, "SSL_write_ex" if r.direction == Direction.EGRESS else "SSL_read_ex")
     assert {r.role for r in data(client)} == {Role.CLIENT}
     assert {r.role for r in data(server)} == {Role.SERVER}
     assert {r.tid for r in data(server)} != {r.tid for r in data(client)}  # the server's thread
@@ -220,6 +233,10 @@ def test_python_https_plaintext_both_ends_and_no_ciphertext(shared, cert):
     assert after["tls_chunks"] - before["tls_chunks"] == len(data(client) + data(server)) == 4
     assert after["tls_no_conn"] == before["tls_no_conn"]
     assert after["tls_libs"] >= 1
+    # the host's file: probed at its shared functions, or at the exported ones
+    host = next(f for f in src.tls.files.values() if f.path == LIBSSL)
+    assert set(host.shared) == ({"read", "write"} if src.settings.tls_shared else set())
+    assert set(host.functions) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"}
 
 
 def test_small_reads_served_from_openssls_buffer(shared, cert):
@@ -366,7 +383,7 @@ def test_asyncio_memory_bio_calls_find_their_connection(shared, cert):
         assert plain(s, Direction.EGRESS) == resps[i] == plain(c, Direction.INGRESS)
         for r in data(c) + data(s):
             assert r.encrypted and r.protocol == Protocol.HTTP and r.gap == 0
-            assert r.nr == (SSL_WRITE_EX if r.direction == Direction.EGRESS else SSL_READ_EX)
+            assert r.nr == nr(src, "SSL_write_ex" if r.direction == Direction.EGRESS else "SSL_read_ex")
         assert [r.pos for r in data(c, Direction.EGRESS)] == [j * len(reqs[i]) // rounds for j in range(rounds)]
     after = src.stats()
     assert after["tls_no_conn"] == before["tls_no_conn"]
@@ -449,7 +466,7 @@ def test_memory_bio_plaintext_from_the_buffer_stays_with_its_own_connection(shar
     got = sorted((plain(rs, Direction.INGRESS), [(r.pos, r.size) for r in data(rs, Direction.INGRESS)]) for rs in clients)
     assert (len(BIO_A), len(BIO_B)) == (100, 50)
     assert got == sorted([(BIO_A, [(0, 10), (10, 90)]), (BIO_B, [(0, 50)])])
-    assert all(r.encrypted and r.nr == SSL_READ_EX for rs in clients for r in data(rs, Direction.INGRESS))
+    assert all(r.encrypted and r.nr == nr(src, "SSL_read_ex") for rs in clients for r in data(rs, Direction.INGRESS))
     assert src.stats()["tls_no_conn"] == before["tls_no_conn"]
 
 
@@ -542,8 +559,7 @@ def test_curl_against_python_https_server(shared, cert):
     assert plain(c, Direction.INGRESS) == resp
     assert plain(s, Direction.INGRESS) == sent and plain(s, Direction.EGRESS) == resp
     assert all(r.encrypted and r.protocol == Protocol.HTTP and r.role == Role.CLIENT for r in data(c))
-    assert {r.nr for r in data(c)} <= {SSL_READ, SSL_WRITE, SSL_READ_EX, SSL_WRITE_EX}
-    assert any(r.nr in (SSL_WRITE, SSL_WRITE_EX) for r in data(c))
+    assert {r.nr for r in data(c)} == {nr(src, "SSL_read"), nr(src, "SSL_write")}
 
 
 def test_openssl_s_client_and_s_server(shared, cert):
@@ -590,7 +606,7 @@ def test_openssl_s_client_and_s_server(shared, cert):
     assert plain(c, Direction.EGRESS) == req == plain(s, Direction.INGRESS)
     assert plain(s, Direction.EGRESS) == resp == plain(c, Direction.INGRESS)
     assert all(r.encrypted and r.protocol == Protocol.HTTP for r in data(c) + data(s))
-    assert {r.nr for r in data(c) + data(s)} == {SSL_READ, SSL_WRITE}
+    assert {r.nr for r in data(c) + data(s)} == {nr(src, "SSL_read"), nr(src, "SSL_write")}
 
 
 def _read_until(f, want: bytes, timeout: float) -> bytes:

@@ -104,14 +104,18 @@ class Program:
         ptr = lb.lib().bpf_program__attach(self._ptr)
         return self._obj._own_link(ptr, f"attach {self.name} ({self.section})")
 
-    def attach_uprobe(self, binary: str, func_name: str, retprobe: bool = False, pid: int = -1) -> Link:
+    def attach_uprobe(self, binary: str, func_name: str | None, retprobe: bool = False, pid: int = -1,
+                      offset: int = 0) -> Link:
         """Attach at the entry (or return) of ``func_name`` in the ELF file ``binary``; libbpf
-        finds the symbol's file offset. pid -1: every process that maps the file, now or later
-        (the probe is on the file's inode)."""
+        finds the symbol's file offset. With ``func_name`` None, at the file offset ``offset``
+        (a function the file does not name). pid -1: every process that maps the file, now
+        or later (the probe is on the file's inode)."""
         opts = lb.bpf_uprobe_opts(sz=ctypes.sizeof(lb.bpf_uprobe_opts), retprobe=retprobe,
-                                  func_name=func_name.encode())
-        ptr = lb.lib().bpf_program__attach_uprobe_opts(self._ptr, pid, binary.encode(), 0, ctypes.byref(opts))
-        return self._obj._own_link(ptr, f"uprobe {self.name} on {binary}:{func_name}")
+                                  func_name=func_name.encode() if func_name else None)
+        where = func_name or hex(offset)
+        ptr = lb.lib().bpf_program__attach_uprobe_opts(self._ptr, pid, binary.encode(), 0 if func_name else offset,
+                                                        ctypes.byref(opts))
+        return self._obj._own_link(ptr, f"uprobe {self.name} on {binary}:{where}")
 
     def attach_with(self, fn: str, *args: object) -> Link:
         """Attach with a specific libbpf call, e.g. ``attach_with('bpf_program__attach_xdp', ifindex)``."""

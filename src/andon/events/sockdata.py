@@ -100,7 +100,9 @@ STAT_NAMES = (
 )
 
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
-TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex"}
+# (5 and 6: OpenSSL's function that both of a pair call, probed in their place: see libssl_code)
+TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex", 5: "SSL_read/_ex",
+             6: "SSL_write/_ex"}
 
 # hook -> the programs in net/sockdata.bpf.o it loads and attaches, in the order tried: its
 # sys_exit entry point, and the process-exit program (the end of a process ends its connections)
@@ -233,6 +235,8 @@ class SockSettings:
     tls: bool = True  # uprobes on OpenSSL: plaintext of TLS connections (andon.events.tls)
     tls_rescan_s: float = 2.0  # how often read() looks for processes with a new libssl file
     tls_watch: bool = True  # probe a libssl file the moment a process maps it (SD_REC_LIB), not at a rescan
+    tls_shared: bool = True  # probe the function SSL_read and SSL_read_ex share (and the write pair's)
+    # where libssl_code finds it, in their place: a twelfth of the cost a call (off: the exported ones)
     unix: bool = True  # also unix stream sockets (psql, mysql -h localhost, redis-cli -s)
     # the kernel wakes the reader each time this many more bytes are pending (a power of two
     # of at least 4 KiB); None: a sixteenth of the ring, at least 64 KiB; 0: the kernel's
@@ -411,7 +415,7 @@ class SockSource:
 
     def _start_tls(self) -> None:
         assert self._obj is not None
-        tls = TlsAttacher(self._obj, self.settings.tls_rescan_s)
+        tls = TlsAttacher(self._obj, self.settings.tls_rescan_s, shared=self.settings.tls_shared)
         try:
             tls.start()
         except NotSupported as e:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..bpf.object import BpfObject, Link
 from ..errors import BpfError, NotSupported
+from .libssl_code import shared_calls
 
 log = logging.getLogger("andon.tls")
 
@@ -52,7 +53,14 @@ PROBES = {
     "SSL_write_ex": ("sockdata_ssl_write_ex", "sockdata_ssl_ret"),
     "SSL_do_handshake": ("sockdata_ssl_handshake", "sockdata_ssl_handshake_ret"),
 }
-PROGRAMS = frozenset(p for pair in PROBES.values() for p in pair)
+# the function SSL_read and SSL_read_ex both call (and SSL_write/SSL_write_ex), where
+# libssl_code finds it: probed in their place, its calls as the _ex calls
+SHARED_PROBES = {
+    "read": (("SSL_read", "SSL_read_ex"), "sockdata_ssl_read_shared"),
+    "write": (("SSL_write", "SSL_write_ex"), "sockdata_ssl_write_shared"),
+}
+RET_PROG = "sockdata_ssl_ret"
+PROGRAMS = frozenset(p for pair in PROBES.values() for p in pair) | {p for _, p in SHARED_PROBES.values()}
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
 MAPPED_MAX = 65536
@@ -77,7 +85,9 @@ class LibFile:
     dev: int
     ino: int
     pid: int  # the process it was found mapped in; 0 for a host path
-    functions: tuple[str, ...] = ()  # the functions probed (OpenSSL 1.1.0 has no _ex calls)
+    functions: tuple[str, ...] = ()  # the functions seen (OpenSSL 1.1.0 has no _ex calls)
+    shared: dict[str, int] = field(default_factory=dict)  # "read"/"write" -> file offset of the shared
+    # function probed in place of that pair (empty: the exported functions are probed)
     lag_ms: float | None = None  # from its mapping to its probes on; None: found by a scan
     links: list[Link] = field(default_factory=list, repr=False)
 
@@ -86,8 +96,9 @@ class TlsAttacher:
     """Owns the uprobe links of one loaded sensor object; close() detaches them."""
 
     def __init__(self, obj: BpfObject, rescan_s: float = 2.0, proc: Path = Path("/proc"),
-                 host_dirs: tuple[str, ...] = HOST_DIRS) -> None:
+                 host_dirs: tuple[str, ...] = HOST_DIRS, shared: bool = True) -> None:
         self._obj = obj
+        self.shared = shared  # probe a pair's shared function where one is found (libssl_code)
         self.rescan_s = rescan_s
         self._proc = proc
         self._host_dirs = host_dirs
@@ -209,25 +220,46 @@ class TlsAttacher:
         finally:
             os.close(fd)
 
+    def _pair(self, target: str, lib: LibFile, prog: str, ret_prog: str, fn: str | None, offset: int = 0) -> str:
+        """Attach one entry program and its return program; "" or why not. The return probe
+        first: an entry without its return would leave the thread marked "inside a TLS
+        call" and its later socket bytes taken for ciphertext."""
+        try:
+            ret = self._obj.program(ret_prog).attach_uprobe(target, fn, retprobe=True, offset=offset)
+        except (NotSupported, BpfError) as e:
+            return str(e)
+        try:
+            entry = self._obj.program(prog).attach_uprobe(target, fn, offset=offset)
+        except (NotSupported, BpfError) as e:
+            ret.destroy()
+            return str(e)
+        lib.links += [ret, entry]
+        return ""
+
     def _probe(self, target: str, lib: LibFile) -> LibFile | None:
         key = (lib.dev, lib.ino)
         done: list[str] = []
         why = ""
+        found = shared_calls(target) if self.shared else None
+        covered: set[str] = set()
+        for kind, (pair, prog) in SHARED_PROBES.items():
+            off = getattr(found, kind) if found else None
+            if off is None:
+                continue
+            err = self._pair(target, lib, prog, RET_PROG, None, off)
+            if err:
+                why = why or err
+                continue
+            lib.shared[kind] = off
+            covered.update(pair)
+            done.extend(pair)
         for fn, (prog, ret_prog) in PROBES.items():
-            # the return probe first: an entry without its return would leave the thread
-            # marked "inside a TLS call" and its later socket bytes taken for ciphertext
-            try:
-                ret = self._obj.program(ret_prog).attach_uprobe(target, fn, retprobe=True)
-            except (NotSupported, BpfError) as e:
-                why = why or str(e)
+            if fn in covered:
                 continue
-            try:
-                entry = self._obj.program(prog).attach_uprobe(target, fn)
-            except (NotSupported, BpfError) as e:
-                ret.destroy()
-                why = why or str(e)
+            err = self._pair(target, lib, prog, ret_prog, fn)
+            if err:
+                why = why or err
                 continue
-            lib.links += [ret, entry]
             done.append(fn)
         if not {"SSL_read", "SSL_write"} <= set(done):
             for link in lib.links:
@@ -238,7 +270,8 @@ class TlsAttacher:
             return None
         lib.functions = tuple(done)
         self.files[key] = lib
-        log.info("probing %s (%s) for pid %d and every other user of it", lib.path, ", ".join(done), lib.pid)
+        log.info("probing %s (%s%s) for pid %d and every other user of it", lib.path, ", ".join(done),
+                 "".join(f"; {k} at its shared function, offset {o:#x}" for k, o in lib.shared.items()), lib.pid)
         return lib
 
     def close(self) -> None:

@@ -1,0 +1,190 @@
+"""Where in a libssl file the TLS uprobes go: OpenSSL's shared read and write functions.
+
+A uprobe traps on an int3 at its address; the kernel then has to run the instruction that
+was there. x86 emulates a few kinds (push, call, jmp, jcc, nop) and single-steps any other
+out of line, a second trap. OpenSSL's exported calls all start with ``sub $N,%rsp``, which
+is single-stepped: measured here, a probe at ``SSL_read_ex`` costs ~12 us a hit, one on the
+instruction four bytes in (a call) ~1 us. A return probe has to sit at a function's first
+instruction, so moving the probe inside the exported function is not enough.
+
+Both ``SSL_read`` and ``SSL_read_ex`` (OpenSSL 1.1.1 and 3.x) are thin wrappers around one
+internal function, ``ssl_read_internal(SSL *, void *buf, size_t num, size_t *readbytes)``,
+which starts with ``push``; ``SSL_write``/``SSL_write_ex`` around ``ssl_write_internal``,
+the same way. The files are stripped of those names, so they are found from the code:
+:func:`shared_calls` decodes the first instructions of each wrapper (a whitelist of the
+prologue instructions compilers emit: stack adjustments, the stack protector's load,
+register moves and tests, conditional branches to an error path) up to its first call or
+jump, and takes its target. When both wrappers of a pair reach the same target, that is the
+shared function, and the caller probes it once (entry and return) for both; anything not
+understood gives ``None`` and the caller probes the exported functions as before.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+PT_LOAD = 1
+SHT_DYNSYM = 11
+PROLOGUE_MAX = 96  # bytes of a wrapper decoded, at most, before its first call
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The shared functions' file offsets (for a uprobe); None where the wrappers of a pair
+    did not show one with certainty (OpenSSL 3.3's SSL_write_ex goes through SSL_write_ex2,
+    whose shared function takes a flags argument more)."""
+
+    read: int | None
+    write: int | None
+
+
+class ElfError(ValueError):
+    pass
+
+
+def _dynsyms(data: bytes) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
+    """The defined dynamic symbols (name -> address) and the PT_LOAD segments (vaddr, offset,
+    filesz) of a 64-bit little-endian ELF file."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ElfError("not a 64-bit little-endian ELF file")
+    (e_phoff, e_shoff) = struct.unpack_from("<QQ", data, 0x20)
+    (e_phentsize, e_phnum, e_shentsize, e_shnum) = struct.unpack_from("<HHHH", data, 0x36)
+    loads = []
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data,
+                                                                                 e_phoff + i * e_phentsize)
+        if p_type == PT_LOAD:
+            loads.append((p_vaddr, p_offset, p_filesz))
+    syms: dict[str, int] = {}
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    for sh in sections:
+        if sh[1] != SHT_DYNSYM:
+            continue
+        _name, _type, _flags, _addr, off, size, link, _info, _align, entsize = sh
+        stroff = sections[link][4]
+        for j in range(size // (entsize or 24)):
+            st_name, _st_info, _other, st_shndx, st_value, _st_size = struct.unpack_from("<IBBHQQ", data,
+                                                                                         off + j * entsize)
+            if st_shndx == 0 or not st_value:
+                continue  # undefined: imported from another library
+            end = data.index(b"\0", stroff + st_name)
+            syms.setdefault(data[stroff + st_name:end].decode(errors="replace"), st_value)
+    if not loads:
+        raise ElfError("no loadable segments")
+    return syms, loads
+
+
+def _offset(loads: list[tuple[int, int, int]], vaddr: int) -> int | None:
+    for v, off, size in loads:
+        if v <= vaddr < v + size:
+            return vaddr - v + off
+    return None
+
+
+RCX, RDX, RSI, RDI = 1, 2, 6, 7  # x86 register numbers: the 4th, 3rd, 2nd and 1st argument
+STACK = "stack"  # a register given an address in the wrapper's own frame
+OTHER = "other"
+
+
+def first_call(code: bytes) -> tuple[int, dict[int, str]] | None:
+    """The target of the first call or jump in ``code``, as an offset from its start, and the
+    registers the instructions before it wrote (``STACK``: an address in the frame, by
+    ``mov %rsp,r`` or ``lea d(%rsp),r``; ``OTHER``: anything else), when every one of them is
+    one of the prologue forms below; else None. A conditional branch is stepped over (the
+    fall-through is the main path: the target is an error path)."""
+    i = 0
+    n = min(len(code), PROLOGUE_MAX)
+    wrote: dict[int, str] = {}
+    while i < n:
+        b = code[i]
+        rest = code[i:]
+        rex = b if 0x40 <= b <= 0x4F else 0
+        op = rest[1:] if rex else rest  # the opcode and what follows, past a REX prefix
+        if rest[:4] == b"\xf3\x0f\x1e\xfa":                      # endbr64
+            i += 4
+        elif 0x50 <= b <= 0x57:                                  # push r64
+            i += 1
+        elif b == 0x41 and len(rest) > 1 and 0x50 <= rest[1] <= 0x57:  # push r8..r15
+            i += 2
+        elif rest[:3] == b"\x48\x83\xec":                        # sub $imm8,%rsp
+            i += 4
+        elif rest[:3] == b"\x48\x81\xec":                        # sub $imm32,%rsp
+            i += 7
+        elif rest[:9] == b"\x64\x48\x8b\x04\x25\x28\x00\x00\x00":  # mov %fs:0x28,%rax (canary)
+            wrote[0] = OTHER
+            i += 9
+        elif rest[:4] == b"\x48\x89\x44\x24":                    # mov %rax,disp8(%rsp)
+            i += 5
+        elif rest[:4] == b"\x48\x89\x84\x24":                    # mov %rax,disp32(%rsp)
+            i += 8
+        elif len(op) > 1 and op[0] in (0x31, 0x85, 0x89, 0x63) and op[1] >= 0xC0 and (rex or op[0] != 0x63):
+            # xor/test/mov r,r (the destination is r/m), movslq r/m32,r64 (the destination is reg)
+            m = op[1]
+            rm, reg = (m & 7) | (8 if rex & 1 else 0), ((m >> 3) & 7) | (8 if rex & 4 else 0)
+            if op[0] == 0x63:
+                wrote[reg] = OTHER
+            elif op[0] in (0x31, 0x89):
+                wrote[rm] = STACK if op[0] == 0x89 and reg == 4 and rex & 8 else OTHER  # mov %rsp,r
+            i += 2 + bool(rex)
+        elif rex & 8 and len(op) > 3 and op[0] == 0x8D and op[1] & 0xC7 in (0x44, 0x84) and op[2] == 0x24:
+            # lea disp8/disp32(%rsp),r64
+            wrote[((op[1] >> 3) & 7) | (8 if rex & 4 else 0)] = STACK
+            i += 5 if op[1] & 0xC0 == 0x40 else 8
+        elif 0x70 <= b <= 0x7F:                                  # jcc rel8
+            i += 2
+        elif b == 0x0F and len(rest) > 1 and 0x80 <= rest[1] <= 0x8F:  # jcc rel32
+            i += 6
+        elif b in (0xE8, 0xE9) and len(rest) >= 5:               # call / jmp rel32
+            return i + 5 + struct.unpack_from("<i", rest, 1)[0], wrote
+        else:
+            return None
+    return None
+
+
+def _passes_through(wrote: dict[int, str]) -> bool:
+    """An _ex wrapper: (SSL *, buf, num, size_t *) reach the call as they came."""
+    return not {RDI, RSI, RDX, RCX} & wrote.keys()
+
+
+def _counts_into_its_frame(wrote: dict[int, str]) -> bool:
+    """SSL_read/SSL_write: the SSL * and buf as they came, num widened (movslq), and the 4th
+    argument an address in the wrapper's frame: the count's size_t."""
+    return not {RDI, RSI} & wrote.keys() and wrote.get(RCX) == STACK
+
+
+def shared_calls(path: str) -> Shared | None:
+    """The file offsets of OpenSSL's shared read and write functions in the libssl at
+    ``path``, each None when it cannot be told with certainty (the caller then probes that
+    pair's exported functions); None for neither."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        syms, loads = _dynsyms(data)
+    except (OSError, ElfError, struct.error, ValueError, IndexError):
+        return None
+
+    def target(name: str, contract) -> int | None:
+        addr = syms.get(name)
+        off = _offset(loads, addr) if addr else None
+        if off is None:
+            return None
+        got = first_call(data[off:off + PROLOGUE_MAX])
+        if got is None or not contract(got[1]):
+            return None
+        return addr + got[0]
+
+    found: dict[str, int | None] = {}
+    for kind, pair in (("read", ("SSL_read", "SSL_read_ex")), ("write", ("SSL_write", "SSL_write_ex"))):
+        targets = {target(pair[0], _counts_into_its_frame), target(pair[1], _passes_through)}
+        vaddr = targets.pop() if len(targets) == 1 else None  # the two wrappers must agree
+        off = _offset(loads, vaddr) if vaddr is not None else None
+        found[kind] = None if off is None or vaddr in (syms.get(pair[0]), syms.get(pair[1])) else off
+    if found["read"] is not None and found["read"] == found["write"]:
+        return None
+    if found["read"] is None and found["write"] is None:
+        return None
+    return Shared(found["read"], found["write"])
+
+
+__all__ = ["Shared", "shared_calls", "first_call"]

@@ -1,0 +1,71 @@
+"""Finding the function OpenSSL's SSL_read/SSL_read_ex (and SSL_write/SSL_write_ex) share
+(src/andon/events/libssl_code.py): the prologue decoder on the bytes two real builds have,
+and the whole search on the host's libssl."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from andon.events.libssl_code import OTHER, RCX, STACK, first_call, shared_calls
+
+# Debian 12's libssl.so.3 (OpenSSL 3.0.x), as objdump shows them
+DEB_SSL_READ = bytes.fromhex(
+    "4883ec18"              # sub $0x18,%rsp
+    "64488b042528000000"    # mov %fs:0x28,%rax
+    "4889442408"            # mov %rax,0x8(%rsp)
+    "31c0"                  # xor %eax,%eax
+    "85d2"                  # test %edx,%edx
+    "782f"                  # js (the error path)
+    "4889e1"                # mov %rsp,%rcx
+    "4863d2"                # movslq %edx,%rdx
+    "e83dfeffff")           # call ssl_read_internal (-0x1c3 from the next instruction)
+DEB_SSL_READ_EX = bytes.fromhex("4883ec08" "e8c7fdffff")  # sub $8,%rsp; call
+# psycopg[binary]'s bundled libssl-6a9b88ec.so.3 (OpenSSL 3.3)
+WHEEL_SSL_READ = bytes.fromhex("4883ec18" "85d2" "7819" "488d4c2408" "4863d2" "e82bfeffff")  # lea 8(%rsp),%rcx
+WHEEL_SSL_WRITE = bytes.fromhex("4883ec18" "85d2" "781b" "31c9" "4863d2" "4c8d442408" "e879fcffff")
+WHEEL_SSL_WRITE_EX = bytes.fromhex("4989c8" "31c9" "e9d6ffffff")  # mov %rcx,%r8; xor %ecx,%ecx; jmp SSL_write_ex2
+
+
+def test_the_prologue_is_decoded_up_to_the_first_call_with_the_registers_it_wrote():
+    assert first_call(DEB_SSL_READ) == (0x1E + 5 - 0x1C3, {0: OTHER, RCX: STACK, 2: OTHER})
+    assert first_call(DEB_SSL_READ_EX) == (4 + 5 - 0x239, {})
+    assert first_call(WHEEL_SSL_READ) == (0x10 + 5 - 0x1D5, {RCX: STACK, 2: OTHER})
+    # SSL_write of 3.3 passes flags (0) in rcx and the count's address in r8
+    assert first_call(WHEEL_SSL_WRITE) == (0x12 + 5 - 0x387, {RCX: OTHER, 2: OTHER, 8: STACK})
+    assert first_call(WHEEL_SSL_WRITE_EX) == (5 + 5 - 0x2A, {8: OTHER, RCX: OTHER})
+
+
+@pytest.mark.parametrize("code", [
+    bytes.fromhex("488b07e800000000"),    # mov (%rdi),%rax: a load, not a prologue form
+    bytes.fromhex("4883ec08c3"),          # a ret before any call
+    bytes.fromhex("4883ec08"),            # cut short
+    bytes.fromhex("90" * 200 + "e800000000"),  # nops are not a prologue form (nor is 96 B)
+    b"",
+])
+def test_anything_else_is_not_understood(code):
+    assert first_call(code) is None
+
+
+def test_the_host_libssl_has_both_shared_functions_and_they_start_with_a_push():
+    path = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed")
+    found = shared_calls(path)
+    assert found is not None and found.read is not None and found.write is not None
+    assert found.read != found.write
+    with open(path, "rb") as f:
+        data = f.read()
+    for off in (found.read, found.write):
+        # push %r12..%r15 or push %rbp/%rbx: an instruction the kernel emulates
+        assert data[off] in range(0x50, 0x58) or (data[off] == 0x41 and data[off + 1] in range(0x50, 0x58))
+
+
+def test_a_file_that_is_not_an_elf_library_has_none(tmp_path):
+    p = tmp_path / "libssl.so.3"
+    p.write_bytes(b"\x7fELF" + bytes(60))
+    assert shared_calls(str(p)) is None
+    p.write_text("not elf")
+    assert shared_calls(str(p)) is None
+    assert shared_calls(str(tmp_path / "missing")) is None
