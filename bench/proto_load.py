@@ -31,6 +31,8 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
              (``bench/tracers.py sock-drain``): the kernel's share of the cost
     sensor-track   the same, connections followed and protocols inferred, no data shipped
     sensor-floor   the same hook with no process traced: what any syscall-exit hook costs
+    sensor-exported  the sensor with OpenSSL's exported SSL_read/SSL_write(_ex) probed, not the
+             function each pair shares (as before stop 28; as on a libssl where none is found)
     sensor-socktp  an experiment: the same sensor body on the socket tracepoints (data) and
              per-syscall tracepoints (lifecycle), no sys_exit hook
              (``bench/workloads/sockdata_socktp.bpf.c``)
@@ -483,7 +485,8 @@ def _prepare(kind: str, srv: S.Server) -> None:
 
 
 # sensor configurations: bench/tracers.py sock-drain --variant
-SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "sensor-socktp": "full"}
+SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "sensor-socktp": "full",
+           "sensor-exported": "exported"}
 # agent configurations: (the andon config file it runs with, "" for none; whether it traces
 # the client end, so that a complete run must capture every request there too)
 AGENTS = {"agent": ("", True),

@@ -589,7 +589,8 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     ``variant`` splits that share: ``floor`` traces no process (a pid filter that matches
     nothing: every syscall still takes the tracepoint and the program's first checks),
     ``track`` follows connections and infers protocols but ships no data (no protocol
-    enabled), ``full`` is the sensor as the agent runs it.
+    enabled), ``full`` is the sensor as the agent runs it, ``exported`` the same with the
+    exported OpenSSL calls probed instead of the functions they share (``tls_shared``).
 
     Prints ``{"ready": ...}`` once attached and ``{"result": ...}`` (records, bytes, the
     kernel's counters) after SIGINT/SIGTERM or ``seconds``, one JSON object a line."""
@@ -601,7 +602,7 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     cfg = ObserveConfig()
     protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols) if variant != "track" else frozenset()
     settings = SockSettings(protocols=protocols, max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20,
-                            pids=frozenset() if variant == "floor" else None)
+                            pids=frozenset() if variant == "floor" else None, tls_shared=variant != "exported")
     # a list, not an Event: a second signal arriving inside the handler's Event.set() would
     # wait for the lock the first holds, in the same thread, for ever
     stop: list[int] = []
@@ -642,9 +643,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="bench tracers that run as their own process")
     ap.add_argument("mode", choices=["sock-drain"], help="sock-drain: the socket data sensor, ring drained unread")
     ap.add_argument("--seconds", type=float)
-    ap.add_argument("--variant", choices=["full", "track", "floor"], default="full",
+    ap.add_argument("--variant", choices=["full", "track", "floor", "exported"], default="full",
                     help="full: as the agent runs it; track: connections and inference, no data shipped; "
-                         "floor: no process traced (the hook's own cost)")
+                         "floor: no process traced (the hook's own cost); exported: full with OpenSSL's "
+                         "exported calls probed, not the functions they share")
     ap.add_argument("--hooks", choices=["sys_exit", "socktp", "socktp-data"], default="sys_exit",
                     help="sys_exit: the sensor as shipped; socktp: the experiment on socket tracepoints "
                          "(ANDON_BPF_DIR must hold its object, bench/sock_hook.py builds it); socktp-data: "
