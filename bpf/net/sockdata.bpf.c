@@ -1446,6 +1446,14 @@ int BPF_KPROBE(sockdata_ssl_write_shared, void *ssl, void *buf, size_t num, size
 	return sdt__enter(ssl, buf, written, SD_TLS_WRITE_SHARED);
 }
 
+/* OpenSSL 3.3+: int ssl_write_internal(SSL *s, const void *buf, size_t num, uint64_t flags,
+ * size_t *written) (SSL_write_ex2's flags before the count's address) */
+SEC("uprobe")
+int BPF_KPROBE(sockdata_ssl_write_shared5, void *ssl, void *buf, size_t num, __u64 flags, size_t *written)
+{
+	return sdt__enter(ssl, buf, written, SD_TLS_WRITE_SHARED);
+}
+
 /* The return of any of these: the plaintext is in the stashed buffer. */
 SEC("uretprobe")
 int BPF_KRETPROBE(sockdata_ssl_ret, long ret)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from andon.events.libssl_code import OTHER, RCX, STACK, first_call, shared_calls
+from andon.events.libssl_code import ARG4, OTHER, R8, RCX, STACK, first_call, shared_calls
 
 # Debian 12's libssl.so.3 (OpenSSL 3.0.x), as objdump shows them
 DEB_SSL_READ = bytes.fromhex(
@@ -29,12 +29,20 @@ WHEEL_SSL_WRITE_EX = bytes.fromhex("4989c8" "31c9" "e9d6ffffff")  # mov %rcx,%r8
 
 
 def test_the_prologue_is_decoded_up_to_the_first_call_with_the_registers_it_wrote():
-    assert first_call(DEB_SSL_READ) == (0x1E + 5 - 0x1C3, {0: OTHER, RCX: STACK, 2: OTHER})
-    assert first_call(DEB_SSL_READ_EX) == (4 + 5 - 0x239, {})
-    assert first_call(WHEEL_SSL_READ) == (0x10 + 5 - 0x1D5, {RCX: STACK, 2: OTHER})
+    assert first_call(DEB_SSL_READ) == (0x1E + 5 - 0x1C3, {0: OTHER, RCX: STACK, 2: OTHER}, False)
+    assert first_call(DEB_SSL_READ_EX) == (4 + 5 - 0x239, {}, False)
+    assert first_call(WHEEL_SSL_READ) == (0x10 + 5 - 0x1D5, {RCX: STACK, 2: OTHER}, False)
     # SSL_write of 3.3 passes flags (0) in rcx and the count's address in r8
-    assert first_call(WHEEL_SSL_WRITE) == (0x12 + 5 - 0x387, {RCX: OTHER, 2: OTHER, 8: STACK})
-    assert first_call(WHEEL_SSL_WRITE_EX) == (5 + 5 - 0x2A, {8: OTHER, RCX: OTHER})
+    assert first_call(WHEEL_SSL_WRITE) == (0x12 + 5 - 0x387, {RCX: OTHER, 2: OTHER, R8: STACK}, False)
+    # SSL_write_ex of 3.3 moves its 4th argument to the 5th and jumps (a tail call) to SSL_write_ex2
+    assert first_call(WHEEL_SSL_WRITE_EX) == (5 + 5 - 0x2A, {R8: ARG4, RCX: OTHER}, True)
+    # what an earlier hop wrote is carried on into the next
+    assert first_call(DEB_SSL_READ_EX, {R8: ARG4}) == (4 + 5 - 0x239, {R8: ARG4}, False)
+
+
+def test_a_copy_of_rcx_after_rcx_was_written_is_not_the_4th_argument():
+    code = bytes.fromhex("31c9" "4989c8" "e800000000")  # xor %ecx,%ecx; mov %rcx,%r8; call
+    assert first_call(code) == (10, {RCX: OTHER, R8: OTHER}, False)
 
 
 @pytest.mark.parametrize("code", [
@@ -60,6 +68,21 @@ def test_the_host_libssl_has_both_shared_functions_and_they_start_with_a_push():
     for off in (found.read, found.write):
         # push %r12..%r15 or push %rbp/%rbx: an instruction the kernel emulates
         assert data[off] in range(0x50, 0x58) or (data[off] == 0x41 and data[off + 1] in range(0x50, 0x58))
+
+
+def test_the_wheel_libssl_3_3_has_both_and_its_write_takes_flags():
+    import glob
+    paths = glob.glob(os.path.join(os.path.dirname(os.path.dirname(pytest.__file__)), "psycopg_binary.libs",
+                                   "libssl-*.so.3"))
+    if not paths:
+        pytest.skip("psycopg[binary] bundles no libssl here")
+    found = shared_calls(paths[0])
+    assert found is not None and found.read is not None and found.write is not None
+    with open(paths[0], "rb") as f:
+        data = f.read()
+    # SSL_write_ex2, and the flags argument of the function both write wrappers share, came
+    # with OpenSSL 3.3 (the psycopg-binary installed here bundles 3.3 or later)
+    assert found.write_args == (5 if b"SSL_write_ex2" in data else 4) and found.read != found.write
 
 
 def test_a_file_that_is_not_an_elf_library_has_none(tmp_path):

@@ -10,13 +10,17 @@ instruction, so moving the probe inside the exported function is not enough.
 Both ``SSL_read`` and ``SSL_read_ex`` (OpenSSL 1.1.1 and 3.x) are thin wrappers around one
 internal function, ``ssl_read_internal(SSL *, void *buf, size_t num, size_t *readbytes)``,
 which starts with ``push``; ``SSL_write``/``SSL_write_ex`` around ``ssl_write_internal``,
-the same way. The files are stripped of those names, so they are found from the code:
-:func:`shared_calls` decodes the first instructions of each wrapper (a whitelist of the
-prologue instructions compilers emit: stack adjustments, the stack protector's load,
-register moves and tests, conditional branches to an error path) up to its first call or
-jump, and takes its target. When both wrappers of a pair reach the same target, that is the
-shared function, and the caller probes it once (entry and return) for both; anything not
-understood gives ``None`` and the caller probes the exported functions as before.
+the same way (from OpenSSL 3.3 ``ssl_write_internal`` takes a flags argument before the
+count's address, and ``SSL_write_ex`` reaches it through a tail jump to ``SSL_write_ex2``).
+The files are stripped of those names, so they are found from the code: :func:`shared_calls`
+decodes the first instructions of each wrapper (a whitelist of the prologue instructions
+compilers emit: stack adjustments, the stack protector's load, register moves and tests,
+conditional branches to an error path) up to its first call, following tail jumps, and
+takes its target, checking what the wrapper did to the argument registers on the way: the
+``_ex`` one passes them through, the other points the count's argument at its own frame.
+When both wrappers of a pair reach the same target that way, that is the shared function,
+and the caller probes it once (entry and return) for both; anything not understood gives
+``None`` and the caller probes the exported functions as before.
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ PROLOGUE_MAX = 96  # bytes of a wrapper decoded, at most, before its first call
 @dataclass(frozen=True)
 class Shared:
     """The shared functions' file offsets (for a uprobe); None where the wrappers of a pair
-    did not show one with certainty (OpenSSL 3.3's SSL_write_ex goes through SSL_write_ex2,
-    whose shared function takes a flags argument more)."""
+    did not show one with certainty."""
 
     read: int | None
     write: int | None
+    write_args: int = 4  # 5: OpenSSL 3.3's, with flags before the count's address
 
 
 class ElfError(ValueError):
@@ -82,20 +86,23 @@ def _offset(loads: list[tuple[int, int, int]], vaddr: int) -> int | None:
     return None
 
 
-RCX, RDX, RSI, RDI = 1, 2, 6, 7  # x86 register numbers: the 4th, 3rd, 2nd and 1st argument
+RCX, RDX, RSI, RDI, R8 = 1, 2, 6, 7, 8  # x86 register numbers: the 4th, 3rd, 2nd, 1st, 5th argument
 STACK = "stack"  # a register given an address in the wrapper's own frame
+ARG4 = "arg4"    # a register given the 4th argument as it came (mov %rcx,r before rcx was written)
 OTHER = "other"
+HOPS = 2  # tail jumps followed from a wrapper (OpenSSL 3.3: SSL_write_ex jumps to SSL_write_ex2)
 
 
-def first_call(code: bytes) -> tuple[int, dict[int, str]] | None:
-    """The target of the first call or jump in ``code``, as an offset from its start, and the
-    registers the instructions before it wrote (``STACK``: an address in the frame, by
-    ``mov %rsp,r`` or ``lea d(%rsp),r``; ``OTHER``: anything else), when every one of them is
-    one of the prologue forms below; else None. A conditional branch is stepped over (the
-    fall-through is the main path: the target is an error path)."""
+def first_call(code: bytes, wrote: dict[int, str] | None = None) -> tuple[int, dict[int, str], bool] | None:
+    """The target of the first call or jump in ``code``, as an offset from its start; the
+    registers the instructions before it wrote (added to ``wrote``: ``STACK``, an address in
+    the frame, by ``mov %rsp,r`` or ``lea d(%rsp),r``; ``ARG4``; ``OTHER``, anything else);
+    and whether it is a jump. None unless every instruction before it is one of the prologue
+    forms below. A conditional branch is stepped over (the fall-through is the main path: the
+    target is an error path)."""
     i = 0
     n = min(len(code), PROLOGUE_MAX)
-    wrote: dict[int, str] = {}
+    wrote = dict(wrote or {})
     while i < n:
         b = code[i]
         rest = code[i:]
@@ -124,8 +131,12 @@ def first_call(code: bytes) -> tuple[int, dict[int, str]] | None:
             rm, reg = (m & 7) | (8 if rex & 1 else 0), ((m >> 3) & 7) | (8 if rex & 4 else 0)
             if op[0] == 0x63:
                 wrote[reg] = OTHER
+            elif op[0] == 0x89 and rex & 8 and reg == 4:          # mov %rsp,r
+                wrote[rm] = STACK
+            elif op[0] == 0x89 and rex & 8 and reg == RCX and RCX not in wrote:  # mov %rcx,r
+                wrote[rm] = ARG4
             elif op[0] in (0x31, 0x89):
-                wrote[rm] = STACK if op[0] == 0x89 and reg == 4 and rex & 8 else OTHER  # mov %rsp,r
+                wrote[rm] = OTHER
             i += 2 + bool(rex)
         elif rex & 8 and len(op) > 3 and op[0] == 0x8D and op[1] & 0xC7 in (0x44, 0x84) and op[2] == 0x24:
             # lea disp8/disp32(%rsp),r64
@@ -136,7 +147,7 @@ def first_call(code: bytes) -> tuple[int, dict[int, str]] | None:
         elif b == 0x0F and len(rest) > 1 and 0x80 <= rest[1] <= 0x8F:  # jcc rel32
             i += 6
         elif b in (0xE8, 0xE9) and len(rest) >= 5:               # call / jmp rel32
-            return i + 5 + struct.unpack_from("<i", rest, 1)[0], wrote
+            return i + 5 + struct.unpack_from("<i", rest, 1)[0], wrote, b == 0xE9
         else:
             return None
     return None
@@ -153,6 +164,27 @@ def _counts_into_its_frame(wrote: dict[int, str]) -> bool:
     return not {RDI, RSI} & wrote.keys() and wrote.get(RCX) == STACK
 
 
+# OpenSSL 3.3+: ssl_write_internal(SSL *, buf, num, uint64_t flags, size_t *written), the count's
+# address the 5th argument
+def _passes_through5(wrote: dict[int, str]) -> bool:
+    """SSL_write_ex (through SSL_write_ex2): the SSL *, buf and num as they came, its 4th
+    argument (written) moved to the 5th; the 4th is then the flags."""
+    return not {RDI, RSI, RDX} & wrote.keys() and wrote.get(R8) == ARG4
+
+
+def _counts_into_its_frame5(wrote: dict[int, str]) -> bool:
+    """SSL_write: the SSL * and buf as they came, the 5th argument an address in its frame."""
+    return not {RDI, RSI} & wrote.keys() and wrote.get(R8) == STACK
+
+
+# (the pair, the contracts of its two wrappers, how many arguments the shared function takes)
+FORMS = {
+    "read": [(("SSL_read", "SSL_read_ex"), (_counts_into_its_frame, _passes_through), 4)],
+    "write": [(("SSL_write", "SSL_write_ex"), (_counts_into_its_frame, _passes_through), 4),
+              (("SSL_write", "SSL_write_ex"), (_counts_into_its_frame5, _passes_through5), 5)],
+}
+
+
 def shared_calls(path: str) -> Shared | None:
     """The file offsets of OpenSSL's shared read and write functions in the libssl at
     ``path``, each None when it cannot be told with certainty (the caller then probes that
@@ -165,26 +197,41 @@ def shared_calls(path: str) -> Shared | None:
         return None
 
     def target(name: str, contract) -> int | None:
+        """Where the wrapper's first call goes, through up to HOPS tail jumps, when what it
+        did to the argument registers on the way keeps ``contract``."""
         addr = syms.get(name)
-        off = _offset(loads, addr) if addr else None
-        if off is None:
+        wrote: dict[int, str] = {}
+        for _ in range(HOPS + 1):
+            off = _offset(loads, addr) if addr else None
+            if off is None:
+                return None
+            got = first_call(data[off:off + PROLOGUE_MAX], wrote)
+            if got is None:
+                return None
+            rel, wrote, jumped = got
+            addr += rel
+            if not jumped:
+                break
+        else:
             return None
-        got = first_call(data[off:off + PROLOGUE_MAX])
-        if got is None or not contract(got[1]):
-            return None
-        return addr + got[0]
+        return addr if contract(wrote) else None
 
-    found: dict[str, int | None] = {}
-    for kind, pair in (("read", ("SSL_read", "SSL_read_ex")), ("write", ("SSL_write", "SSL_write_ex"))):
-        targets = {target(pair[0], _counts_into_its_frame), target(pair[1], _passes_through)}
-        vaddr = targets.pop() if len(targets) == 1 else None  # the two wrappers must agree
-        off = _offset(loads, vaddr) if vaddr is not None else None
-        found[kind] = None if off is None or vaddr in (syms.get(pair[0]), syms.get(pair[1])) else off
-    if found["read"] is not None and found["read"] == found["write"]:
+    found: dict[str, tuple[int, int] | None] = {}
+    for kind, forms in FORMS.items():
+        found[kind] = None
+        for pair, contracts, nargs in forms:
+            targets = {target(name, c) for name, c in zip(pair, contracts)}
+            vaddr = targets.pop() if len(targets) == 1 else None  # the two wrappers must agree
+            off = _offset(loads, vaddr) if vaddr is not None else None
+            if off is not None and vaddr not in (syms.get(pair[0]), syms.get(pair[1])):
+                found[kind] = (off, nargs)
+                break
+    read, write = found["read"], found["write"]
+    if read is None and write is None:
         return None
-    if found["read"] is None and found["write"] is None:
+    if read is not None and write is not None and read[0] == write[0]:
         return None
-    return Shared(found["read"], found["write"])
+    return Shared(read[0] if read else None, write[0] if write else None, write[1] if write else 4)
 
 
 __all__ = ["Shared", "shared_calls", "first_call"]

@@ -55,12 +55,14 @@ PROBES = {
 }
 # the function SSL_read and SSL_read_ex both call (and SSL_write/SSL_write_ex), where
 # libssl_code finds it: probed in their place, its calls as the _ex calls
+# (the pair, the entry program by the shared function's argument count)
 SHARED_PROBES = {
-    "read": (("SSL_read", "SSL_read_ex"), "sockdata_ssl_read_shared"),
-    "write": (("SSL_write", "SSL_write_ex"), "sockdata_ssl_write_shared"),
+    "read": (("SSL_read", "SSL_read_ex"), {4: "sockdata_ssl_read_shared"}),
+    "write": (("SSL_write", "SSL_write_ex"), {4: "sockdata_ssl_write_shared", 5: "sockdata_ssl_write_shared5"}),
 }
 RET_PROG = "sockdata_ssl_ret"
-PROGRAMS = frozenset(p for pair in PROBES.values() for p in pair) | {p for _, p in SHARED_PROBES.values()}
+PROGRAMS = (frozenset(p for pair in PROBES.values() for p in pair)
+            | {p for _, progs in SHARED_PROBES.values() for p in progs.values()})
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
 MAPPED_MAX = 65536
@@ -242,10 +244,11 @@ class TlsAttacher:
         why = ""
         found = shared_calls(target) if self.shared else None
         covered: set[str] = set()
-        for kind, (pair, prog) in SHARED_PROBES.items():
+        for kind, (pair, progs) in SHARED_PROBES.items():
             off = getattr(found, kind) if found else None
             if off is None:
                 continue
+            prog = progs[found.write_args if kind == "write" else 4]  # type: ignore[union-attr]
             err = self._pair(target, lib, prog, RET_PROG, None, off)
             if err:
                 why = why or err
