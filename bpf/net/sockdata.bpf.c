@@ -871,18 +871,23 @@ static __always_inline void sd__tls_read_outside(long fd, __u8 dir, __u64 pid_tg
 	bpf_map_update_elem(&sd_tls_rd, &pid_tgid, &v, BPF_ANY);
 }
 
-/* A library call with no socket of its own on this thread (no syscall inside it): the
- * socket the thread read TLS records from last, taken, and bound to the SSL *; -1 if none. */
-static __always_inline long sd__tls_take_read(struct sdt_ssl_key *k, __u64 pid_tgid)
+/* The socket this thread read TLS records from outside a call last, taken (the note goes:
+ * the call taking it is the one those records were for); -1 if none. */
+static __always_inline long sd__tls_take_note(__u64 pid_tgid)
 {
 	__s32 *last = bpf_map_lookup_elem(&sd_tls_rd, &pid_tgid);
 	if (!last)
 		return -1;
 	__s32 fd = *last;
 	bpf_map_delete_elem(&sd_tls_rd, &pid_tgid);
+	return fd;
+}
+
+/* Bind an SSL * to the socket of its thread's note (memory BIO; a handshake step). */
+static __always_inline void sd__tls_bind(struct sdt_ssl_key *k, __s32 fd)
+{
 	bpf_map_update_elem(&sd_sslfd, k, &fd, BPF_ANY);
 	sd__count(SD_STAT_TLS_BIO_BINDS, 1);
-	return fd;
 }
 
 static __always_inline void sd__mark_ssl(struct sdc_conn *c)
@@ -1476,30 +1481,38 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	} else if (rc > 0) {
 		size = rc;
 	}
-	if (!size)
-		return 0;
-
 	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = call.ssl};
 	long fd = call.fd;
 	if (fd >= 0) {
-		bpf_map_update_elem(&sd_sslfd, &sk, &call.fd, BPF_ANY);
+		if (size)
+			bpf_map_update_elem(&sd_sslfd, &sk, &call.fd, BPF_ANY);
 	} else {
 		/* no syscall during this call: a read served from OpenSSL's buffer, or any call on
 		 * a memory BIO. The fd last bound to its SSL * (by a call's syscall, or a
 		 * handshake step, which also rebinds an SSL * that malloc reused); else a read
 		 * decrypts what the thread read from a socket outside a call last. Not the other
 		 * way round: an event loop reads a record's first bytes on one connection, then
-		 * goes on reading plaintext another connection's SSL holds. */
+		 * goes on reading plaintext another connection's SSL holds. A read takes the note
+		 * whatever it returns, so no later call takes it stale; a write takes it only for
+		 * an SSL * with no socket yet (node's client: the handshake ends inside the
+		 * SSL_write that follows the read of the server's records). */
+		int rd = call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX || call.fn == SD_TLS_READ_SHARED;
 		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
-		if (known)
+		long noted = rd || !known ? sd__tls_take_note(pid_tgid) : -1;
+		if (known) {
 			fd = *known;
-		else if (call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX || call.fn == SD_TLS_READ_SHARED)
-			fd = sd__tls_take_read(&sk, pid_tgid);
+		} else if (noted >= 0) {
+			fd = noted;
+			sd__tls_bind(&sk, fd);
+		}
 		if (fd < 0) {
-			sd__count(SD_STAT_TLS_NO_CONN, 1);
+			if (size)
+				sd__count(SD_STAT_TLS_NO_CONN, 1);
 			return 0;
 		}
 	}
+	if (!size)
+		return 0;
 	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
 	if (!c) {
@@ -1545,6 +1558,8 @@ int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
 		return 0;
 	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = *p};
 	bpf_map_delete_elem(&sd_tls_hs, &pid_tgid);
-	sd__tls_take_read(&sk, pid_tgid);
+	long noted = sd__tls_take_note(pid_tgid);
+	if (noted >= 0)
+		sd__tls_bind(&sk, noted);
 	return 0;
 }
