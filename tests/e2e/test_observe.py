@@ -285,6 +285,80 @@ def test_asyncio_tls_aiohttp_both_ends_are_plaintext_and_encrypted(agent: Observ
     _made("http_events", len(rows2))
 
 
+# node's https module at both ends: NodeSource's and nodejs.org's builds link OpenSSL in
+# statically and export it (the agent probes the node executable itself), Debian's links the
+# host's libssl; either way node's TLS goes through its own memory BIO
+NODE_SERVER = r"""
+const https = require('https'), fs = require('fs');
+const [key, cert] = process.argv.slice(1);  // node -e: no script path in argv
+const srv = https.createServer({key: fs.readFileSync(key), cert: fs.readFileSync(cert)},
+  (req, res) => { res.statusCode = req.url.startsWith('/missing') ? 404 : 200; res.setHeader('Content-Type', 'text/plain');
+                  res.end('node ' + req.url + '\n'); });
+srv.keepAliveTimeout = 30000;
+srv.listen(0, '127.0.0.1', () => console.log(JSON.stringify({pid: process.pid, port: srv.address().port})));
+process.stdin.on('data', () => { srv.close(); process.exit(0); });
+"""
+
+NODE_CLIENT = r"""
+const https = require('https');
+const [port, ...paths] = process.argv.slice(1);
+const agent = new https.Agent({keepAlive: true, maxSockets: 1});
+(async () => {
+  const out = [];
+  for (const path of paths) {
+    out.push(await new Promise((ok, fail) => https.get({host: '127.0.0.1', port, path, agent, rejectUnauthorized: false},
+      (r) => { let b = ''; r.on('data', (d) => b += d); r.on('end', () => ok([r.statusCode, b])); }).on('error', fail)));
+  }
+  agent.destroy();
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+def test_node_https_server_and_client_both_ends(agent: ObserveAgent, tmp_path: Path):
+    """A node HTTPS server and a node client on one kept-alive connection: each request a row
+    at both ends, `encrypted`. The agent finds a node process at its next rescan of new
+    pids (every 2 s), so the test first waits until a request shows at the server end."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/setup.sh installs nodejs)")
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    cert, key = S.self_signed_cert(tmp_path)
+    srv = subprocess.Popen([node, "-e", NODE_SERVER, str(key), str(cert)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(srv.stdout.readline() or "{}")
+        assert info, srv.stderr.read()
+        port = info["port"]
+
+        def client(*paths: str) -> list:
+            r = subprocess.run([node, "-e", NODE_CLIENT, str(port), *paths], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        deadline = time.monotonic() + WAIT_S
+        while not agent.sql(f"SELECT 1 FROM http_events WHERE {_on_port(port, t0)} AND trace_role = {SERVER} "
+                            f"AND req_path LIKE '/warm%t={tag}'"):
+            assert time.monotonic() < deadline, "the node server was never traced: " + agent.log_tail()
+            client(f"/warm?t={tag}")
+            time.sleep(0.5)
+        paths = [f"/item/{i}?t={tag}" for i in range(4)] + [f"/missing?t={tag}"]
+        assert client(*paths) == [[200, f"node {p}\n"] for p in paths[:4]] + [[404, f"node {paths[4]}\n"]]
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(port, t0)} "
+                               f"AND req_path NOT LIKE '/warm%' AND req_path LIKE '%t={tag}' ORDER BY time_",
+                               2 * len(paths), timeout=WAIT_S)
+    finally:
+        srv.communicate("stop\n", timeout=30)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (len(paths), len(paths)), agent.log_tail()
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"], x["resp_body"]) for x in side] == [
+            ("GET", p, 404 if p.startswith("/missing") else 200, f"node {p}\n") for p in paths]
+        assert {(x["encrypted"], x["comm"]) for x in side} == {(True, "node")}
+    assert len({x["local_port"] for x in clients}) == 1, "one kept-alive connection"
+    _made("http_events", len(rows))
+
+
 ASYNCPG_TLS = r"""
 import asyncio, json, sys
 import asyncpg

@@ -101,3 +101,40 @@ def test_the_openssl_files_a_process_maps_are_told_from_others_by_name(tmp_path,
     a, tried = _attacher(proc, monkeypatch)
     a.on_mapped(PID, 0, 50)
     assert sorted(p for p, _ in tried) == sorted(f"{proc}/{PID}/root{n}" for n, ok in names.items() if ok)
+
+
+def test_an_executable_that_exports_openssl_is_probed_and_each_file_looked_at_once(tmp_path, monkeypatch):
+    """node (NodeSource's and nodejs.org's builds) has OpenSSL linked in and exports it: a
+    rescan tries the executable itself; each executable file is read once, whatever many
+    processes run it."""
+    exe = tmp_path / "bin" / "node"
+    exe.parent.mkdir()
+    exe.write_bytes(b"elf")
+    other = tmp_path / "bin" / "python3"
+    other.write_bytes(b"elf")
+    proc = tmp_path / "proc"
+    pids = {PID: exe, PID + 1: exe, PID + 2: other}
+    for pid, target in pids.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "maps").write_text("")
+        (proc / str(pid) / "exe").symlink_to(target)
+    a, tried = _attacher(proc, monkeypatch)
+    looked: list[str] = []
+    monkeypatch.setattr(tls, "exports_openssl", lambda p: looked.append(p) or Path(p).resolve() == exe)
+    a.rescan()
+    assert tried == [(f"{proc}/{pid}/root{exe}", pid) for pid in (PID, PID + 1)]
+    assert sorted(Path(p).resolve().name for p in looked) == ["node", "python3"]  # once per file
+    a.rescan()  # nothing new
+    assert len(tried) == 2 and len(looked) == 2
+
+
+def test_exports_openssl_reads_the_dynamic_symbols(tmp_path):
+    import shutil as sh
+
+    from andon.events.libssl_code import exports_openssl
+    assert exports_openssl("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+    assert not exports_openssl(sh.which("python3") or "/usr/bin/python3")  # links libssl, exports none of it
+    assert not exports_openssl("/usr/lib/x86_64-linux-gnu/libcrypto.so.3")  # OpenSSL, but not SSL_read
+    (tmp_path / "x").write_bytes(b"\x7fELF" + bytes(100))
+    assert not exports_openssl(str(tmp_path / "x"))
+    assert not exports_openssl(str(tmp_path / "missing"))

@@ -25,6 +25,7 @@ and the caller probes it once (entry and return) for both; anything not understo
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -47,9 +48,10 @@ class ElfError(ValueError):
     pass
 
 
-def _dynsyms(data: bytes) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
-    """The defined dynamic symbols (name -> address) and the PT_LOAD segments (vaddr, offset,
-    filesz) of a 64-bit little-endian ELF file."""
+def _dynsyms(data, wanted: frozenset[bytes] | None = None) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
+    """The defined dynamic symbols (name -> address; only the ``wanted`` names, when given) and
+    the PT_LOAD segments (vaddr, offset, filesz) of a 64-bit little-endian ELF file (bytes or
+    an mmap)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ElfError("not a 64-bit little-endian ELF file")
     (e_phoff, e_shoff) = struct.unpack_from("<QQ", data, 0x20)
@@ -72,8 +74,10 @@ def _dynsyms(data: bytes) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
                                                                                          off + j * entsize)
             if st_shndx == 0 or not st_value:
                 continue  # undefined: imported from another library
-            end = data.index(b"\0", stroff + st_name)
-            syms.setdefault(data[stroff + st_name:end].decode(errors="replace"), st_value)
+            end = data.find(b"\0", stroff + st_name, stroff + st_name + 256)
+            name = data[stroff + st_name:end] if end >= 0 else b""
+            if wanted is None or name in wanted:
+                syms.setdefault(name.decode(errors="replace"), st_value)
     if not loads:
         raise ElfError("no loadable segments")
     return syms, loads
@@ -190,11 +194,29 @@ def shared_calls(path: str) -> Shared | None:
     ``path``, each None when it cannot be told with certainty (the caller then probes that
     pair's exported functions); None for neither."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        syms, loads = _dynsyms(data)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            return _shared_calls(data)
     except (OSError, ElfError, struct.error, ValueError, IndexError):
         return None
+
+
+WRAPPERS = frozenset(n.encode() for n in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"))
+
+
+def exports_openssl(path: str) -> bool:
+    """Whether the ELF file at ``path`` itself defines OpenSSL's SSL_read and SSL_write: an
+    executable with OpenSSL linked in statically that exports it (node, whose addons link
+    against it), probed as a libssl is."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            syms, _ = _dynsyms(data, WRAPPERS)
+    except (OSError, ElfError, struct.error, ValueError, IndexError):
+        return False
+    return {"SSL_read", "SSL_write"} <= syms.keys()
+
+
+def _shared_calls(data) -> Shared | None:
+    syms, loads = _dynsyms(data, WRAPPERS)
 
     def target(name: str, contract) -> int | None:
         """Where the wrapper's first call goes, through up to HOPS tail jumps, when what it
@@ -234,4 +256,4 @@ def shared_calls(path: str) -> Shared | None:
     return Shared(read[0] if read else None, write[0] if write else None, write[1] if write else 4)
 
 
-__all__ = ["Shared", "shared_calls", "first_call"]
+__all__ = ["Shared", "shared_calls", "first_call", "exports_openssl"]

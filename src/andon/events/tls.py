@@ -10,7 +10,10 @@ distinct files:
 * every ``libssl.so.3`` / ``libssl.so.1.1`` (or a wheel's ``libssl-<hash>.so.3``) named in
   ``/proc/<pid>/maps``, opened through
   ``/proc/<pid>/root`` so that a container's (or any other mount namespace's) own copy is
-  the file attached. Each file is attached once, keyed by (st_dev, st_ino).
+  the file attached. Each file is attached once, keyed by (st_dev, st_ino);
+* every executable that has OpenSSL linked in and exports it (node's official and
+  NodeSource builds): ``/proc/<pid>/exe`` of each new pid is looked at once per file
+  (``libssl_code.exports_openssl``), at start and at each rescan.
 
 :meth:`TlsAttacher.on_mapped` reads one process's maps the moment the sensor says it
 mapped a file named ``libssl.so.*`` or ``libssl-*`` executable (``SD_REC_LIB``, from its ``mmap(2)`` at
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from ..bpf.object import BpfObject, Link
 from ..errors import BpfError, NotSupported
-from .libssl_code import shared_calls
+from .libssl_code import exports_openssl, shared_calls
 
 log = logging.getLogger("andon.tls")
 
@@ -66,6 +69,8 @@ PROGRAMS = (frozenset(p for pair in PROBES.values() for p in pair)
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
 MAPPED_MAX = 65536
+# executables (device, inode) remembered as exporting OpenSSL or not, at most
+EXES_MAX = 16384
 
 # where a host installs its libssl (Debian multiarch, Fedora/RHEL lib64, /usr/local builds)
 HOST_DIRS = (
@@ -108,6 +113,7 @@ class TlsAttacher:
         self.failed: dict[tuple[int, int], str] = {}  # files that could not be probed, and why
         self._seen: set[int] = set()
         self._mapped: set[tuple[int, int]] = set()  # (pid, inode) of the mapping records handled
+        self._exes: dict[tuple[int, int], bool] = {}  # executables looked at: whether they export OpenSSL
         self._next_scan = 0.0
         self.scans = 0
         self.maps_read = 0  # /proc/<pid>/maps files read, over all scans
@@ -147,7 +153,7 @@ class TlsAttacher:
             self._seen.add(pid)
             if pid == own:
                 continue
-            for path in self._libssl_of(pid):
+            for path in self._libssl_of(pid) + self._exe_of(pid):
                 self._attach(path, pid)
         self.scans += 1
         self._next_scan = time.monotonic() + self.rescan_s
@@ -199,6 +205,27 @@ class TlsAttacher:
                     found.add(path)
         # the process's own view of its files: right inside a container's mount namespace
         return [f"{self._proc}/{pid}/root{p}" for p in sorted(found)]
+
+    def _exe_of(self, pid: int) -> list[str]:
+        """The process's executable, when it has OpenSSL linked in and exports it (node): each
+        executable file is looked at once (by device and inode)."""
+        exe = f"{self._proc}/{pid}/exe"
+        try:
+            st = os.stat(exe)
+            target = os.readlink(exe)
+        except OSError:
+            return []  # exited, a kernel thread
+        key = (st.st_dev, st.st_ino)
+        if key in self.files or key in self.failed:
+            return []
+        has = self._exes.get(key)
+        if has is None:
+            if len(self._exes) >= EXES_MAX:
+                self._exes.clear()
+            has = self._exes[key] = exports_openssl(exe)
+        if not has or target.endswith(" (deleted)"):
+            return []
+        return [f"{self._proc}/{pid}/root{target}"]
 
     # -- probing ---------------------------------------------------------------------------
     def _attach(self, path: str, pid: int) -> LibFile | None:
