@@ -98,6 +98,7 @@ struct sdc_conn {
 	__u8 _pad[3];
 	__u64 tls_sent; /* plaintext bytes written through the TLS library */
 	__u64 tls_recv;
+	__u64 tls_ssl;  /* the SSL * whose calls last came here: its sd_sslfd binding ends with us */
 	/* While inferring: the last small chunks of one direction that no protocol matched
 	 * (a 4-byte MySQL header read before its payload, dnsmasq's 2-byte DNS length), held
 	 * so the next chunk is also tried with them in front, and sent ahead of it when
@@ -375,6 +376,14 @@ static __always_inline void sd__no_peer(struct andon_sd_data *d)
 
 static __always_inline void sd__emit_close(struct sdc_conn *c, __u64 pid_tgid, long fd, __u32 reason)
 {
+	if (c->tls_ssl) {
+		/* the connection's SSL * is bound to this fd no more: freed and its address
+		 * reused by malloc, a new SSL would find this binding and send its calls here */
+		struct sdt_ssl_key k = {.tgid = pid_tgid >> 32, .ssl = c->tls_ssl};
+		__s32 *bound = bpf_map_lookup_elem(&sd_sslfd, &k);
+		if (bound && *bound == fd)
+			bpf_map_delete_elem(&sd_sslfd, &k);
+	}
 	struct andon_sd_close *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
 	if (!r) {
 		sd__count(SD_STAT_DROPS, 1);
@@ -1520,6 +1529,8 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 		return 0;
 	}
 	sd__mark_ssl(c);
+	if (c->tls_ssl != call.ssl)
+		c->tls_ssl = call.ssl;
 	__u8 dir = (call.fn == SD_TLS_WRITE || call.fn == SD_TLS_WRITE_EX || call.fn == SD_TLS_WRITE_SHARED)
 			   ? SD_EGRESS
 			   : SD_INGRESS;
@@ -1559,7 +1570,12 @@ int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
 	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = *p};
 	bpf_map_delete_elem(&sd_tls_hs, &pid_tgid);
 	long noted = sd__tls_take_note(pid_tgid);
-	if (noted >= 0)
-		sd__tls_bind(&sk, noted);
+	if (noted < 0)
+		return 0;
+	sd__tls_bind(&sk, noted);
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = noted};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	if (c)
+		c->tls_ssl = sk.ssl;
 	return 0;
 }

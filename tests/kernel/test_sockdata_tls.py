@@ -470,6 +470,78 @@ def test_memory_bio_plaintext_from_the_buffer_stays_with_its_own_connection(shar
     assert src.stats()["tls_no_conn"] == before["tls_no_conn"]
 
 
+# A memory-BIO client and a socket-BIO server thread in one process exchange a request and
+# a response; then both sockets close while both SSL objects live on (a step apart, for the
+# test to look at the sensor's SSL * -> fd bindings in between).
+BINDINGS_END = r"""
+import json, os, socket, ssl, sys, threading
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(json.dumps({{"pid": os.getpid()}}), flush=True); sys.stdin.readline()
+held = {{}}
+def serve():
+    c = sctx.wrap_socket(srv.accept()[0], server_side=True)
+    c.recv(100); c.sendall({resp!r})
+    held["server"] = c
+t = threading.Thread(target=serve); t.start()
+sock = socket.create_connection(srv.getsockname())
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = cctx.wrap_bio(inc, out)
+while True:
+    try:
+        obj.do_handshake(); break
+    except ssl.SSLWantReadError:
+        if out.pending: sock.sendall(out.read())
+        inc.write(sock.recv(65536))
+obj.write({req!r}); sock.sendall(out.read())
+got = b""
+while len(got) < {n}:
+    try:
+        got += obj.read(100)
+    except ssl.SSLWantReadError:
+        inc.write(sock.recv(65536))
+t.join()
+print(json.dumps({{"step": "used"}}), flush=True); sys.stdin.readline()
+sock.close(); held["server"].close(); srv.close()   # obj and held["server"]'s SSL live on
+print(json.dumps({{"step": "closed"}}), flush=True); sys.stdin.readline()
+"""
+
+
+def _bindings(src: SockSource, pid: int) -> int:
+    """The sensor's SSL * -> fd bindings (sd_sslfd) of one process."""
+    m = src._obj.map("sd_sslfd")  # type: ignore[union-attr]
+    return sum(struct.unpack_from("<I", k)[0] == pid for k in m.keys(16))
+
+
+def test_an_ssl_binding_ends_with_its_connection(shared, cert):
+    """The SSL * -> fd binding goes when the connection closes: an SSL freed and its address
+    reused by malloc for a new connection's would otherwise send the new calls to the old fd."""
+    src = shared
+    code = BINDINGS_END.format(cert=cert[0], key=cert[1], req=REQ, resp=RESP, n=len(RESP))
+    child = Child(src, [sys.executable, "-c", code])
+    assert child.p.stdin is not None and child.p.stdout is not None
+    try:
+        child.p.stdin.write("go\n")
+        child.p.stdin.flush()
+        assert json.loads(child.p.stdout.readline()) == {"step": "used"}
+        recs: list = []
+        deadline = time.monotonic() + 5.0
+        while REQ not in plain(data(recs), Direction.EGRESS) and time.monotonic() < deadline:
+            recs.extend(r for r in src.read(0.05) if r.pid == child.pid)
+        assert plain(data(recs), Direction.EGRESS).count(REQ) == 1  # the client's write, captured
+        used = _bindings(src, child.pid)
+        child.p.stdin.write("close\n")
+        child.p.stdin.flush()
+        assert json.loads(child.p.stdout.readline()) == {"step": "closed"}
+        collect(src, {child.pid}, closes=2, timeout=5.0)
+        closed = _bindings(src, child.pid)
+    finally:
+        child.p.kill()
+        child.p.wait()
+    assert (used, closed) == (2, 0)  # the client's SSL and the server's, then none
+
+
 PG_STARTTLS = r"""
 import json, os, socket, ssl, struct, sys, threading
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain({cert!r}, {key!r})
