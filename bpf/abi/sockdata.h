@@ -22,7 +22,8 @@ enum sd_rec_type {
 	SD_REC_OPEN = 1,  /* struct andon_sd_open: a connection was seen for the first time */
 	SD_REC_DATA = 2,  /* struct andon_sd_data: one read or write of an enabled protocol */
 	SD_REC_CLOSE = 3, /* struct andon_sd_close: close(2) of a tracked connection's fd */
-	SD_REC_LIB = 4,   /* struct andon_sd_lib: a libssl file was mapped executable (with watch_libs) */
+	SD_REC_LIB = 4,   /* struct andon_sd_lib: a libssl file was mapped executable, or (addr 0) an
+			   * executable new to the sensor ran (with watch_libs) */
 };
 
 /* where a connection was first seen: field `origin` of struct andon_sd_open */

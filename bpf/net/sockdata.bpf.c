@@ -1265,6 +1265,42 @@ static __always_inline void sd__on_exec_map(long fd, __u64 addr, __u64 pid_tgid,
 	sd__count(SD_STAT_EVENTS, 1);
 }
 
+/* Executables (device, inode) an exec of a traced process was reported for: each once, so
+ * the reader looks at a new executable (node, which may export a static OpenSSL) the
+ * moment it first runs, not at its next rescan. LRU: a file forgotten is reported again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} sd_exes SEC(".maps");
+
+/* execve(2) returned 0: an SD_REC_LIB record (addr 0, the executable's inode) the first time
+ * this executable runs, for the reader to look at it (src/andon/events/tls.py, _exe_of). */
+static __always_inline void sd__on_exec(__u64 pid_tgid, const int btf)
+{
+	struct task_struct *t = btf ? bpf_get_current_task_btf() : (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
+	if (!exe)
+		return;
+	__u64 ino = BPF_CORE_READ(exe, f_inode, i_ino);
+	__u64 key = ((__u64)BPF_CORE_READ(exe, f_inode, i_sb, s_dev) << 40) ^ ino;
+	__u8 one = 1;
+	if (bpf_map_update_elem(&sd_exes, &key, &one, BPF_NOEXIST))
+		return; /* reported before */
+	struct andon_sd_lib *r = bpf_ringbuf_reserve(&sd_ring, sizeof(*r), 0);
+	if (!r) {
+		sd__count(SD_STAT_DROPS, 1);
+		bpf_map_delete_elem(&sd_exes, &key); /* so that its next exec tries again */
+		return;
+	}
+	sd__hdr(&r->h, SD_REC_LIB, pid_tgid, -1, 0, 0, 0);
+	r->addr = 0;
+	r->ino = ino;
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	sd__count(SD_STAT_EVENTS, 1);
+}
+
 /* Whether this process is traced at all (the agent itself, the pid filter). */
 static __always_inline int sd__traced(__u64 pid_tgid)
 {
@@ -1356,6 +1392,8 @@ static __always_inline int sd__sys_exit(struct pt_regs *regs, long ret, const in
 	case NR_EXECVE:
 	case NR_EXECVEAT:
 		sd__on_unseen_closes(pid_tgid, 0, ~0U, SD_CLOSE_EXEC);
+		if (sd_cfg.watch_libs)
+			sd__on_exec(pid_tgid, btf);
 		return 0;
 	case NR_CLOSE_RANGE:
 		if (!((__u32)r.a[2] & CLOSE_RANGE_CLOEXEC)) /* that one only marks them close-on-exec */

@@ -809,6 +809,69 @@ def test_libssl_loaded_after_the_process_was_scanned_is_probed_at_its_mapping(sh
     assert plain(by[Role.SERVER], Direction.EGRESS) == RESP == plain(by[Role.CLIENT], Direction.INGRESS)
 
 
+NODE_SELF = r"""
+const https = require('https'), fs = require('fs');
+const [key, cert] = process.argv.slice(1);
+const srv = https.createServer({key: fs.readFileSync(key), cert: fs.readFileSync(cert)},
+  (req, res) => { res.setHeader('Content-Type', 'text/plain'); res.end('node ' + req.url); });
+srv.listen(0, '127.0.0.1', async () => {
+  const agent = new https.Agent({keepAlive: true, maxSockets: 1});
+  for (const path of ['/a', '/b', '/c']) {
+    await new Promise((ok) => https.get({host: '127.0.0.1', port: srv.address().port, path, agent,
+                                         rejectUnauthorized: false}, (r) => { r.resume(); r.on('end', ok); }));
+  }
+  agent.destroy(); srv.close();
+});
+"""
+
+
+def test_a_node_new_to_the_sensor_is_probed_at_its_exec(cert, tmp_path):
+    """A short-lived node (a copy: a file the sensor has not seen) that serves itself three
+    HTTPS requests: its exec record has the reader look at the new executable, which exports
+    OpenSSL, and probe it, with no rescan meanwhile. Probing a new node takes ~130 ms here, so
+    this first run's own calls may be missed; the probes are on the file, so the next node
+    run from it is captured from its first call."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/setup.sh installs nodejs)")
+    from andon.events.libssl_code import exports_openssl
+    if not exports_openssl(os.path.realpath(node)):
+        pytest.skip("this node links the host's libssl (Debian's): covered by the libssl probes")
+    copy = tmp_path / "node"
+    shutil.copy2(os.path.realpath(node), copy)
+    src = SockSource(SockSettings(hook="tp_btf", pids=frozenset(), tls_rescan_s=3600.0))
+    src.start()
+    runs = []
+    try:
+        if src.tls is None:
+            pytest.skip(f"TLS uprobes unavailable: {src.tls_error}")
+        scans = src.tls.scans
+        for _ in range(2):
+            # TRIGGER: a shell (traced) execs the copy of node
+            sh = subprocess.Popen(["sh", "-c", f'read go; exec "$0" -e "$1" {cert[1]} {cert[0]}', str(copy), NODE_SELF],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            src.add_pid(sh.pid)
+            assert sh.stdin is not None
+            sh.stdin.write("go\n")
+            sh.stdin.close()
+            recs = collect(src, {sh.pid}, closes=2, timeout=10.0)  # read while it runs, as the agent does
+            assert sh.wait(timeout=30) == 0, sh.stderr.read() if sh.stderr else ""
+            runs.append((sh.pid, recs))
+        assert src.tls.scans == scans, "a rescan ran: the exec record is not what found node"
+        found = [f for f in src.tls.files.values() if f.path.endswith(f"root{copy}")]
+        # the first run's exec of the copy: sh's came before its pid was traced, the second
+        # run's node is the same file
+        exes = src.stats()["tls_exes_new"]
+    finally:
+        src.close()
+    assert len(found) == 1 and found[0].pid == runs[0][0]  # found by the first run's exec
+    assert exes == 1
+    recs = runs[1][1]
+    reqs = b"".join(r.data for r in data(recs, Direction.INGRESS) if r.data.startswith(b"GET "))
+    assert [line.split(b" ")[1] for line in reqs.split(b"\r\n") if line.startswith(b"GET ")] == [b"/a", b"/b", b"/c"]
+    assert all(r.encrypted for r in data(recs)) and len(data(recs)) == 12
+
+
 PODMAN_RUN = ["podman", "run", "--rm", "-i", "--runtime", "runc", "--ulimit", "nofile=4096:4096",
               "--ulimit", "nproc=4096:4096", "--network", "none", "--pid", "host"]
 IMAGE = os.environ.get("ANDON_TEST_IMAGE", "localhost/andon-test:bookworm")

@@ -10,9 +10,10 @@ object). The source yields three kinds of record, in ring order::
     ConnClose  its end (close(2), close_range(2), an exec, the process's exit, or its fd
                reused), with the bytes sent and received while traced
 
-and one it acts on itself: a process mapped a libssl file (``REC_LIB``), whose TLS
-uprobes :class:`~andon.events.tls.TlsAttacher` then puts on at once (:class:`LibMapped`,
-not handed on by :meth:`SockSource.read_into`).
+and one it acts on itself: a process mapped a libssl file, or ran an executable new to the
+sensor (``REC_LIB``, ``addr`` 0), whose TLS uprobes :class:`~andon.events.tls.TlsAttacher`
+then puts on at once when it has OpenSSL (:class:`LibMapped`, not handed on by
+:meth:`SockSource.read_into`).
 
 Each :class:`Data` carries its byte position in its direction; the source keeps the
 next expected position per connection and direction and puts the difference in
@@ -357,6 +358,7 @@ class SockSource:
         self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
         self.unread_bytes = 0  # ring bytes still there when the reader stopped (Observer.drain)
         self.libs_mapped = 0  # REC_LIB records read: libssl files mapped by traced processes
+        self.exes_new = 0  # REC_LIB records of an exec (addr 0): executables new to the sensor
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -501,7 +503,10 @@ class SockSource:
                     self.undecodable += 1
                     continue
                 if isinstance(rec, LibMapped):
-                    self.libs_mapped += 1
+                    if rec.addr:
+                        self.libs_mapped += 1
+                    else:
+                        self.exes_new += 1
                     if self.tls is not None:
                         self.tls.on_mapped(rec.pid, rec.ts_ns, rec.ino)
                     continue
@@ -537,6 +542,7 @@ class SockSource:
                     out[name] = int(np.frombuffer(raw, dtype="<u8").sum())
         out["tls_libs"] = len(self.tls.files) if self.tls is not None else 0
         out["tls_libs_mapped"] = self.libs_mapped
+        out["tls_exes_new"] = self.exes_new
         out["undecodable"] = self.undecodable
         out["gap_bytes"] = self.gap_bytes
         out["unread_bytes"] = self.unread_bytes

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..bpf.object import BpfObject, Link
 from ..errors import BpfError, NotSupported
-from .libssl_code import exports_openssl, shared_calls
+from .libssl_code import exports_openssl, shared_calls, symbol_offsets
 
 log = logging.getLogger("andon.tls")
 
@@ -166,9 +166,11 @@ class TlsAttacher:
         return self.rescan()
 
     def on_mapped(self, pid: int, ts_ns: int = 0, ino: int = 0) -> int:
-        """pid mapped a libssl file (inode ``ino``) at wall-clock ``ts_ns``: probe the libssl
-        files in its maps that are new. A process that maps the same file again (a dlopen
-        and dlclose loop) is not read again. Returns how many files were newly probed."""
+        """pid mapped a libssl file (inode ``ino``) at wall-clock ``ts_ns``, or ran an executable
+        new to the sensor (its inode): probe the libssl files in its maps that are new, and
+        its executable if that exports OpenSSL (node). A process that maps the same file
+        again (a dlopen and dlclose loop) is not read again. Returns how many files were
+        newly probed."""
         if pid == os.getpid():
             return 0
         if ino:
@@ -179,7 +181,7 @@ class TlsAttacher:
             self._mapped.add((pid, ino))
         self._seen.add(pid)
         new = 0
-        for path in self._libssl_of(pid):
+        for path in self._libssl_of(pid) + self._exe_of(pid):
             lib = self._attach(path, pid)
             if lib is not None:
                 new += 1
@@ -283,10 +285,12 @@ class TlsAttacher:
             lib.shared[kind] = off
             covered.update(pair)
             done.extend(pair)
+        offsets = symbol_offsets(target, PROBES)
         for fn, (prog, ret_prog) in PROBES.items():
             if fn in covered:
                 continue
-            err = self._pair(target, lib, prog, ret_prog, fn)
+            off = offsets.get(fn)  # by offset where found: libbpf reads the symbols per probe
+            err = self._pair(target, lib, prog, ret_prog, None if off else fn, off or 0)
             if err:
                 why = why or err
                 continue
