@@ -317,8 +317,9 @@ const agent = new https.Agent({keepAlive: true, maxSockets: 1});
 
 def test_node_https_server_and_client_both_ends(agent: ObserveAgent, tmp_path: Path):
     """A node HTTPS server and a node client on one kept-alive connection: each request a row
-    at both ends, `encrypted`. The agent finds a node process at its next rescan of new
-    pids (every 2 s), so the test first waits until a request shows at the server end."""
+    at both ends, `encrypted`. The agent probes a node file new to it at its first exec, which
+    takes ~130 ms (and when an earlier test ran node, it is probed already); the test first
+    waits until a request shows at the server end."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (scripts/setup.sh installs nodejs)")
