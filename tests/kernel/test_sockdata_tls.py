@@ -828,9 +828,9 @@ srv.listen(0, '127.0.0.1', async () => {
 def test_a_node_new_to_the_sensor_is_probed_at_its_exec(cert, tmp_path):
     """A short-lived node (a copy: a file the sensor has not seen) that serves itself three
     HTTPS requests: its exec record has the reader look at the new executable, which exports
-    OpenSSL, and probe it, with no rescan meanwhile. Probing a new node takes ~130 ms here, so
-    this first run's own calls may be missed; the probes are on the file, so the next node
-    run from it is captured from its first call."""
+    OpenSSL, and probe it, with no rescan meanwhile. That takes ~2 ms here, so even this first
+    run is captured as a rule, but a loaded machine may delay the reader: what is asserted is
+    the next run from the same file, captured from its first call (the probes are on the file)."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (scripts/setup.sh installs nodejs)")
@@ -859,13 +859,13 @@ def test_a_node_new_to_the_sensor_is_probed_at_its_exec(cert, tmp_path):
             runs.append((sh.pid, recs))
         assert src.tls.scans == scans, "a rescan ran: the exec record is not what found node"
         found = [f for f in src.tls.files.values() if f.path.endswith(f"root{copy}")]
-        # the first run's exec of the copy: sh's came before its pid was traced, the second
-        # run's node is the same file
+        # the first run's exec of the copy (and sh's, when its exec returned after its pid
+        # was added); the second run's node is the same file
         exes = src.stats()["tls_exes_new"]
     finally:
         src.close()
     assert len(found) == 1 and found[0].pid == runs[0][0]  # found by the first run's exec
-    assert exes == 1
+    assert exes in (1, 2)
     recs = runs[1][1]
     reqs = b"".join(r.data for r in data(recs, Direction.INGRESS) if r.data.startswith(b"GET "))
     assert [line.split(b" ")[1] for line in reqs.split(b"\r\n") if line.startswith(b"GET ")] == [b"/a", b"/b", b"/c"]

@@ -92,3 +92,21 @@ def test_a_file_that_is_not_an_elf_library_has_none(tmp_path):
     p.write_text("not elf")
     assert shared_calls(str(p)) is None
     assert shared_calls(str(tmp_path / "missing")) is None
+
+
+def test_the_gnu_hash_table_finds_what_a_scan_of_the_symbols_finds():
+    """Symbols are looked up through .gnu.hash (node has 50,000: a scan took ~50 ms); the
+    lookup agrees with the whole table read, for every wanted name, found or not."""
+    import mmap
+
+    from andon.events import libssl_code as lc
+    assert lc._gnu_hash(b"") == 5381 and lc._gnu_hash(b"printf") == 0x156B2BB8  # the ELF gABI's example
+    wanted = frozenset({b"SSL_read", b"SSL_write_ex", b"SSL_do_handshake", b"no_such_symbol", b"SSL_CTX_new"})
+    paths = [p for p in ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/bin/node", "/usr/lib/x86_64-linux-gnu/libc.so.6")
+             if os.path.exists(p)]
+    for path in paths:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            hashed, _ = lc._dynsyms(data, wanted)
+            every, _ = lc._dynsyms(data, None)
+        assert hashed == {k: v for k, v in every.items() if k.encode() in wanted}, path
+    assert paths
