@@ -16,6 +16,8 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
     aiohttp       an aiohttp server (asyncio, one Python thread), wrk -t2 -c16 on /size/1024 / paced.lua
     aiohttp-tls   the same over TLS: asyncio's SSLs are on memory BIOs, the socket read
                   outside the library call names each call's connection  / paced.lua
+    node-tls      a node HTTPS server (one thread; NodeSource's node exports its static OpenSSL,
+                  probed in the executable), wrk -t2 -c16 on /size/1024  / paced.lua
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
     pg-unix       pg-extended over the server's unix socket (a client on the database's host)
@@ -461,6 +463,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "nginx-sendfile", "nginx-sendfile"),
         http("/size/1024", 2, 16, "aiohttp", "aiohttp"),
         http("/size/1024", 2, 16, "aiohttp-tls", "aiohttp-tls"),
+        http("/size/1024", 2, 16, "node-tls", "node-tls"),
         pg("simple", 1),
         pg("extended", 4),
         pg("extended", 4, name="pg-unix", unix=True),
@@ -474,6 +477,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
 STARTERS = {"nginx": lambda: S.nginx(workers=1), "nginx-tls": lambda: S.nginx(workers=1, tls=True),
             "nginx-sendfile": lambda: S.nginx(workers=1, sendfile=True),
             "aiohttp": S.aiohttp_http, "aiohttp-tls": lambda: S.aiohttp_http(tls=True),
+            "node-tls": lambda: S.node_http(tls=True),
             "postgres": lambda: S.postgres(settings={"autovacuum": "off"}),  # no background work in the windows
             "redis": S.redis}
 

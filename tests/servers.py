@@ -545,6 +545,47 @@ def aiohttp_http(*, port: int | None = None, tls: bool = False) -> contextlib.Ab
     return _with_retry(_prepared("aiohttp", None, build), port)
 
 
+# -- node ---------------------------------------------------------------------------------------------
+NODE_HTTP = r"""
+const http = require('http'), https = require('https'), fs = require('fs');
+const [host, port, cert, key] = process.argv.slice(1);
+const handler = (req, res) => {
+  const path = req.url.split('?')[0];
+  let code = 200, body = 'andon test server\n', type = 'text/plain';
+  const m = /^\/size\/(\d+)$/.exec(path), s = /^\/status\/(\d+)$/.exec(path);
+  if (path === '/') { /* the default body */ }
+  else if (m && +m[1] <= 16 << 20) { body = 'x'.repeat(+m[1]); type = 'application/octet-stream'; }
+  else if (s && +s[1] >= 200 && +s[1] <= 599) { code = +s[1]; body = 'status ' + s[1] + '\n'; }
+  else { code = 404; body = 'not found\n'; }
+  res.writeHead(code, {'Content-Type': type, 'Content-Length': Buffer.byteLength(body)});
+  res.end(body);
+};
+const srv = cert ? https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, handler)
+                 : http.createServer(handler);
+srv.keepAliveTimeout = 60000;
+srv.listen(+port, host, () => console.log('ready ' + host + ':' + port));
+process.on('SIGTERM', () => { srv.close(); process.exit(0); });
+"""
+
+
+def node_http(*, port: int | None = None, tls: bool = False) -> contextlib.AbstractContextManager[Server]:
+    """A node HTTP(S) server (``node -e``, comm ``node``), one thread: GET ``/size/<n>``,
+    ``/status/<code>``, ``/`` on 127.0.0.1. ``tls``: a self-signed cert (``info["cert"]``).
+    node's TLS goes through its own memory BIO."""
+    host = "127.0.0.1"
+    node = shutil.which("node") or "node"
+
+    def build(p: int, d: Path):
+        info: dict = {"tls": tls}
+        argv = [node, "-e", NODE_HTTP, host, str(p)]
+        if tls:
+            cert, key = self_signed_cert(d, ip=host)
+            argv += [str(cert), str(key)]
+            info["cert"] = cert
+        return _serve("node", argv, host=host, port=p, workdir=d, probe=_http_probe, info=info)
+    return _with_retry(_prepared("node", None, build), port)
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------------
 def _pg_probe(srv: Server) -> bool:
     r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", srv.host, "-p", str(srv.port), "-U", "postgres",

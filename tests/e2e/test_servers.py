@@ -4,6 +4,7 @@ and stopping leaves no process, no temp dir, no namespace behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import urllib.request
@@ -99,6 +100,18 @@ def test_aiohttp_routes_keepalive_and_tls():
         assert _get(srv.url("/status/503"), srv.info["cert"]) == (503, b"status 503\n")
         r = S.curl(srv.url("/echo"), 4, data=b"ping-andon", cacert=srv.info["cert"])
         assert (r.statuses, r.sizes, r.connects) == ([200] * 4, [10] * 4, 1)
+        pid = srv.pid
+    _assert_gone(srv, [pid])
+
+
+def test_node_https_routes_and_keepalive():
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed (scripts/setup.sh installs nodejs)")
+    with S.node_http(tls=True) as srv:
+        assert _get(srv.url("/size/3000"), srv.info["cert"]) == (200, b"x" * 3000)
+        assert _get(srv.url("/status/503"), srv.info["cert"]) == (503, b"status 503\n")
+        r = S.curl([srv.url("/size/10"), srv.url("/nope")], cacert=srv.info["cert"])
+        assert (r.statuses, r.sizes, r.connects) == ([200, 404], [10, 10], 1)
         pid = srv.pid
     _assert_gone(srv, [pid])
 
