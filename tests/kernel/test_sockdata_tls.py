@@ -392,6 +392,24 @@ def test_asyncio_memory_bio_calls_find_their_connection(shared, cert):
     assert after["tls_bio_binds"] - before["tls_bio_binds"] >= 2 * n
 
 
+# A client SSL on memory BIOs over a new socket, its handshake driven by hand (the child
+# scripts below include it; cctx is theirs)
+MEMBIO_CONNECT = r"""
+def membio_connect(addr):
+    sock = socket.create_connection(addr)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = cctx.wrap_bio(inc, out)
+    while True:
+        try:
+            obj.do_handshake(); break
+        except ssl.SSLWantReadError:
+            if out.pending: sock.sendall(out.read())
+            inc.write(sock.recv(65536))
+    if out.pending: sock.sendall(out.read())
+    return sock, inc, out, obj
+"""
+
+
 # Two SSL objects on memory BIOs driven by hand on one thread (ssl.MemoryBIO, what asyncio
 # builds on), against a plain ssl server thread. The order is an event loop's under flow
 # control: A's records are read and partly decrypted; then a record's first 3 bytes are
@@ -410,19 +428,8 @@ def serve():
     cs[0].sendall(A); cs[1].sendall(B)
     done.wait(10)
     for c in cs: c.close()
-t = threading.Thread(target=serve); t.start()
-def connect():
-    sock = socket.create_connection(srv.getsockname())
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = cctx.wrap_bio(inc, out)
-    while True:
-        try:
-            obj.do_handshake(); break
-        except ssl.SSLWantReadError:
-            if out.pending: sock.sendall(out.read())
-            inc.write(sock.recv(65536))
-    if out.pending: sock.sendall(out.read())
-    return sock, inc, obj
+t = threading.Thread(target=serve, daemon=True); t.start()  # an error here ends the child
+{membio}
 def read(sock, inc, obj, n, want, recv=65536):
     got = b""
     while len(got) < want:
@@ -431,8 +438,8 @@ def read(sock, inc, obj, n, want, recv=65536):
         except ssl.SSLWantReadError:
             inc.write(sock.recv(recv))
     return got
-sa, ia, oa = connect()
-sb, ib, ob = connect()
+sa, ia, _, oa = membio_connect(srv.getsockname())
+sb, ib, _, ob = membio_connect(srv.getsockname())
 got_a = read(sa, ia, oa, 10, 10)             # A: a socket read, then 10 bytes of plaintext
 ib.write(sb.recv(3))                         # B: 3 bytes of a record, outside any call
 try:
@@ -454,7 +461,7 @@ def test_memory_bio_plaintext_from_the_buffer_stays_with_its_own_connection(shar
     src = shared
     before = src.stats()
     # TRIGGER
-    child = Child(src, [sys.executable, "-c", MEMORY_BIO.format(cert=cert[0], key=cert[1], a=BIO_A, b=BIO_B)])
+    child = Child(src, [sys.executable, "-c", MEMORY_BIO.format(cert=cert[0], key=cert[1], a=BIO_A, b=BIO_B, membio=MEMBIO_CONNECT)])
     child.go()
     recs = collect(src, {child.pid}, closes=4)
     # ASSERT: the two client connections, told apart by their server's payload
@@ -484,16 +491,9 @@ def serve():
     c = sctx.wrap_socket(srv.accept()[0], server_side=True)
     c.recv(100); c.sendall({resp!r})
     held["server"] = c
-t = threading.Thread(target=serve); t.start()
-sock = socket.create_connection(srv.getsockname())
-inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-obj = cctx.wrap_bio(inc, out)
-while True:
-    try:
-        obj.do_handshake(); break
-    except ssl.SSLWantReadError:
-        if out.pending: sock.sendall(out.read())
-        inc.write(sock.recv(65536))
+t = threading.Thread(target=serve, daemon=True); t.start()  # an error here ends the child
+{membio}
+sock, inc, out, obj = membio_connect(srv.getsockname())
 obj.write({req!r}); sock.sendall(out.read())
 got = b""
 while len(got) < {n}:
@@ -518,7 +518,7 @@ def test_an_ssl_binding_ends_with_its_connection(shared, cert):
     """The SSL * -> fd binding goes when the connection closes: an SSL freed and its address
     reused by malloc for a new connection's would otherwise send the new calls to the old fd."""
     src = shared
-    code = BINDINGS_END.format(cert=cert[0], key=cert[1], req=REQ, resp=RESP, n=len(RESP))
+    code = BINDINGS_END.format(cert=cert[0], key=cert[1], req=REQ, resp=RESP, n=len(RESP), membio=MEMBIO_CONNECT)
     child = Child(src, [sys.executable, "-c", code])
     assert child.p.stdin is not None and child.p.stdout is not None
     try:
