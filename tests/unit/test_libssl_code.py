@@ -110,3 +110,25 @@ def test_the_gnu_hash_table_finds_what_a_scan_of_the_symbols_finds():
             every, _ = lc._dynsyms(data, None)
         assert hashed == {k: v for k, v in every.items() if k.encode() in wanted}, path
     assert paths
+
+
+def test_a_hash_chain_that_never_ends_stops_at_the_last_symbol():
+    """A hostile .gnu.hash: one bucket whose chain has no end bit, every entry with the wanted
+    name's hash, the symbols' names all different from it. The walk stops at the table's 4
+    symbols with nothing found (it used to go on up to 2^20 entries, then read past them)."""
+    import struct as st
+
+    from andon.events import libssl_code as lc
+    h = lc._gnu_hash(b"SSL_read") & ~1  # bit 0 clear: "not the chain's last"
+    table = st.pack("<IIII", 1, 0, 0, 6) + st.pack("<I", 0) + st.pack("<4I", h, h, h, h)
+    symoff, strings = len(table), b"\0other\0"
+    stroff = symoff + 4 * 24
+    syms_tab = b"".join(st.pack("<IBBHQQ", 1, 0x12, 0, 1, 0x1000 + 16 * k, 8) for k in range(4))
+    data = table + syms_tab + strings
+    found: dict[str, int] = {}
+    lc._gnu_lookup(data, 0, symoff, 24, 4, stroff, frozenset({b"SSL_read"}), found)
+    assert found == {}
+    # the same table with the last symbol named SSL_read finds it, at its address
+    data = table + syms_tab[:72] + st.pack("<IBBHQQ", 7, 0x12, 0, 1, 0x1030, 8) + strings + b"SSL_read\0"
+    lc._gnu_lookup(data, 0, symoff, 24, 4, stroff, frozenset({b"SSL_read"}), found)
+    assert found == {"SSL_read": 0x1030}
