@@ -1528,6 +1528,10 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	} else if (rc > 0) {
 		size = rc;
 	}
+	/* which way the call moves plaintext: every SD_TLS_* but these is a read */
+	__u8 dir = (call.fn == SD_TLS_WRITE || call.fn == SD_TLS_WRITE_EX || call.fn == SD_TLS_WRITE_SHARED)
+			   ? SD_EGRESS
+			   : SD_INGRESS;
 	struct sdt_ssl_key sk = {.tgid = pid_tgid >> 32, .ssl = call.ssl};
 	long fd = call.fd;
 	if (fd >= 0) {
@@ -1543,9 +1547,8 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 		 * whatever it returns, so no later call takes it stale; a write takes it only for
 		 * an SSL * with no socket yet (node's client: the handshake ends inside the
 		 * SSL_write that follows the read of the server's records). */
-		int rd = call.fn == SD_TLS_READ || call.fn == SD_TLS_READ_EX || call.fn == SD_TLS_READ_SHARED;
 		__s32 *known = bpf_map_lookup_elem(&sd_sslfd, &sk);
-		long noted = rd || !known ? sd__tls_take_note(pid_tgid) : -1;
+		long noted = dir == SD_INGRESS || !known ? sd__tls_take_note(pid_tgid) : -1;
 		if (known) {
 			fd = *known;
 		} else if (noted >= 0) {
@@ -1569,9 +1572,6 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	sd__mark_ssl(c);
 	if (c->tls_ssl != call.ssl)
 		c->tls_ssl = call.ssl;
-	__u8 dir = (call.fn == SD_TLS_WRITE || call.fn == SD_TLS_WRITE_EX || call.fn == SD_TLS_WRITE_SHARED)
-			   ? SD_EGRESS
-			   : SD_INGRESS;
 	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->tls_recv, size)
 				      : __sync_fetch_and_add(&c->tls_sent, size);
 	__u32 cpu = bpf_get_smp_processor_id();
