@@ -205,14 +205,15 @@ class ConnClose:
 
 @dataclass(slots=True)
 class LibMapped:
-    """A process mapped a file named libssl.so.* executable (the sensor's own business: the
-    reader probes the file, if new, before it reads on)."""
+    """A process mapped a file named libssl.so.* executable, or (``addr`` 0) ran an executable
+    new to the sensor (the sensor's own business: the reader probes the file, if new and
+    OpenSSL, before it reads on)."""
 
     pid: int
     tid: int
     fd: int
     ts_ns: int
-    addr: int  # where the mapping starts
+    addr: int  # where the mapping starts; 0: an exec
     ino: int  # the file's inode number
 
 
