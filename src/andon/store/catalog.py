@@ -24,14 +24,22 @@ log = logging.getLogger("andon.store")
 T = TypeVar("T")
 
 # DuckDB's words when a file of a query's list is gone: the running agent merged or deleted a
-# segment between the Catalog's listing and the read
+# segment between the Catalog's listing and the read. The first when it is gone before the
+# query binds its files, the second when it goes between that and the read.
 VANISHED = "No files found that match the pattern"
+VANISHED_OPEN = ("Cannot open file", "No such file or directory")
+
+
+def vanished(err: BaseException) -> bool:
+    """Whether an error says a listed segment file is gone."""
+    msg = str(err)
+    return VANISHED in msg or all(w in msg for w in VANISHED_OPEN)
 
 
 def with_catalog(data_dir: Path, fn: Callable[[Catalog], T], attempts: int = 3) -> T:
     """``fn(catalog)`` on a Catalog of ``data_dir``, closed after. A segment that the running
     agent merged away (or retention deleted) between the listing and the read makes the
-    query fail with :data:`VANISHED`; then it runs again on a fresh listing, up to
+    query fail (:func:`vanished`); then it runs again on a fresh listing, up to
     ``attempts`` times in all."""
     for attempt in range(attempts):
         catalog = None
@@ -39,7 +47,7 @@ def with_catalog(data_dir: Path, fn: Callable[[Catalog], T], attempts: int = 3) 
             catalog = Catalog(data_dir)
             return fn(catalog)
         except (duckdb.Error, AndonError) as e:
-            if VANISHED not in str(e) or attempt == attempts - 1:
+            if not vanished(e) or attempt == attempts - 1:
                 raise
             log.info("a segment went while reading %s (a merge): reading again", data_dir)
         finally:
