@@ -339,6 +339,36 @@ def test_segments_of_an_older_schema_read_the_columns_they_lack_as_zero(tmp_path
     assert read() == [("", "", 3), ("nginx", "web", 2)]
 
 
+def test_a_segment_merged_away_while_a_catalog_opens_is_not_taken_for_damaged(tmp_path, monkeypatch):
+    """The agent merges the segments a Catalog has just listed, before it checks them: the
+    listed files are gone, not damaged. Skipping them (with a "damaged" warning) answered a
+    query with none of their rows (CI: px's by_status table came out empty); the listing is
+    made again instead."""
+    from andon.store import catalog as cat
+    from andon.store import segments as seg
+
+    st = Store(settings(tmp_path, compact_min_files=2))
+    for k in range(2):
+        st.append("http_events", [rec(T0 + k * S + i, i) for i in range(5)])
+        st.flush()
+    listed = seg.list_segments
+    merges = []
+
+    def list_then_merge(d):
+        out = listed(d)
+        if d.name == "http_events" and not merges:
+            merges.append(None)  # (compact lists segments too)
+            merges[0] = st.compact()  # the listed files go, the merged one is not listed
+        return out
+    monkeypatch.setattr(seg, "list_segments", list_then_merge)
+
+    def count(c: Catalog):
+        return c.con.execute("SELECT count(*) FROM http_events").fetchone()[0], list(c.warnings)
+    assert cat.with_catalog(tmp_path, count) == (10, [])
+    assert merges == [1]
+    st.close()
+
+
 def test_a_query_that_meets_a_segment_merged_away_reads_again(tmp_path):
     from andon.store.catalog import VANISHED, with_catalog
 

@@ -93,6 +93,8 @@ class Catalog:
                 self.con.execute(f"SELECT count(*) FROM read_parquet({seg.sql_file_list([s.path])})").fetchone()
                 out.append(s)
             except duckdb.Error as e:
+                if vanished(e):
+                    raise  # merged away since the listing, not damaged: with_catalog lists again
                 self._warn(f"skipping damaged segment {s.path}: {str(e).splitlines()[0]}")
         return out
 
