@@ -13,7 +13,7 @@ BPF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS := $(wildcard bpf/include/*.h bpf/abi/*.h)
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: setup deps venv bpf test-image run test test-unit bench clean
+.PHONY: setup deps venv bpf test-image test-go run test test-unit bench clean
 
 setup: deps venv bpf
 
@@ -55,16 +55,25 @@ $(BUILD)/bench/socktp/sockdata.bpf.o: bench/workloads/sockdata_socktp.bpf.c bpf/
 test-image: deps
 	@bash scripts/build-test-image.sh
 
+# a Go HTTPS server and client (Go's own crypto/tls, no OpenSSL) for the tests and benchmarks
+# of Go TLS tracing; its build cache stays in build/
+$(BUILD)/go/tlsdemo: tests/go/tlsdemo/main.go tests/go/tlsdemo/go.mod
+	@mkdir -p $(dir $@)
+	cd tests/go/tlsdemo && GOCACHE=$(CURDIR)/$(BUILD)/go/cache GOFLAGS=-trimpath GOTOOLCHAIN=local \
+		go build -o $(CURDIR)/$@ .
+
+test-go: $(BUILD)/go/tlsdemo
+
 run: setup
 	$(BIN)/andon run
 
-test: setup test-image
+test: setup test-image test-go
 	$(BIN)/pytest -q tests
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
 
-bench: setup
+bench: setup test-go
 	$(BIN)/python bench/run.py
 
 clean:

@@ -15,8 +15,9 @@ fi
 # detection tests: the real tools attackers and admins use (git for the benign workload,
 #        netcat and an ssh client for the network rules)
 # observability tests and benchmarks: real servers and clients on loopback (nginx, PostgreSQL,
-#        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl, node) and load
-#        generators (wrk; pgbench and redis-benchmark come with the server packages)
+#        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl, node; Go, which
+#        builds a Go HTTPS program with its own crypto/tls) and load generators (wrk; pgbench
+#        and redis-benchmark come with the server packages)
 # network policy benchmark: iptables, the baseline andon's datapath is measured against
 # profiles in benchmarks and docs/performance.md: perf (bench/cost.py --perf, perf record -a)
 PKGS=(
@@ -26,7 +27,7 @@ PKGS=(
 	podman runc debootstrap
 	git netcat-traditional openssh-client
 	nginx-light postgresql postgresql-contrib mariadb-server mariadb-client redis-server redis-tools
-	dnsmasq-base bind9-dnsutils openssl wrk nodejs
+	dnsmasq-base bind9-dnsutils openssl wrk nodejs golang-go
 	iptables linux-perf
 )
 

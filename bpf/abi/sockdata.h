@@ -58,6 +58,8 @@ enum sd_close_reason {
 #define SD_TLS_READ_SHARED 5  /* SSL_read or SSL_read_ex: the function both call, probed in their place
 			       * (OpenSSL's ssl_read_internal: its entry is emulated, theirs single-stepped) */
 #define SD_TLS_WRITE_SHARED 6 /* SSL_write or SSL_write_ex, the same way (ssl_write_internal) */
+#define SD_TLS_GO_READ 7      /* Go's crypto/tls.(*Conn).Read */
+#define SD_TLS_GO_WRITE 8     /* Go's crypto/tls.(*Conn).Write */
 
 /* Pixie's endpoint_role_t */
 #define SD_ROLE_UNKNOWN 0
@@ -92,7 +94,9 @@ enum sd_stat {
 	SD_STAT_NOCOPY_CHUNKS = 11, /* records of sendfile/splice chunks written (SD_F_NOCOPY) */
 	SD_STAT_TLS_BIO_BINDS = 12, /* SSL * bound to the socket its thread read TLS records from outside
 				     * a call (memory BIO; handshake steps) */
-	SD_STAT_MAX = 13,
+	SD_STAT_GO_TLS_OTHER_CONN = 13, /* Go TLS calls on a net.Conn that is not a *net.TCPConn or
+					 * *net.UnixConn (no socket to name): not copied */
+	SD_STAT_MAX = 14,
 };
 
 struct andon_sd_hdr {

@@ -1453,6 +1453,31 @@ static __always_inline int sdt__enter(void *ssl, void *buf, void *outp, __u16 fn
 	return 0;
 }
 
+/* A TLS call's plaintext (size bytes at buf, moved in dir by library call fn on the socket
+ * fd of this process) to the ring as the connection's next encrypted chunk. ssl: the
+ * library's object for the connection, remembered on it so that its close can end the
+ * object's binding; 0 for a library whose calls name their socket themselves (Go). */
+static __always_inline void sdt__emit(__u64 pid_tgid, long fd, __u16 fn, __u64 buf, __u64 size, __u8 dir, __u64 ssl)
+{
+	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
+	if (!c) {
+		sd__count(SD_STAT_TLS_NO_CONN, 1);
+		return;
+	}
+	sd__mark_ssl(c);
+	if (ssl && c->tls_ssl != ssl)
+		c->tls_ssl = ssl;
+	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->tls_recv, size)
+				      : __sync_fetch_and_add(&c->tls_sent, size);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_tscratch, &cpu);
+	if (!s)
+		return;
+	struct sdc_args r = {.a = {fd, buf}};
+	sd__deliver(s, c, fn, &r, size, pos, dir, 1, fd, pid_tgid);
+}
+
 /* int SSL_read(SSL *ssl, void *buf, int num) */
 SEC("uprobe")
 int BPF_KPROBE(sockdata_ssl_read, void *ssl, void *buf, int num)
@@ -1563,23 +1588,7 @@ int BPF_KRETPROBE(sockdata_ssl_ret, long ret)
 	}
 	if (!size)
 		return 0;
-	struct sdc_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
-	if (!c) {
-		sd__count(SD_STAT_TLS_NO_CONN, 1);
-		return 0;
-	}
-	sd__mark_ssl(c);
-	if (c->tls_ssl != call.ssl)
-		c->tls_ssl = call.ssl;
-	__u64 pos = dir == SD_INGRESS ? __sync_fetch_and_add(&c->tls_recv, size)
-				      : __sync_fetch_and_add(&c->tls_sent, size);
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct sdc_scratch *s = bpf_map_lookup_elem(&sd_tscratch, &cpu);
-	if (!s)
-		return 0;
-	struct sdc_args r = {.a = {fd, call.buf}};
-	sd__deliver(s, c, call.fn, &r, size, pos, dir, 1, fd, pid_tgid);
+	sdt__emit(pid_tgid, fd, call.fn, call.buf, size, dir, call.ssl);
 	return 0;
 }
 
@@ -1615,5 +1624,112 @@ int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
 	struct sdc_conn *c = bpf_map_lookup_elem(&sd_conns, &key);
 	if (c)
 		c->tls_ssl = sk.ssl;
+	return 0;
+}
+
+/* ---- Go's crypto/tls (uprobes on a Go executable's own code) -------------------------
+ *
+ * Go links its TLS into every program and never calls OpenSSL: src/andon/events/go_tls.py
+ * finds crypto/tls.(*Conn).Read and .Write in an executable's symbols and probes each at
+ * its entry and at every ret instruction in it. Not with a return probe: a return probe
+ * replaces the return address on the goroutine's stack, and Go's runtime walks those
+ * stacks (to grow them, for the garbage collector) and dies on an address outside Go's
+ * code.
+ *
+ * Go's register ABI (Go 1.17+, amd64): the receiver (*tls.Conn) in rax, the []byte's
+ * pointer and length in rbx and rcx; at a ret, the count returned in rax. r14 is the
+ * running goroutine (its g), in Go code always, so a call is keyed by (tgid, g): a
+ * goroutine parked inside Read (no data yet) comes back on whichever thread the scheduler
+ * gives it.
+ *
+ * The socket is named by the Conn itself, no syscall needed: its first field is the
+ * net.Conn it wraps, an interface (itab, data). When the itab is the one of *net.TCPConn
+ * or *net.UnixConn, data -> {fd *netFD} -> netFD.pfd (poll.FD) -> Sysfd, 16 bytes in
+ * (after poll.fdMutex's state, rsema and wsema); the same layout from Go 1.9 to 1.25.
+ * The two itabs' addresses come in the probe's cookie, as signed 32-bit distances from
+ * the probed instruction (so position-independent executables need nothing more); any
+ * other net.Conn (a user's wrapper) is counted and not copied. */
+
+struct sdg_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 g; /* the goroutine's runtime.g */
+};
+
+struct sdg_call {
+	__u64 buf;
+	__s32 fd;
+	__u16 fn; /* SD_TLS_GO_* */
+	__u16 _pad;
+};
+
+/* LRU: a goroutine that never returns (its program exited) leaves its entry */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sdg_key);
+	__type(value, struct sdg_call);
+} sd_gotls SEC(".maps");
+
+#define SDG_SYSFD_OFF 16 /* poll.FD.Sysfd */
+
+static __always_inline int sdg__enter(struct pt_regs *ctx, __u16 fn)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!sd__traced(pid_tgid))
+		return 0;
+	__u64 conn = ctx->ax;
+	__u64 iface[2]; /* tls.Conn.conn: net.Conn's itab and data */
+	if (bpf_probe_read_user(iface, sizeof(iface), (void *)conn))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 ip = ctx->ip;
+	__u64 tcp = ip + (__s64)(__s32)(__u32)cookie;
+	__u64 unx = ip + (__s64)(__s32)(__u32)(cookie >> 32);
+	if (!iface[0] || (iface[0] != tcp && iface[0] != unx)) {
+		sd__count(SD_STAT_GO_TLS_OTHER_CONN, 1);
+		return 0;
+	}
+	__u64 netfd = 0;
+	__s64 sysfd = -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)iface[1]) || !netfd ||
+	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + SDG_SYSFD_OFF)) || sysfd < 0 ||
+	    sysfd > 0x7fffffff)
+		return 0;
+	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
+	struct sdg_call call = {.buf = ctx->bx, .fd = (__s32)sysfd, .fn = fn};
+	bpf_map_update_elem(&sd_gotls, &k, &call, BPF_ANY);
+	return 0;
+}
+
+/* func (c *Conn) Read(b []byte) (int, error) */
+SEC("uprobe")
+int sockdata_go_tls_read(struct pt_regs *ctx)
+{
+	return sdg__enter(ctx, SD_TLS_GO_READ);
+}
+
+/* func (c *Conn) Write(b []byte) (int, error) */
+SEC("uprobe")
+int sockdata_go_tls_write(struct pt_regs *ctx)
+{
+	return sdg__enter(ctx, SD_TLS_GO_WRITE);
+}
+
+/* at each ret of either: rax is the count */
+SEC("uprobe")
+int sockdata_go_tls_ret(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
+	struct sdg_call *cp = bpf_map_lookup_elem(&sd_gotls, &k);
+	if (!cp)
+		return 0; /* not traced, or the entry was not for a socket */
+	struct sdg_call call = *cp;
+	bpf_map_delete_elem(&sd_gotls, &k);
+	long n = (long)ctx->ax;
+	if (n <= 0)
+		return 0;
+	sdt__emit(pid_tgid, call.fd, call.fn, call.buf, n, call.fn == SD_TLS_GO_WRITE ? SD_EGRESS : SD_INGRESS, 0);
 	return 0;
 }

@@ -105,12 +105,13 @@ class Program:
         return self._obj._own_link(ptr, f"attach {self.name} ({self.section})")
 
     def attach_uprobe(self, binary: str, func_name: str | None, retprobe: bool = False, pid: int = -1,
-                      offset: int = 0) -> Link:
+                      offset: int = 0, cookie: int = 0) -> Link:
         """Attach at the entry (or return) of ``func_name`` in the ELF file ``binary``; libbpf
         finds the symbol's file offset. With ``func_name`` None, at the file offset ``offset``
-        (a function the file does not name). pid -1: every process that maps the file, now
-        or later (the probe is on the file's inode)."""
-        opts = lb.bpf_uprobe_opts(sz=ctypes.sizeof(lb.bpf_uprobe_opts), retprobe=retprobe,
+        (a function the file does not name, or an instruction inside one). pid -1: every
+        process that maps the file, now or later (the probe is on the file's inode).
+        ``cookie``: what bpf_get_attach_cookie() gives the program at this probe."""
+        opts = lb.bpf_uprobe_opts(sz=ctypes.sizeof(lb.bpf_uprobe_opts), retprobe=retprobe, bpf_cookie=cookie,
                                   func_name=func_name.encode() if func_name else None)
         where = func_name or hex(offset)
         ptr = lb.lib().bpf_program__attach_uprobe_opts(self._ptr, pid, binary.encode(), 0 if func_name else offset,

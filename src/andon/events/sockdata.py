@@ -41,6 +41,7 @@ from ..bpf.varring import VarRingReader
 from ..errors import BpfError, NotSupported, PermissionDenied, UsageError
 from ..protocols.base import DataChunk, Direction, Protocol, Role
 from .live import boot_offset_ns, default_bpf_dir, possible_cpus
+from .tls import GO_PROGRAMS as GO_TLS_PROGRAMS
 from .tls import PROGRAMS as TLS_PROGRAMS
 from .tls import TlsAttacher
 
@@ -98,12 +99,14 @@ STAT_NAMES = (
     "tls_no_conn",
     "nocopy_chunks",
     "tls_bio_binds",
+    "go_tls_other_conn",
 )
 
 # the library call of a record with F_ENCRYPTED (field nr): SD_TLS_*
-# (5 and 6: OpenSSL's function that both of a pair call, probed in their place: see libssl_code)
+# (5 and 6: OpenSSL's function that both of a pair call, probed in their place: see libssl_code;
+# 7 and 8: Go's crypto/tls, see go_tls)
 TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex", 5: "SSL_read/_ex",
-             6: "SSL_write/_ex"}
+             6: "SSL_write/_ex", 7: "tls.(*Conn).Read", 8: "tls.(*Conn).Write"}
 
 # hook -> the programs in net/sockdata.bpf.o it loads and attaches, in the order tried: its
 # sys_exit entry point, and the process-exit program (the end of a process ends its connections)
@@ -355,6 +358,7 @@ class SockSource:
         self._next: dict[int, int] = {}
         self.tls: TlsAttacher | None = None
         self.tls_error = ""  # why TLS capture is off, when settings.tls asked for it
+        self.go_tls_error = ""  # why Go's crypto/tls is not probed while OpenSSL is
         self.undecodable = 0  # records the decoder did not recognise (counted, not raised)
         self.gap_bytes = 0  # bytes lost before delivered chunks, as seen from positions
         self.unread_bytes = 0  # ring bytes still there when the reader stopped (Observer.drain)
@@ -376,13 +380,15 @@ class SockSource:
             hooks = list(self.hooks) if self.settings.hook == "auto" else [self.settings.hook]
             for hook in hooks:
                 progs = self.hooks[hook]
-                # with the uprobe programs first; a kernel that refuses them still gets
-                # plain capture
-                for tls in (True, False) if self.settings.tls else (False,):
+                # with the uprobe programs first (OpenSSL's and Go's, then OpenSSL's alone:
+                # Go's need attach cookies); a kernel that refuses them still gets plain capture
+                levels = ((True, True), (True, False), (False, False)) if self.settings.tls else ((False, False),)
+                for tls, go in levels:
                     obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                     try:
                         for p in obj.programs():
-                            p.autoload = p.name in progs or (tls and p.name in TLS_PROGRAMS)
+                            p.autoload = (p.name in progs or (tls and p.name in TLS_PROGRAMS)
+                                          or (go and p.name in GO_TLS_PROGRAMS))
                         obj.set_rodata(cfg(tls))
                         obj.set_max_entries("sd_ring", ring)
                         obj.set_max_entries("sd_scratch", self._ncpu)
@@ -390,12 +396,15 @@ class SockSource:
                         obj.load()
                     except (BpfError, NotSupported) as e:
                         obj.close()
-                        errors.append(f"{hook}{' with TLS uprobes' if tls else ''}: {e}")
-                        log.info("%s%s unavailable (%s)", hook, " with TLS uprobes" if tls else "", e)
+                        what = " with Go's and OpenSSL's TLS uprobes" if go else " with TLS uprobes" if tls else ""
+                        errors.append(f"{hook}{what}: {e}")
+                        log.info("%s%s unavailable (%s)", hook, what, e)
                         continue
                     self._obj, self.hook, self._progs = obj, f"{hook}/sys_exit", progs
                     if self.settings.tls and not tls:
                         self.tls_error = errors[-1]
+                    elif self.settings.tls and not go:
+                        self.go_tls_error = errors[-1]
                     break
                 if self._obj is not None:
                     break
@@ -418,7 +427,8 @@ class SockSource:
 
     def _start_tls(self) -> None:
         assert self._obj is not None
-        tls = TlsAttacher(self._obj, self.settings.tls_rescan_s, shared=self.settings.tls_shared)
+        tls = TlsAttacher(self._obj, self.settings.tls_rescan_s, shared=self.settings.tls_shared,
+                          go=not self.go_tls_error)
         try:
             tls.start()
         except NotSupported as e:

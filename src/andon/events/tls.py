@@ -12,8 +12,10 @@ distinct files:
   ``/proc/<pid>/root`` so that a container's (or any other mount namespace's) own copy is
   the file attached. Each file is attached once, keyed by (st_dev, st_ino);
 * every executable that has OpenSSL linked in and exports it (node's official and
-  NodeSource builds): ``/proc/<pid>/exe`` of each new pid is looked at once per file
-  (``libssl_code.exports_openssl``), at start and at each rescan.
+  NodeSource builds), and every Go executable with crypto/tls in it (``go_tls``: Go
+  programs carry their own TLS): ``/proc/<pid>/exe`` of each new pid is looked at once per
+  file (``libssl_code.exports_openssl``, ``go_tls.go_tls``), at start, at each rescan, and
+  at the first exec of a file (the sensor's exec record).
 
 :meth:`TlsAttacher.on_mapped` reads one process's maps the moment the sensor says it
 mapped a file named ``libssl.so.*`` or ``libssl-*`` executable (``SD_REC_LIB``, from its ``mmap(2)`` at
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from ..bpf.object import BpfObject, Link
 from ..errors import BpfError, NotSupported
+from .go_tls import GoTls, GoTlsError, go_tls
 from .libssl_code import exports_openssl, shared_calls, symbol_offsets
 
 log = logging.getLogger("andon.tls")
@@ -66,6 +69,12 @@ SHARED_PROBES = {
 RET_PROG = "sockdata_ssl_ret"
 PROGRAMS = (frozenset(p for pair in PROBES.values() for p in pair)
             | {p for _, progs in SHARED_PROBES.values() for p in progs.values()})
+# Go's crypto/tls: the entry programs, and the one at every ret of either function. Loaded
+# apart from the others (they need bpf_get_attach_cookie, Linux 5.15+ for uprobes)
+GO_PROBES = {"read": "sockdata_go_tls_read", "write": "sockdata_go_tls_write"}
+GO_RET_PROG = "sockdata_go_tls_ret"
+GO_PROGRAMS = frozenset(GO_PROBES.values()) | {GO_RET_PROG}
+GO_FUNCTIONS = ("tls.(*Conn).Read", "tls.(*Conn).Write")
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
 MAPPED_MAX = 65536
@@ -96,6 +105,7 @@ class LibFile:
     shared: dict[str, int] = field(default_factory=dict)  # "read"/"write" -> file offset of the shared
     # function probed in place of that pair (empty: the exported functions are probed)
     lag_ms: float | None = None  # from its mapping to its probes on; None: found by a scan
+    go: str = ""  # a Go executable's Go version: its crypto/tls is probed (go_tls), not OpenSSL
     links: list[Link] = field(default_factory=list, repr=False)
 
 
@@ -103,9 +113,10 @@ class TlsAttacher:
     """Owns the uprobe links of one loaded sensor object; close() detaches them."""
 
     def __init__(self, obj: BpfObject, rescan_s: float = 2.0, proc: Path = Path("/proc"),
-                 host_dirs: tuple[str, ...] = HOST_DIRS, shared: bool = True) -> None:
+                 host_dirs: tuple[str, ...] = HOST_DIRS, shared: bool = True, go: bool = True) -> None:
         self._obj = obj
         self.shared = shared  # probe a pair's shared function where one is found (libssl_code)
+        self.go = go  # the Go programs are loaded: probe Go executables' crypto/tls
         self.rescan_s = rescan_s
         self._proc = proc
         self._host_dirs = host_dirs
@@ -113,7 +124,9 @@ class TlsAttacher:
         self.failed: dict[tuple[int, int], str] = {}  # files that could not be probed, and why
         self._seen: set[int] = set()
         self._mapped: set[tuple[int, int]] = set()  # (pid, inode) of the mapping records handled
-        self._exes: dict[tuple[int, int], bool] = {}  # executables looked at: whether they export OpenSSL
+        # executables looked at: "openssl" (exports it), "go" (a Go program with crypto/tls), ""
+        self._exes: dict[tuple[int, int], str] = {}
+        self._go: dict[tuple[int, int], GoTls] = {}  # the probes found for a "go" executable, until probed
         self._next_scan = 0.0
         self.scans = 0
         self.maps_read = 0  # /proc/<pid>/maps files read, over all scans
@@ -209,8 +222,9 @@ class TlsAttacher:
         return [f"{self._proc}/{pid}/root{p}" for p in sorted(found)]
 
     def _exe_of(self, pid: int) -> list[str]:
-        """The process's executable, when it has OpenSSL linked in and exports it (node): each
-        executable file is looked at once (by device and inode)."""
+        """The process's executable, when it has OpenSSL linked in and exports it (node), or is
+        a Go program with crypto/tls: each executable file is looked at once (by device and
+        inode)."""
         exe = f"{self._proc}/{pid}/exe"
         try:
             st = os.stat(exe)
@@ -220,14 +234,31 @@ class TlsAttacher:
         key = (st.st_dev, st.st_ino)
         if key in self.files or key in self.failed:
             return []
-        has = self._exes.get(key)
-        if has is None:
+        kind = self._exes.get(key)
+        if kind is None:
             if len(self._exes) >= EXES_MAX:
                 self._exes.clear()
-            has = self._exes[key] = exports_openssl(exe)
-        if not has or target.endswith(" (deleted)"):
+                self._go.clear()
+            kind = self._exes[key] = self._exe_kind(exe, key)
+        if not kind or target.endswith(" (deleted)"):
             return []
         return [f"{self._proc}/{pid}/root{target}"]
+
+    def _exe_kind(self, exe: str, key: tuple[int, int]) -> str:
+        if exports_openssl(exe):
+            return "openssl"
+        if not self.go:
+            return ""
+        try:
+            found = go_tls(exe)
+        except GoTlsError as e:
+            self.failed[key] = f"Go's crypto/tls: {e}"
+            log.info("%s not probed: %s", exe, self.failed[key])
+            return ""
+        if found is None:
+            return ""
+        self._go[key] = found
+        return "go"
 
     # -- probing ---------------------------------------------------------------------------
     def _attach(self, path: str, pid: int) -> LibFile | None:
@@ -269,6 +300,12 @@ class TlsAttacher:
 
     def _probe(self, target: str, lib: LibFile) -> LibFile | None:
         key = (lib.dev, lib.ino)
+        if self._exes.get(key) == "go":
+            try:
+                found = self._go.pop(key, None) or go_tls(target)
+            except GoTlsError as e:
+                found, self.failed[key] = None, f"Go's crypto/tls: {e}"
+            return self._probe_go(target, lib, found) if found else None
         done: list[str] = []
         why = ""
         found = shared_calls(target) if self.shared else None
@@ -308,6 +345,33 @@ class TlsAttacher:
                  "".join(f"; {k} at its shared function, offset {o:#x}" for k, o in lib.shared.items()), lib.pid)
         return lib
 
+    def _probe_go(self, target: str, lib: LibFile, found: GoTls) -> LibFile | None:
+        """Go's crypto/tls: each function's ret probes first (an entry without them would leave
+        its call in the map until the LRU takes it), then its entry."""
+        key = (lib.dev, lib.ino)
+        why = ""
+        for kind, prog in GO_PROBES.items():
+            fn = getattr(found, kind)
+            try:
+                for off in fn.rets:
+                    lib.links.append(self._obj.program(GO_RET_PROG).attach_uprobe(target, None, offset=off))
+                lib.links.append(self._obj.program(prog).attach_uprobe(target, None, offset=fn.entry, cookie=fn.cookie))
+            except (NotSupported, BpfError) as e:
+                why = str(e)
+                break
+        if why:
+            for link in lib.links:
+                link.destroy()
+            lib.links.clear()
+            self.failed[key] = why
+            log.info("Go program %s not probed: %s", lib.path, why)
+            return None
+        lib.functions, lib.go = GO_FUNCTIONS, found.version
+        self.files[key] = lib
+        log.info("probing %s (Go %s: %s at %d rets) for pid %d and every other process running it", lib.path,
+                 found.version, ", ".join(GO_FUNCTIONS), len(found.read.rets) + len(found.write.rets), lib.pid)
+        return lib
+
     def close(self) -> None:
         for lib in self.files.values():
             for link in lib.links:
@@ -316,4 +380,4 @@ class TlsAttacher:
         self.files.clear()
 
 
-__all__ = ["TlsAttacher", "LibFile", "PROGRAMS", "LIBSSL"]
+__all__ = ["TlsAttacher", "LibFile", "PROGRAMS", "GO_PROGRAMS", "LIBSSL"]

@@ -1,0 +1,248 @@
+"""Where in a Go executable the TLS uprobes go: crypto/tls.(*Conn).Read and .Write.
+
+Go never calls OpenSSL: every Go program carries its own TLS, in its own executable, so a
+Go service's HTTPS (or any TLS it speaks) is probed in that file. What is needed, from the
+file alone:
+
+* the two functions, by name in the ELF symbol table (``.symtab``; Go keeps it unless the
+  program was linked with ``-s``, and then there is nothing to find: ``None``);
+* the Go version, from the build information Go writes into every executable: the probes
+  read arguments and results from registers, Go's register ABI, which is Go 1.17+ on amd64;
+* each function's entry probe: at its first instruction, or, where the function starts with
+  Go's stack check (``cmp`` against the goroutine's stack guard, then ``jbe`` to grow the
+  stack), at that ``jbe``: the kernel emulates a conditional jump, and single-steps a
+  ``cmp`` out of line (a second trap, ~10 us a hit on this machine). The check writes no
+  register the probe reads;
+* every ``ret`` in each function: the return probes. Not a uretprobe: that replaces the
+  return address on the goroutine's stack, and Go's runtime, which walks and moves those
+  stacks, dies on it. The code is decoded instruction by instruction (capstone), from the
+  symbol's start to its end; a function that does not decode whole is not probed;
+* the run-time type words (itabs) of ``*net.TCPConn`` and ``*net.UnixConn`` as a
+  ``net.Conn``: the entry program reads the socket's fd through the Conn only when its
+  wrapped connection is one of those two (anything else is counted, not guessed at). They
+  go to the program in the probe's cookie as distances from the probed instruction, so
+  the same cookie holds wherever the executable is loaded.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+
+from .libssl_code import ElfError, _offset
+
+SHT_SYMTAB = 2
+ET_EXEC, ET_DYN = 2, 3
+READ = "crypto/tls.(*Conn).Read"
+WRITE = "crypto/tls.(*Conn).Write"
+# the itab symbol's name: go.itab.* up to Go 1.19, go:itab.* from 1.20
+ITABS = {kind: (f"go.itab.*net.{kind}Conn,net.Conn", f"go:itab.*net.{kind}Conn,net.Conn") for kind in ("TCP", "Unix")}
+BUILDINFO_MAGIC = b"\xff Go buildinf:"
+MIN_GO = (1, 17)  # the register ABI on amd64
+FUNC_MAX = 1 << 16  # bytes of a function decoded, at most
+
+
+class GoTlsError(ValueError):
+    """The file is a Go program with crypto/tls, but it cannot be probed (why)."""
+
+
+@dataclass(frozen=True)
+class Func:
+    """One probed function: file offsets of its entry probe and of each ret, and the cookie
+    of its entry probe (the two itabs' distances from that probe's address)."""
+
+    entry: int
+    rets: tuple[int, ...]
+    cookie: int
+
+
+@dataclass(frozen=True)
+class GoTls:
+    version: str  # e.g. "go1.19.8"
+    read: Func
+    write: Func
+
+
+def go_version(data, buildinfo: int, loads: list[tuple[int, int, int]]) -> str | None:
+    """The Go version an executable was built with, from its ``.go.buildinfo`` (at file offset
+    ``buildinfo``): inline in the form Go 1.18+ writes, else (Go 1.13-1.17) through its
+    pointer to the version string, followed in the file with ``loads`` (its PT_LOAD
+    segments). None when it cannot be told."""
+    i = buildinfo
+    if data[i:i + 14] != BUILDINFO_MAGIC or i + 32 >= len(data):
+        return None
+    if data[i + 15] & 2:  # flags: strings inline, with varint lengths
+        n, p = _uvarint(data, i + 32)
+        return bytes(data[p:p + n]).decode("ascii", "replace") if 0 < n < 128 else None
+    if data[i + 14] != 8:
+        return None
+    (hdr,) = struct.unpack_from("<Q", data, i + 16)  # -> a Go string header (pointer, length)
+    off = _offset(loads, hdr)
+    if off is None:
+        return None
+    ptr, n = struct.unpack_from("<QQ", data, off)
+    off = _offset(loads, ptr)
+    return bytes(data[off:off + n]).decode("ascii", "replace") if off is not None and 0 < n < 128 else None
+
+
+def _uvarint(data, p: int) -> tuple[int, int]:
+    n = shift = 0
+    for _ in range(10):
+        b = data[p]
+        p += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, p
+        shift += 7
+    raise GoTlsError("bad varint in the build information")
+
+
+def _version_tuple(v: str) -> tuple[int, int] | None:
+    if not v.startswith("go"):
+        return None  # "devel ..." builds: newer than any release
+    parts = v[2:].split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+
+
+def _elf(data) -> tuple[list[tuple[int, int, int]], list[tuple], dict[str, tuple]]:
+    """The PT_LOAD segments (vaddr, offset, filesz), the section headers, and the sections by name."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ElfError("not a 64-bit little-endian ELF file")
+    e_type, e_machine = struct.unpack_from("<HH", data, 0x10)
+    if e_machine != 62 or e_type not in (ET_EXEC, ET_DYN):
+        raise ElfError("not an x86-64 executable")
+    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
+    loads = []
+    for i in range(e_phnum):
+        p_type, _f, p_offset, p_vaddr, _pa, p_filesz = struct.unpack_from("<IIQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == 1:
+            loads.append((p_vaddr, p_offset, p_filesz))
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    named: dict[str, tuple] = {}
+    if 0 < e_shstrndx < e_shnum:
+        stroff, strsize = sections[e_shstrndx][4], sections[e_shstrndx][5]
+        for sh in sections:
+            if sh[0] < strsize:
+                end = data.find(b"\x00", stroff + sh[0], stroff + strsize)
+                if end > 0:
+                    named[bytes(data[stroff + sh[0]:end]).decode("ascii", "replace")] = sh
+    return loads, sections, named
+
+
+def _symbols(data, sections: list[tuple], names: set[str]) -> dict[str, tuple[int, int]]:
+    """name -> (address, size) of the wanted names in ``.symtab``. The names are found in the
+    string table first (one search each), then the table is scanned for those offsets only."""
+    import numpy as np
+
+    out: dict[str, tuple[int, int]] = {}
+    for sh in sections:
+        if sh[1] != SHT_SYMTAB:
+            continue
+        off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
+        if entsize != 24 or link >= len(sections):
+            raise ElfError("odd symbol table")
+        stroff, strsize = sections[link][4], sections[link][5]
+        strtab = data[stroff:stroff + strsize]
+        at: dict[int, str] = {}
+        for name in names:
+            j = strtab.find(b"\x00" + name.encode() + b"\x00")
+            if j >= 0:
+                at[j + 1] = name
+        if not at:
+            return out
+        dt = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"),
+                       ("size", "<u8")])
+        syms = np.frombuffer(data, dtype=dt, count=size // 24, offset=off)
+        for k in np.nonzero(np.isin(syms["name"], np.fromiter(at, dtype=np.uint32)))[0]:
+            s = syms[k]
+            if s["shndx"]:
+                out[at[int(s["name"])]] = (int(s["value"]), int(s["size"]))
+    return out
+
+
+def _decode(code: bytes, vaddr: int) -> tuple[int, tuple[int, ...]]:
+    """The entry probe's address and every ret's, in the function at ``vaddr`` (``code``: all
+    its bytes)."""
+    try:
+        import capstone
+    except ImportError as e:  # a dependency: pyproject.toml
+        raise GoTlsError("the capstone module is not installed") from e
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    insns = list(md.disasm_lite(code, vaddr))
+    end = insns[-1][0] + insns[-1][1] if insns else vaddr
+    # the function's last bytes may be int3 padding up to the next one; all else must decode
+    if end - vaddr < len(code) and code[end - vaddr:].strip(b"\xcc"):
+        raise GoTlsError(f"function at {vaddr:#x} did not decode whole ({end - vaddr} of {len(code)} bytes)")
+    rets = tuple(a for a, _size, mnem, _ops in insns if mnem == "ret")
+    if not rets:
+        raise GoTlsError(f"function at {vaddr:#x} has no ret")
+    entry = vaddr
+    # Go's stack check: cmp 0x10(%r14),%rsp; jbe, or lea -N(%rsp),%r12; cmp 0x10(%r14),%r12; jbe
+    head = [(a, m, ops.replace(" ", "")) for a, _s, m, ops in insns[:3]]
+    if len(head) >= 2 and head[0][1] == "cmp" and "[r14+0x10]" in head[0][2] and head[1][1] == "jbe":
+        entry = head[1][0]
+    elif (len(head) == 3 and head[0][1] == "lea" and head[0][2].startswith("r12,[rsp") and head[1][1] == "cmp"
+          and "[r14+0x10]" in head[1][2] and head[2][1] == "jbe"):
+        entry = head[2][0]
+    return entry, rets
+
+
+def _cookie(entry: int, tcp: int, unix: int | None) -> int:
+    def dist(target: int) -> int:
+        d = target - entry
+        if not -(1 << 31) <= d < (1 << 31):
+            raise GoTlsError("the itabs are more than 2 GiB from the code")
+        return d & 0xFFFFFFFF
+
+    return dist(tcp) | dist(unix if unix is not None else tcp) << 32
+
+
+def go_tls_of(data) -> GoTls | None:
+    """The probes for a Go executable's crypto/tls (``data``: the file, bytes or an mmap). None
+    for a file that is not a Go program using crypto/tls over sockets; GoTlsError for one that
+    is but cannot be probed."""
+    loads, sections, named = _elf(data)
+    if ".go.buildinfo" not in named:
+        return None  # not a Go program
+    want = {READ, WRITE} | {n for names in ITABS.values() for n in names}
+    syms = _symbols(data, sections, want)
+    if READ not in syms or WRITE not in syms:
+        return None  # no crypto/tls in it (or stripped of its symbols)
+    version = go_version(data, named[".go.buildinfo"][4], loads)
+    if version is None:
+        raise GoTlsError("cannot tell which Go built it: the probes read Go's register ABI, Go 1.17+")
+    vt = _version_tuple(version)
+    if vt is not None and vt < MIN_GO:
+        raise GoTlsError(f"built with {version}: the probes read Go's register ABI, Go 1.17+")
+    itab = {kind: next((syms[n][0] for n in names if n in syms), None) for kind, names in ITABS.items()}
+    if itab["TCP"] is None:
+        if itab["Unix"] is None:
+            return None  # TLS, but never over a socket of the net package
+        itab["TCP"] = itab["Unix"]
+    funcs = []
+    for name in (READ, WRITE):
+        vaddr, size = syms[name]
+        off = _offset(loads, vaddr)
+        if off is None or not 0 < size <= FUNC_MAX or _offset(loads, vaddr + size - 1) is None:
+            raise GoTlsError(f"{name} is not in the file's code")
+        entry, rets = _decode(bytes(data[off:off + size]), vaddr)
+        funcs.append(Func(entry - vaddr + off, tuple(r - vaddr + off for r in rets),
+                          _cookie(entry, itab["TCP"], itab["Unix"])))
+    return GoTls(version, funcs[0], funcs[1])
+
+
+def go_tls(path: str) -> GoTls | None:
+    """go_tls_of the file at ``path``; None also for a file that cannot be read or is no ELF."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            return go_tls_of(data)
+    except (OSError, ElfError, struct.error, IndexError):
+        return None
+
+
+__all__ = ["GoTls", "Func", "GoTlsError", "go_tls", "go_tls_of", "go_version"]

@@ -1,0 +1,3 @@
+module andon.test/tlsdemo
+
+go 1.19

@@ -1,0 +1,149 @@
+// tlsdemo: a Go HTTPS server and client for andon's tests of Go's crypto/tls.
+//
+//	tlsdemo serve ADDR CERT KEY    serve /, /size/<n> and /status/<code> over TLS until killed
+//	tlsdemo get URL N              N GETs of URL on one kept-alive connection; prints each status and body size
+//	tlsdemo self N                 a server on 127.0.0.1 and N GETs to it from the same process
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func handler(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/size/"):
+		n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/size/"))
+		if err != nil || n < 0 || n > 1<<20 {
+			http.Error(w, "bad size", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write([]byte(strings.Repeat("x", n)))
+	case strings.HasPrefix(r.URL.Path, "/status/"):
+		code, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/status/"))
+		if err != nil || code < 200 || code > 599 {
+			code = http.StatusBadRequest
+		}
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "status %d\n", code)
+	case r.URL.Path == "/":
+		w.Write([]byte("hello from go\n"))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func client() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: false,
+		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
+		MaxIdleConns:      1,
+	}}
+}
+
+func get(url string, n int) error {
+	c := client()
+	for i := 0; i < n; i++ {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d %d\n", resp.StatusCode, len(body))
+	}
+	return nil
+}
+
+func serverOn(ln net.Listener, cert tls.Certificate) *http.Server {
+	srv := &http.Server{Handler: http.HandlerFunc(handler),
+		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}},
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
+	go srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+	return srv
+}
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve ADDR CERT KEY | get URL N | self N")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		var cert tls.Certificate
+		if len(os.Args) >= 5 {
+			cert, err = tls.LoadX509KeyPair(os.Args[3], os.Args[4])
+		} else {
+			cert = selfSigned()
+		}
+		if err == nil {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", os.Args[2]); err == nil {
+				serverOn(ln, cert)
+				select {}
+			}
+		}
+	case "get":
+		n := 1
+		if len(os.Args) > 3 {
+			n, _ = strconv.Atoi(os.Args[3])
+		}
+		err = get(os.Args[2], n)
+	case "self":
+		n, _ := strconv.Atoi(os.Args[2])
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
+			serverOn(ln, selfSigned())
+			fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+			os.Stdout.Sync()
+			if len(os.Args) > 3 { // wait for a line on stdin before the requests (the tracer attaches)
+				io.ReadFull(os.Stdin, make([]byte, 1))
+			}
+			err = get(fmt.Sprintf("https://127.0.0.1:%d/size/100", ln.Addr().(*net.TCPAddr).Port), n)
+		}
+	default:
+		err = fmt.Errorf("unknown mode %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tlsdemo:", err)
+		os.Exit(1)
+	}
+}
