@@ -15,6 +15,7 @@ Servers (each yields a :class:`Server` with ``host``, ``port``, ``pid``, ``workd
 
     nginx(sizes=..., workers=1, tls=False)   static files /, /size/<n>; workers are children
     python_http(tls=False, netns=None)       threaded keep-alive HTTP/1.1 (this file, run as a script)
+    go_https()                               Go's net/http over Go's own crypto/tls (tests/go/tlsdemo)
     postgres()                               initdb --auth=trust, user postgres, no password
     mariadb()                                root@localhost without password, TCP and a unix socket
     redis()                                  no persistence
@@ -584,6 +585,25 @@ def node_http(*, port: int | None = None, tls: bool = False) -> contextlib.Abstr
             info["cert"] = cert
         return _serve("node", argv, host=host, port=p, workdir=d, probe=_http_probe, info=info)
     return _with_retry(_prepared("node", None, build), port)
+
+
+GO_DEMO = Path(__file__).resolve().parents[1] / "build/go/tlsdemo"  # tests/go/tlsdemo, built by `make test-go`
+
+
+def go_https(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
+    """A Go HTTPS server (tests/go/tlsdemo: net/http over Go's own crypto/tls, no OpenSSL; comm
+    ``tlsdemo``), HTTP/1.1 only: GET ``/size/<n>``, ``/status/<code>``, ``/`` on 127.0.0.1,
+    with a self-signed cert (``info["cert"]``). ``GO_DEMO get URL N`` is its client."""
+    host = "127.0.0.1"
+    if not GO_DEMO.exists():
+        raise ServerError(f"{GO_DEMO} is not built: make test-go (needs golang-go, scripts/setup.sh)")
+
+    def build(p: int, d: Path):
+        cert, key = self_signed_cert(d, ip=host)
+        argv = [str(GO_DEMO), "serve", f"{host}:{p}", str(cert), str(key)]
+        return _serve("go-https", argv, host=host, port=p, workdir=d, probe=_http_probe,
+                      info={"tls": True, "cert": cert})
+    return _with_retry(_prepared("go-https", None, build), port)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------

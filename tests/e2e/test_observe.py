@@ -360,6 +360,46 @@ def test_node_https_server_and_client_both_ends(agent: ObserveAgent, tmp_path: P
     _made("http_events", len(rows))
 
 
+def test_go_https_server_with_curl_and_a_go_client(agent: ObserveAgent):
+    """A Go HTTPS server (net/http over Go's own crypto/tls: no OpenSSL in it) and two clients:
+    curl (OpenSSL) and a Go client on one kept-alive connection. Every request is a row at
+    both ends, `encrypted`, with the Go ends found in the Go executable (go_tls). The server
+    is probed at its exec; the test first waits until a request shows at its end."""
+    if not S.GO_DEMO.exists():
+        pytest.skip(f"{S.GO_DEMO} is not built: make test-go")
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    with S.go_https() as srv:
+        deadline = time.monotonic() + WAIT_S
+        while not agent.sql(f"SELECT 1 FROM http_events WHERE {_on_port(srv.port, t0)} AND trace_role = {SERVER} "
+                            f"AND req_path LIKE '/warm%t={tag}'"):
+            assert time.monotonic() < deadline, "the Go server was never traced: " + agent.log_tail()
+            S.curl(srv.url(f"/warm?t={tag}"), cacert=srv.info["cert"])
+            time.sleep(0.5)
+        curl_paths = [f"/size/{n}?t={tag}" for n in (5, 77)] + [f"/status/503?t={tag}"]
+        r = S.curl([srv.url(p) for p in curl_paths], cacert=srv.info["cert"])
+        assert (r.statuses, r.connects) == ([200, 200, 503], 1)
+        go_path = f"/size/37?t={tag}"
+        got = subprocess.run([str(S.GO_DEMO), "get", srv.url(go_path), "4"], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0 and got.stdout.split("\n")[:4] == ["200 37"] * 4, got.stderr
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(srv.port, t0)} "
+                               f"AND req_path NOT LIKE '/warm%' AND req_path LIKE '%t={tag}' ORDER BY time_",
+                               2 * 7, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (7, 7), agent.log_tail()
+    want = [(p, 503 if "503" in p else 200) for p in curl_paths] + [(go_path, 200)] * 4
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"]) for x in side] == [("GET", p, c) for p, c in want]
+        assert all(x["encrypted"] for x in side)
+        assert [x["resp_body_size"] for x in side if x["req_path"] == go_path] == [37] * 4
+        assert [x["resp_body"] for x in side if "503" in x["req_path"]] == ["status 503\n"]
+    assert {x["comm"] for x in servers_} == {"tlsdemo"}
+    assert [x["comm"] for x in clients] == ["curl"] * 3 + ["tlsdemo"] * 4
+    assert len({x["local_port"] for x in clients if x["comm"] == "tlsdemo"}) == 1, "one kept-alive connection"
+    # both ends on this host: each server row names its caller's process
+    assert [x["remote_comm"] for x in servers_] == ["curl"] * 3 + ["tlsdemo"] * 4
+    _made("http_events", len(rows))
+
+
 ASYNCPG_TLS = r"""
 import asyncio, json, sys
 import asyncpg

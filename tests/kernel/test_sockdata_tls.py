@@ -911,3 +911,127 @@ def test_podman_container_with_its_own_libssl(shared, cert, tmp_path):
     assert plain(client, Direction.EGRESS) == REQ == plain(server, Direction.INGRESS)
     assert plain(server, Direction.EGRESS) == RESP == plain(client, Direction.INGRESS)
     assert all(r.encrypted and r.protocol == Protocol.HTTP for r in data(recs))
+
+
+# -- Go's crypto/tls (src/andon/events/go_tls.py) ------------------------------------------
+
+GO_DEMO = Path(__file__).resolve().parents[2] / "build/go/tlsdemo"  # tests/go/tlsdemo, built by `make test-go`
+GO_READ, GO_WRITE = 7, 8  # SD_TLS_GO_*
+
+
+def go_demo(src: SockSource, *args: str, exe: Path = GO_DEMO) -> subprocess.Popen:
+    """tlsdemo ``args`` ``wait``: started, its pid traced, waiting for a byte on stdin."""
+    if not exe.exists():
+        pytest.skip(f"{exe} is not built: make test-go (needs golang-go, scripts/setup.sh)")
+    p = subprocess.Popen([str(exe), *args, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    src.add_pid(p.pid)
+    return p
+
+
+def until_probed(src: SockSource, exe: Path, timeout: float = 10.0) -> list:
+    """Read (and so rescan) until the Go executable ``exe`` is probed; the records read."""
+    assert src.tls is not None
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while not any(f.go and f.path.endswith(f"root{exe}") for f in src.tls.files.values()):
+        assert time.monotonic() < deadline, f"{exe} not probed: {src.tls.failed}"
+        out.extend(src.read(0.05))
+    return out
+
+
+def run_gated(src: SockSource, p: subprocess.Popen, timeout: float = 20.0) -> list:
+    """Let the gated child go; its records until it exits (read while it runs)."""
+    assert p.stdin is not None
+    p.stdin.write(b"x")
+    p.stdin.close()
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        out.extend(r for r in src.read(0.05) if r.pid == p.pid)
+    out.extend(r for r in src.read(0.2) if r.pid == p.pid)
+    err = p.stderr.read() if p.stderr else b""
+    assert p.wait(timeout=5) == 0, err
+    return out
+
+
+def test_go_https_client_and_server_in_one_program(shared):
+    """Go's net/http over Go's own crypto/tls (no OpenSSL anywhere), a kept-alive client and
+    its server in one process: three GETs. Both ends' plaintext, exactly, from the probes on
+    tls.(*Conn).Read and Write, on the right sockets, at contiguous positions; no ciphertext
+    delivered, no call without its socket."""
+    src = shared
+    before = src.stats()
+    p = go_demo(src, "self", "3")
+    until_probed(src, GO_DEMO)
+    recs = run_gated(src, p)
+    after = src.stats()
+    by = conns(recs)
+    assert set(by) == {Role.CLIENT, Role.SERVER}
+    cli, srv = by[Role.CLIENT], by[Role.SERVER]
+    assert all(r.encrypted and r.flags & F_ENCRYPTED for r in data(recs)) and data(recs)
+    assert {r.nr for r in data(recs, Direction.EGRESS)} == {GO_WRITE}
+    assert {r.nr for r in data(recs, Direction.INGRESS)} == {GO_READ}
+    reqs, resps = plain(cli, Direction.EGRESS), plain(srv, Direction.EGRESS)
+    assert plain(srv, Direction.INGRESS) == reqs and plain(cli, Direction.INGRESS) == resps
+    port = by[Role.SERVER][0].lport
+    assert reqs.count(b"GET /size/100 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % port) == 3
+    assert reqs.count(b"\r\n\r\n") == 3 and reqs.endswith(b"\r\n\r\n")
+    assert resps.count(b"HTTP/1.1 200 OK\r\n") == 3 and resps.count(b"Content-Length: 100\r\n") == 3
+    assert resps.count(b"\r\n\r\n" + b"x" * 100) == 3 and resps.endswith(b"x" * 100)
+    for rs in (cli, srv):
+        for d in (Direction.EGRESS, Direction.INGRESS):
+            pos = [(r.pos, r.size) for r in data(rs, d)]
+            assert [a for a, _ in pos] == [sum(s for _, s in pos[:i]) for i in range(len(pos))]
+    assert after["tls_chunks"] - before["tls_chunks"] == len(data(recs)) >= 12
+    assert after["tls_no_conn"] == before["tls_no_conn"]
+    assert after["go_tls_other_conn"] == before["go_tls_other_conn"]
+
+
+def test_go_tls_over_something_that_is_no_socket_is_counted_not_guessed(shared):
+    """TLS over a net.Pipe: the Conn wraps no *net.TCPConn or *net.UnixConn, so there is no fd
+    to read. Each call is counted (go_tls_other_conn), none is delivered as some socket's."""
+    src = shared
+    before = src.stats()
+    p = go_demo(src, "pipe", "3")
+    until_probed(src, GO_DEMO)
+    recs = run_gated(src, p)
+    after = src.stats()
+    assert data(recs) == []
+    # 3 pings: the client's Write and Read, the server's Read and Write, each at least once
+    assert after["go_tls_other_conn"] - before["go_tls_other_conn"] >= 12
+    assert after["tls_chunks"] == before["tls_chunks"]
+
+
+def test_a_go_program_new_to_the_sensor_is_probed_at_its_exec(cert, tmp_path):
+    """A copy of the Go program (a file the sensor has not seen) exec'd by a traced shell, no
+    rescan: its exec record has the reader find its crypto/tls and probe it, and its first
+    requests, gated until then, are captured."""
+    if not GO_DEMO.exists():
+        pytest.skip(f"{GO_DEMO} is not built: make test-go")
+    copy = tmp_path / "tlsdemo"
+    shutil.copy2(GO_DEMO, copy)
+    src = SockSource(SockSettings(hook="tp_btf", pids=frozenset(), tls_rescan_s=3600.0))
+    src.start()
+    try:
+        if src.tls is None:
+            pytest.skip(f"TLS uprobes unavailable: {src.tls_error}")
+        scans = src.tls.scans
+        sh = subprocess.Popen(["sh", "-c", 'read go; exec "$0" self 2 wait', str(copy)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        src.add_pid(sh.pid)
+        assert sh.stdin is not None
+        sh.stdin.write(b"go\n")
+        sh.stdin.flush()
+        until_probed(src, copy)
+        recs = run_gated(src, sh)
+        assert src.tls.scans == scans, "a rescan ran: the exec record is not what found the program"
+        found = [f for f in src.tls.files.values() if f.path.endswith(f"root{copy}")]
+        stats = src.stats()
+    finally:
+        src.close()
+    assert len(found) == 1 and found[0].pid == sh.pid and found[0].go.startswith("go1.")
+    assert found[0].functions == ("tls.(*Conn).Read", "tls.(*Conn).Write")
+    assert stats["tls_exes_new"] >= 1
+    reqs = b"".join(r.data for r in data(recs, Direction.INGRESS))
+    assert reqs.count(b"GET /size/100 HTTP/1.1\r\n") == 2 and len(data(recs)) == 8

@@ -138,3 +138,50 @@ def test_exports_openssl_reads_the_dynamic_symbols(tmp_path):
     (tmp_path / "x").write_bytes(b"\x7fELF" + bytes(100))
     assert not exports_openssl(str(tmp_path / "x"))
     assert not exports_openssl(str(tmp_path / "missing"))
+
+
+def test_a_go_program_with_crypto_tls_is_probed_once_per_file_and_a_refused_one_says_why(tmp_path, monkeypatch):
+    """Go programs carry their own TLS: an executable that go_tls finds probes in is tried (as
+    node is), each file looked at once; one it refuses (a Go before the register ABI) is
+    remembered as failed with the reason, and not looked at again; with the Go programs not
+    loaded (go=False) no executable is read for Go at all."""
+    from andon.events.go_tls import Func, GoTls, GoTlsError
+
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    good, old, plain = bins / "svc", bins / "legacy", bins / "cat"
+    for f in (good, old, plain):
+        f.write_bytes(b"elf")
+    proc = tmp_path / "proc"
+    pids = {PID: good, PID + 1: good, PID + 2: old, PID + 3: plain}
+    for pid, target in pids.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "maps").write_text("")
+        (proc / str(pid) / "exe").symlink_to(target)
+    found = GoTls("go1.21.0", Func(10, (20,), 0), Func(30, (40,), 0))
+    looked: list[str] = []
+
+    def fake_go_tls(p: str):
+        looked.append(Path(p).resolve().name)
+        name = Path(p).resolve()
+        if name == old:
+            raise GoTlsError("built with go1.16.15: the probes read Go's register ABI, Go 1.17+")
+        return found if name == good else None
+
+    monkeypatch.setattr(tls, "exports_openssl", lambda p: False)
+    monkeypatch.setattr(tls, "go_tls", fake_go_tls)
+    a, tried = _attacher(proc, monkeypatch)
+    a.rescan()
+    assert tried == [(f"{proc}/{pid}/root{good}", pid) for pid in (PID, PID + 1)]
+    assert sorted(looked) == ["cat", "legacy", "svc"]  # once per file
+    assert list(a.failed.values()) == ["Go's crypto/tls: built with go1.16.15: the probes read Go's register ABI, "
+                                       "Go 1.17+"]
+    assert a._go[(good.stat().st_dev, good.stat().st_ino)] is found  # handed to the probing
+    a.rescan()
+    assert len(tried) == 2 and len(looked) == 3
+
+    b = TlsAttacher(obj=None, proc=proc, host_dirs=(), go=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(b, "_attach", lambda path, pid: tried.append((path, pid)))
+    looked.clear()
+    b.rescan()
+    assert looked == [] and len(tried) == 2

@@ -2,7 +2,10 @@
 //
 //	tlsdemo serve ADDR CERT KEY    serve /, /size/<n> and /status/<code> over TLS until killed
 //	tlsdemo get URL N              N GETs of URL on one kept-alive connection; prints each status and body size
-//	tlsdemo self N                 a server on 127.0.0.1 and N GETs to it from the same process
+//	tlsdemo self N [wait]          a server on 127.0.0.1 and N GETs to it from the same process
+//	tlsdemo pipe N [wait]          N pings echoed over TLS on a net.Pipe (a net.Conn with no socket)
+//
+// wait: read a byte from stdin before the first request (a tracer attaches meanwhile).
 package main
 
 import (
@@ -100,6 +103,41 @@ func serverOn(ln net.Listener, cert tls.Certificate) *http.Server {
 	return srv
 }
 
+func wait() {
+	if os.Args[len(os.Args)-1] == "wait" {
+		os.Stdout.Sync()
+		io.ReadFull(os.Stdin, make([]byte, 1))
+	}
+}
+
+func pipe(n int) error {
+	a, b := net.Pipe()
+	srv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
+	cli := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			k, err := srv.Read(buf)
+			if err != nil {
+				return
+			}
+			srv.Write(buf[:k])
+		}
+	}()
+	wait()
+	buf := make([]byte, 4)
+	for i := 0; i < n; i++ {
+		if _, err := cli.Write([]byte("ping")); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(cli, buf); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("%d pings\n", n)
+	return nil
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve ADDR CERT KEY | get URL N | self N")
@@ -133,12 +171,12 @@ func main() {
 		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
 			serverOn(ln, selfSigned())
 			fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
-			os.Stdout.Sync()
-			if len(os.Args) > 3 { // wait for a line on stdin before the requests (the tracer attaches)
-				io.ReadFull(os.Stdin, make([]byte, 1))
-			}
+			wait()
 			err = get(fmt.Sprintf("https://127.0.0.1:%d/size/100", ln.Addr().(*net.TCPAddr).Port), n)
 		}
+	case "pipe":
+		n, _ := strconv.Atoi(os.Args[2])
+		err = pipe(n)
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
