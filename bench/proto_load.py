@@ -18,6 +18,8 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
                   outside the library call names each call's connection  / paced.lua
     node-tls      a node HTTPS server (one thread; NodeSource's node exports its static OpenSSL,
                   probed in the executable), wrk -t2 -c16 on /size/1024  / paced.lua
+    go-tls        a Go HTTPS server (tests/go/tlsdemo: net/http over Go's own crypto/tls,
+                  probed in the executable), wrk -t2 -c16 on /size/1024  / paced.lua
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
     pg-unix       pg-extended over the server's unix socket (a client on the database's host)
@@ -35,6 +37,8 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
     sensor-floor   the same hook with no process traced: what any syscall-exit hook costs
     sensor-exported  the sensor with OpenSSL's exported SSL_read/SSL_write(_ex) probed, not the
              function each pair shares (as before stop 28; as on a libssl where none is found)
+    sensor-nogo  the sensor without the probes on Go's crypto/tls (the Go server's TLS then
+             goes uncaptured: what those probes cost)
     sensor-socktp  an experiment: the same sensor body on the socket tracepoints (data) and
              per-syscall tracepoints (lifecycle), no sys_exit hook
              (``bench/workloads/sockdata_socktp.bpf.c``)
@@ -464,6 +468,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "aiohttp", "aiohttp"),
         http("/size/1024", 2, 16, "aiohttp-tls", "aiohttp-tls"),
         http("/size/1024", 2, 16, "node-tls", "node-tls"),
+        http("/size/1024", 2, 16, "go-tls", "go-tls"),
         pg("simple", 1),
         pg("extended", 4),
         pg("extended", 4, name="pg-unix", unix=True),
@@ -477,7 +482,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
 STARTERS = {"nginx": lambda: S.nginx(workers=1), "nginx-tls": lambda: S.nginx(workers=1, tls=True),
             "nginx-sendfile": lambda: S.nginx(workers=1, sendfile=True),
             "aiohttp": S.aiohttp_http, "aiohttp-tls": lambda: S.aiohttp_http(tls=True),
-            "node-tls": lambda: S.node_http(tls=True),
+            "node-tls": lambda: S.node_http(tls=True), "go-tls": S.go_https,
             "postgres": lambda: S.postgres(settings={"autovacuum": "off"}),  # no background work in the windows
             "redis": S.redis}
 
@@ -490,7 +495,7 @@ def _prepare(kind: str, srv: S.Server) -> None:
 
 # sensor configurations: bench/tracers.py sock-drain --variant
 SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "sensor-socktp": "full",
-           "sensor-exported": "exported"}
+           "sensor-exported": "exported", "sensor-nogo": "nogo"}
 # agent configurations: (the andon config file it runs with, "" for none; whether it traces
 # the client end, so that a complete run must capture every request there too)
 AGENTS = {"agent": ("", True),

@@ -602,7 +602,8 @@ def sock_drain(seconds: float | None = None, variant: str = "full", hooks: str =
     cfg = ObserveConfig()
     protocols = frozenset(PROTOCOL_NAMES[p] for p in cfg.protocols) if variant != "track" else frozenset()
     settings = SockSettings(protocols=protocols, max_copy=cfg.max_copy_bytes, ring_bytes=cfg.ring_buffer_mb << 20,
-                            pids=frozenset() if variant == "floor" else None, tls_shared=variant != "exported")
+                            pids=frozenset() if variant == "floor" else None, tls_shared=variant != "exported",
+                            tls_go=variant != "nogo")
     # a list, not an Event: a second signal arriving inside the handler's Event.set() would
     # wait for the lock the first holds, in the same thread, for ever
     stop: list[int] = []
@@ -643,7 +644,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="bench tracers that run as their own process")
     ap.add_argument("mode", choices=["sock-drain"], help="sock-drain: the socket data sensor, ring drained unread")
     ap.add_argument("--seconds", type=float)
-    ap.add_argument("--variant", choices=["full", "track", "floor", "exported"], default="full",
+    ap.add_argument("--variant", choices=["full", "track", "floor", "exported", "nogo"], default="full",
                     help="full: as the agent runs it; track: connections and inference, no data shipped; "
                          "floor: no process traced (the hook's own cost); exported: full with OpenSSL's "
                          "exported calls probed, not the functions they share")

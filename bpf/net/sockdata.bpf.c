@@ -1630,15 +1630,26 @@ int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
 /* ---- Go's crypto/tls (uprobes on a Go executable's own code) -------------------------
  *
  * Go links its TLS into every program and never calls OpenSSL: src/andon/events/go_tls.py
- * finds crypto/tls.(*Conn).Read and .Write in an executable's symbols and probes each at
- * its entry and at every ret instruction in it. Not with a return probe: a return probe
- * replaces the return address on the goroutine's stack, and Go's runtime walks those
- * stacks (to grow them, for the garbage collector) and dies on an address outside Go's
- * code.
+ * finds crypto/tls.(*Conn).Read and .Write in an executable's symbols and decodes them.
+ * No return probes: a uretprobe replaces the return address on the goroutine's stack,
+ * and Go's runtime, which walks and moves those stacks, dies on it. A probe on a ret
+ * instruction works, but the kernel cannot emulate a ret and single-steps it, a second
+ * trap (~13 us a call on this machine, against ~1 us for an emulated call or jump). So:
+ *
+ * - Write(b []byte): its plaintext is all of b, known at the entry (Write returns less
+ *   only with an error, after which the connection is broken);
+ * - Read(b []byte): the entry notes the call; the plaintext is what Read copies into b
+ *   from the record it decrypted, `copy(b, c.input...)`, compiled to one call of
+ *   runtime.memmove (to in rax, from in rbx, n in rcx): probed at that call instruction
+ *   (emulated), it gives the bytes and their count. Where Read does not have exactly one
+ *   such call, its rets are probed instead (sockdata_go_tls_ret).
+ *
+ * Entry probes sit on the jbe of Go's stack check where the function starts with one
+ * (emulated; the cmp before it is not).
  *
  * Go's register ABI (Go 1.17+, amd64): the receiver (*tls.Conn) in rax, the []byte's
  * pointer and length in rbx and rcx; at a ret, the count returned in rax. r14 is the
- * running goroutine (its g), in Go code always, so a call is keyed by (tgid, g): a
+ * running goroutine (its g), in Go code always, so a Read is keyed by (tgid, g): a
  * goroutine parked inside Read (no data yet) comes back on whichever thread the scheduler
  * gives it.
  *
@@ -1646,9 +1657,9 @@ int BPF_KRETPROBE(sockdata_ssl_handshake_ret, long ret)
  * net.Conn it wraps, an interface (itab, data). When the itab is the one of *net.TCPConn
  * or *net.UnixConn, data -> {fd *netFD} -> netFD.pfd (poll.FD) -> Sysfd, 16 bytes in
  * (after poll.fdMutex's state, rsema and wsema); the same layout from Go 1.9 to 1.25.
- * The two itabs' addresses come in the probe's cookie, as signed 32-bit distances from
- * the probed instruction (so position-independent executables need nothing more); any
- * other net.Conn (a user's wrapper) is counted and not copied. */
+ * The two itabs' addresses come in the entry probe's cookie, as signed 32-bit distances
+ * from the probed instruction (so position-independent executables need nothing more);
+ * any other net.Conn (a user's wrapper) is counted and not copied. */
 
 struct sdg_key {
 	__u32 tgid;
@@ -1663,7 +1674,8 @@ struct sdg_call {
 	__u16 _pad;
 };
 
-/* LRU: a goroutine that never returns (its program exited) leaves its entry */
+/* a Read in progress, entry to copy (or ret). LRU: a Read that returns without copying (an
+ * error, EOF) leaves its entry until the goroutine's next Read replaces it, or it ages out */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -1673,50 +1685,63 @@ struct {
 
 #define SDG_SYSFD_OFF 16 /* poll.FD.Sysfd */
 
-static __always_inline int sdg__enter(struct pt_regs *ctx, __u16 fn)
+/* at an entry probe: the socket fd of the *tls.Conn in rax, or -1 (not traced, not a socket) */
+static __always_inline long sdg__fd(struct pt_regs *ctx, __u64 pid_tgid)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!sd__traced(pid_tgid))
-		return 0;
-	__u64 conn = ctx->ax;
+		return -1;
 	__u64 iface[2]; /* tls.Conn.conn: net.Conn's itab and data */
-	if (bpf_probe_read_user(iface, sizeof(iface), (void *)conn))
-		return 0;
+	if (bpf_probe_read_user(iface, sizeof(iface), (void *)ctx->ax))
+		return -1;
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 ip = ctx->ip;
 	__u64 tcp = ip + (__s64)(__s32)(__u32)cookie;
 	__u64 unx = ip + (__s64)(__s32)(__u32)(cookie >> 32);
 	if (!iface[0] || (iface[0] != tcp && iface[0] != unx)) {
 		sd__count(SD_STAT_GO_TLS_OTHER_CONN, 1);
-		return 0;
+		return -1;
 	}
 	__u64 netfd = 0;
 	__s64 sysfd = -1;
 	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)iface[1]) || !netfd ||
 	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + SDG_SYSFD_OFF)) || sysfd < 0 ||
 	    sysfd > 0x7fffffff)
+		return -1;
+	return sysfd;
+}
+
+/* func (c *Conn) Read(b []byte) (int, error): note the call */
+SEC("uprobe")
+int sockdata_go_tls_read(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	long fd = sdg__fd(ctx, pid_tgid);
+	if (fd < 0)
 		return 0;
 	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
-	struct sdg_call call = {.buf = ctx->bx, .fd = (__s32)sysfd, .fn = fn};
+	struct sdg_call call = {.buf = ctx->bx, .fd = fd, .fn = SD_TLS_GO_READ};
 	bpf_map_update_elem(&sd_gotls, &k, &call, BPF_ANY);
 	return 0;
 }
 
-/* func (c *Conn) Read(b []byte) (int, error) */
+/* Read's copy of plaintext into b: runtime.memmove(to rax, from rbx, n rcx), at its call */
 SEC("uprobe")
-int sockdata_go_tls_read(struct pt_regs *ctx)
+int sockdata_go_tls_read_copy(struct pt_regs *ctx)
 {
-	return sdg__enter(ctx, SD_TLS_GO_READ);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
+	struct sdg_call *cp = bpf_map_lookup_elem(&sd_gotls, &k);
+	if (!cp)
+		return 0; /* not traced, or the entry was not for a socket */
+	long fd = cp->fd;
+	bpf_map_delete_elem(&sd_gotls, &k);
+	long n = (long)ctx->cx;
+	if (n > 0)
+		sdt__emit(pid_tgid, fd, SD_TLS_GO_READ, ctx->bx, n, SD_INGRESS, 0);
+	return 0;
 }
 
-/* func (c *Conn) Write(b []byte) (int, error) */
-SEC("uprobe")
-int sockdata_go_tls_write(struct pt_regs *ctx)
-{
-	return sdg__enter(ctx, SD_TLS_GO_WRITE);
-}
-
-/* at each ret of either: rax is the count */
+/* at each ret of a Read probed that way: rax is the count */
 SEC("uprobe")
 int sockdata_go_tls_ret(struct pt_regs *ctx)
 {
@@ -1724,12 +1749,24 @@ int sockdata_go_tls_ret(struct pt_regs *ctx)
 	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
 	struct sdg_call *cp = bpf_map_lookup_elem(&sd_gotls, &k);
 	if (!cp)
-		return 0; /* not traced, or the entry was not for a socket */
+		return 0;
 	struct sdg_call call = *cp;
 	bpf_map_delete_elem(&sd_gotls, &k);
 	long n = (long)ctx->ax;
-	if (n <= 0)
+	if (n > 0)
+		sdt__emit(pid_tgid, call.fd, call.fn, call.buf, n, SD_INGRESS, 0);
+	return 0;
+}
+
+/* func (c *Conn) Write(b []byte) (int, error): all of b, at the entry */
+SEC("uprobe")
+int sockdata_go_tls_write(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	long fd = sdg__fd(ctx, pid_tgid);
+	long n = (long)ctx->cx;
+	if (fd < 0 || n <= 0)
 		return 0;
-	sdt__emit(pid_tgid, call.fd, call.fn, call.buf, n, call.fn == SD_TLS_GO_WRITE ? SD_EGRESS : SD_INGRESS, 0);
+	sdt__emit(pid_tgid, fd, SD_TLS_GO_WRITE, ctx->bx, n, SD_EGRESS, 0);
 	return 0;
 }

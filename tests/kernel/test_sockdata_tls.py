@@ -955,17 +955,8 @@ def run_gated(src: SockSource, p: subprocess.Popen, timeout: float = 20.0) -> li
     return out
 
 
-def test_go_https_client_and_server_in_one_program(shared):
-    """Go's net/http over Go's own crypto/tls (no OpenSSL anywhere), a kept-alive client and
-    its server in one process: three GETs. Both ends' plaintext, exactly, from the probes on
-    tls.(*Conn).Read and Write, on the right sockets, at contiguous positions; no ciphertext
-    delivered, no call without its socket."""
-    src = shared
-    before = src.stats()
-    p = go_demo(src, "self", "3")
-    until_probed(src, GO_DEMO)
-    recs = run_gated(src, p)
-    after = src.stats()
+def _go_self_records_are_the_exchange(recs: list, before: dict, after: dict) -> None:
+    """``tlsdemo self 3``'s records: three GETs of /size/100 on one connection, both ends."""
     by = conns(recs)
     assert set(by) == {Role.CLIENT, Role.SERVER}
     cli, srv = by[Role.CLIENT], by[Role.SERVER]
@@ -986,6 +977,46 @@ def test_go_https_client_and_server_in_one_program(shared):
     assert after["tls_chunks"] - before["tls_chunks"] == len(data(recs)) >= 12
     assert after["tls_no_conn"] == before["tls_no_conn"]
     assert after["go_tls_other_conn"] == before["go_tls_other_conn"]
+
+
+def test_go_https_client_and_server_in_one_program(shared):
+    """Go's net/http over Go's own crypto/tls (no OpenSSL anywhere), a kept-alive client and
+    its server in one process: three GETs. Both ends' plaintext, exactly, from the probes on
+    tls.(*Conn).Write (its entry) and Read (its copy of plaintext into the caller's buffer),
+    on the right sockets, at contiguous positions; no ciphertext delivered, no call without
+    its socket."""
+    src = shared
+    before = src.stats()
+    p = go_demo(src, "self", "3")
+    until_probed(src, GO_DEMO)
+    recs = run_gated(src, p)
+    _go_self_records_are_the_exchange(recs, before, src.stats())
+
+
+def test_go_read_probed_at_its_rets_gives_the_same_plaintext(monkeypatch):
+    """The fallback for a Go whose Read has not exactly one call of runtime.memmove: every
+    ret of Read probed (single-stepped), the count from rax. The same exchange, the same
+    records."""
+    from andon.events import go_tls as g
+    from andon.events import tls as t
+
+    real = g._decode
+    monkeypatch.setattr(g, "_decode", lambda code, vaddr, memmove=None: real(code, vaddr, None))
+    src = SockSource(SockSettings(hook="tp_btf", pids=frozenset(), tls_rescan_s=0.2))
+    src.start()
+    try:
+        if src.tls is None:
+            pytest.skip(f"TLS uprobes unavailable: {src.tls_error}")
+        before = src.stats()
+        p = go_demo(src, "self", "3")
+        until_probed(src, GO_DEMO)
+        found = t.go_tls(str(GO_DEMO))
+        assert found is not None and found.read.copy is None and found.read.rets
+        recs = run_gated(src, p)
+        after = src.stats()
+    finally:
+        src.close()
+    _go_self_records_are_the_exchange(recs, before, after)
 
 
 def test_go_tls_over_something_that_is_no_socket_is_counted_not_guessed(shared):

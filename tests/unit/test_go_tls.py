@@ -52,21 +52,29 @@ def test_the_demo_program_probes_match_its_symbols_and_code(demo):
     syms = _readelf_symbols(GO_DEMO)
     tcp = next(syms[n][0] for n in ("go.itab.*net.TCPConn,net.Conn", "go:itab.*net.TCPConn,net.Conn") if n in syms)
     unix = next(syms[n][0] for n in ("go.itab.*net.UnixConn,net.Conn", "go:itab.*net.UnixConn,net.Conn") if n in syms)
+    memmove = syms["runtime.memmove"][0]
     for fn, name in ((found.read, "crypto/tls.(*Conn).Read"), (found.write, "crypto/tls.(*Conn).Write")):
         vaddr, size = syms[name]
         start = _vaddr_to_offset(GO_DEMO, vaddr)
         # the entry probe is on the stack check's jbe (short 0x76 or near 0f 86), a few bytes in
         assert 0 < fn.entry - start <= 9 and (demo[fn.entry] == 0x76 or demo[fn.entry:fn.entry + 2] == b"\x0f\x86")
-        # every ret of the function, and only rets: each is a c3 inside it, and objdump finds as many
-        assert fn.rets and all(start < r < start + size and demo[r] == 0xC3 for r in fn.rets)
-        dis = subprocess.run(["objdump", "-d", f"--start-address={vaddr:#x}", f"--stop-address={vaddr + size:#x}",
-                              str(GO_DEMO)], check=True, capture_output=True, text=True).stdout
-        assert len(fn.rets) == len(re.findall(r"\tret\s*$", dis, re.M))
         # the cookie: both itabs as signed 32-bit distances from the probed instruction
         probe_vaddr = vaddr + fn.entry - start
         lo, hi = fn.cookie & 0xFFFFFFFF, fn.cookie >> 32
         signed = lambda d: d - (1 << 32) if d >= 1 << 31 else d  # noqa: E731
         assert (probe_vaddr + signed(lo), probe_vaddr + signed(hi)) == (tcp, unix)
+        dis = subprocess.run(["objdump", "-d", f"--start-address={vaddr:#x}", f"--stop-address={vaddr + size:#x}",
+                              str(GO_DEMO)], check=True, capture_output=True, text=True).stdout
+        calls = re.findall(r"^\s*([0-9a-f]+):\s.*\tcall\s+([0-9a-f]+) <runtime\.memmove>", dis, re.M)
+        if name.endswith("Read"):
+            # Read's plaintext at its one call of runtime.memmove (e8 rel32 to it), no ret probes
+            assert len(calls) == 1 and int(calls[0][1], 16) == memmove
+            assert fn.copy == _vaddr_to_offset(GO_DEMO, int(calls[0][0], 16)) and demo[fn.copy] == 0xE8
+            assert start < fn.copy < start + size and fn.rets == ()
+            rel = int.from_bytes(demo[fn.copy + 1:fn.copy + 5], "little", signed=True)
+            assert vaddr + (fn.copy - start) + 5 + rel == memmove
+        else:
+            assert (fn.copy, fn.rets) == (None, ())  # Write: all of its argument, at the entry
 
 
 def test_files_that_are_no_go_program_with_tls_give_none(demo, tmp_path):
@@ -109,10 +117,26 @@ def test_a_go_older_than_the_register_abi_is_refused_with_its_version(demo):
 def test_a_function_that_does_not_decode_whole_or_has_no_ret_is_refused():
     # cmp 0x10(%r14),%rsp; jbe; ret: the entry probe on the jbe
     code = bytes.fromhex("493b6610" "7601" "c3")
-    assert _decode(code, 0x1000) == (0x1004, (0x1006,))
+    assert _decode(code, 0x1000) == (0x1004, (0x1006,), ())
     with pytest.raises(GoTlsError, match="no ret"):
         _decode(bytes.fromhex("4889c3" "e800000000"), 0x1000)  # mov; call
     with pytest.raises(GoTlsError, match="did not decode whole"):
         _decode(bytes.fromhex("c3" "0f0b0f") + b"\xff" * 3, 0x1000)  # ret, then bytes that are no instruction
     # int3 padding after the last instruction is fine; a function without the stack check is probed at its start
-    assert _decode(bytes.fromhex("4889c3" "c3" "cccc"), 0x2000) == (0x2000, (0x2003,))
+    assert _decode(bytes.fromhex("4889c3" "c3" "cccc"), 0x2000) == (0x2000, (0x2003,), ())
+    # calls of memmove (at 0x3000 here) are told from other calls: two, at 0x2000 and 0x200a
+    code = bytes.fromhex("e8fb0f0000" "e800000000" "e8f10f0000" "c3")
+    assert _decode(code, 0x2000, memmove=0x3000) == (0x2000, (0x200F,), (0x2000, 0x200A))
+
+
+def test_a_read_without_exactly_one_copy_is_probed_at_its_rets(demo, monkeypatch):
+    """When Read's call of runtime.memmove is not found exactly once (another Go's inlining),
+    the rets carry its plaintext instead: correct, and dearer (single-stepped)."""
+    import andon.events.go_tls as g
+
+    real = g._decode
+    monkeypatch.setattr(g, "_decode", lambda code, vaddr, memmove=None: real(code, vaddr, None))
+    found = go_tls(str(GO_DEMO))
+    assert found is not None and found.read.copy is None and len(found.read.rets) >= 2
+    assert all(demo[r] == 0xC3 for r in found.read.rets)
+    assert (found.write.copy, found.write.rets) == (None, ())

@@ -158,7 +158,7 @@ def test_a_go_program_with_crypto_tls_is_probed_once_per_file_and_a_refused_one_
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "maps").write_text("")
         (proc / str(pid) / "exe").symlink_to(target)
-    found = GoTls("go1.21.0", Func(10, (20,), 0), Func(30, (40,), 0))
+    found = GoTls("go1.21.0", Func(10, 0, copy=20), Func(30, 0))
     looked: list[str] = []
 
     def fake_go_tls(p: str):

@@ -4,21 +4,27 @@ Go never calls OpenSSL: every Go program carries its own TLS, in its own executa
 Go service's HTTPS (or any TLS it speaks) is probed in that file. What is needed, from the
 file alone:
 
-* the two functions, by name in the ELF symbol table (``.symtab``; Go keeps it unless the
-  program was linked with ``-s``, and then there is nothing to find: ``None``);
+* the two functions, and ``runtime.memmove``, by name in the ELF symbol table (``.symtab``;
+  Go keeps it unless the program was linked with ``-s``, and then there is nothing to find:
+  ``None``);
 * the Go version, from the build information Go writes into every executable: the probes
   read arguments and results from registers, Go's register ABI, which is Go 1.17+ on amd64;
 * each function's entry probe: at its first instruction, or, where the function starts with
   Go's stack check (``cmp`` against the goroutine's stack guard, then ``jbe`` to grow the
   stack), at that ``jbe``: the kernel emulates a conditional jump, and single-steps a
-  ``cmp`` out of line (a second trap, ~10 us a hit on this machine). The check writes no
+  ``cmp`` out of line (a second trap, ~13 us a hit on this machine). The check writes no
   register the probe reads;
-* every ``ret`` in each function: the return probes. Not a uretprobe: that replaces the
-  return address on the goroutine's stack, and Go's runtime, which walks and moves those
-  stacks, dies on it. The code is decoded instruction by instruction (capstone), from the
-  symbol's start to its end; a function that does not decode whole is not probed;
+* Write's plaintext is all of its argument, taken at the entry: nothing more;
+* Read's plaintext is what it copies into its argument from the record it decrypted,
+  ``copy(b, c.input...)``, compiled to one ``call runtime.memmove`` (to, from and count in
+  rax, rbx and rcx): that call instruction is probed (a call is emulated). Where the
+  decoded Read has not exactly one such call, every ``ret`` in it is probed instead,
+  single-stepped, and the count taken from rax. Not a uretprobe: that replaces the return
+  address on the goroutine's stack, and Go's runtime, which walks and moves those stacks,
+  dies on it. The code is decoded instruction by instruction (capstone), from the symbol's
+  start to its end; a function that does not decode whole is not probed;
 * the run-time type words (itabs) of ``*net.TCPConn`` and ``*net.UnixConn`` as a
-  ``net.Conn``: the entry program reads the socket's fd through the Conn only when its
+  ``net.Conn``: the entry programs read the socket's fd through the Conn only when its
   wrapped connection is one of those two (anything else is counted, not guessed at). They
   go to the program in the probe's cookie as distances from the probed instruction, so
   the same cookie holds wherever the executable is loaded.
@@ -36,6 +42,7 @@ SHT_SYMTAB = 2
 ET_EXEC, ET_DYN = 2, 3
 READ = "crypto/tls.(*Conn).Read"
 WRITE = "crypto/tls.(*Conn).Write"
+MEMMOVE = "runtime.memmove"
 # the itab symbol's name: go.itab.* up to Go 1.19, go:itab.* from 1.20
 ITABS = {kind: (f"go.itab.*net.{kind}Conn,net.Conn", f"go:itab.*net.{kind}Conn,net.Conn") for kind in ("TCP", "Unix")}
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
@@ -49,12 +56,14 @@ class GoTlsError(ValueError):
 
 @dataclass(frozen=True)
 class Func:
-    """One probed function: file offsets of its entry probe and of each ret, and the cookie
-    of its entry probe (the two itabs' distances from that probe's address)."""
+    """One probed function: the file offset of its entry probe and the cookie of that probe
+    (the two itabs' distances from its address); for Read, the offset of its call of
+    runtime.memmove (``copy``) or, where there is none to be sure of, of each ret."""
 
     entry: int
-    rets: tuple[int, ...]
     cookie: int
+    copy: int | None = None
+    rets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,9 +174,9 @@ def _symbols(data, sections: list[tuple], names: set[str]) -> dict[str, tuple[in
     return out
 
 
-def _decode(code: bytes, vaddr: int) -> tuple[int, tuple[int, ...]]:
-    """The entry probe's address and every ret's, in the function at ``vaddr`` (``code``: all
-    its bytes)."""
+def _decode(code: bytes, vaddr: int, memmove: int | None = None) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """The entry probe's address, every ret's, and every call of ``memmove``'s, in the function
+    at ``vaddr`` (``code``: all its bytes)."""
     try:
         import capstone
     except ImportError as e:  # a dependency: pyproject.toml
@@ -181,6 +190,8 @@ def _decode(code: bytes, vaddr: int) -> tuple[int, tuple[int, ...]]:
     rets = tuple(a for a, _size, mnem, _ops in insns if mnem == "ret")
     if not rets:
         raise GoTlsError(f"function at {vaddr:#x} has no ret")
+    target = hex(memmove) if memmove is not None else None
+    copies = tuple(a for a, _size, mnem, ops in insns if mnem == "call" and ops == target)
     entry = vaddr
     # Go's stack check: cmp 0x10(%r14),%rsp; jbe, or lea -N(%rsp),%r12; cmp 0x10(%r14),%r12; jbe
     head = [(a, m, ops.replace(" ", "")) for a, _s, m, ops in insns[:3]]
@@ -189,7 +200,7 @@ def _decode(code: bytes, vaddr: int) -> tuple[int, tuple[int, ...]]:
     elif (len(head) == 3 and head[0][1] == "lea" and head[0][2].startswith("r12,[rsp") and head[1][1] == "cmp"
           and "[r14+0x10]" in head[1][2] and head[2][1] == "jbe"):
         entry = head[2][0]
-    return entry, rets
+    return entry, rets, copies
 
 
 def _cookie(entry: int, tcp: int, unix: int | None) -> int:
@@ -209,7 +220,7 @@ def go_tls_of(data) -> GoTls | None:
     loads, sections, named = _elf(data)
     if ".go.buildinfo" not in named:
         return None  # not a Go program
-    want = {READ, WRITE} | {n for names in ITABS.values() for n in names}
+    want = {READ, WRITE, MEMMOVE} | {n for names in ITABS.values() for n in names}
     syms = _symbols(data, sections, want)
     if READ not in syms or WRITE not in syms:
         return None  # no crypto/tls in it (or stripped of its symbols)
@@ -224,15 +235,22 @@ def go_tls_of(data) -> GoTls | None:
         if itab["Unix"] is None:
             return None  # TLS, but never over a socket of the net package
         itab["TCP"] = itab["Unix"]
+    memmove = syms.get(MEMMOVE, (None, 0))[0]
     funcs = []
     for name in (READ, WRITE):
         vaddr, size = syms[name]
         off = _offset(loads, vaddr)
         if off is None or not 0 < size <= FUNC_MAX or _offset(loads, vaddr + size - 1) is None:
             raise GoTlsError(f"{name} is not in the file's code")
-        entry, rets = _decode(bytes(data[off:off + size]), vaddr)
-        funcs.append(Func(entry - vaddr + off, tuple(r - vaddr + off for r in rets),
-                          _cookie(entry, itab["TCP"], itab["Unix"])))
+        entry, rets, copies = _decode(bytes(data[off:off + size]), vaddr, memmove)
+        cookie = _cookie(entry, itab["TCP"], itab["Unix"])
+        at = lambda a: a - vaddr + off  # noqa: E731 - an address in this function -> its file offset
+        if name == WRITE:
+            funcs.append(Func(at(entry), cookie))
+        elif len(copies) == 1:
+            funcs.append(Func(at(entry), cookie, copy=at(copies[0])))
+        else:
+            funcs.append(Func(at(entry), cookie, rets=tuple(at(r) for r in rets)))
     return GoTls(version, funcs[0], funcs[1])
 
 
@@ -241,7 +259,9 @@ def go_tls(path: str) -> GoTls | None:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
             return go_tls_of(data)
-    except (OSError, ElfError, struct.error, IndexError):
+    except GoTlsError:
+        raise
+    except (OSError, struct.error, IndexError, ValueError):  # ElfError, numpy's on a table past the end
         return None
 
 

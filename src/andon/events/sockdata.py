@@ -242,6 +242,7 @@ class SockSettings:
     tls_watch: bool = True  # probe a libssl file the moment a process maps it (SD_REC_LIB), not at a rescan
     tls_shared: bool = True  # probe the function SSL_read and SSL_read_ex share (and the write pair's)
     # where libssl_code finds it, in their place: a twelfth of the cost a call (off: the exported ones)
+    tls_go: bool = True  # also probe Go executables' crypto/tls (andon.events.go_tls)
     unix: bool = True  # also unix stream sockets (psql, mysql -h localhost, redis-cli -s)
     # the kernel wakes the reader each time this many more bytes are pending (a power of two
     # of at least 4 KiB); None: a sixteenth of the ring, at least 64 KiB; 0: the kernel's
@@ -383,6 +384,8 @@ class SockSource:
                 # with the uprobe programs first (OpenSSL's and Go's, then OpenSSL's alone:
                 # Go's need attach cookies); a kernel that refuses them still gets plain capture
                 levels = ((True, True), (True, False), (False, False)) if self.settings.tls else ((False, False),)
+                if not self.settings.tls_go:
+                    levels = levels[1:]
                 for tls, go in levels:
                     obj = BpfObject(self.settings.bpf_dir / "net/sockdata.bpf.o")
                     try:
@@ -403,7 +406,7 @@ class SockSource:
                     self._obj, self.hook, self._progs = obj, f"{hook}/sys_exit", progs
                     if self.settings.tls and not tls:
                         self.tls_error = errors[-1]
-                    elif self.settings.tls and not go:
+                    elif self.settings.tls and self.settings.tls_go and not go:
                         self.go_tls_error = errors[-1]
                     break
                 if self._obj is not None:
@@ -428,7 +431,7 @@ class SockSource:
     def _start_tls(self) -> None:
         assert self._obj is not None
         tls = TlsAttacher(self._obj, self.settings.tls_rescan_s, shared=self.settings.tls_shared,
-                          go=not self.go_tls_error)
+                          go=self.settings.tls_go and not self.go_tls_error)
         try:
             tls.start()
         except NotSupported as e:

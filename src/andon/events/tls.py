@@ -72,8 +72,9 @@ PROGRAMS = (frozenset(p for pair in PROBES.values() for p in pair)
 # Go's crypto/tls: the entry programs, and the one at every ret of either function. Loaded
 # apart from the others (they need bpf_get_attach_cookie, Linux 5.15+ for uprobes)
 GO_PROBES = {"read": "sockdata_go_tls_read", "write": "sockdata_go_tls_write"}
-GO_RET_PROG = "sockdata_go_tls_ret"
-GO_PROGRAMS = frozenset(GO_PROBES.values()) | {GO_RET_PROG}
+GO_COPY_PROG = "sockdata_go_tls_read_copy"  # at Read's call of runtime.memmove
+GO_RET_PROG = "sockdata_go_tls_ret"  # at each ret of a Read without one
+GO_PROGRAMS = frozenset(GO_PROBES.values()) | {GO_COPY_PROG, GO_RET_PROG}
 GO_FUNCTIONS = ("tls.(*Conn).Read", "tls.(*Conn).Write")
 
 # (pid, inode) pairs of mapping records remembered, at most (then forgotten, all at once)
@@ -346,13 +347,15 @@ class TlsAttacher:
         return lib
 
     def _probe_go(self, target: str, lib: LibFile, found: GoTls) -> LibFile | None:
-        """Go's crypto/tls: each function's ret probes first (an entry without them would leave
-        its call in the map until the LRU takes it), then its entry."""
+        """Go's crypto/tls: Read's copy (or ret) probes first (an entry without them would leave
+        its call in the map until the LRU takes it), then the entries."""
         key = (lib.dev, lib.ino)
         why = ""
         for kind, prog in GO_PROBES.items():
             fn = getattr(found, kind)
             try:
+                if fn.copy is not None:
+                    lib.links.append(self._obj.program(GO_COPY_PROG).attach_uprobe(target, None, offset=fn.copy))
                 for off in fn.rets:
                     lib.links.append(self._obj.program(GO_RET_PROG).attach_uprobe(target, None, offset=off))
                 lib.links.append(self._obj.program(prog).attach_uprobe(target, None, offset=fn.entry, cookie=fn.cookie))
@@ -368,8 +371,9 @@ class TlsAttacher:
             return None
         lib.functions, lib.go = GO_FUNCTIONS, found.version
         self.files[key] = lib
-        log.info("probing %s (Go %s: %s at %d rets) for pid %d and every other process running it", lib.path,
-                 found.version, ", ".join(GO_FUNCTIONS), len(found.read.rets) + len(found.write.rets), lib.pid)
+        log.info("probing %s (Go %s: %s; Read's plaintext at %s) for pid %d and every other process running it",
+                 lib.path, found.version, ", ".join(GO_FUNCTIONS),
+                 "its copy" if found.read.copy is not None else f"its {len(found.read.rets)} rets", lib.pid)
         return lib
 
     def close(self) -> None:
