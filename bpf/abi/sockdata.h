@@ -200,6 +200,8 @@ struct andon_sd_lib {
 	__u64 addr;
 	/* field 2: ino (u64) the mapped file's inode number */
 	__u64 ino;
+	/* field 3: dev (u64) its filesystem's device, the kernel's encoding (major << 20 | minor) */
+	__u64 dev;
 };
 
 /* load-time settings, in .rodata */

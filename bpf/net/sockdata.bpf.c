@@ -1261,6 +1261,7 @@ static __always_inline void sd__on_exec_map(long fd, __u64 addr, __u64 pid_tgid,
 	sd__hdr(&r->h, SD_REC_LIB, pid_tgid, fd, 0, 0, 0); /* of no connection */
 	r->addr = addr;
 	r->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	r->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP); /* rare, and the sooner the probes are on, the better */
 	sd__count(SD_STAT_EVENTS, 1);
 }
@@ -1284,7 +1285,8 @@ static __always_inline void sd__on_exec(__u64 pid_tgid, const int btf)
 	if (!exe)
 		return;
 	__u64 ino = BPF_CORE_READ(exe, f_inode, i_ino);
-	__u64 key = ((__u64)BPF_CORE_READ(exe, f_inode, i_sb, s_dev) << 40) ^ ino;
+	__u64 dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+	__u64 key = (dev << 40) ^ ino; /* the reader deletes it (the same key) when it could not look */
 	__u8 one = 1;
 	if (bpf_map_update_elem(&sd_exes, &key, &one, BPF_NOEXIST))
 		return; /* reported before */
@@ -1297,6 +1299,7 @@ static __always_inline void sd__on_exec(__u64 pid_tgid, const int btf)
 	sd__hdr(&r->h, SD_REC_LIB, pid_tgid, -1, 0, 0, 0);
 	r->addr = 0;
 	r->ino = ino;
+	r->dev = dev;
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 	sd__count(SD_STAT_EVENTS, 1);
 }

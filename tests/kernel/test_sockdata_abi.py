@@ -105,7 +105,8 @@ def test_nocopy_calls_are_the_programs_numbers():
 def test_tls_calls():
     names = {"SD_TLS_READ": "SSL_read", "SD_TLS_WRITE": "SSL_write", "SD_TLS_READ_EX": "SSL_read_ex",
              "SD_TLS_WRITE_EX": "SSL_write_ex", "SD_TLS_READ_SHARED": "SSL_read/_ex",
-             "SD_TLS_WRITE_SHARED": "SSL_write/_ex"}
+             "SD_TLS_WRITE_SHARED": "SSL_write/_ex", "SD_TLS_GO_READ": "tls.(*Conn).Read",
+             "SD_TLS_GO_WRITE": "tls.(*Conn).Write"}
     assert {sd.TLS_CALLS[v]: k for k, v in _defines("SD_TLS_").items()} == {v: k for k, v in names.items()}
 
 

@@ -51,6 +51,9 @@ COPY_MAX = 16384  # SD_COPY_MAX
 PROTO_MAX = 16  # SD_PROTO_MAX
 
 REC_OPEN, REC_DATA, REC_CLOSE, REC_LIB = 1, 2, 3, 4
+# times an executable is forgotten in the sensor (so that its next exec is reported again) when
+# its process exited before the reader could look at it
+EXE_RETRIES = 3
 ORIGIN_CONNECT, ORIGIN_ACCEPT, ORIGIN_DATA = 1, 2, 3
 CLOSE_SYSCALL, CLOSE_REUSED, CLOSE_EXEC, CLOSE_EXIT = 1, 2, 3, 4
 F_TRUNCATED, F_ADDR, F_ENCRYPTED, F_NOCOPY = 0x01, 0x02, 0x04, 0x08
@@ -69,8 +72,8 @@ _DATA_HEAD = struct.Struct(DATA.format[:-3])
 _RADDR = _DATA_HEAD.size
 # struct andon_sd_close: hdr bytes_sent bytes_recv reason _pad
 CLOSE = struct.Struct("<HBBIIiQQ QQII".replace(" ", ""))
-# struct andon_sd_lib: hdr addr ino
-LIB = struct.Struct("<HBBIIiQQ QQ".replace(" ", ""))
+# struct andon_sd_lib: hdr addr ino dev
+LIB = struct.Struct("<HBBIIiQQ QQQ".replace(" ", ""))
 # struct andon_sd_config: self_tgid max_copy infer_tries trace_self pid_filter wakeup_shift watch_libs
 # unix_sockets
 CONFIG = struct.Struct("<IIIIIIII")
@@ -81,7 +84,7 @@ OPEN_FIELDS = ("family", "l4", "lport", "rport", "laddr", "raddr", "netns", "ori
                "path", "sock_id", "peer_id")
 DATA_FIELDS = ("pos", "size", "copied", "nr", "direction", "flags", "rport", "rfamily", "raddr")
 CLOSE_FIELDS = ("bytes_sent", "bytes_recv", "reason", "_pad")
-LIB_FIELDS = ("addr", "ino")
+LIB_FIELDS = ("addr", "ino", "dev")
 CONFIG_FIELDS = ("self_tgid", "max_copy", "infer_tries", "trace_self", "pid_filter", "wakeup_shift", "watch_libs",
                  "unix_sockets")
 
@@ -218,6 +221,7 @@ class LibMapped:
     ts_ns: int
     addr: int  # where the mapping starts; 0: an exec
     ino: int  # the file's inode number
+    dev: int = 0  # its filesystem's device, the kernel's encoding (major << 20 | minor)
 
 
 Record = ConnOpen | Data | ConnClose | LibMapped
@@ -318,8 +322,8 @@ def decode(rec: bytes, boot_offset: int = 0) -> Record | None:
         sent, recv, reason, _ = CLOSE.unpack_from(rec)[8:]
         return ConnClose(conn_id, pid, tid, fd, ts, _role(role), _proto(proto), sent, recv, reason)
     if typ == REC_LIB and len(rec) >= LIB.size:
-        addr, ino = LIB.unpack_from(rec)[8:]
-        return LibMapped(pid, tid, fd, ts, addr, ino)
+        addr, ino, dev = LIB.unpack_from(rec)[8:]
+        return LibMapped(pid, tid, fd, ts, addr, ino, dev)
     return None
 
 
@@ -365,6 +369,8 @@ class SockSource:
         self.unread_bytes = 0  # ring bytes still there when the reader stopped (Observer.drain)
         self.libs_mapped = 0  # REC_LIB records read: libssl files mapped by traced processes
         self.exes_new = 0  # REC_LIB records of an exec (addr 0): executables new to the sensor
+        self.exes_retried = 0  # executables forgotten in the sensor because their process was gone too soon
+        self._exe_retries: dict[int, int] = {}  # sd_exes key -> times forgotten
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -440,6 +446,21 @@ class SockSource:
             log.warning("TLS capture off: %s", e)
             return
         self.tls = tls
+
+    def _exe_missed(self, rec: LibMapped) -> None:
+        """The process of an exec record exited before its executable was looked at (a program
+        that runs for a few milliseconds): the sensor, which reports a file's first exec
+        only, is told to forget the file, so that its next exec is reported again, up to
+        EXE_RETRIES times a file."""
+        key = ((rec.dev << 40) ^ rec.ino) & 0xFFFFFFFFFFFFFFFF
+        tries = self._exe_retries.get(key, 0)
+        if tries >= EXE_RETRIES or self._obj is None:
+            return
+        if len(self._exe_retries) >= 16384:
+            self._exe_retries.clear()
+        self._exe_retries[key] = tries + 1
+        self._obj.map("sd_exes").delete(key.to_bytes(8, "little"))
+        self.exes_retried += 1
 
     def set_protocols(self, protocols: Iterable[Protocol],
                       trace_roles: Mapping[Protocol, frozenset[Role]] | None = None) -> None:
@@ -522,7 +543,10 @@ class SockSource:
                     else:
                         self.exes_new += 1
                     if self.tls is not None:
+                        gone = self.tls.exes_gone
                         self.tls.on_mapped(rec.pid, rec.ts_ns, rec.ino)
+                        if not rec.addr and self.tls.exes_gone != gone:
+                            self._exe_missed(rec)
                     continue
                 if isinstance(rec, ConnClose):
                     for k in (0, 1, F_ENCRYPTED, F_ENCRYPTED | 1):
@@ -557,6 +581,7 @@ class SockSource:
         out["tls_libs"] = len(self.tls.files) if self.tls is not None else 0
         out["tls_libs_mapped"] = self.libs_mapped
         out["tls_exes_new"] = self.exes_new
+        out["tls_exes_retried"] = self.exes_retried
         out["undecodable"] = self.undecodable
         out["gap_bytes"] = self.gap_bytes
         out["unread_bytes"] = self.unread_bytes

@@ -129,6 +129,7 @@ class TlsAttacher:
         self._exes: dict[tuple[int, int], str] = {}
         self._go: dict[tuple[int, int], GoTls] = {}  # the probes found for a "go" executable, until probed
         self._next_scan = 0.0
+        self.exes_gone = 0  # executables of exec records whose process was gone before it was looked at
         self.scans = 0
         self.maps_read = 0  # /proc/<pid>/maps files read, over all scans
 
@@ -231,6 +232,7 @@ class TlsAttacher:
             st = os.stat(exe)
             target = os.readlink(exe)
         except OSError:
+            self.exes_gone += 1
             return []  # exited, a kernel thread
         key = (st.st_dev, st.st_ino)
         if key in self.files or key in self.failed:
