@@ -57,12 +57,18 @@ test-image: deps
 
 # a Go HTTPS server and client (Go's own crypto/tls, no OpenSSL) for the tests and benchmarks
 # of Go TLS tracing; its build cache stays in build/
+# (and the same stripped by Go's linker, as release builds often are: no ELF symbols, no DWARF)
 $(BUILD)/go/tlsdemo: tests/go/tlsdemo/main.go tests/go/tlsdemo/go.mod
 	@mkdir -p $(dir $@)
 	cd tests/go/tlsdemo && GOCACHE=$(CURDIR)/$(BUILD)/go/cache GOFLAGS=-trimpath GOTOOLCHAIN=local \
 		go build -o $(CURDIR)/$@ .
 
-test-go: $(BUILD)/go/tlsdemo
+$(BUILD)/go/tlsdemo-stripped: tests/go/tlsdemo/main.go tests/go/tlsdemo/go.mod
+	@mkdir -p $(dir $@)
+	cd tests/go/tlsdemo && GOCACHE=$(CURDIR)/$(BUILD)/go/cache GOFLAGS=-trimpath GOTOOLCHAIN=local \
+		go build -ldflags="-s -w" -o $(CURDIR)/$@ .
+
+test-go: $(BUILD)/go/tlsdemo $(BUILD)/go/tlsdemo-stripped
 
 run: setup
 	$(BIN)/andon run

@@ -1688,28 +1688,29 @@ struct {
 
 #define SDG_SYSFD_OFF 16 /* poll.FD.Sysfd */
 
-/* at an entry probe: the socket fd of the *tls.Conn in rax, or -1 (not traced, not a socket) */
+/* at an entry probe: the socket fd of the *tls.Conn in rax; -1 for a process not traced, -2
+ * for a Conn with no socket to name */
 static __always_inline long sdg__fd(struct pt_regs *ctx, __u64 pid_tgid)
 {
 	if (!sd__traced(pid_tgid))
 		return -1;
 	__u64 iface[2]; /* tls.Conn.conn: net.Conn's itab and data */
 	if (bpf_probe_read_user(iface, sizeof(iface), (void *)ctx->ax))
-		return -1;
+		return -2;
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 ip = ctx->ip;
 	__u64 tcp = ip + (__s64)(__s32)(__u32)cookie;
 	__u64 unx = ip + (__s64)(__s32)(__u32)(cookie >> 32);
 	if (!iface[0] || (iface[0] != tcp && iface[0] != unx)) {
 		sd__count(SD_STAT_GO_TLS_OTHER_CONN, 1);
-		return -1;
+		return -2;
 	}
 	__u64 netfd = 0;
 	__s64 sysfd = -1;
 	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)iface[1]) || !netfd ||
 	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + SDG_SYSFD_OFF)) || sysfd < 0 ||
 	    sysfd > 0x7fffffff)
-		return -1;
+		return -2;
 	return sysfd;
 }
 
@@ -1719,9 +1720,15 @@ int sockdata_go_tls_read(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	long fd = sdg__fd(ctx, pid_tgid);
-	if (fd < 0)
+	if (fd == -1)
 		return 0;
 	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
+	if (fd < 0) {
+		/* no socket: this Read's copy must not find the goroutine's last Read on a socket
+		 * (one that returned an error, and so never copied) and take its fd */
+		bpf_map_delete_elem(&sd_gotls, &k);
+		return 0;
+	}
 	struct sdg_call call = {.buf = ctx->bx, .fd = fd, .fn = SD_TLS_GO_READ};
 	bpf_map_update_elem(&sd_gotls, &k, &call, BPF_ANY);
 	return 0;

@@ -993,6 +993,18 @@ def test_go_https_client_and_server_in_one_program(shared):
     _go_self_records_are_the_exchange(recs, before, src.stats())
 
 
+def test_a_go_program_stripped_by_its_linker_is_traced_the_same(shared):
+    """The test program linked with -ldflags="-s -w" (no ELF symbols, no DWARF: as release
+    builds often are): found from Go's own function table, the same exchange captured."""
+    src = shared
+    exe = GO_DEMO.parent / "tlsdemo-stripped"
+    before = src.stats()
+    p = go_demo(src, "self", "3", exe=exe)
+    until_probed(src, exe)
+    recs = run_gated(src, p)
+    _go_self_records_are_the_exchange(recs, before, src.stats())
+
+
 def test_go_read_probed_at_its_rets_gives_the_same_plaintext(monkeypatch):
     """The fallback for a Go whose Read has not exactly one call of runtime.memmove: every
     ret of Read probed (single-stepped), the count from rax. The same exchange, the same
@@ -1032,6 +1044,21 @@ def test_go_tls_over_something_that_is_no_socket_is_counted_not_guessed(shared):
     # 3 pings: the client's Write and Read, the server's Read and Write, each at least once
     assert after["go_tls_other_conn"] - before["go_tls_other_conn"] >= 12
     assert after["tls_chunks"] == before["tls_chunks"]
+
+
+def test_a_go_read_on_a_pipe_after_a_failed_socket_read_is_not_taken_for_the_socket(shared):
+    """One goroutine: a Read of a TLS socket that times out (its entry noted, no copy), then a
+    TLS exchange over a net.Pipe, whose Read copies an HTTP response. That copy must not find
+    the socket Read's note and go out as the socket's data: the pipe Read's entry clears it."""
+    src = shared
+    before = src.stats()
+    p = go_demo(src, "stale")
+    until_probed(src, GO_DEMO)
+    recs = run_gated(src, p)
+    after = src.stats()
+    assert [r for r in recs if isinstance(r, ConnOpen)], "the socket was seen"
+    assert data(recs) == []  # the socket carried no plaintext; the pipe's is no socket's
+    assert after["go_tls_other_conn"] - before["go_tls_other_conn"] >= 4  # the pipe's Reads and Writes
 
 
 def test_a_go_program_new_to_the_sensor_is_probed_at_its_exec(cert, tmp_path):

@@ -83,11 +83,11 @@ def test_files_that_are_no_go_program_with_tls_give_none(demo, tmp_path):
     assert go_tls(str(tmp_path / "missing")) is None
     (tmp_path / "junk").write_bytes(b"\x7fELF" + b"\x00" * 100)
     assert go_tls(str(tmp_path / "junk")) is None
-    # stripped of its symbol table (go build -ldflags=-s, or strip): no name to find
-    stripped = tmp_path / "stripped"
-    if shutil.which("strip"):
-        subprocess.run(["strip", "-o", str(stripped), str(GO_DEMO)], check=True)
-        assert go_tls(str(stripped)) is None
+    # stripped of its symbols and of Go's function table too: nothing to find the functions by
+    if shutil.which("objcopy"):
+        bare = tmp_path / "bare"
+        subprocess.run(["objcopy", "--strip-all", "--remove-section=.gopclntab", str(GO_DEMO), str(bare)], check=True)
+        assert go_tls(str(bare)) is None
     # cut short anywhere: None or GoTlsError, or the whole file's answer when all it reads is
     # still there; never another exception, never other offsets
     whole = go_tls(str(GO_DEMO))
@@ -140,3 +140,26 @@ def test_a_read_without_exactly_one_copy_is_probed_at_its_rets(demo, monkeypatch
     assert found is not None and found.read.copy is None and len(found.read.rets) >= 2
     assert all(demo[r] == 0xC3 for r in found.read.rets)
     assert (found.write.copy, found.write.rets) == (None, ())
+
+
+def test_a_stripped_go_program_is_probed_from_its_function_table(demo, tmp_path):
+    """Without ELF symbols (Go's linker with -ldflags="-s -w", as release builds often are, or
+    binutils' strip), the functions come from Go's own function table (.gopclntab) and the
+    itabs from .itablink, by their method pointers: the same probes as with the symbols."""
+    built = GO_DEMO.parent / "tlsdemo-stripped"
+    if not built.exists():
+        pytest.skip(f"{built} is not built: make test-go")
+    out = subprocess.run(["readelf", "-SW", str(built)], capture_output=True, text=True).stdout
+    assert ".symtab" not in out and ".gopclntab" in out
+    found = go_tls(str(built))
+    assert found is not None and found.read.copy is not None and found.version.startswith("go1.")
+    # the same program, so the same code: each probe where the unstripped file has it (the
+    # files' layouts differ only after the code), the same itab distances
+    whole = go_tls(str(GO_DEMO))
+    assert whole is not None
+    for a, b in ((found.read, whole.read), (found.write, whole.write)):
+        assert (a.entry, a.copy, a.rets, a.cookie) == (b.entry, b.copy, b.rets, b.cookie)
+    if shutil.which("strip"):
+        stripped = tmp_path / "stripped"
+        subprocess.run(["strip", "-o", str(stripped), str(GO_DEMO)], check=True)
+        assert go_tls(str(stripped)) == whole

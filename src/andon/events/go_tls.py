@@ -174,6 +174,73 @@ def _symbols(data, sections: list[tuple], names: set[str]) -> dict[str, tuple[in
     return out
 
 
+PCLN_MAGICS = {0xFFFFFFFA: "1.16", 0xFFFFFFF0: "1.18", 0xFFFFFFF1: "1.20"}  # pcHeader.magic: its layout
+
+
+def _pclntab_funcs(data, sh: tuple, text_addr: int, names: set[str]) -> dict[str, tuple[int, int]]:
+    """name -> (address, size) of the wanted functions, from Go's own function table
+    (``.gopclntab``), which a program stripped of its ELF symbols (``-ldflags=-s``, strip)
+    still has: the runtime needs it for stack traces. ``sh``: that section's header."""
+    import numpy as np
+
+    base, size = sh[4], sh[5]
+    magic, ptrsize = struct.unpack_from("<I", data, base)[0], data[base + 7]
+    form = PCLN_MAGICS.get(magic)
+    if form is None or ptrsize != 8:
+        raise GoTlsError(f"a Go function table this does not read (magic {magic:#x})")
+    if form == "1.16":  # nfunc nfiles funcnameOffset cuOffset filetabOffset pctabOffset pclnOffset
+        nfunc, _nfiles, nameoff, _cu, _file, _pc, pcln = struct.unpack_from("<7Q", data, base + 8)
+        text = 0
+    else:  # nfunc nfiles textStart funcnameOffset cuOffset filetabOffset pctabOffset pclnOffset
+        nfunc, _nfiles, text, nameoff, _cu, _file, _pc, pcln = struct.unpack_from("<8Q", data, base + 8)
+        text = text or text_addr  # a position-independent file leaves it to a relocation
+    if not 0 < nfunc < 1 << 24 or max(nameoff, pcln) >= size:
+        raise GoTlsError("a Go function table out of its section")
+    names_at: dict[int, str] = {}
+    tab = data[base + nameoff:base + pcln]
+    for name in names:
+        j = tab.find(b"\x00" + name.encode() + b"\x00")
+        if j >= 0:
+            names_at[j + 1] = name
+        elif tab.startswith(name.encode() + b"\x00"):
+            names_at[0] = name
+    if not names_at:
+        return {}
+    sec = np.frombuffer(data, dtype=np.uint8, count=size, offset=base)
+    width = 8 if form != "1.16" else 16  # functab entries: (entryoff u32, funcoff u32) or (entry, funcoff) uintptrs
+    n = min(nfunc + 1, (size - pcln) // width)
+    raw = sec[pcln:pcln + n * width].view("<u4" if width == 8 else "<u8").reshape(n, 2)
+    entries, funcoffs = raw[:, 0].astype(np.int64), raw[:nfunc, 1].astype(np.int64)
+    nameoff_at = pcln + funcoffs + (4 if width == 8 else 8)  # _func.nameOff, after its entry
+    if nameoff_at.size == 0 or nameoff_at.max() + 4 > size:
+        raise GoTlsError("a Go function table out of its section")
+    nameoffs = sec[nameoff_at[:, None] + np.arange(4)].copy().view("<i4").ravel()
+    out: dict[str, tuple[int, int]] = {}
+    for k in np.nonzero(np.isin(nameoffs, np.fromiter(names_at, dtype=np.int64)))[0]:
+        start = int(entries[k]) + (text if width == 8 else 0)
+        end = int(entries[k + 1]) + (text if width == 8 else 0) if k + 1 < n else start
+        out[names_at[int(nameoffs[k])]] = (start, end - start)
+    return out
+
+
+# net.Conn's methods in its itabs' order (sorted by name): a *net.TCPConn's itab for it points at these
+CONN_METHODS = ("Close", "LocalAddr", "Read", "RemoteAddr", "SetDeadline", "SetReadDeadline", "SetWriteDeadline",
+                "Write")
+
+
+def _itab_by_methods(data, loads: list[tuple[int, int, int]], itablink: tuple, methods: list[int]) -> int | None:
+    """The address of the itab, among those ``.itablink`` lists, whose eight method pointers are
+    ``methods`` (a type's net.Conn methods, by address): the type's itab for net.Conn, found
+    without its symbol. An itab is (inter, _type, hash u32, pad u32, fun[...])."""
+    off, size = itablink[4], itablink[5]
+    want = struct.pack("<8Q", *methods)
+    for (ptr,) in struct.iter_unpack("<Q", data[off:off + size - size % 8]):
+        o = _offset(loads, ptr + 24) if ptr else None
+        if o is not None and data[o:o + 64] == want:
+            return ptr
+    return None
+
+
 def _decode(code: bytes, vaddr: int, memmove: int | None = None) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """The entry probe's address, every ret's, and every call of ``memmove``'s, in the function
     at ``vaddr`` (``code``: all its bytes)."""
@@ -222,8 +289,21 @@ def go_tls_of(data) -> GoTls | None:
         return None  # not a Go program
     want = {READ, WRITE, MEMMOVE} | {n for names in ITABS.values() for n in names}
     syms = _symbols(data, sections, want)
-    if READ not in syms or WRITE not in syms:
-        return None  # no crypto/tls in it (or stripped of its symbols)
+    stripped = READ not in syms or WRITE not in syms
+    if stripped:  # no ELF symbols: Go's own function table, and the itabs by their methods
+        if ".gopclntab" not in named or ".itablink" not in named:
+            return None
+        text_addr = named[".text"][3] if ".text" in named else 0
+        conn = {kind: [f"net.(*{kind}Conn).{m}" for m in CONN_METHODS] for kind in ("TCP", "Unix")}
+        syms = _pclntab_funcs(data, named[".gopclntab"], text_addr,
+                              {READ, WRITE, MEMMOVE} | {n for ms in conn.values() for n in ms})
+        if READ not in syms or WRITE not in syms:
+            return None  # no crypto/tls in it
+        for kind, ms in conn.items():
+            if all(m in syms for m in ms):
+                found = _itab_by_methods(data, loads, named[".itablink"], [syms[m][0] for m in ms])
+                if found is not None:
+                    syms[ITABS[kind][0]] = (found, 0)
     version = go_version(data, named[".go.buildinfo"][4], loads)
     if version is None:
         raise GoTlsError("cannot tell which Go built it: the probes read Go's register ABI, Go 1.17+")

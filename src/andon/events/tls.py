@@ -1,4 +1,4 @@
-"""Attach the socket data sensor's OpenSSL uprobes to every libssl in use.
+"""Attach the socket data sensor's TLS uprobes to every libssl in use, and to Go programs.
 
 The probes themselves (``sockdata_ssl_*`` in ``bpf/net/sockdata.bpf.c``) live in the
 sensor's object and share its maps; this module only decides *where* they go. A uprobe
@@ -96,7 +96,8 @@ HOST_DIRS = (
 
 @dataclass
 class LibFile:
-    """One libssl file with the probes on it."""
+    """One file with TLS probes on it: a libssl, an executable that exports OpenSSL (node), or
+    a Go program (``go`` says its Go version)."""
 
     path: str  # as opened: through /proc/<pid>/root/ for a file of another mount namespace
     dev: int

@@ -4,6 +4,8 @@
 //	tlsdemo get URL N              N GETs of URL on one kept-alive connection; prints each status and body size
 //	tlsdemo self N [wait]          a server on 127.0.0.1 and N GETs to it from the same process
 //	tlsdemo pipe N [wait]          N pings echoed over TLS on a net.Pipe (a net.Conn with no socket)
+//	tlsdemo stale [wait]           on one goroutine: a Read of a TLS socket that times out (no
+//	                               plaintext), then a request and response over TLS on a net.Pipe
 //	tlsdemo pingpong N [wait]      N round trips of 64 bytes over TLS on loopback TCP, timed: prints
 //	                               {"n": N, "ns_per_round_trip": ...} (four crypto/tls calls each)
 //
@@ -195,9 +197,52 @@ func pingpong(n int) error {
 	return nil
 }
 
+func stale() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
+		io.Copy(io.Discard, srv) // never answers
+	}()
+	wait()
+	cli, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	cli.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := cli.Read(buf); err == nil {
+		return fmt.Errorf("the socket Read did not time out")
+	}
+	a, b := net.Pipe()
+	psrv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
+	go func() {
+		in := make([]byte, 64)
+		if _, err := io.ReadFull(psrv, in); err == nil {
+			psrv.Write(resp)
+		}
+	}()
+	pcli := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	if _, err := pcli.Write(req); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(pcli, buf); err != nil { // on this goroutine, as the socket Read was
+		return err
+	}
+	fmt.Printf("%s\n", buf[:15])
+	cli.Close()
+	return nil
+}
+
 func main() {
-	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve ADDR CERT KEY | get URL N | self N")
+	if len(os.Args) < 2 || (len(os.Args) < 3 && os.Args[1] != "stale") {
+		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve ADDR [CERT KEY] | get URL N | self N | pipe N | pingpong N | stale")
 		os.Exit(2)
 	}
 	var err error
@@ -237,6 +282,8 @@ func main() {
 	case "pingpong":
 		n, _ := strconv.Atoi(os.Args[2])
 		err = pingpong(n)
+	case "stale":
+		err = stale()
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
