@@ -210,6 +210,20 @@ class Observer:
             self._registry = None
 
 
+def tls_text(source: Any) -> str:
+    """What the agent's start line says of TLS capture: the files probed, or why it is off."""
+    if source is None or not source.settings.tls:
+        return "TLS off"
+    if source.tls is None:
+        return f"TLS off ({source.tls_error})"
+    files = list(source.tls.files.values())
+    go = sum(1 for f in files if f.go)
+    text = f"TLS on: {len(files) - go} OpenSSL file(s)" + (f", {go} Go program(s)" if go else "")
+    if source.go_tls_error:
+        text += f"; Go's crypto/tls off ({source.go_tls_error})"
+    return text
+
+
 def describe(stats: dict[str, Any]) -> str:
     """The closing line's observability part: rows per table, connections, loss."""
     rows = stats.get("rows", {})

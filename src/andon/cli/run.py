@@ -180,7 +180,7 @@ def _start_flows(cfg: Any, observer: Any) -> Any:
 
 def _start_observer(cfg: Any) -> Any:
     """Protocol tracing beside the rules; a kernel that cannot do it costs only this part."""
-    from ..app.observer import Observer
+    from ..app.observer import Observer, tls_text
     from ..errors import NotSupported
 
     observer = Observer(cfg.observe, cfg.store)
@@ -191,7 +191,7 @@ def _start_observer(cfg: Any) -> Any:
         return None
     observer.start_thread()
     print(f"andon: observe: {cfg.observe.protocols_text()} into {observer.store_settings.data_dir} "
-          f"({observer.source.hook})", file=sys.stderr)
+          f"({observer.source.hook}); {tls_text(observer.source)}", file=sys.stderr)
     return observer
 
 
@@ -199,14 +199,14 @@ def _observe_only(cfg: Any, duration: float | None) -> int:
     """``--no-rules``: protocol tracing until SIGINT/SIGTERM or ``duration``."""
     import time
 
-    from ..app.observer import Observer
+    from ..app.observer import Observer, tls_text
     from ..app.observer import describe as describe_observe
     from ..app.stream import StopFlag, polls
 
     observer = Observer(cfg.observe, cfg.store)
     observer.start()
     print(f"andon: observe: {cfg.observe.protocols_text()} into {observer.store_settings.data_dir} "
-          f"({observer.source.hook}); no rules", file=sys.stderr)
+          f"({observer.source.hook}); {tls_text(observer.source)}; no rules", file=sys.stderr)
     observer.start_thread()
     endpoints = _start_endpoints(cfg)
     _start_firewall(cfg)
