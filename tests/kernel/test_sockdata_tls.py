@@ -1005,6 +1005,44 @@ def test_a_go_program_stripped_by_its_linker_is_traced_the_same(shared):
     _go_self_records_are_the_exchange(recs, before, src.stats())
 
 
+def test_a_stripped_go_program_in_a_podman_container(shared):
+    """The stripped Go program run in a container (its own mount and network namespaces) as
+    /app/svc: found through /proc/<pid>/root, probed, both ends captured."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+        pytest.skip(f"image {IMAGE} is not there (make test-image)")
+    exe = GO_DEMO.parent / "tlsdemo-stripped"
+    if not exe.exists():
+        pytest.skip(f"{exe} is not built: make test-go")
+    src = shared
+    before = src.stats()
+    p = subprocess.Popen([*PODMAN_RUN, "-v", f"{exe}:/app/svc:ro", IMAGE, "/app/svc", "self", "3", "wait"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        line = p.stdout.readline()
+        assert line, p.stderr.read() if p.stderr else ""
+        pid = json.loads(line)["pid"]  # the host's pid (--pid host)
+        src.add_pid(pid)
+        until_probed(src, Path("/app/svc"))
+        p.stdin.write(b"x")
+        p.stdin.close()
+        recs: list = []
+        deadline = time.monotonic() + 30
+        while p.poll() is None and time.monotonic() < deadline:
+            recs.extend(r for r in src.read(0.05) if r.pid == pid)
+        recs.extend(r for r in src.read(0.2) if r.pid == pid)
+        assert p.wait(timeout=30) == 0, p.stderr.read() if p.stderr else ""
+    finally:
+        p.kill()
+    found = [f for f in src.tls.files.values() if f.path == f"/proc/{pid}/root/app/svc"]
+    assert len(found) == 1 and found[0].go.startswith("go1.")
+    by = conns(recs)
+    assert by[Role.CLIENT][0].netns == by[Role.SERVER][0].netns != os.stat("/proc/self/ns/net").st_ino
+    _go_self_records_are_the_exchange(recs, before, src.stats())
+
+
 def test_go_read_probed_at_its_rets_gives_the_same_plaintext(monkeypatch):
     """The fallback for a Go whose Read has not exactly one call of runtime.memmove: every
     ret of Read probed (single-stepped), the count from rax. The same exchange, the same

@@ -2,7 +2,8 @@
 //
 //	tlsdemo serve ADDR CERT KEY    serve /, /size/<n> and /status/<code> over TLS until killed
 //	tlsdemo get URL N              N GETs of URL on one kept-alive connection; prints each status and body size
-//	tlsdemo self N [wait]          a server on 127.0.0.1 and N GETs to it from the same process
+//	tlsdemo self N [wait]          a server on 127.0.0.1 and N GETs to it from the same process;
+//	                               prints {"pid": its pid, "port": the server's} first
 //	tlsdemo pipe N [wait]          N pings echoed over TLS on a net.Pipe (a net.Conn with no socket)
 //	tlsdemo stale [wait]           on one goroutine: a Read of a TLS socket that times out (no
 //	                               plaintext), then a request and response over TLS on a net.Pipe
@@ -272,7 +273,7 @@ func main() {
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
 			serverOn(ln, selfSigned())
-			fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
+			fmt.Printf("{\"pid\": %d, \"port\": %d}\n", os.Getpid(), ln.Addr().(*net.TCPAddr).Port)
 			wait()
 			err = get(fmt.Sprintf("https://127.0.0.1:%d/size/100", ln.Addr().(*net.TCPAddr).Port), n)
 		}
