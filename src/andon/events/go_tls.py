@@ -197,12 +197,12 @@ def _pclntab_funcs(data, sh: tuple, text_addr: int, names: set[str]) -> dict[str
     if not 0 < nfunc < 1 << 24 or max(nameoff, pcln) >= size:
         raise GoTlsError("a Go function table out of its section")
     names_at: dict[int, str] = {}
-    tab = data[base + nameoff:base + pcln]
+    lo, hi = base + nameoff, base + pcln  # the function names, searched in place (no copy)
     for name in names:
-        j = tab.find(b"\x00" + name.encode() + b"\x00")
+        j = data.find(b"\x00" + name.encode() + b"\x00", lo, hi)
         if j >= 0:
-            names_at[j + 1] = name
-        elif tab.startswith(name.encode() + b"\x00"):
+            names_at[j + 1 - lo] = name
+        elif data[lo:lo + len(name) + 1] == name.encode() + b"\x00":
             names_at[0] = name
     if not names_at:
         return {}
