@@ -73,6 +73,7 @@ enum sd_close_reason {
 /* protocol: Pixie's traffic_protocol_t (the ones inferred here) */
 #define SD_PROTO_UNKNOWN 0
 #define SD_PROTO_HTTP 1
+#define SD_PROTO_HTTP2 2
 #define SD_PROTO_MYSQL 3
 #define SD_PROTO_PGSQL 5
 #define SD_PROTO_DNS 6

@@ -664,6 +664,20 @@ static __always_inline int sd__is_http(const __u8 *b, __u32 n, int *req)
 	return 0;
 }
 
+/* HTTP/2 (RFC 9113 3.4): the client's connection preface, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+ * first on the connection (in the clear with prior knowledge, or in TLS after ALPN "h2"):
+ * its first 16 bytes. A connection seen only from its middle has no preface, and its
+ * header compression state could not be followed anyway. */
+static __always_inline int sd__is_http2(const __u8 *b, __u32 n, int *req)
+{
+	if (n < 16)
+		return 0;
+	*req = 1;
+	return b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' && b[5] == ' ' && b[6] == 'H' &&
+	       b[7] == 'T' && b[8] == 'T' && b[9] == 'P' && b[10] == '/' && b[11] == '2' && b[12] == '.' && b[13] == '0' &&
+	       b[14] == '\r' && b[15] == '\n';
+}
+
 /* PostgreSQL (protocol 3.0, "Message Formats"): the startup message and SSLRequest are
  * int32 length + int32 code; then typed messages: a byte tag + int32 length that
  * counts itself but not the tag. */
@@ -781,6 +795,8 @@ static __always_inline __u8 sd__infer(const __u8 *b, __u32 n, __u32 size, __u8 l
 		return sd__is_dns(b, n, size, req) ? SD_PROTO_DNS : 0;
 	if (sd__is_http(b, n, req))
 		return SD_PROTO_HTTP;
+	if (sd__is_http2(b, n, req))
+		return SD_PROTO_HTTP2;
 	if (sd__is_pgsql(b, n, size, req))
 		return SD_PROTO_PGSQL;
 	if (sd__is_mysql(b, n, size, req))

@@ -50,7 +50,7 @@ class ObserveConfig:
     """The ``observe:`` section: protocol tracing into Pixie's tables (docs/observability.md)."""
 
     enabled: bool = True
-    protocols: tuple[str, ...] = ("http", "pgsql", "mysql", "redis", "dns")
+    protocols: tuple[str, ...] = ("http", "http2", "pgsql", "mysql", "redis", "dns")
     # (protocol, roles): only the client or the server end of its connections is traced (the
     # kernel copies nothing of the other); a protocol not here: both ends, as Pixie does
     trace_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()

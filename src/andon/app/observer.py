@@ -31,8 +31,8 @@ from .config import ObserveConfig
 
 log = logging.getLogger("andon.observe")
 
-PROTOCOL_NAMES = {"http": Protocol.HTTP, "pgsql": Protocol.PGSQL, "mysql": Protocol.MYSQL,
-                  "redis": Protocol.REDIS, "dns": Protocol.DNS}
+PROTOCOL_NAMES = {"http": Protocol.HTTP, "http2": Protocol.HTTP2, "pgsql": Protocol.PGSQL,
+                  "mysql": Protocol.MYSQL, "redis": Protocol.REDIS, "dns": Protocol.DNS}
 
 
 # allocations between young-generation collections while tracing. Every record makes a few

@@ -116,7 +116,7 @@ TLS_CALLS = {1: "SSL_read", 2: "SSL_write", 3: "SSL_read_ex", 4: "SSL_write_ex",
 HOOKS = {"tp_btf": ("sockdata_exit_btf", "sockdata_proc_exit"), "raw_tp": ("sockdata_exit_raw", "sockdata_proc_exit")}
 
 # the protocols the kernel can infer (bpf/net/sockdata.bpf.c, sd__infer)
-INFERRED = frozenset({Protocol.HTTP, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
+INFERRED = frozenset({Protocol.HTTP, Protocol.HTTP2, Protocol.PGSQL, Protocol.MYSQL, Protocol.REDIS, Protocol.DNS})
 
 
 def unix_path(raw: bytes, n: int) -> str:
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m andon.events.sockdata", description=main.__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--protocol", action="append", default=[], help="http, pgsql, mysql, redis, dns (default: all)")
+    ap.add_argument("--protocol", action="append", default=[], help="http, http2, pgsql, mysql, redis, dns (default: all)")
     ap.add_argument("--pid", type=int, action="append", default=[], help="trace only these processes")
     ap.add_argument("--comm", default="", help="print only records of processes whose name starts with this")
     ap.add_argument("--max-copy", type=int, default=4096)

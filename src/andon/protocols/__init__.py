@@ -9,12 +9,14 @@ from __future__ import annotations
 from andon.protocols.base import ConnParser, DataChunk, Direction, ParseStats, Protocol, Role
 from andon.protocols.dns import DNSParser
 from andon.protocols.http import HTTPParser
+from andon.protocols.http2 import HTTP2Parser
 from andon.protocols.mysql import MySQLParser
 from andon.protocols.pgsql import PgSQLParser
 from andon.protocols.redis import RedisParser
 
 PARSERS: dict[Protocol, type[ConnParser]] = {
     Protocol.HTTP: HTTPParser,
+    Protocol.HTTP2: HTTP2Parser,
     Protocol.PGSQL: PgSQLParser,
     Protocol.MYSQL: MySQLParser,
     Protocol.REDIS: RedisParser,
@@ -23,5 +25,5 @@ PARSERS: dict[Protocol, type[ConnParser]] = {
 
 __all__ = [
     "PARSERS", "ConnParser", "DataChunk", "Direction", "ParseStats", "Protocol", "Role",
-    "DNSParser", "HTTPParser", "MySQLParser", "PgSQLParser", "RedisParser",
+    "DNSParser", "HTTPParser", "HTTP2Parser", "MySQLParser", "PgSQLParser", "RedisParser",
 ]

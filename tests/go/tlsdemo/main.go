@@ -1,7 +1,9 @@
 // tlsdemo: a Go HTTPS server and client for andon's tests of Go's crypto/tls.
 //
 //	tlsdemo serve ADDR CERT KEY    serve /, /size/<n> and /status/<code> over TLS until killed
+//	tlsdemo serve-h2 ADDR [CERT KEY]  the same, HTTP/2 offered too (ALPN h2, as net/http does by default)
 //	tlsdemo get URL N              N GETs of URL on one kept-alive connection; prints each status and body size
+//	tlsdemo get-h2 URL N           the same over HTTP/2 (net/http's client default with TLS)
 //	tlsdemo self N [wait]          a server on 127.0.0.1 and N GETs to it from the same process;
 //	                               prints {"pid": its pid, "port": the server's} first
 //	tlsdemo pipe N [wait]          N pings echoed over TLS on a net.Pipe (a net.Conn with no socket)
@@ -74,17 +76,20 @@ func selfSigned() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func client() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+func client(h2 bool) *http.Client {
+	t := &http.Transport{
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
-		ForceAttemptHTTP2: false,
-		TLSNextProto:      map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
+		ForceAttemptHTTP2: h2,
 		MaxIdleConns:      1,
-	}}
+	}
+	if !h2 {
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // HTTP/1.1 only
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: t}
 }
 
-func get(url string, n int) error {
-	c := client()
+func get(url string, n int, h2 bool) error {
+	c := client(h2)
 	for i := 0; i < n; i++ {
 		resp, err := c.Get(url)
 		if err != nil {
@@ -95,16 +100,21 @@ func get(url string, n int) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%d %d\n", resp.StatusCode, len(body))
+		fmt.Printf("%d %d %s\n", resp.StatusCode, len(body), resp.Proto)
 	}
 	return nil
 }
 
-func serverOn(ln net.Listener, cert tls.Certificate) *http.Server {
+func serverOn(ln net.Listener, cert tls.Certificate, h2 bool) *http.Server {
 	srv := &http.Server{Handler: http.HandlerFunc(handler),
-		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}},
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){}}
-	go srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	if h2 {
+		go srv.ServeTLS(ln, "", "") // net/http's own HTTP/2 set-up: ALPN h2 and http/1.1
+	} else {
+		srv.TLSConfig.NextProtos = []string{"http/1.1"}
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		go srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+	}
 	return srv
 }
 
@@ -243,12 +253,12 @@ func stale() error {
 
 func main() {
 	if len(os.Args) < 2 || (len(os.Args) < 3 && os.Args[1] != "stale") {
-		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve ADDR [CERT KEY] | get URL N | self N | pipe N | pingpong N | stale")
+		fmt.Fprintln(os.Stderr, "usage: tlsdemo serve[-h2] ADDR [CERT KEY] | get[-h2] URL N | self N | pipe N | pingpong N | stale")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
-	case "serve":
+	case "serve", "serve-h2":
 		var cert tls.Certificate
 		if len(os.Args) >= 5 {
 			cert, err = tls.LoadX509KeyPair(os.Args[3], os.Args[4])
@@ -258,24 +268,24 @@ func main() {
 		if err == nil {
 			var ln net.Listener
 			if ln, err = net.Listen("tcp", os.Args[2]); err == nil {
-				serverOn(ln, cert)
+				serverOn(ln, cert, os.Args[1] == "serve-h2")
 				select {}
 			}
 		}
-	case "get":
+	case "get", "get-h2":
 		n := 1
 		if len(os.Args) > 3 {
 			n, _ = strconv.Atoi(os.Args[3])
 		}
-		err = get(os.Args[2], n)
+		err = get(os.Args[2], n, os.Args[1] == "get-h2")
 	case "self":
 		n, _ := strconv.Atoi(os.Args[2])
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
-			serverOn(ln, selfSigned())
+			serverOn(ln, selfSigned(), false)
 			fmt.Printf("{\"pid\": %d, \"port\": %d}\n", os.Getpid(), ln.Addr().(*net.TCPAddr).Port)
 			wait()
-			err = get(fmt.Sprintf("https://127.0.0.1:%d/size/100", ln.Addr().(*net.TCPAddr).Port), n)
+			err = get(fmt.Sprintf("https://127.0.0.1:%d/size/100", ln.Addr().(*net.TCPAddr).Port), n, false)
 		}
 	case "pipe":
 		n, _ := strconv.Atoi(os.Args[2])

@@ -1,0 +1,355 @@
+"""HTTP/2 (RFC 9113), request/response pairs into ``http_events`` as Pixie records them.
+
+A connection starts with the client's preface (``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, which
+the sensor infers the protocol from), then frames both ways: 9 bytes of header (length,
+type, flags, stream id), then the payload. A request is a stream's HEADERS (and
+CONTINUATION) frames from the client, then its DATA frames, up to the frame flagged
+END_STREAM; its response the same from the server, trailers included (a HEADERS frame
+after the DATA: gRPC's status). Header blocks are HPACK-compressed (RFC 7541) with a table
+each direction keeps across the connection, so they are decoded in order, every one of
+them (PUSH_PROMISE's too), with the ``hpack`` library's decoder, one per direction. Bytes
+lost or not copied inside a DATA frame's payload only shorten the body kept; anywhere else
+(a frame header, a header block) they leave that direction's table unknown: the direction
+stops there (counted ``invalid``), and what is pending on it is counted unmatched at close.
+
+Rows: ``major_version`` 2, ``minor_version`` 0; ``req_method``/``req_path`` from ``:method``
+and ``:path``; ``resp_status`` from ``:status``; ``resp_message`` empty (HTTP/2 has no
+reason phrase); ``req_headers``/``resp_headers`` every header, pseudo-headers included, as
+JSON (as for HTTP/1.x); bodies as for HTTP/1.x; ``latency`` the response's end minus the
+request's end. A stream reset (RST_STREAM) before its response ends is counted unmatched.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .base import ConnParser, DataChunk, Direction, Protocol, Role
+from .http import BODY_COLUMN, BODY_KEEP, HEADERS_COLUMN, headers_json
+from .stream import bound, latency
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
+MAX_BLOCK = 1 << 20  # bytes of one header block (HEADERS + CONTINUATION) kept, at most
+MAX_FRAME_KEPT = 1 << 16  # bytes of a non-DATA frame's payload kept while it arrives, at most
+MAX_STREAMS = 1024  # streams in flight remembered per connection, at most (then the oldest go)
+
+
+@dataclass(slots=True)
+class Msg:
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    body_size: int = 0
+    end_ts: int = 0  # when its END_STREAM frame came; 0 while it goes on
+
+    def get(self, name: str) -> str:
+        return next((v for k, v in self.headers if k == name), "")
+
+
+@dataclass(slots=True)
+class Stream:
+    req: Msg = field(default_factory=Msg)
+    resp: Msg | None = None
+
+
+@dataclass(slots=True)
+class Way:
+    """One direction: the frame being read, the header block being gathered, its HPACK table."""
+
+    decoder: object
+    head: bytearray = field(default_factory=bytearray)  # a frame header still short of 9 bytes
+    ftype: int = -1  # the frame in progress (-1: between frames)
+    flags: int = 0
+    sid: int = 0
+    left: int = 0  # its payload bytes still to come
+    payload: bytearray = field(default_factory=bytearray)  # a non-DATA frame's payload so far
+    pad: int = -1  # a padded DATA frame's pad length, once read (-1: not yet / not padded)
+    block: bytearray | None = None  # a header block waiting for its CONTINUATION
+    block_sid: int = 0
+    block_flags: int = 0
+    block_type: int = HEADERS
+    preface: int = 0  # preface bytes still to skip (the client's direction)
+    length: int = 0  # the frame in progress's payload length
+    started: bool = False  # bytes seen in this direction
+    broken: bool = False
+
+
+def _decoder() -> object:
+    import hpack
+
+    d = hpack.Decoder()
+    # the encoder may grow its table up to what the other end's SETTINGS allowed: the
+    # decoder here only follows it (the size updates are in the blocks themselves)
+    d.max_allowed_table_size = 1 << 24
+    d.max_header_list_size = 1 << 24
+    return d
+
+
+class HTTP2Parser(ConnParser):
+    protocol = Protocol.HTTP2
+    table = "http_events"
+
+    def __init__(self, role: Role = Role.UNKNOWN) -> None:
+        super().__init__(role)
+        self.ways: dict[Direction, Way] = {}
+        self.streams: dict[int, Stream] = {}
+        # the client's direction: from the role, else from where the preface shows
+        self.req_dir: Direction | None = {Role.SERVER: Direction.INGRESS,
+                                          Role.CLIENT: Direction.EGRESS}.get(role)
+
+    # -- bytes ----------------------------------------------------------------------------
+    def _way(self, d: Direction) -> Way:
+        w = self.ways.get(d)
+        if w is None:
+            w = self.ways[d] = Way(_decoder())
+        return w
+
+    def feed(self, chunk: DataChunk) -> list[dict]:
+        d = chunk.direction
+        w = self._way(d)
+        if w.broken:
+            self.stats.bytes_skipped += len(chunk.data)
+            return []
+        data = bytes(chunk.data)
+        gap = chunk.gap
+        if not w.started:
+            if self.req_dir is None and not gap and data.startswith(PREFACE[:16]):
+                self.req_dir = d
+            if d == self.req_dir and not gap and data[:len(PREFACE)] == PREFACE[:min(len(data), len(PREFACE))]:
+                w.preface = len(PREFACE)
+            elif gap and self.req_dir is not None and d != self.req_dir:
+                # the server's first frames (its SETTINGS) written before the sensor knew the
+                # protocol from the client's preface: whole frames of no header block, so the
+                # direction starts afresh at this chunk (a frame boundary)
+                self.stats.bytes_skipped += gap
+                gap = 0
+        w.started = True
+        out: list[dict] = []
+        if gap:
+            self._missing(w, gap)
+            if w.broken:
+                return out
+        try:
+            out += self._bytes(d, w, data, chunk.ts_ns)
+        except Exception:  # noqa: BLE001 - hostile bytes (a header block hpack refuses): never raise
+            self._break(w)
+        if chunk.truncated and not w.broken:
+            self._missing(w, chunk.truncated)
+        return out
+
+    def _break(self, w: Way) -> None:
+        if not w.broken:
+            w.broken = True
+            self.stats.invalid += 1
+
+    def _missing(self, w: Way, n: int) -> None:
+        """n bytes of this direction were never seen: harmless only inside a DATA payload."""
+        if w.preface:
+            k = min(n, w.preface)
+            w.preface -= k
+            n -= k
+        if not n:
+            return
+        if w.ftype == DATA and not w.flags & PADDED and n <= w.left:
+            msg = self._msg_of(w.sid, w)
+            if msg is not None:
+                msg.body_size += n
+            w.left -= n
+            self.stats.bytes_skipped += n
+            if not w.left:
+                self._frame_done(w, 0)
+            return
+        self.stats.bytes_skipped += n
+        self._break(w)
+
+    def _bytes(self, d: Direction, w: Way, data: bytes, ts: int) -> list[dict]:
+        out: list[dict] = []
+        i, n = 0, len(data)
+        if w.preface:
+            k = min(w.preface, n)
+            if data[:k] != PREFACE[len(PREFACE) - w.preface:len(PREFACE) - w.preface + k]:
+                self._break(w)
+                return out
+            w.preface -= k
+            i = k
+        while i < n and not w.broken:
+            if w.ftype < 0:  # a frame header
+                take = min(9 - len(w.head), n - i)
+                w.head += data[i:i + take]
+                i += take
+                if len(w.head) < 9:
+                    break
+                length = int.from_bytes(w.head[:3], "big")
+                w.ftype, w.flags = w.head[3], w.head[4]
+                w.sid = struct.unpack_from("!I", w.head, 5)[0] & 0x7FFFFFFF
+                w.head.clear()
+                w.left, w.length, w.pad = length, length, -1
+                w.payload.clear()
+                self.stats.frames += 1
+                if w.block is not None and w.ftype != CONTINUATION:
+                    self._break(w)  # a header block must go on in CONTINUATION frames
+                    break
+                if length == 0:
+                    out += self._frame_done(w, ts)
+                continue
+            take = min(w.left, n - i)
+            part = data[i:i + take]
+            off = w.length - w.left  # where in the payload this part starts
+            i += take
+            w.left -= take
+            if w.ftype == DATA:
+                self._data(w, part, off)
+            elif len(w.payload) + len(part) <= MAX_FRAME_KEPT or w.ftype in (HEADERS, CONTINUATION, PUSH_PROMISE):
+                w.payload += part
+            if not w.left:
+                out += self._frame_done(w, ts)
+        return out
+
+    def _data(self, w: Way, part: bytes, off: int) -> None:
+        """A piece of a DATA frame's payload, starting ``off`` bytes into it: body bytes, but for
+        a padded frame's pad length (its first byte) and padding (its last ``pad`` bytes)."""
+        if w.flags & PADDED:
+            if off == 0 and part:
+                w.pad, part, off = part[0], part[1:], 1
+            if w.pad < 0:
+                return
+            part = part[:max(0, w.length - w.pad - off)]
+        msg = self._msg_of(w.sid, w)
+        if msg is None:
+            return
+        msg.body_size += len(part)
+        room = BODY_KEEP - len(msg.body)
+        if room > 0:
+            msg.body += part[:room]
+
+    def _msg_of(self, sid: int, w: Way) -> Msg | None:
+        """The message of stream ``sid`` this direction's frames make, creating a request."""
+        is_req = self.ways.get(self.req_dir) is w if self.req_dir is not None else False
+        st = self.streams.get(sid)
+        if is_req:
+            if st is None:
+                if len(self.streams) >= MAX_STREAMS:
+                    old = next(iter(self.streams))
+                    del self.streams[old]
+                    self.stats.unmatched_requests += 1
+                st = self.streams[sid] = Stream()
+            return st.req
+        if st is None:
+            return None
+        if st.resp is None:
+            st.resp = Msg()
+        return st.resp
+
+    # -- frames ---------------------------------------------------------------------------
+    def _frame_done(self, w: Way, ts: int) -> list[dict]:
+        ftype, flags, sid, payload = w.ftype, w.flags, w.sid, bytes(w.payload)
+        w.ftype = -1
+        w.payload.clear()
+        if ftype == DATA:
+            if flags & END_STREAM:
+                return self._end(w, sid, ts)
+            return []
+        if ftype in (HEADERS, PUSH_PROMISE):
+            p = 0
+            pad = 0
+            if flags & PADDED:
+                if not payload:
+                    self._break(w)
+                    return []
+                pad, p = payload[0], 1
+            if ftype == HEADERS and flags & PRIORITY_FLAG:
+                p += 5
+            if ftype == PUSH_PROMISE:
+                p += 4  # the promised stream's id
+            if p + pad > len(payload):
+                self._break(w)
+                return []
+            w.block = bytearray(payload[p:len(payload) - pad])
+            w.block_sid, w.block_flags, w.block_type = sid, flags, ftype
+        elif ftype == CONTINUATION:
+            if w.block is None or sid != w.block_sid:
+                self._break(w)
+                return []
+            w.block += payload
+            w.block_flags |= flags & END_HEADERS
+            flags = w.block_flags
+        elif ftype == RST_STREAM:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                self.stats.unmatched_requests += 1
+            return []
+        else:
+            return []  # SETTINGS, PING, GOAWAY, WINDOW_UPDATE, PRIORITY, unknown types
+        if w.block is not None and len(w.block) > MAX_BLOCK:
+            self._break(w)
+            return []
+        if not flags & END_HEADERS:
+            return []
+        block, btype, bsid, bflags = bytes(w.block), w.block_type, w.block_sid, w.block_flags
+        w.block = None
+        headers = [(k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
+                   for k, v in w.decoder.decode(block, raw=True)]  # type: ignore[attr-defined]
+        if btype == PUSH_PROMISE:
+            return []  # decoded to keep the table in step; pushed responses are not rows
+        msg = self._msg_of(bsid, w)
+        if msg is not None:
+            msg.headers += headers  # a second block on a stream: its trailers
+        if bflags & END_STREAM:
+            return self._end(w, bsid, ts)
+        return []
+
+    def _end(self, w: Way, sid: int, ts: int) -> list[dict]:
+        st = self.streams.get(sid)
+        if st is None:
+            return []
+        is_req = self.ways.get(self.req_dir) is w if self.req_dir is not None else False
+        if is_req:
+            st.req.end_ts = ts
+            return []
+        if st.resp is None:
+            return []
+        st.resp.end_ts = ts
+        del self.streams[sid]
+        if not st.req.headers:
+            self.stats.unmatched_responses += 1
+            return []
+        self.stats.records += 1
+        return [self._record(st.req, st.resp)]
+
+    def _record(self, req: Msg, resp: Msg) -> dict:
+        status = resp.get(":status")
+        ctype = resp.get("content-type")
+        return {
+            "time_": resp.end_ts,
+            "major_version": 2,
+            "minor_version": 0,
+            "content_type": 1 if "json" in ctype else 0,
+            "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
+            "req_method": req.get(":method"),
+            "req_path": req.get(":path"),
+            "req_body": bound(req.body.decode("utf-8", "replace"), BODY_COLUMN) if req.body else "",
+            "req_body_size": req.body_size,
+            "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
+            "resp_status": int(status) if status.isdigit() and len(status) <= 3 else 0,
+            "resp_message": "",
+            "resp_body": bound(_resp_body(ctype, resp), BODY_COLUMN),
+            "resp_body_size": resp.body_size,
+            "latency": latency(req.end_ts, resp.end_ts),
+        }
+
+    def close(self, now_ns: int) -> list[dict]:
+        self.stats.unmatched_requests += len(self.streams)
+        self.streams.clear()
+        return []
+
+
+def _resp_body(ctype: str, msg: Msg) -> str:
+    if not ctype:
+        return "<removed: unknown content-type>" if msg.body_size > 0 else ""
+    if "json" not in ctype and "text/" not in ctype:
+        return "<removed: non-text content-type>"
+    return msg.body.decode("utf-8", "replace")
+
+
+__all__ = ["HTTP2Parser", "PREFACE"]

@@ -1,0 +1,181 @@
+"""HTTP/2 (src/andon/protocols/http2.py): frames built here byte by byte (headers compressed
+with the hpack library's encoder, as a real peer's are), fed as the sensor delivers them."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+
+import hpack
+import pytest
+
+from andon.protocols import PARSERS
+from andon.protocols.base import DataChunk, Direction, Protocol, Role
+from andon.protocols.http2 import PREFACE, HTTP2Parser
+
+E, I = Direction.EGRESS, Direction.INGRESS
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 8, 9
+END_STREAM, END_HEADERS, PADDED = 1, 4, 8
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + struct.pack("!I", sid) + payload
+
+
+class Peer:
+    """One end's encoder: header blocks compressed with the state it keeps."""
+
+    def __init__(self) -> None:
+        self.enc = hpack.Encoder()
+
+    def headers(self, sid: int, headers: list[tuple[str, str]], end_stream: bool, split: int = 0) -> bytes:
+        block = self.enc.encode(headers)
+        if split and len(block) > split:  # HEADERS then CONTINUATION frames
+            out = frame(HEADERS, END_STREAM if end_stream else 0, sid, block[:split])
+            rest = block[split:]
+            while rest:
+                part, rest = rest[:split], rest[split:]
+                out += frame(CONTINUATION, 0 if rest else END_HEADERS, sid, part)
+            return out
+        return frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid, block)
+
+
+def get(sid: int, path: str) -> list[tuple[str, str]]:
+    return [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1:8443"), (":path", path),
+            ("user-agent", "curl/7.88.1"), ("accept", "*/*")]
+
+
+def exchange(n: int = 3, body: bytes = b'{"ok": true}') -> tuple[bytes, bytes]:
+    """A client's bytes (preface, settings, n GETs on streams 1, 3, 5...) and the server's
+    (settings, n responses of ``body``): what each end writes."""
+    cli, srv = Peer(), Peer()
+    c = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(WINDOW_UPDATE, 0, 0, b"\x00\x01\x00\x00")
+    s = frame(SETTINGS, 0, 0, struct.pack("!HI", 3, 100)) + frame(SETTINGS, 1, 0, b"")
+    for k in range(n):
+        sid = 2 * k + 1
+        c += cli.headers(sid, get(sid, f"/item/{k}?q=x"), end_stream=True)
+        s += srv.headers(sid, [(":status", "200" if k != 1 else "404"), ("content-type", "application/json"),
+                               ("content-length", str(len(body)))], end_stream=False)
+        s += frame(DATA, END_STREAM, sid, body)
+        s += frame(PING, 0, 0, b"\x00" * 8)
+    return c, s
+
+
+def feed(p: HTTP2Parser, chunks: list[tuple[Direction, bytes]], t0: int = 1000) -> list[dict]:
+    out = []
+    for i, (d, b) in enumerate(chunks):
+        out += p.feed(DataChunk(t0 + i * 10, d, b))
+    return out
+
+
+def test_the_parser_is_registered_for_http2():
+    assert PARSERS[Protocol.HTTP2] is HTTP2Parser and HTTP2Parser.table == "http_events"
+
+
+@pytest.mark.parametrize("role", [Role.SERVER, Role.CLIENT, Role.UNKNOWN])
+def test_requests_and_responses_pair_by_stream_at_either_end(role):
+    c, s = exchange(3)
+    p = HTTP2Parser(role)
+    # the server reads what the client wrote; the client the reverse
+    req_d, resp_d = (I, E) if role != Role.CLIENT else (E, I)
+    rows = feed(p, [(req_d, c), (resp_d, s)])
+    assert [(r["req_method"], r["req_path"], r["resp_status"]) for r in rows] == [
+        ("GET", "/item/0?q=x", 200), ("GET", "/item/1?q=x", 404), ("GET", "/item/2?q=x", 200)]
+    for r in rows:
+        assert (r["major_version"], r["minor_version"], r["resp_message"]) == (2, 0, "")
+        assert r["resp_body"] == '{"ok": true}' and r["resp_body_size"] == 12 and r["content_type"] == 1
+        assert json.loads(r["req_headers"])[":authority"] == "127.0.0.1:8443"
+        assert json.loads(r["resp_headers"])["content-type"] == "application/json"
+        assert r["latency"] == 10 and r["time_"] == 1010  # response end minus request end
+    assert (p.stats.records, p.stats.invalid, p.stats.unmatched_requests) == (3, 0, 0)
+
+
+def test_any_chunking_gives_the_same_rows():
+    """HPACK's table carries across frames: every split of both directions, a byte at a time
+    included, decodes the same."""
+    c, s = exchange(4)
+    whole = feed(HTTP2Parser(Role.SERVER), [(I, c), (E, s)])
+    rnd = random.Random(7)
+    for _ in range(20):
+        chunks: list[tuple[Direction, bytes]] = []
+        for d, b in ((I, c), (E, s)):
+            i = 0
+            while i < len(b):
+                k = rnd.choice([1, 2, 9, 10, 33, 200])
+                chunks.append((d, b[i:i + k]))
+                i += k
+        p = HTTP2Parser(Role.SERVER)
+        rows = []
+        for d, b in chunks:
+            rows += p.feed(DataChunk(1000, d, b))
+        strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time_", "latency")} for r in rs]  # noqa: E731
+        assert strip(rows) == strip(whole)
+
+
+def test_continuation_frames_trailers_padding_and_a_post_body():
+    cli, srv = Peer(), Peer()
+    long = [(f"x-h{i}", "v" * 40) for i in range(20)]
+    c = PREFACE + cli.headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/rpc"),
+                                  ("content-type", "application/json"), *long], end_stream=False, split=100)
+    c += frame(DATA, PADDED, 1, bytes([5]) + b'{"a":' + b"\x00" * 5) + frame(DATA, END_STREAM, 1, b"1}")
+    s = srv.headers(1, [(":status", "200"), ("content-type", "text/plain")], end_stream=False)
+    s += frame(DATA, 0, 1, b"done")
+    s += srv.headers(1, [("grpc-status", "0")], end_stream=True)  # trailers
+    rows = feed(HTTP2Parser(Role.SERVER), [(I, c), (E, s)])
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["req_method"], r["req_path"], r["req_body"], r["req_body_size"]) == ("POST", "/rpc", '{"a":1}', 7)
+    assert json.loads(r["req_headers"])["x-h19"] == "v" * 40
+    assert (r["resp_status"], r["resp_body"], json.loads(r["resp_headers"])["grpc-status"]) == (200, "done", "0")
+
+
+def test_a_reset_stream_and_a_connection_closed_with_requests_pending_are_counted():
+    cli, srv = Peer(), Peer()
+    c = PREFACE + cli.headers(1, get(1, "/a"), True) + cli.headers(3, get(3, "/b"), True) + cli.headers(5, get(5, "/c"), True)
+    s = frame(RST_STREAM, 0, 1, b"\x00\x00\x00\x08") + srv.headers(3, [(":status", "204")], end_stream=True)
+    p = HTTP2Parser(Role.SERVER)
+    rows = feed(p, [(I, c), (E, s)])
+    assert [r["req_path"] for r in rows] == ["/b"]
+    assert p.close(0) == [] and p.stats.unmatched_requests == 2  # /a reset, /c never answered
+
+
+def test_bytes_lost_inside_a_data_payload_only_shorten_the_body_elsewhere_they_stop_the_direction():
+    c, s = exchange(2, body=b'{"k": "' + b"y" * 100 + b'"}')
+    p = HTTP2Parser(Role.SERVER)
+    p.feed(DataChunk(1000, I, c))
+    cut = s.index(b'{"k"') + 20  # inside the first response's DATA payload
+    rows = p.feed(DataChunk(1010, E, s[:cut], size=cut + 30))  # 30 bytes not copied
+    rows += p.feed(DataChunk(1020, E, s[cut + 30:]))
+    assert [r["resp_body_size"] for r in rows] == [109, 109] and p.stats.invalid == 0
+    # a gap in a header block: that direction's table is unknown from there
+    q = HTTP2Parser(Role.SERVER)
+    q.feed(DataChunk(1000, I, c[:40]))
+    q.feed(DataChunk(1010, I, c[60:], gap=20))
+    assert q.stats.invalid == 1 and q.feed(DataChunk(1020, E, s)) == []
+
+
+def test_hostile_bytes_never_raise():
+    rnd = random.Random(1)
+    c, s = exchange(2)
+    for _ in range(300):
+        p = HTTP2Parser(rnd.choice(list(Role)))
+        for _ in range(5):
+            b = bytearray(rnd.choice([c, s, PREFACE, b""]) or b"\x00")
+            for _ in range(rnd.randrange(1, 8)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+            p.feed(DataChunk(1, rnd.choice([E, I]), bytes(b[:rnd.randrange(len(b) + 1)])))
+        p.close(2)
+
+
+def test_the_servers_first_frames_before_the_protocol_was_known_are_skipped_not_fatal():
+    """A server may write its SETTINGS before it reads the client's preface; the sensor
+    infers HTTP/2 from the preface, so those first bytes come as a gap before the server's
+    first delivered chunk. They are whole frames with no header block: the direction starts
+    there. (A gap later, or in the client's direction, still stops it.)"""
+    c, s = exchange(2)
+    first = s.index(b"\x00\x00\x00\x04\x01")  # after the server's SETTINGS, at its SETTINGS ack
+    p = HTTP2Parser(Role.SERVER)
+    rows = feed(p, [(I, c)]) + p.feed(DataChunk(2000, E, s[first:], gap=first))
+    assert [r["req_path"] for r in rows] == ["/item/0?q=x", "/item/1?q=x"] and p.stats.invalid == 0
+    assert p.stats.bytes_skipped == first
