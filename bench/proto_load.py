@@ -499,7 +499,7 @@ SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "
 # agent configurations: (the andon config file it runs with, "" for none; whether it traces
 # the client end, so that a complete run must capture every request there too)
 AGENTS = {"agent": ("", True),
-          "agent-server": ("observe:\n  trace_roles: {http: server, pgsql: server, mysql: server, redis: server, "
+          "agent-server": ("observe:\n  trace_roles: {http: server, http2: server, pgsql: server, mysql: server, redis: server, "
                            "dns: server}\n", False)}
 CONFIGS = ("off", *SENSORS, *AGENTS, "on")
 

@@ -590,19 +590,20 @@ def node_http(*, port: int | None = None, tls: bool = False) -> contextlib.Abstr
 GO_DEMO = Path(__file__).resolve().parents[1] / "build/go/tlsdemo"  # tests/go/tlsdemo, built by `make test-go`
 
 
-def go_https(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
+def go_https(*, port: int | None = None, h2: bool = False) -> contextlib.AbstractContextManager[Server]:
     """A Go HTTPS server (tests/go/tlsdemo: net/http over Go's own crypto/tls, no OpenSSL; comm
-    ``tlsdemo``), HTTP/1.1 only: GET ``/size/<n>``, ``/status/<code>``, ``/`` on 127.0.0.1,
-    with a self-signed cert (``info["cert"]``). ``GO_DEMO get URL N`` is its client."""
+    ``tlsdemo``), HTTP/1.1 only, or with ``h2`` HTTP/2 too (ALPN, net/http's default): GET
+    ``/size/<n>``, ``/status/<code>``, ``/`` on 127.0.0.1, with a self-signed cert
+    (``info["cert"]``). ``GO_DEMO get URL N`` (``get-h2``) is its client."""
     host = "127.0.0.1"
     if not GO_DEMO.exists():
         raise ServerError(f"{GO_DEMO} is not built: make test-go (needs golang-go, scripts/setup.sh)")
 
     def build(p: int, d: Path):
         cert, key = self_signed_cert(d, ip=host)
-        argv = [str(GO_DEMO), "serve", f"{host}:{p}", str(cert), str(key)]
+        argv = [str(GO_DEMO), "serve-h2" if h2 else "serve", f"{host}:{p}", str(cert), str(key)]
         return _serve("go-https", argv, host=host, port=p, workdir=d, probe=_http_probe,
-                      info={"tls": True, "cert": cert})
+                      info={"tls": True, "cert": cert, "h2": h2})
     return _with_retry(_prepared("go-https", None, build), port)
 
 

@@ -131,5 +131,5 @@ def test_observe_trace_roles():
     cfg = config_from_dict({"observe": {"trace_roles": {"PGSQL": ["server"], "redis": "client",
                                                         "http": ["server", "client"]}}})
     assert cfg.observe.trace_roles == (("http", ("client", "server")), ("pgsql", ("server",)), ("redis", ("client",)))
-    assert cfg.observe.protocols_text() == "http, pgsql (server end), mysql, redis (client end), dns"
-    assert config_from_dict({}).observe.protocols_text() == "http, pgsql, mysql, redis, dns"
+    assert cfg.observe.protocols_text() == "http, http2, pgsql (server end), mysql, redis (client end), dns"
+    assert config_from_dict({}).observe.protocols_text() == "http, http2, pgsql, mysql, redis, dns"
