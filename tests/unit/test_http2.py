@@ -179,3 +179,43 @@ def test_the_servers_first_frames_before_the_protocol_was_known_are_skipped_not_
     rows = feed(p, [(I, c)]) + p.feed(DataChunk(2000, E, s[first:], gap=first))
     assert [r["req_path"] for r in rows] == ["/item/0?q=x", "/item/1?q=x"] and p.stats.invalid == 0
     assert p.stats.bytes_skipped == first
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from andon.protocols.http2 import MAX_BLOCK, MAX_STREAMS  # noqa: E402
+from andon.protocols.http import BODY_KEEP  # noqa: E402
+
+_C, _S = exchange(3)
+SEEDS = [PREFACE, PREFACE[:10], _C[24:60], _S[:40], frame(HEADERS, 0, 1, b"\x82"), frame(CONTINUATION, 4, 1, b"\x84"),
+         frame(DATA, PADDED | END_STREAM, 1, b"\x03ab\x00\x00\x00"), b"\xff\xff\xff\x01\x04\x00\x00\x00\x01",
+         frame(RST_STREAM, 0, 3, b"\x00\x00\x00\x08"), b"\x00\x00\x05\x05\x04\x00\x00\x00\x01"]
+piece = st.one_of(st.binary(max_size=48), st.sampled_from(SEEDS))
+chunk = st.tuples(st.lists(piece, max_size=6).map(b"".join), st.booleans(), st.integers(0, 3),
+                  st.integers(0, 70000), st.integers(0, 2000))
+
+
+@pytest.mark.parametrize("role", [Role.CLIENT, Role.SERVER, Role.UNKNOWN])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(chunk, max_size=30))
+def test_random_frames_never_raise_and_stay_bounded(role, chunks):
+    p = HTTP2Parser(role)
+    for ts, (data, egress, lossy, gap, extra) in enumerate(chunks):
+        rows = p.feed(DataChunk(ts, E if egress else I, data, size=len(data) + (extra if lossy == 1 else 0),
+                                gap=gap if lossy == 2 else 0))
+        assert all(r["major_version"] == 2 and "latency" in r for r in rows)
+        assert p.pending_bytes() <= 2 * MAX_BLOCK + 2 * 9 + MAX_STREAMS * 2 * BODY_KEEP
+        assert len(p.streams) <= MAX_STREAMS
+    p.close(len(chunks))
+    assert p.pending_bytes() == 0 and not p.streams
+
+
+def test_a_header_block_past_its_bound_stops_the_direction_without_holding_it():
+    p = HTTP2Parser(Role.SERVER)
+    p.feed(DataChunk(1, I, PREFACE))
+    huge = (MAX_BLOCK + 10).to_bytes(3, "big") + bytes([HEADERS, 0]) + struct.pack("!I", 1)
+    for k in range(0, MAX_BLOCK + 10, 65536):
+        p.feed(DataChunk(2, I, (huge if k == 0 else b"") + b"\x00" * 65536))
+        assert p.pending_bytes() <= MAX_BLOCK
+    assert p.stats.invalid == 1 and p.ways[I].broken

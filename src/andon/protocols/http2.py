@@ -31,9 +31,10 @@ from .stream import bound, latency
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
-MAX_BLOCK = 1 << 20  # bytes of one header block (HEADERS + CONTINUATION) kept, at most
-MAX_FRAME_KEPT = 1 << 16  # bytes of a non-DATA frame's payload kept while it arrives, at most
+MAX_BLOCK = 1 << 18  # bytes of one header block (HEADERS + CONTINUATION) kept, at most
+MAX_TABLE = 1 << 18  # an HPACK table's size, at most (peers use 4 KiB to 64 KiB)
 MAX_STREAMS = 1024  # streams in flight remembered per connection, at most (then the oldest go)
+BLOCK_TYPES = (HEADERS, CONTINUATION, PUSH_PROMISE)  # the frames whose payload is kept
 
 
 @dataclass(slots=True)
@@ -80,9 +81,10 @@ def _decoder() -> object:
 
     d = hpack.Decoder()
     # the encoder may grow its table up to what the other end's SETTINGS allowed: the
-    # decoder here only follows it (the size updates are in the blocks themselves)
-    d.max_allowed_table_size = 1 << 24
-    d.max_header_list_size = 1 << 24
+    # decoder here only follows it (the size updates are in the blocks themselves), up to a
+    # bound; a block beyond it raises, and the direction stops (counted)
+    d.max_allowed_table_size = MAX_TABLE
+    d.max_header_list_size = MAX_BLOCK * 4
     return d
 
 
@@ -200,7 +202,10 @@ class HTTP2Parser(ConnParser):
             w.left -= take
             if w.ftype == DATA:
                 self._data(w, part, off)
-            elif len(w.payload) + len(part) <= MAX_FRAME_KEPT or w.ftype in (HEADERS, CONTINUATION, PUSH_PROMISE):
+            elif w.ftype in BLOCK_TYPES:
+                if len(w.payload) + len(part) + (len(w.block) if w.block is not None else 0) > MAX_BLOCK:
+                    self._break(w)
+                    break
                 w.payload += part
             if not w.left:
                 out += self._frame_done(w, ts)
@@ -338,9 +343,20 @@ class HTTP2Parser(ConnParser):
             "latency": latency(req.end_ts, resp.end_ts),
         }
 
+    def pending_bytes(self) -> int:
+        """Bytes held for frames and header blocks still incomplete (bounded by MAX_BLOCK a
+        direction), and for the bodies of streams in flight (BODY_KEEP each)."""
+        held = sum(len(w.head) + len(w.payload) + (len(w.block) if w.block is not None else 0)
+                   for w in self.ways.values())
+        return held + sum(len(st.req.body) + (len(st.resp.body) if st.resp else 0) for st in self.streams.values())
+
     def close(self, now_ns: int) -> list[dict]:
         self.stats.unmatched_requests += len(self.streams)
         self.streams.clear()
+        for w in self.ways.values():
+            w.payload.clear()
+            w.block = None
+            w.head.clear()
         return []
 
 
