@@ -12,6 +12,7 @@ the ring, and not a warm-up replay of ``WARM_ROWS`` rows on other connections be
 * ``http-server``  nginx-like keep-alive GET /size/1024, server side (1 read + 1 write per request)
 * ``http-client``  the same traffic seen by the client (wrk)
 * ``http-varied``  server side, every request path and response head different
+* ``h2-server``    the same GET over HTTP/2, server side (a HEADERS frame in; HEADERS and DATA out)
 * ``redis-p16``    redis-benchmark -P 16 GET/SET, server side (one read of 16 commands, one write of 16 replies)
 * ``redis-p1``     redis-benchmark GET/SET one at a time, server side
 * ``pg-extended``  pgbench -S -M extended, server side (Parse/Bind/Describe/Execute/Sync, one row back)
@@ -99,6 +100,19 @@ def _pairs(name: str) -> tuple[Protocol, Role, list[tuple[Direction, bytes]], in
                 cmds.append(_resp_cmd(b"GET", b"key:__rand_int__"))
                 replies.append(b"$3\r\nxxx\r\n")
         return Protocol.REDIS, Role.SERVER, [(I, b"".join(cmds)), (E, b"".join(replies))], n
+    if name == "h2-server":
+        import hpack
+
+        def frame(ftype: int, flags: int, payload: bytes) -> bytes:
+            return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + b"\0\0\0\1" + payload
+
+        req = frame(1, 0x5, hpack.Encoder().encode([
+            (":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1:8443"), (":path", "/size/1024"),
+            ("user-agent", "Go-http-client/2.0"), ("accept-encoding", "gzip")]))
+        resp = frame(1, 0x4, hpack.Encoder().encode([
+            (":status", "200"), ("content-type", "application/octet-stream"), ("content-length", "1024"),
+            ("date", "Sat, 22 Nov 2026 00:00:00 GMT")])) + frame(0, 0x1, b"x" * 1024)
+        return Protocol.HTTP2, Role.SERVER, [(I, req), (E, resp)], 1
     if name == "pg-extended":
         q = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
         req = (_pg(b"P", b"\0" + q + b"\0\0\0") + _pg(b"B", b"\0\0\0\0\0\1\0\0\0\x0512345\0\0")
@@ -116,8 +130,8 @@ def _pairs(name: str) -> tuple[Protocol, Role, list[tuple[Direction, bytes]], in
     raise SystemExit(f"unknown replay {name}")
 
 
-NAMES = ["http-server", "http-client", "http-varied", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
-TABLES = {Protocol.HTTP: "http_events", Protocol.REDIS: "redis_events", Protocol.PGSQL: "pgsql_events",
+NAMES = ["http-server", "http-client", "http-varied", "h2-server", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
+TABLES = {Protocol.HTTP: "http_events", Protocol.HTTP2: "http_events", Protocol.REDIS: "redis_events", Protocol.PGSQL: "pgsql_events",
           Protocol.MYSQL: "mysql_events"}
 PID = 3_999_999  # no such process: ProcessInfo falls back to the record's comm
 RING = 8 << 20  # the agent's default ring (observe.ring_buffer_mb)
@@ -127,6 +141,24 @@ WARM_ROWS = FLUSH_ROWS  # rows of the warm-up replay: one full-size flush before
 
 def _exchanges(name: str, n: int, first: int = 0) -> Iterator[tuple[int, list[tuple[Direction, bytes]]]]:
     """(connection, chunks of one exchange) n times, round robin over CONNS connections."""
+    if name == "h2-server":  # each connection's header blocks from its own encoders, as a real peer's
+        import hpack
+
+        def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+            return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+        encs = [(hpack.Encoder(), hpack.Encoder()) for _ in range(CONNS)]
+        for i in range(first, first + n):
+            c = i % CONNS
+            sid = 2 * (i // CONNS) + 1
+            req = frame(1, 0x5, sid, encs[c][0].encode([
+                (":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1:8443"), (":path", "/size/1024"),
+                ("user-agent", "Go-http-client/2.0"), ("accept-encoding", "gzip")]))
+            resp = frame(1, 0x4, sid, encs[c][1].encode([
+                (":status", "200"), ("content-type", "application/octet-stream"), ("content-length", "1024"),
+                ("date", "Sat, 22 Nov 2026 00:%02d:%02d GMT" % (i // 60000 % 60, i // 1000 % 60))]))
+            yield c, [(I, req), (E, resp + frame(0, 0x1, sid, b"x" * 1024))]
+        return
     if name != "http-varied":
         _, _, chunks, _ = _pairs(name)
         for i in range(n):

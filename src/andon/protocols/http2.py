@@ -58,7 +58,7 @@ class Stream:
 class Way:
     """One direction: the frame being read, the header block being gathered, its HPACK table."""
 
-    decoder: object
+    decoder: Hpack
     head: bytearray = field(default_factory=bytearray)  # a frame header still short of 9 bytes
     ftype: int = -1  # the frame in progress (-1: between frames)
     flags: int = 0
@@ -76,16 +76,124 @@ class Way:
     broken: bool = False
 
 
-def _decoder() -> object:
-    import hpack
+_HUFFMAN_CACHE = 4096  # Huffman-coded header strings remembered, decoded (the same values recur)
 
-    d = hpack.Decoder()
-    # the encoder may grow its table up to what the other end's SETTINGS allowed: the
-    # decoder here only follows it (the size updates are in the blocks themselves), up to a
-    # bound; a block beyond it raises, and the direction stops (counted)
-    d.max_allowed_table_size = MAX_TABLE
-    d.max_header_list_size = MAX_BLOCK * 4
-    return d
+
+class HpackError(ValueError):
+    pass
+
+
+class Hpack:
+    """An HPACK decoder (RFC 7541) for one direction of a connection: its dynamic table, in
+    step with the peer's encoder. Written here for speed, on the hpack library's static
+    table and Huffman code (its own decoder logs every field, and costs 3-4 times this)."""
+
+    STATIC: tuple = ()
+
+    def __init__(self, max_size: int = MAX_TABLE) -> None:
+        if not Hpack.STATIC:
+            from hpack.table import HeaderTable
+
+            Hpack.STATIC = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in HeaderTable.STATIC_TABLE)
+        self.dynamic: list[tuple[str, str]] = []  # newest first
+        self.size = 0
+        self.max_size = 4096  # the protocol's initial size; updates in the blocks change it
+        self.limit = max_size
+
+    def _add(self, name: str, value: str) -> None:
+        n = len(name) + len(value) + 32
+        self.dynamic.insert(0, (name, value))
+        self.size += n
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self.size > self.max_size and self.dynamic:
+            k, v = self.dynamic.pop()
+            self.size -= len(k) + len(v) + 32
+
+    def _entry(self, i: int) -> tuple[str, str]:
+        if 0 < i <= len(self.STATIC):
+            return self.STATIC[i - 1]
+        j = i - len(self.STATIC) - 1
+        if 0 <= j < len(self.dynamic):
+            return self.dynamic[j]
+        raise HpackError(f"index {i} out of the tables")
+
+    @staticmethod
+    def _int(b: bytes, p: int, prefix: int) -> tuple[int, int]:
+        mask = (1 << prefix) - 1
+        v = b[p] & mask
+        p += 1
+        if v < mask:
+            return v, p
+        shift = 0
+        while True:
+            if p >= len(b) or shift > 28:
+                raise HpackError("integer past the block")
+            c = b[p]
+            p += 1
+            v += (c & 0x7F) << shift
+            shift += 7
+            if not c & 0x80:
+                return v, p
+
+    def _str(self, b: bytes, p: int) -> tuple[str, int]:
+        if p >= len(b):
+            raise HpackError("string past the block")
+        huff = b[p] & 0x80
+        n, p = self._int(b, p, 7)
+        if p + n > len(b):
+            raise HpackError("string past the block")
+        raw = b[p:p + n]
+        return (_huffman(raw) if huff else raw).decode("utf-8", "replace"), p + n
+
+    def decode(self, b: bytes) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        p, n = 0, len(b)
+        while p < n:
+            c = b[p]
+            if c & 0x80:  # indexed field
+                i, p = self._int(b, p, 7)
+                out.append(self._entry(i))
+            elif c & 0x40:  # literal with incremental indexing
+                i, p = self._int(b, p, 6)
+                if i:
+                    name = self._entry(i)[0]
+                else:
+                    name, p = self._str(b, p)
+                value, p = self._str(b, p)
+                out.append((name, value))
+                self._add(name, value)
+            elif c & 0x20:  # dynamic table size update
+                size, p = self._int(b, p, 5)
+                if size > self.limit:
+                    raise HpackError(f"table size {size} past {self.limit}")
+                self.max_size = size
+                self._shrink()
+            else:  # literal without indexing (0000) or never indexed (0001)
+                i, p = self._int(b, p, 4)
+                if i:
+                    name = self._entry(i)[0]
+                else:
+                    name, p = self._str(b, p)
+                value, p = self._str(b, p)
+                out.append((name, value))
+        return out
+
+
+def _huffman(raw: bytes) -> bytes:
+    global _huffman
+    import functools
+
+    from hpack.huffman_table import decode_huffman
+
+    cached = functools.lru_cache(maxsize=_HUFFMAN_CACHE)(lambda r: bytes(decode_huffman(r)))
+    _huffman = cached  # the first call sets up the cached decoder for all
+    return cached(raw)
+
+
+def _decoder() -> Hpack:
+    return Hpack()
 
 
 class HTTP2Parser(ConnParser):
@@ -293,8 +401,7 @@ class HTTP2Parser(ConnParser):
             return []
         block, btype, bsid, bflags = bytes(w.block), w.block_type, w.block_sid, w.block_flags
         w.block = None
-        headers = [(k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
-                   for k, v in w.decoder.decode(block, raw=True)]  # type: ignore[attr-defined]
+        headers = w.decoder.decode(block)  # type: ignore[attr-defined]
         if btype == PUSH_PROMISE:
             return []  # decoded to keep the table in step; pushed responses are not rows
         msg = self._msg_of(bsid, w)
