@@ -241,3 +241,25 @@ def test_the_hpack_decoder_agrees_with_the_hpack_library_on_random_header_lists(
         assert ours.decode(block) == want == hs
     with pytest.raises(ValueError):
         Hpack().decode(b"\xff\x80")  # an index past both tables
+
+
+def test_an_interim_100_continue_is_not_the_status_and_headers_are_bounded():
+    from andon.protocols.http2 import MAX_HEADERS
+
+    cli, srv = Peer(), Peer()
+    c = PREFACE + cli.headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "a"), (":path", "/up"),
+                                  ("expect", "100-continue")], end_stream=False)
+    c += frame(DATA, END_STREAM, 1, b"abc")
+    s = srv.headers(1, [(":status", "100")], end_stream=False)
+    s += srv.headers(1, [(":status", "201"), ("content-type", "text/plain")], end_stream=False)
+    s += frame(DATA, END_STREAM, 1, b"made")
+    rows = feed(HTTP2Parser(Role.SERVER), [(I, c), (E, s)])
+    assert [(r["resp_status"], r["resp_body"], r["req_body_size"]) for r in rows] == [(201, "made", 3)]
+    assert ":status" in json.loads(rows[0]["resp_headers"]) and "100" not in rows[0]["resp_headers"]
+    # a stream that sends header blocks without end: its fields stop at the bound, counted
+    p = HTTP2Parser(Role.SERVER)
+    many = PREFACE + cli.headers(3, get(3, "/x"), end_stream=False)
+    for k in range(200):
+        many += cli.headers(3, [(f"x-{k}-{j}", "v") for j in range(5)], end_stream=False)
+    p.feed(DataChunk(1, I, many))
+    assert len(p.streams[3].req.headers) == MAX_HEADERS and p.stats.truncated > 0

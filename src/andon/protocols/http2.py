@@ -34,6 +34,7 @@ END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 MAX_BLOCK = 1 << 18  # bytes of one header block (HEADERS + CONTINUATION) kept, at most
 MAX_TABLE = 1 << 18  # an HPACK table's size, at most (peers use 4 KiB to 64 KiB)
 MAX_STREAMS = 1024  # streams in flight remembered per connection, at most (then the oldest go)
+MAX_HEADERS = 512  # header fields kept for one message, trailers included
 BLOCK_TYPES = (HEADERS, CONTINUATION, PUSH_PROMISE)  # the frames whose payload is kept
 
 
@@ -405,11 +406,19 @@ class HTTP2Parser(ConnParser):
         if btype == PUSH_PROMISE:
             return []  # decoded to keep the table in step; pushed responses are not rows
         msg = self._msg_of(bsid, w)
-        if msg is not None:
+        if msg is not None and not (msg is not self._req_of(bsid) and headers and headers[0][0] == ":status"
+                                    and headers[0][1].startswith("1")):  # an interim 1xx: the final one follows
+            if len(msg.headers) + len(headers) > MAX_HEADERS:
+                self.stats.truncated += 1
+                headers = headers[:max(0, MAX_HEADERS - len(msg.headers))]
             msg.headers += headers  # a second block on a stream: its trailers
         if bflags & END_STREAM:
             return self._end(w, bsid, ts)
         return []
+
+    def _req_of(self, sid: int) -> Msg | None:
+        st = self.streams.get(sid)
+        return st.req if st is not None else None
 
     def _end(self, w: Way, sid: int, ts: int) -> list[dict]:
         st = self.streams.get(sid)
