@@ -156,12 +156,11 @@ def _symbols(data, sections: list[tuple], names: set[str]) -> dict[str, tuple[in
         if entsize != 24 or link >= len(sections):
             raise ElfError("odd symbol table")
         stroff, strsize = sections[link][4], sections[link][5]
-        strtab = data[stroff:stroff + strsize]
         at: dict[int, str] = {}
-        for name in names:
-            j = strtab.find(b"\x00" + name.encode() + b"\x00")
+        for name in names:  # searched in place in the file: a Go program's table is megabytes
+            j = data.find(b"\x00" + name.encode() + b"\x00", stroff, stroff + strsize)
             if j >= 0:
-                at[j + 1] = name
+                at[j + 1 - stroff] = name
         if not at:
             return out
         dt = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"),
