@@ -45,6 +45,7 @@ import contextlib
 import csv
 import ctypes
 import io
+import itertools
 import os
 import pwd
 import random
@@ -331,11 +332,12 @@ NGINX_SIZES = (0, 100, 1024, 16384, 1 << 20)
 
 
 def nginx(*, port: int | None = None, sizes: Sequence[int] = NGINX_SIZES, workers: int = 1,
-          tls: bool = False, sendfile: bool = False) -> contextlib.AbstractContextManager[Server]:
+          tls: bool = False, sendfile: bool = False, http2: bool = False) -> contextlib.AbstractContextManager[Server]:
     """nginx serving ``/`` (index.html, HTTP_ROOT_BODY) and ``/size/<n>`` (n bytes of 'x') for each
     n in ``sizes``; ``/missing`` is a 404. Access log off, daemon off, everything in the temp dir.
     ``sendfile``: nginx's (and Debian's nginx.conf's) ``sendfile on``, the file's bytes sent by
-    sendfile(2); off, they are read and written. ``info``: ``sizes``, ``tls``, ``cert``."""
+    sendfile(2); off, they are read and written. ``http2``: ``listen ... http2`` (with ``tls``:
+    ALPN h2). ``info``: ``sizes``, ``tls``, ``cert``."""
     def build(p: int, d: Path):
         www = d / "www"
         (www / "size").mkdir(parents=True)
@@ -344,7 +346,7 @@ def nginx(*, port: int | None = None, sizes: Sequence[int] = NGINX_SIZES, worker
             (www / "size" / str(n)).write_bytes(b"x" * n)
         for t in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (d / "tmp" / t).mkdir(parents=True)
-        listen = f"127.0.0.1:{p}" + (" ssl" if tls else "")
+        listen = f"127.0.0.1:{p}" + (" ssl" if tls else "") + (" http2" if http2 else "")
         tls_conf = ""
         info = {"sizes": list(sizes), "tls": tls}
         if tls:
@@ -779,6 +781,9 @@ def ipv4_forwarding() -> Iterator[None]:
             _IP_FORWARD.write_text(_forward_before)
 
 
+_NETNS_SEQ = itertools.count(random.randrange(1000))  # random: two test processes' pids may agree mod 10000
+
+
 @contextlib.contextmanager
 def netns() -> Iterator[NetNs]:
     """A network namespace of our own joined to the host by a veth pair on a random 10.x.y.z/30
@@ -788,7 +793,7 @@ def netns() -> Iterator[NetNs]:
         a, b, c = random.randint(200, 250), random.randint(0, 255), random.randrange(0, 256, 4)
         if f"10.{a}.{b}." not in used:
             break
-    tag = f"{os.getpid() % 10000}{random.randint(0, 999):03d}"
+    tag = f"{os.getpid() % 10000}{next(_NETNS_SEQ) % 1000:03d}"  # distinct within this process
     ns = NetNs(f"andon-t{tag}", f"avh{tag}", f"avn{tag}", f"10.{a}.{b}.{c + 1}", f"10.{a}.{b}.{c + 2}")
     fwd = contextlib.ExitStack()
     try:

@@ -443,6 +443,33 @@ def test_http2_from_curl_and_a_go_client_to_a_go_server(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+def test_http2_to_nginx_over_tls_from_curl(agent: ObserveAgent):
+    """nginx with `listen ... ssl http2` and curl (ALPN h2), both through OpenSSL's probes:
+    nginx's own HPACK encoder and frame writes, rows at both ends with `major_version` 2."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    paths = [f"/size/{n}?t={tag}" for n in (0, 100, 16384)] + [f"/missing?t={tag}"]
+    with S.nginx(tls=True, http2=True) as srv:
+        r = subprocess.run(["curl", "-sk", "--http2", "-w", "%{http_version} %{http_code}\n",
+                            *[a for p in paths for a in ("-o", "/dev/null", srv.url(p))]],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout.split("\n")[:4] == ["2 200"] * 3 + ["2 404"], r.stderr
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(srv.port, t0)} "
+                               f"AND req_path LIKE '%t={tag}' ORDER BY time_", 2 * len(paths), timeout=WAIT_S)
+        server_comm = _comm(srv.worker_pids()[0])
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (4, 4), agent.log_tail()
+    for side, comm in ((clients, "curl"), (servers_, server_comm)):
+        assert [(x["req_method"], x["req_path"], x["resp_status"]) for x in side] == [
+            ("GET", p, 404 if "missing" in p else 200) for p in paths]
+        # 16 KiB are more than the sensor copies of a write (4 KiB): the frame headers among the
+        # bytes not copied are counted in the body too (9 bytes each, a frame every 8 KiB)
+        sizes = [x["resp_body_size"] for x in side]
+        assert sizes[:2] == [0, 100] and 16384 <= sizes[2] <= 16384 + 9 * 2
+        assert {(x["major_version"], x["encrypted"], x["comm"]) for x in side} == {(2, True, comm)}
+        assert all(json.loads(x["resp_headers"]).get("server", "").startswith("nginx") for x in side)
+    _made("http_events", len(rows))
+
+
 ASYNCPG_TLS = r"""
 import asyncio, json, sys
 import asyncpg

@@ -263,3 +263,48 @@ def test_an_interim_100_continue_is_not_the_status_and_headers_are_bounded():
         many += cli.headers(3, [(f"x-{k}-{j}", "v") for j in range(5)], end_stream=False)
     p.feed(DataChunk(1, I, many))
     assert len(p.streams[3].req.headers) == MAX_HEADERS and p.stats.truncated > 0
+
+
+def _big_response(srv: Peer, sid: int, n: int, frame_size: int = 8192) -> bytes:
+    out = srv.headers(sid, [(":status", "200"), ("content-type", "application/octet-stream")], end_stream=False)
+    body = b"x" * n
+    for k in range(0, n, frame_size):
+        part = body[k:k + frame_size]
+        out += frame(DATA, END_STREAM if k + frame_size >= n else 0, sid, part)
+    return out
+
+
+def test_a_response_bigger_than_the_copy_bound_resynchronises_on_the_next_frame():
+    """nginx sends a 16 KiB body as two 8 KiB DATA frames in a 16 KiB write, of which the
+    sensor copies 4 KiB: the second frame's header (with END_STREAM) is among the bytes not
+    copied. The stream being the only one open, the parser takes the lost bytes as its body
+    and looks for the next frame header: the next response's HEADERS ends the lost stream
+    (at the time its last bytes were seen), and everything after parses."""
+    cli, srv = Peer(), Peer()
+    c = PREFACE + cli.headers(1, get(1, "/big"), True)
+    s = _big_response(srv, 1, 16384)
+    w1, w2 = s[:16384], s[16384:]  # the first write cut mid-way through the second DATA frame
+    p = HTTP2Parser(Role.SERVER)
+    rows = p.feed(DataChunk(100, I, c))
+    rows += p.feed(DataChunk(200, E, w1[:4096], size=len(w1)))  # 4 KiB copied of 16 KiB
+    rows += p.feed(DataChunk(210, E, w2))  # the rest of the second DATA frame's payload
+    assert rows == []  # its END_STREAM was not seen
+    c2 = cli.headers(3, get(3, "/next"), True)
+    rows += p.feed(DataChunk(300, I, c2))
+    rows += p.feed(DataChunk(400, E, srv.headers(3, [(":status", "204")], end_stream=True)))
+    assert [(r["req_path"], r["resp_status"], r["time_"]) for r in rows] == [("/big", 200, 210), ("/next", 204, 400)]
+    # the body's size counts the lost frame header's 9 bytes too: they cannot be told apart
+    assert rows[0]["resp_body_size"] == 16384 + 9 and p.stats.invalid == 0
+    assert p.stats.bytes_skipped == len(w1) - 4096
+
+
+def test_a_loss_past_a_data_frame_with_other_streams_open_stops_the_direction():
+    """With another request outstanding, its response's header block could be among the lost
+    bytes, and the table would be out of step: the direction stops, counted."""
+    cli, srv = Peer(), Peer()
+    c = PREFACE + cli.headers(1, get(1, "/big"), True) + cli.headers(3, get(3, "/other"), True)
+    s = _big_response(srv, 1, 16384)
+    p = HTTP2Parser(Role.SERVER)
+    p.feed(DataChunk(100, I, c))
+    assert p.feed(DataChunk(200, E, s[:4096], size=16384)) == []
+    assert p.stats.invalid == 1 and p.ways[E].broken

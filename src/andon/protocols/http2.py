@@ -35,6 +35,8 @@ MAX_BLOCK = 1 << 18  # bytes of one header block (HEADERS + CONTINUATION) kept, 
 MAX_TABLE = 1 << 18  # an HPACK table's size, at most (peers use 4 KiB to 64 KiB)
 MAX_STREAMS = 1024  # streams in flight remembered per connection, at most (then the oldest go)
 MAX_HEADERS = 512  # header fields kept for one message, trailers included
+MAX_RESYNC = 1 << 22  # bytes looked through for the next frame header after a loss, at most
+RESYNC_MAX_FRAME = 1 << 18  # a frame header found while resynchronising has a length below this
 BLOCK_TYPES = (HEADERS, CONTINUATION, PUSH_PROMISE)  # the frames whose payload is kept
 
 
@@ -74,6 +76,10 @@ class Way:
     preface: int = 0  # preface bytes still to skip (the client's direction)
     length: int = 0  # the frame in progress's payload length
     started: bool = False  # bytes seen in this direction
+    resync: bool = False  # looking for the next frame header after bytes lost past a DATA frame
+    resync_sid: int = 0  # the stream whose DATA the lost bytes were
+    resync_bytes: int = 0
+    resync_ts: int = 0  # when bytes taken for the resync stream were last seen
     broken: bool = False
 
 
@@ -237,16 +243,16 @@ class HTTP2Parser(ConnParser):
                 gap = 0
         w.started = True
         out: list[dict] = []
-        if gap:
-            self._missing(w, gap)
-            if w.broken:
-                return out
         try:
+            if gap:
+                out += self._missing(w, gap, chunk.ts_ns)
+                if w.broken:
+                    return out
             out += self._bytes(d, w, data, chunk.ts_ns)
-        except Exception:  # noqa: BLE001 - hostile bytes (a header block hpack refuses): never raise
+            if chunk.truncated and not w.broken:
+                out += self._missing(w, chunk.truncated, chunk.ts_ns)
+        except Exception:  # noqa: BLE001 - hostile bytes (a header block the decoder refuses): never raise
             self._break(w)
-        if chunk.truncated and not w.broken:
-            self._missing(w, chunk.truncated)
         return out
 
     def _break(self, w: Way) -> None:
@@ -254,29 +260,102 @@ class HTTP2Parser(ConnParser):
             w.broken = True
             self.stats.invalid += 1
 
-    def _missing(self, w: Way, n: int) -> None:
-        """n bytes of this direction were never seen: harmless only inside a DATA payload."""
+    def _missing(self, w: Way, n: int, ts: int) -> list[dict]:
+        """n bytes of this direction were never seen (lost, or not copied). Inside a DATA
+        payload they only shorten the body. Past its end, where that stream is the only one
+        open (so no other stream's header block can be among them), the direction looks for
+        the next frame header in what comes next (``resync``); anywhere else the direction
+        stops."""
         if w.preface:
             k = min(n, w.preface)
             w.preface -= k
             n -= k
         if not n:
-            return
-        if w.ftype == DATA and not w.flags & PADDED and n <= w.left:
-            msg = self._msg_of(w.sid, w)
-            if msg is not None:
-                msg.body_size += n
-            w.left -= n
-            self.stats.bytes_skipped += n
-            if not w.left:
-                self._frame_done(w, 0)
-            return
+            return []
         self.stats.bytes_skipped += n
+        if w.resync:
+            self._resync_body(w, n, ts)
+            return []
+        if w.ftype == DATA and not w.flags & PADDED:
+            if n <= w.left:
+                msg = self._msg_of(w.sid, w)
+                if msg is not None:
+                    msg.body_size += n
+                w.left -= n
+                return self._frame_done(w, ts) if not w.left else []
+            if list(self.streams) == [w.sid]:
+                msg = self._msg_of(w.sid, w)
+                if msg is not None:
+                    msg.body_size += w.left
+                rest = n - w.left
+                w.resync, w.resync_sid, w.resync_bytes = True, w.sid, 0
+                w.ftype, w.left = -1, 0
+                w.head.clear()
+                self._resync_body(w, rest, ts)
+                return []
         self._break(w)
+        return []
+
+    def _resync_body(self, w: Way, n: int, ts: int) -> None:
+        """Bytes while resynchronising: taken for the resync stream's DATA (their frame headers,
+        9 bytes each, cannot be told apart), up to MAX_RESYNC."""
+        w.resync_bytes += n
+        w.resync_ts = ts
+        if w.resync_bytes > MAX_RESYNC:
+            w.resync = False
+            self._break(w)
+            return
+        st = self.streams.get(w.resync_sid)
+        msg = (st.req if self.ways.get(self.req_dir) is w else st.resp) if st is not None else None
+        if msg is not None:
+            msg.body_size += n
+
+    def _find_frame(self, data: bytes) -> int:
+        """The first offset in ``data`` where a plausible frame header of this connection
+        starts: a known type with flags it can have, on the resync stream, another open stream,
+        or (connection frames) stream 0, of a plausible length. -1 if none."""
+        for i in range(len(data) - 8):
+            length = int.from_bytes(data[i:i + 3], "big")
+            ftype, flags = data[i + 3], data[i + 4]
+            sid = int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF
+            if length > RESYNC_MAX_FRAME:
+                continue
+            if ftype == DATA:
+                ok = sid in self.streams and not flags & ~(END_STREAM | PADDED)
+            elif ftype == HEADERS:
+                ok = sid > 0 and sid % 2 == 1 and not flags & ~(END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG)
+            elif ftype == RST_STREAM:
+                ok = length == 4 and sid in self.streams and flags == 0
+            elif ftype == SETTINGS:
+                ok = sid == 0 and length % 6 == 0 and flags in (0, 1) and (flags == 0 or length == 0)
+            elif ftype == PING:
+                ok = sid == 0 and length == 8 and flags in (0, 1)
+            elif ftype == WINDOW_UPDATE:
+                ok = length == 4 and flags == 0 and (sid == 0 or sid in self.streams)
+            elif ftype == GOAWAY:
+                ok = sid == 0 and length >= 8 and flags == 0
+            else:
+                ok = False
+            if ok:
+                return i
+        return -1
 
     def _bytes(self, d: Direction, w: Way, data: bytes, ts: int) -> list[dict]:
         out: list[dict] = []
         i, n = 0, len(data)
+        if w.resync:
+            i = self._find_frame(data)
+            if i < 0:
+                self._resync_body(w, n, ts)
+                return out
+            if i:
+                self._resync_body(w, i, ts)
+            w.resync = False
+            sid = int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF
+            if sid not in (0, w.resync_sid):
+                # another stream's frame: the resync stream ended among the lost bytes (its
+                # END_STREAM with them), at the latest when its last bytes were seen
+                out += self._end(w, w.resync_sid, w.resync_ts)
         if w.preface:
             k = min(w.preface, n)
             if data[:k] != PREFACE[len(PREFACE) - w.preface:len(PREFACE) - w.preface + k]:
