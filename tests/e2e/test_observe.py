@@ -360,6 +360,17 @@ def test_node_https_server_and_client_both_ends(agent: ObserveAgent, tmp_path: P
     _made("http_events", len(rows))
 
 
+def _until_go_server_traced(agent: ObserveAgent, srv: S.Server, tag: str, t0: int) -> None:
+    """curl a /warm path until a request shows at the Go server's end: the agent probes a Go
+    program at its exec, which a request made first can beat."""
+    deadline = time.monotonic() + WAIT_S
+    while not agent.sql(f"SELECT 1 FROM http_events WHERE {_on_port(srv.port, t0)} AND trace_role = {SERVER} "
+                        f"AND req_path LIKE '/warm%t={tag}'"):
+        assert time.monotonic() < deadline, "the Go server was never traced: " + agent.log_tail()
+        S.curl(srv.url(f"/warm?t={tag}"), cacert=srv.info["cert"])
+        time.sleep(0.5)
+
+
 def test_go_https_server_with_curl_and_a_go_client(agent: ObserveAgent):
     """A Go HTTPS server (net/http over Go's own crypto/tls: no OpenSSL in it) and two clients:
     curl (OpenSSL) and a Go client on one kept-alive connection. Every request is a row at
@@ -369,12 +380,7 @@ def test_go_https_server_with_curl_and_a_go_client(agent: ObserveAgent):
         pytest.skip(f"{S.GO_DEMO} is not built: make test-go")
     tag, t0 = secrets.token_hex(4), time.time_ns()
     with S.go_https() as srv:
-        deadline = time.monotonic() + WAIT_S
-        while not agent.sql(f"SELECT 1 FROM http_events WHERE {_on_port(srv.port, t0)} AND trace_role = {SERVER} "
-                            f"AND req_path LIKE '/warm%t={tag}'"):
-            assert time.monotonic() < deadline, "the Go server was never traced: " + agent.log_tail()
-            S.curl(srv.url(f"/warm?t={tag}"), cacert=srv.info["cert"])
-            time.sleep(0.5)
+        _until_go_server_traced(agent, srv, tag, t0)
         curl_paths = [f"/size/{n}?t={tag}" for n in (5, 77)] + [f"/status/503?t={tag}"]
         r = S.curl([srv.url(p) for p in curl_paths], cacert=srv.info["cert"])
         assert (r.statuses, r.connects) == ([200, 200, 503], 1)
@@ -409,12 +415,7 @@ def test_http2_from_curl_and_a_go_client_to_a_go_server(agent: ObserveAgent):
         pytest.skip(f"{S.GO_DEMO} is not built: make test-go")
     tag, t0 = secrets.token_hex(4), time.time_ns()
     with S.go_https(h2=True) as srv:
-        deadline = time.monotonic() + WAIT_S
-        while not agent.sql(f"SELECT 1 FROM http_events WHERE {_on_port(srv.port, t0)} AND trace_role = {SERVER} "
-                            f"AND req_path LIKE '/warm%t={tag}'"):
-            assert time.monotonic() < deadline, "the Go server was never traced: " + agent.log_tail()
-            S.curl(srv.url(f"/warm?t={tag}"), cacert=srv.info["cert"])
-            time.sleep(0.5)
+        _until_go_server_traced(agent, srv, tag, t0)
         curl_paths = [f"/size/{n}?t={tag}" for n in (5, 77)] + [f"/status/503?t={tag}"]
         r = subprocess.run(["curl", "-sk", "--http2", "-w", "%{http_version} %{http_code}\n",
                             *[a for p in curl_paths for a in ("-o", "/dev/null", srv.url(p))]],

@@ -163,12 +163,7 @@ class Hpack:
                 i, p = self._int(b, p, 7)
                 out.append(self._entry(i))
             elif c & 0x40:  # literal with incremental indexing
-                i, p = self._int(b, p, 6)
-                if i:
-                    name = self._entry(i)[0]
-                else:
-                    name, p = self._str(b, p)
-                value, p = self._str(b, p)
+                name, value, p = self._literal(b, p, 6)
                 out.append((name, value))
                 self._add(name, value)
             elif c & 0x20:  # dynamic table size update
@@ -178,14 +173,19 @@ class Hpack:
                 self.max_size = size
                 self._shrink()
             else:  # literal without indexing (0000) or never indexed (0001)
-                i, p = self._int(b, p, 4)
-                if i:
-                    name = self._entry(i)[0]
-                else:
-                    name, p = self._str(b, p)
-                value, p = self._str(b, p)
+                name, value, p = self._literal(b, p, 4)
                 out.append((name, value))
         return out
+
+    def _literal(self, b: bytes, p: int, prefix: int) -> tuple[str, str, int]:
+        """A literal field: its name by index (or a string when the index is 0), its value."""
+        i, p = self._int(b, p, prefix)
+        if i:
+            name = self._entry(i)[0]
+        else:
+            name, p = self._str(b, p)
+        value, p = self._str(b, p)
+        return name, value, p
 
 
 def _huffman(raw: bytes) -> bytes:

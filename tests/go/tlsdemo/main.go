@@ -159,6 +159,15 @@ var (
 	resp = []byte("HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n0123456789012345678901234")
 )
 
+// serveOne accepts one connection on ln and runs fn on its TLS server side.
+func serveOne(ln net.Listener, fn func(*tls.Conn)) {
+	c, err := ln.Accept()
+	if err != nil {
+		return
+	}
+	fn(tls.Server(c, &tls.Config{Certificates: []tls.Certificate{selfSigned()}}))
+}
+
 func pingpong(n int) error {
 	if len(req) != 64 || len(resp) != 64 {
 		return fmt.Errorf("pingpong messages of %d and %d bytes", len(req), len(resp))
@@ -168,12 +177,7 @@ func pingpong(n int) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
+	go serveOne(ln, func(srv *tls.Conn) {
 		buf := make([]byte, 64)
 		for {
 			if _, err := io.ReadFull(srv, buf); err != nil {
@@ -183,7 +187,7 @@ func pingpong(n int) error {
 				return
 			}
 		}
-	}()
+	})
 	cli, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		return err
@@ -213,14 +217,7 @@ func stale() error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
-		io.Copy(io.Discard, srv) // never answers
-	}()
+	go serveOne(ln, func(srv *tls.Conn) { io.Copy(io.Discard, srv) }) // never answers
 	wait()
 	cli, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
