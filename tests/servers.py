@@ -308,7 +308,9 @@ def _with_retry(start: Callable[[int], contextlib.AbstractContextManager[Server]
 
 
 def _http_probe(srv: Server) -> bool:
-    r = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", srv.url("/")],
+    # a cleartext HTTP/2 listener (nginx `listen ... http2` without ssl) takes HTTP/2 only
+    h2c = ["--http2-prior-knowledge"] if srv.info.get("http2") and not srv.info.get("tls") else []
+    r = subprocess.run(["curl", "-sk", *h2c, "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", srv.url("/")],
                        capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     return r.stdout.strip() == "200"
 
@@ -348,7 +350,7 @@ def nginx(*, port: int | None = None, sizes: Sequence[int] = NGINX_SIZES, worker
             (d / "tmp" / t).mkdir(parents=True)
         listen = f"127.0.0.1:{p}" + (" ssl" if tls else "") + (" http2" if http2 else "")
         tls_conf = ""
-        info = {"sizes": list(sizes), "tls": tls}
+        info = {"sizes": list(sizes), "tls": tls, "http2": http2}
         if tls:
             cert, key = self_signed_cert(d)
             tls_conf = f"ssl_certificate {cert}; ssl_certificate_key {key};"

@@ -471,6 +471,29 @@ def test_http2_to_nginx_over_tls_from_curl(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+def test_http2_in_the_clear_with_prior_knowledge(agent: ObserveAgent):
+    """h2c: nginx with `listen ... http2` and no TLS, curl with --http2-prior-knowledge. The
+    sensor infers HTTP/2 from the preface in the socket's own bytes (no uprobes): rows at
+    both ends, `major_version` 2, not `encrypted`."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    paths = [f"/size/100?t={tag}", f"/missing?t={tag}", f"/?t={tag}"]
+    with S.nginx(http2=True) as srv:
+        got = [subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                               "%{http_version} %{http_code}", srv.url(p)], capture_output=True, text=True,
+                              timeout=60).stdout for p in paths]  # one connection each
+        assert got == ["2 200", "2 404", "2 200"]
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(srv.port, t0)} "
+                               f"AND req_path LIKE '%t={tag}' ORDER BY time_", 2 * len(paths), timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (3, 3), agent.log_tail()
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"]) for x in side] == [
+            ("GET", paths[0], 200), ("GET", paths[1], 404), ("GET", paths[2], 200)]
+        assert {(x["major_version"], x["encrypted"]) for x in side} == {(2, False)}
+        assert side[0]["resp_body_size"] == 100
+    _made("http_events", len(rows))
+
+
 ASYNCPG_TLS = r"""
 import asyncio, json, sys
 import asyncpg
