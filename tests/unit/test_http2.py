@@ -308,3 +308,19 @@ def test_a_loss_past_a_data_frame_with_other_streams_open_stops_the_direction():
     p.feed(DataChunk(100, I, c))
     assert p.feed(DataChunk(200, E, s[:4096], size=16384)) == []
     assert p.stats.invalid == 1 and p.ways[E].broken
+
+
+def test_bodies_are_shown_as_for_http1_gzip_inflated_and_forms_decoded():
+    """The body columns come from the same rules as HTTP/1.x's (protocols/http.py): a gzip
+    response inflated (Go's clients ask for gzip), a url-encoded form decoded."""
+    import gzip
+
+    cli, srv = Peer(), Peer()
+    c = PREFACE + cli.headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "a"), (":path", "/f"),
+                                  ("content-type", "application/x-www-form-urlencoded")], end_stream=False)
+    c += frame(DATA, END_STREAM, 1, b"q=a+b%21")
+    z = gzip.compress(b'{"n": 1}')
+    s = srv.headers(1, [(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")],
+                    end_stream=False) + frame(DATA, END_STREAM, 1, z)
+    rows = feed(HTTP2Parser(Role.SERVER), [(I, c), (E, s)])
+    assert [(r["req_body"], r["resp_body"], r["resp_body_size"]) for r in rows] == [("q=a b!", '{"n": 1}', len(z))]

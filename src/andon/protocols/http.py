@@ -163,27 +163,37 @@ def _text(b: bytes | bytearray) -> str:
     return b.decode("utf-8", "replace")
 
 
-def _req_body(msg: Message) -> str:
-    if not msg.body:
+def req_body_text(ctype: str | None, body: bytes | bytearray) -> str:
+    """A request body as its column shows it: text, a url-encoded form decoded."""
+    if not body:
         return ""
-    body = _text(msg.body)
-    if msg.head.ctype == "application/x-www-form-urlencoded":
-        body = urllib.parse.unquote_plus(body, errors="replace")
-    return body
+    text = _text(body)
+    if ctype == "application/x-www-form-urlencoded":
+        text = urllib.parse.unquote_plus(text, errors="replace")
+    return text
+
+
+def resp_body_text(ctype: str | None, gzip: bool, body: bytes | bytearray, body_size: int) -> str:
+    """A response body as its column shows it, as Pixie does: text and JSON kept (gzip
+    inflated), anything else replaced by a marker. HTTP/1.x and HTTP/2 alike."""
+    if ctype is None:
+        return "<removed: unknown content-type>" if body_size > 0 else _text(body)
+    if "json" not in ctype and "text/" not in ctype:
+        return "<removed: non-text content-type>"
+    if gzip:
+        try:
+            return _text(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bytes(body), BODY_KEEP))
+        except zlib.error:
+            return "<Failed to gunzip body>"
+    return _text(body)
+
+
+def _req_body(msg: Message) -> str:
+    return req_body_text(msg.head.ctype, msg.body)
 
 
 def _resp_body(msg: Message) -> str:
-    ctype = msg.head.ctype
-    if ctype is None:
-        return "<removed: unknown content-type>" if msg.body_size > 0 else _text(msg.body)
-    if "json" not in ctype and "text/" not in ctype:
-        return "<removed: non-text content-type>"
-    if msg.head.gzip:
-        try:
-            return _text(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bytes(msg.body), BODY_KEEP))
-        except zlib.error:
-            return "<Failed to gunzip body>"
-    return _text(msg.body)
+    return resp_body_text(msg.head.ctype, msg.head.gzip, msg.body, msg.body_size)
 
 
 def parse_head(is_req: bool, head: bytes) -> Head | None:

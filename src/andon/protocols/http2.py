@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .base import ConnParser, DataChunk, Direction, Protocol, Role
-from .http import BODY_COLUMN, BODY_KEEP, HEADERS_COLUMN, headers_json
+from .http import BODY_COLUMN, BODY_KEEP, HEADERS_COLUMN, headers_json, req_body_text, resp_body_text
 from .stream import bound, latency
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -519,21 +519,22 @@ class HTTP2Parser(ConnParser):
 
     def _record(self, req: Msg, resp: Msg) -> dict:
         status = resp.get(":status")
-        ctype = resp.get("content-type")
+        ctype = resp.get("content-type") or None
         return {
             "time_": resp.end_ts,
             "major_version": 2,
             "minor_version": 0,
-            "content_type": 1 if "json" in ctype else 0,
+            "content_type": 1 if ctype and "json" in ctype else 0,
             "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
             "req_method": req.get(":method"),
             "req_path": req.get(":path"),
-            "req_body": bound(req.body.decode("utf-8", "replace"), BODY_COLUMN) if req.body else "",
+            "req_body": bound(req_body_text(req.get("content-type") or None, req.body), BODY_COLUMN),
             "req_body_size": req.body_size,
             "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
             "resp_status": int(status) if status.isdigit() and len(status) <= 3 else 0,
             "resp_message": "",
-            "resp_body": bound(_resp_body(ctype, resp), BODY_COLUMN),
+            "resp_body": bound(resp_body_text(ctype, resp.get("content-encoding") == "gzip", resp.body,
+                                              resp.body_size), BODY_COLUMN),
             "resp_body_size": resp.body_size,
             "latency": latency(req.end_ts, resp.end_ts),
         }
@@ -553,14 +554,6 @@ class HTTP2Parser(ConnParser):
             w.block = None
             w.head.clear()
         return []
-
-
-def _resp_body(ctype: str, msg: Msg) -> str:
-    if not ctype:
-        return "<removed: unknown content-type>" if msg.body_size > 0 else ""
-    if "json" not in ctype and "text/" not in ctype:
-        return "<removed: non-text content-type>"
-    return msg.body.decode("utf-8", "replace")
 
 
 __all__ = ["HTTP2Parser", "PREFACE"]
