@@ -36,7 +36,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-from .libssl_code import ElfError, _offset
+from .libssl_code import ElfError, _offset, elf_layout
 
 SHT_SYMTAB = 2
 ET_EXEC, ET_DYN = 2, 3
@@ -119,19 +119,12 @@ def _version_tuple(v: str) -> tuple[int, int] | None:
 
 def _elf(data) -> tuple[list[tuple[int, int, int]], list[tuple], dict[str, tuple]]:
     """The PT_LOAD segments (vaddr, offset, filesz), the section headers, and the sections by name."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ElfError("not a 64-bit little-endian ELF file")
+    loads, sections = elf_layout(data)
     e_type, e_machine = struct.unpack_from("<HH", data, 0x10)
     if e_machine != 62 or e_type not in (ET_EXEC, ET_DYN):
         raise ElfError("not an x86-64 executable")
-    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
-    e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
-    loads = []
-    for i in range(e_phnum):
-        p_type, _f, p_offset, p_vaddr, _pa, p_filesz = struct.unpack_from("<IIQQQQ", data, e_phoff + i * e_phentsize)
-        if p_type == 1:
-            loads.append((p_vaddr, p_offset, p_filesz))
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    (e_shstrndx,) = struct.unpack_from("<H", data, 0x3E)
+    e_shnum = len(sections)
     named: dict[str, tuple] = {}
     if 0 < e_shstrndx < e_shnum:
         stroff, strsize = sections[e_shstrndx][4], sections[e_shstrndx][5]

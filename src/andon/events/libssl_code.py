@@ -49,10 +49,9 @@ class ElfError(ValueError):
     pass
 
 
-def _dynsyms(data, wanted: frozenset[bytes] | None = None) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
-    """The defined dynamic symbols (name -> address; only the ``wanted`` names, when given) and
-    the PT_LOAD segments (vaddr, offset, filesz) of a 64-bit little-endian ELF file (bytes or
-    an mmap)."""
+def elf_layout(data) -> tuple[list[tuple[int, int, int]], list[tuple]]:
+    """The PT_LOAD segments (vaddr, offset, filesz) and the section headers (Elf64_Shdr fields
+    as tuples) of a 64-bit little-endian ELF file (bytes or an mmap)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ElfError("not a 64-bit little-endian ELF file")
     (e_phoff, e_shoff) = struct.unpack_from("<QQ", data, 0x20)
@@ -63,8 +62,16 @@ def _dynsyms(data, wanted: frozenset[bytes] | None = None) -> tuple[dict[str, in
                                                                                  e_phoff + i * e_phentsize)
         if p_type == PT_LOAD:
             loads.append((p_vaddr, p_offset, p_filesz))
-    syms: dict[str, int] = {}
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    return loads, sections
+
+
+def _dynsyms(data, wanted: frozenset[bytes] | None = None) -> tuple[dict[str, int], list[tuple[int, int, int]]]:
+    """The defined dynamic symbols (name -> address; only the ``wanted`` names, when given) and
+    the PT_LOAD segments (vaddr, offset, filesz) of a 64-bit little-endian ELF file (bytes or
+    an mmap)."""
+    loads, sections = elf_layout(data)
+    syms: dict[str, int] = {}
     for idx, sh in enumerate(sections):
         if sh[1] != SHT_DYNSYM:
             continue
