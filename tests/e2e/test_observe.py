@@ -371,76 +371,54 @@ def _until_go_server_traced(agent: ObserveAgent, srv: S.Server, tag: str, t0: in
         time.sleep(0.5)
 
 
-def test_go_https_server_with_curl_and_a_go_client(agent: ObserveAgent):
+@pytest.mark.parametrize("h2", [False, True], ids=["http1", "http2"])
+def test_go_https_server_with_curl_and_a_go_client(agent: ObserveAgent, h2: bool):
     """A Go HTTPS server (net/http over Go's own crypto/tls: no OpenSSL in it) and two clients:
     curl (OpenSSL) and a Go client on one kept-alive connection. Every request is a row at
-    both ends, `encrypted`, with the Go ends found in the Go executable (go_tls). The server
-    is probed at its exec; the test first waits until a request shows at its end."""
+    both ends, `encrypted`, with the Go ends found in the Go executable (go_tls). HTTP/1.1, or
+    HTTP/2 as Go's net/http serves by default and curl and Go's client take it (ALPN h2:
+    `major_version` 2). The server is probed at its exec; the test first waits until a
+    request shows at its end."""
     if not S.GO_DEMO.exists():
         pytest.skip(f"{S.GO_DEMO} is not built: make test-go")
     tag, t0 = secrets.token_hex(4), time.time_ns()
-    with S.go_https() as srv:
+    with S.go_https(h2=h2) as srv:
         _until_go_server_traced(agent, srv, tag, t0)
         curl_paths = [f"/size/{n}?t={tag}" for n in (5, 77)] + [f"/status/503?t={tag}"]
-        r = S.curl([srv.url(p) for p in curl_paths], cacert=srv.info["cert"])
-        assert (r.statuses, r.connects) == ([200, 200, 503], 1)
+        if h2:
+            r = subprocess.run(["curl", "-sk", "--http2", "-w", "%{http_version} %{http_code}\n",
+                                *[a for p in curl_paths for a in ("-o", "/dev/null", srv.url(p))]],
+                               capture_output=True, text=True, timeout=60)
+            assert r.stdout.split("\n")[:3] == ["2 200", "2 200", "2 503"], r.stderr
+        else:
+            c = S.curl([srv.url(p) for p in curl_paths], cacert=srv.info["cert"])
+            assert (c.statuses, c.connects) == ([200, 200, 503], 1)
         go_path = f"/size/37?t={tag}"
-        got = subprocess.run([str(S.GO_DEMO), "get", srv.url(go_path), "4"], capture_output=True, text=True, timeout=60)
-        assert got.returncode == 0 and got.stdout.split("\n")[:4] == ["200 37 HTTP/1.1"] * 4, got.stderr
+        got = subprocess.run([str(S.GO_DEMO), "get-h2" if h2 else "get", srv.url(go_path), "4"], capture_output=True,
+                             text=True, timeout=60)
+        proto = "HTTP/2.0" if h2 else "HTTP/1.1"
+        assert got.returncode == 0 and got.stdout.split("\n")[:4] == [f"200 37 {proto}"] * 4, got.stderr
         rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(srv.port, t0)} "
                                f"AND req_path NOT LIKE '/warm%' AND req_path LIKE '%t={tag}' ORDER BY time_",
                                2 * 7, timeout=WAIT_S)
     clients, servers_ = _sides(rows)
     assert (len(clients), len(servers_)) == (7, 7), agent.log_tail()
     want = [(p, 503 if "503" in p else 200) for p in curl_paths] + [(go_path, 200)] * 4
+    version = (2, 0) if h2 else (1, 1)
     for side in (clients, servers_):
         assert [(x["req_method"], x["req_path"], x["resp_status"]) for x in side] == [("GET", p, c) for p, c in want]
-        assert all(x["encrypted"] for x in side)
-        assert [x["resp_body_size"] for x in side if x["req_path"] == go_path] == [37] * 4
+        assert {(x["major_version"], x["minor_version"], x["encrypted"]) for x in side} == {(*version, True)}
+        assert [x["resp_body_size"] for x in side] == [5, 77, 11] + [37] * 4
         assert [x["resp_body"] for x in side if "503" in x["req_path"]] == ["status 503\n"]
+        assert all(x["latency"] > 0 for x in side)
     assert {x["comm"] for x in servers_} == {"tlsdemo"}
     assert [x["comm"] for x in clients] == ["curl"] * 3 + ["tlsdemo"] * 4
     assert len({x["local_port"] for x in clients if x["comm"] == "tlsdemo"}) == 1, "one kept-alive connection"
     # both ends on this host: each server row names its caller's process
     assert [x["remote_comm"] for x in servers_] == ["curl"] * 3 + ["tlsdemo"] * 4
-    _made("http_events", len(rows))
-
-
-def test_http2_from_curl_and_a_go_client_to_a_go_server(agent: ObserveAgent):
-    """HTTP/2 over TLS, as Go's net/http serves by default and curl and Go's client take it
-    (ALPN h2): every request a row at both ends, `major_version` 2, with method, path,
-    status, body size and latency; curl's end through OpenSSL's probes, the Go ends through
-    Go's."""
-    if not S.GO_DEMO.exists():
-        pytest.skip(f"{S.GO_DEMO} is not built: make test-go")
-    tag, t0 = secrets.token_hex(4), time.time_ns()
-    with S.go_https(h2=True) as srv:
-        _until_go_server_traced(agent, srv, tag, t0)
-        curl_paths = [f"/size/{n}?t={tag}" for n in (5, 77)] + [f"/status/503?t={tag}"]
-        r = subprocess.run(["curl", "-sk", "--http2", "-w", "%{http_version} %{http_code}\n",
-                            *[a for p in curl_paths for a in ("-o", "/dev/null", srv.url(p))]],
-                           capture_output=True, text=True, timeout=60)
-        assert r.stdout.split("\n")[:3] == ["2 200", "2 200", "2 503"], r.stderr
-        go_path = f"/size/37?t={tag}"
-        got = subprocess.run([str(S.GO_DEMO), "get-h2", srv.url(go_path), "4"], capture_output=True, text=True,
-                             timeout=60)
-        assert got.returncode == 0 and got.stdout.split("\n")[:4] == ["200 37 HTTP/2.0"] * 4, got.stderr
-        rows = agent.wait_rows(f"SELECT {HTTP_COLS} FROM http_events WHERE {_on_port(srv.port, t0)} "
-                               f"AND req_path NOT LIKE '/warm%' AND req_path LIKE '%t={tag}' ORDER BY time_",
-                               2 * 7, timeout=WAIT_S)
-    clients, servers_ = _sides(rows)
-    assert (len(clients), len(servers_)) == (7, 7), agent.log_tail()
-    want = [(p, 503 if "503" in p else 200) for p in curl_paths] + [(go_path, 200)] * 4
-    for side in (clients, servers_):
-        assert [(x["req_method"], x["req_path"], x["resp_status"]) for x in side] == [("GET", p, c) for p, c in want]
-        assert {(x["major_version"], x["minor_version"], x["encrypted"]) for x in side} == {(2, 0, True)}
-        assert [x["resp_body_size"] for x in side] == [5, 77, 11] + [37] * 4
-        assert [x["resp_body"] for x in side if "503" in x["req_path"]] == ["status 503\n"]
-        assert all(x["latency"] > 0 for x in side)
-    assert [x["comm"] for x in clients] == ["curl"] * 3 + ["tlsdemo"] * 4
-    assert [x["remote_comm"] for x in servers_] == ["curl"] * 3 + ["tlsdemo"] * 4
-    for x in servers_:
-        assert json.loads(x["req_headers"])[":authority"] == f"127.0.0.1:{srv.port}"
+    if h2:
+        for x in servers_:
+            assert json.loads(x["req_headers"])[":authority"] == f"127.0.0.1:{srv.port}"
     _made("http_events", len(rows))
 
 
