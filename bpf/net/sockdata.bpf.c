@@ -1687,10 +1687,9 @@ struct sdg_key {
 };
 
 struct sdg_call {
-	__u64 buf;
+	__u64 buf; /* Read's buffer (for the ret probes) */
 	__s32 fd;
-	__u16 fn; /* SD_TLS_GO_* */
-	__u16 _pad;
+	__u32 _pad;
 };
 
 /* a Read in progress, entry to copy (or ret). LRU: a Read that returns without copying (an
@@ -1745,14 +1744,14 @@ int sockdata_go_tls_read(struct pt_regs *ctx)
 		bpf_map_delete_elem(&sd_gotls, &k);
 		return 0;
 	}
-	struct sdg_call call = {.buf = ctx->bx, .fd = fd, .fn = SD_TLS_GO_READ};
+	struct sdg_call call = {.buf = ctx->bx, .fd = fd};
 	bpf_map_update_elem(&sd_gotls, &k, &call, BPF_ANY);
 	return 0;
 }
 
-/* Read's copy of plaintext into b: runtime.memmove(to rax, from rbx, n rcx), at its call */
-SEC("uprobe")
-int sockdata_go_tls_read_copy(struct pt_regs *ctx)
+/* The end of a Read this goroutine's entry noted: at its copy (at_ret 0) the plaintext is
+ * memmove's (from rbx, n rcx); at a ret (1), rax bytes in the buffer the entry noted */
+static __always_inline int sdg__read_done(struct pt_regs *ctx, const int at_ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
@@ -1760,28 +1759,26 @@ int sockdata_go_tls_read_copy(struct pt_regs *ctx)
 	if (!cp)
 		return 0; /* not traced, or the entry was not for a socket */
 	long fd = cp->fd;
+	__u64 buf = at_ret ? cp->buf : ctx->bx;
+	long n = at_ret ? (long)ctx->ax : (long)ctx->cx;
 	bpf_map_delete_elem(&sd_gotls, &k);
-	long n = (long)ctx->cx;
 	if (n > 0)
-		sdt__emit(pid_tgid, fd, SD_TLS_GO_READ, ctx->bx, n, SD_INGRESS, 0);
+		sdt__emit(pid_tgid, fd, SD_TLS_GO_READ, buf, n, SD_INGRESS, 0);
 	return 0;
 }
 
-/* at each ret of a Read probed that way: rax is the count */
+/* Read's copy of plaintext into b: runtime.memmove(to rax, from rbx, n rcx), at its call */
+SEC("uprobe")
+int sockdata_go_tls_read_copy(struct pt_regs *ctx)
+{
+	return sdg__read_done(ctx, 0);
+}
+
+/* at each ret of a Read probed that way */
 SEC("uprobe")
 int sockdata_go_tls_ret(struct pt_regs *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sdg_key k = {.tgid = pid_tgid >> 32, .g = ctx->r14};
-	struct sdg_call *cp = bpf_map_lookup_elem(&sd_gotls, &k);
-	if (!cp)
-		return 0;
-	struct sdg_call call = *cp;
-	bpf_map_delete_elem(&sd_gotls, &k);
-	long n = (long)ctx->ax;
-	if (n > 0)
-		sdt__emit(pid_tgid, call.fd, call.fn, call.buf, n, SD_INGRESS, 0);
-	return 0;
+	return sdg__read_done(ctx, 1);
 }
 
 /* func (c *Conn) Write(b []byte) (int, error): all of b, at the entry */
