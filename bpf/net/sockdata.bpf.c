@@ -279,7 +279,7 @@ struct andon_sd_lib __sd_btf_lib SEC(".andon.btf") __attribute__((used));
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define SD_IOV_MAX 16 /* iovecs walked per call; the rest are counted as not copied */
+#define SD_IOV_MAX 1024 /* iovecs walked per call (UIO_MAXIOV: the kernel takes no more) */
 #define SD_MMSG_MAX 8 /* messages of one sendmmsg/recvmmsg delivered; the rest are counted */
 
 /* struct mmsghdr (include/linux/socket.h), not in every kernel's BTF */
@@ -588,28 +588,44 @@ struct sdc_args {
 	__u64 a[6];
 };
 
+/* An iovec array's walk, as a bpf_loop callback's context. */
+struct sd_iov_walk {
+	struct sdc_scratch *s;
+	const struct iovec *iov;
+	__u64 cnt;
+	__u32 want;
+	__u32 off;
+};
+
+/* One iovec of the walk into s->buf; returns 1 to stop. A callback, so the verifier checks
+ * it once however many iovecs there are: gRPC's C core writes a header block as one iovec a
+ * string, 25 for a small request, up to 260 a call. */
+static long sd__iov_step(__u32 i, struct sd_iov_walk *w)
+{
+	struct sdc_scratch *s = w->s;
+	__u32 off = w->off, want = w->want;
+	if (!s || i >= w->cnt || off >= want)
+		return 1;
+	struct iovec v = {};
+	if (bpf_probe_read_user(&v, sizeof(v), &w->iov[i]))
+		return 1;
+	__u64 l = v.iov_len;
+	if (l > want - off)
+		l = want - off;
+	if (l && bpf_probe_read_user(&s->buf[BOUND(off, SD_COPY_MAX - 1)], BOUND(l, 2 * SD_COPY_MAX - 1), v.iov_base)) {
+		sd__count(SD_STAT_READ_ERRORS, 1);
+		return 1;
+	}
+	w->off = off + l;
+	return 0;
+}
+
 /* Copy up to want bytes spread over an iovec array in user memory into s->buf. */
 static __always_inline __u32 sd__copy_iov(struct sdc_scratch *s, const struct iovec *iov, __u64 cnt, __u32 want)
 {
-	__u32 off = 0;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < SD_IOV_MAX; i++) {
-		if (i >= cnt || off >= want)
-			break;
-		struct iovec v = {};
-		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
-			break;
-		__u64 l = v.iov_len;
-		if (l > want - off)
-			l = want - off;
-		if (l && bpf_probe_read_user(&s->buf[BOUND(off, SD_COPY_MAX - 1)], BOUND(l, 2 * SD_COPY_MAX - 1),
-					     v.iov_base)) {
-			sd__count(SD_STAT_READ_ERRORS, 1);
-			break;
-		}
-		off += l;
-	}
-	return off;
+	struct sd_iov_walk w = { .s = s, .iov = iov, .cnt = cnt, .want = want };
+	bpf_loop(cnt < SD_IOV_MAX ? cnt : SD_IOV_MAX, sd__iov_step, &w, 0);
+	return w.off;
 }
 
 /* A sockaddr from user memory into the data record's peer fields (UDP datagrams). */

@@ -252,6 +252,34 @@ assert n == len(RESP), n
     assert b"".join(r.data for r in sdata) == b"GET /x\r\n"
 
 
+def test_a_call_with_hundreds_of_iovecs_is_copied_whole(sd):
+    """gRPC's C core writes a header block as one iovec a string (25 for a small call, up to
+    260). Every iovec is walked, empty ones included: before, the walk stopped at 16 and the
+    rest of the request was lost."""
+    src = sd
+    # TRIGGER: the request as 300 empty iovecs then one iovec a byte; the response read by
+    # readv into one buffer a byte
+    client = r"""
+import os
+n = k.sendmsg([b""] * 300 + [bytes([c]) for c in REQ])
+assert n == len(REQ), n
+bufs = [bytearray(1) for _ in range(len(RESP))]
+got = 0
+while got < len(RESP):
+    got += os.readv(k.fileno(), bufs[got:])
+"""
+    pid, _ = run_child(src, http_child(client))
+    recs = collect(src, {pid}, closes(2))
+    # ASSERT
+    client_recs, server_recs = split_roles(recs)
+    cdata = [r for r in client_recs if isinstance(r, Data)]
+    assert 300 + len(REQ) > 260 and len(RESP) > 16
+    assert (cdata[0].nr, cdata[0].data, cdata[0].gap, cdata[0].truncated) == (NR_SENDMSG, REQ, 0, False)
+    assert b"".join(r.data for r in cdata if r.nr == NR_READV) == RESP
+    assert all(r.gap == 0 for r in cdata)
+    assert b"".join(r.data for r in server_recs if isinstance(r, Data) and r.direction == Direction.INGRESS) == REQ
+
+
 # A client that uploads N body bytes in 4,000-byte writes to a server on a thread.
 BULK_CHILD = r"""
 import json, socket, threading
