@@ -7,7 +7,7 @@ CONTINUATION) frames from the client, then its DATA frames, up to the frame flag
 END_STREAM; its response the same from the server, trailers included (a HEADERS frame
 after the DATA: gRPC's status). Header blocks are HPACK-compressed (RFC 7541) with a table
 each direction keeps across the connection, so they are decoded in order, every one of
-them (PUSH_PROMISE's too), with the ``hpack`` library's decoder, one per direction. Bytes
+them (PUSH_PROMISE's too), by :class:`Hpack`, one per direction. Bytes
 lost or not copied inside a DATA frame's payload only shorten the body kept; anywhere else
 (a frame header, a header block) they leave that direction's table unknown: the direction
 stops there (counted ``invalid``), and what is pending on it is counted unmatched at close.
@@ -15,7 +15,9 @@ stops there (counted ``invalid``), and what is pending on it is counted unmatche
 Rows: ``major_version`` 2, ``minor_version`` 0; ``req_method``/``req_path`` from ``:method``
 and ``:path``; ``resp_status`` from ``:status``; ``resp_message`` empty (HTTP/2 has no
 reason phrase); ``req_headers``/``resp_headers`` every header, pseudo-headers included, as
-JSON (as for HTTP/1.x); bodies as for HTTP/1.x; ``latency`` the response's end minus the
+JSON (as for HTTP/1.x); bodies as for HTTP/1.x, but gRPC's (``content-type:
+application/grpc``): those are ``content_type`` 2 and each message decoded as protobuf
+without its schema (:mod:`.grpc`), as Pixie does; ``latency`` the response's end minus the
 request's end. A stream reset (RST_STREAM) before its response ends is counted unmatched.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from . import grpc
 from .base import ConnParser, DataChunk, Direction, Protocol, Role
 from .http import BODY_COLUMN, BODY_KEEP, HEADERS_COLUMN, headers_json, req_body_text, resp_body_text
 from .stream import bound, latency
@@ -520,21 +523,29 @@ class HTTP2Parser(ConnParser):
     def _record(self, req: Msg, resp: Msg) -> dict:
         status = resp.get(":status")
         ctype = resp.get("content-type") or None
+        req_ctype = req.get("content-type")
+        if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
+            kind = 2
+            req_body = grpc.body_text(req_ctype, req.get("grpc-encoding"), req.body)
+            resp_body = grpc.body_text(ctype or req_ctype, resp.get("grpc-encoding"), resp.body)
+        else:
+            kind = 1 if ctype and "json" in ctype else 0
+            req_body = req_body_text(req_ctype or None, req.body)
+            resp_body = resp_body_text(ctype, resp.get("content-encoding") == "gzip", resp.body, resp.body_size)
         return {
             "time_": resp.end_ts,
             "major_version": 2,
             "minor_version": 0,
-            "content_type": 1 if ctype and "json" in ctype else 0,
+            "content_type": kind,
             "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
             "req_method": req.get(":method"),
             "req_path": req.get(":path"),
-            "req_body": bound(req_body_text(req.get("content-type") or None, req.body), BODY_COLUMN),
+            "req_body": bound(req_body, BODY_COLUMN),
             "req_body_size": req.body_size,
             "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
             "resp_status": int(status) if status.isdigit() and len(status) <= 3 else 0,
             "resp_message": "",
-            "resp_body": bound(resp_body_text(ctype, resp.get("content-encoding") == "gzip", resp.body,
-                                              resp.body_size), BODY_COLUMN),
+            "resp_body": bound(resp_body, BODY_COLUMN),
             "resp_body_size": resp.body_size,
             "latency": latency(req.end_ts, resp.end_ts),
         }
