@@ -550,6 +550,138 @@ def aiohttp_http(*, port: int | None = None, tls: bool = False) -> contextlib.Ab
     return _with_retry(_prepared("aiohttp", None, build), port)
 
 
+# -- gRPC ---------------------------------------------------------------------------------------------
+def pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        c, n = n & 0x7F, n >> 7
+        out.append(c | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_encode(fields: Sequence[tuple[int, str | int]]) -> bytes:
+    """A protobuf message of string (wire type 2) and integer (varint) fields, by number."""
+    out = b""
+    for num, v in fields:
+        if isinstance(v, int):
+            out += pb_varint(num << 3) + pb_varint(v)
+        else:
+            b = v.encode()
+            out += pb_varint(num << 3 | 2) + pb_varint(len(b)) + b
+    return out
+
+
+def pb_decode(b: bytes) -> dict[int, str | int]:
+    """The string and varint fields of a message made by :func:`pb_encode` (the last of each)."""
+    out: dict[int, str | int] = {}
+    p = 0
+
+    def varint() -> int:
+        nonlocal p
+        v = shift = 0
+        while True:
+            c = b[p]
+            p += 1
+            v |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                return v
+    while p < len(b):
+        tag = varint()
+        if tag & 7 == 0:
+            out[tag >> 3] = varint()
+        else:
+            n = varint()
+            out[tag >> 3], p = b[p:p + n].decode(), p + n
+    return out
+
+
+def _run_grpc(host: str, port: int) -> None:
+    """The gRPC server process (grpcio: gRPC's C core, h2c) with a schema-less Greeter: raw
+    bytes in and out, messages made by pb_encode. SayHello {1: name} -> {1: "Hello, <name>!",
+    2: len(name)}; Fail aborts NOT_FOUND; Count {1: name, 2: n} streams n of {1: name, 2: i}."""
+    from concurrent import futures
+
+    import grpc
+
+    def say_hello(req: bytes, ctx) -> bytes:
+        name = pb_decode(req)[1]
+        return pb_encode([(1, f"Hello, {name}!"), (2, len(str(name)))])
+
+    def fail(req: bytes, ctx) -> bytes:
+        ctx.abort(grpc.StatusCode.NOT_FOUND, f"no such name: {pb_decode(req)[1]}")
+
+    def count(req: bytes, ctx):
+        m = pb_decode(req)
+        for i in range(int(m[2])):
+            yield pb_encode([(1, str(m[1])), (2, i)])
+
+    handler = grpc.method_handlers_generic_handler("demo.Greeter", {
+        "SayHello": grpc.unary_unary_rpc_method_handler(say_hello),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Count": grpc.unary_stream_rpc_method_handler(count),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    print(f"ready {host}:{port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=1).wait()
+
+
+def _run_grpc_client(host: str, port: int, name: str) -> None:
+    """A gRPC client process (grpcio) making four calls on one channel, printing what each got
+    as JSON: SayHello, SayHello with a field 3 of 300 "g"s gzip-compressed, Fail, Count of 3."""
+    import json
+
+    import grpc
+
+    out = []
+    with grpc.insecure_channel(f"{host}:{port}") as ch:
+        hello = ch.unary_unary("/demo.Greeter/SayHello")
+        out.append(["SayHello", "OK", [pb_decode(hello(pb_encode([(1, name)]), timeout=10))]])
+        # gRPC's C core sends a message uncompressed when gzip does not make it smaller
+        big = pb_encode([(1, name), (3, "g" * 300)])
+        out.append(["SayHello", "OK", [pb_decode(hello(big, timeout=10, compression=grpc.Compression.Gzip))]])
+        try:
+            ch.unary_unary("/demo.Greeter/Fail")(pb_encode([(1, name)]), timeout=10)
+            out.append(["Fail", "OK", []])
+        except grpc.RpcError as e:
+            out.append(["Fail", e.code().name, [e.details()]])
+        stream = ch.unary_stream("/demo.Greeter/Count")(pb_encode([(1, name), (2, 3)]), timeout=10)
+        out.append(["Count", "OK", [pb_decode(m) for m in stream]])
+    print(json.dumps(out))
+
+
+def grpc_calls(srv: Server, name: str) -> list:
+    """:func:`_run_grpc_client` against ``srv`` in a process of its own; what it printed."""
+    import json
+
+    r = _run([sys.executable, str(Path(__file__).resolve()), "grpc-client", "--host", srv.host,
+              "--port", str(srv.port), "--name", name])
+    return json.loads(r.stdout)
+
+
+def _tcp_probe(srv: Server) -> bool:
+    with socket.create_connection((srv.host, srv.port), timeout=2):
+        return True
+
+
+def grpc_server(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
+    """A gRPC server in the clear (grpcio, this file run as a script, comm ``python3``) on
+    127.0.0.1, serving ``/demo.Greeter/{SayHello,Fail,Count}`` (see :func:`_run_grpc`)."""
+    host = "127.0.0.1"
+
+    def build(p: int, d: Path):
+        argv = [sys.executable, str(Path(__file__).resolve()), "grpc", "--host", host, "--port", str(p)]
+        return _serve("grpc", argv, host=host, port=p, workdir=d, probe=_tcp_probe,
+                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return _with_retry(_prepared("grpc", None, build), port)
+
+
 # -- node ---------------------------------------------------------------------------------------------
 NODE_HTTP = r"""
 const http = require('http'), https = require('https'), fs = require('fs');
@@ -1059,8 +1191,19 @@ def main(argv: list[str]) -> int:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--cert")
     h.add_argument("--key")
+    h = sub.add_parser("grpc", help="a gRPC server in the clear (grpcio)")
+    h.add_argument("--host", default="127.0.0.1")
+    h.add_argument("--port", type=int, required=True)
+    h = sub.add_parser("grpc-client", help="four calls to the gRPC server, what they got as JSON")
+    h.add_argument("--host", default="127.0.0.1")
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--name", required=True)
     a = ap.parse_args(argv)
-    if a.cmd == "http":
+    if a.cmd == "grpc":
+        _run_grpc(a.host, a.port)
+    elif a.cmd == "grpc-client":
+        _run_grpc_client(a.host, a.port, a.name)
+    elif a.cmd == "http":
         _run_python_http(a.host, a.port, a.cert, a.key)
     elif a.cmd == "aiohttp":
         _run_aiohttp(a.host, a.port, a.cert, a.key)

@@ -472,6 +472,41 @@ def test_http2_in_the_clear_with_prior_knowledge(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+def test_grpc_in_the_clear_messages_decoded_at_both_ends(agent: ObserveAgent):
+    """gRPC's C core (grpcio) at both ends, h2c, one channel: a unary call, the same with a
+    bigger request gzip-compressed (its string cut at 64 bytes, as Pixie's), a call that fails, a server-streaming call. Each is a row at both
+    ends: `content_type` 2 (gRPC), the messages decoded from protobuf without a schema as
+    Pixie shows them, the status in the trailers. The sensor infers HTTP/2 from the preface."""
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    name = f"go-{tag}"  # 'g' is no protobuf tag (wire type 7): printed as a string, not a message
+    with S.grpc_server() as srv:
+        got = S.grpc_calls(srv, name)
+        assert [(m, code) for m, code, _ in got] == [("SayHello", "OK"), ("SayHello", "OK"), ("Fail", "NOT_FOUND"),
+                                                      ("Count", "OK")]
+        rows = agent.wait_rows(f"SELECT {HTTP_COLS}, req_body, req_body_size, content_type FROM http_events "
+                               f"WHERE {_on_port(srv.port, t0)} AND req_body LIKE '%{name}%' ORDER BY time_",
+                               2 * len(got), timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (4, 4), agent.log_tail()
+    hello = f'1: "Hello, {name}!"\n2: {len(name)}'
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"], x["content_type"], x["major_version"])
+                for x in side] == [("POST", f"/demo.Greeter/{m}", 200, 2, 2) for m, _, _ in got]
+        assert [(x["req_body"], x["resp_body"]) for x in side] == [
+            (f'1: "{name}"', hello), (f'1: "{name}"\n3: "{"g" * 64}...<truncated>..."', hello), (f'1: "{name}"', ""),
+            (f'1: "{name}"\n2: 3', "\n".join(f'1: "{name}"\n2: {i}' for i in range(3)))]
+        trailers = [json.loads(x["resp_headers"]) for x in side]
+        assert [t["grpc-status"] for t in trailers] == ["0", "0", "5", "0"]
+        assert trailers[2]["grpc-message"] == f"no such name: {name}"
+        assert json.loads(side[1]["req_headers"])["grpc-encoding"] == "gzip"
+        assert side[1]["req_body_size"] < 300  # its message went compressed
+        assert side[0]["req_body_size"] == 5 + 2 + len(name)  # the length prefix and the message, uncompressed
+        assert all(x["latency"] > 0 and not x["encrypted"] for x in side)
+    assert {x["pid"] for x in servers_} == {srv.pid}
+    assert len({x["local_port"] for x in clients}) == 1, "one channel, one connection"
+    _made("http_events", len(rows))
+
+
 ASYNCPG_TLS = r"""
 import asyncio, json, sys
 import asyncpg
