@@ -2,8 +2,9 @@
 
 The socket data sensor's program runs at the exit of every syscall of every process, so its
 cost reaches every workload on the host, traced or not. ``workloads/syscall_kinds.c`` times
-four kinds of call (a syscall the hook ignores, a failed read, a write to a file that is
-not a socket, and a captured HTTP write+read over loopback TCP), pinned to one CPU, with:
+six kinds of call (a syscall the hook ignores, a failed read, a write to a file that is
+not a socket, and a captured HTTP request over loopback TCP, written by write(2), by sendmsg(2)
+as 2 iovecs and as 32, and read by read(2)), pinned to one CPU, with:
 
     none          no hook
     current       the sensor built from this tree (build/bpf), ring drained unread
@@ -50,7 +51,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 BUILD = ROOT / "build" / "bench"
-KINDS = ("getppid", "read_eagain", "write_null", "http_pair")
+KINDS = ("getppid", "read_eagain", "write_null", "http_pair", "http_iov2", "http_iov32")
 
 
 class HookBenchError(RuntimeError):
