@@ -100,6 +100,7 @@ class ParseStats:
     unmatched_requests: int = 0  # requests that never got a response (at close/timeout)
     unmatched_responses: int = 0  # responses with no request before them
     truncated: int = 0  # messages whose body was cut short by the copy bound
+    unknown_headers: int = 0  # HTTP/2 header fields naming a table entry added while bytes were lost
 
     def add(self, other: ParseStats) -> None:
         for name in self.__slots__:  # type: ignore[attr-defined]

@@ -7,10 +7,19 @@ CONTINUATION) frames from the client, then its DATA frames, up to the frame flag
 END_STREAM; its response the same from the server, trailers included (a HEADERS frame
 after the DATA: gRPC's status). Header blocks are HPACK-compressed (RFC 7541) with a table
 each direction keeps across the connection, so they are decoded in order, every one of
-them (PUSH_PROMISE's too), by :class:`Hpack`, one per direction. Bytes
-lost or not copied inside a DATA frame's payload only shorten the body kept; anywhere else
-(a frame header, a header block) they leave that direction's table unknown: the direction
-stops there (counted ``invalid``), and what is pending on it is counted unmatched at close.
+them (PUSH_PROMISE's too), by :class:`Hpack`, one per direction.
+
+Loss. Bytes lost or not copied inside a DATA frame's payload only shorten the body kept.
+Anywhere else (a frame header, a header block; counted ``invalid``) the direction waits for
+a chunk (one call's bytes) that starts at a frame boundary, frame headers tiling it, and goes
+on from there, with the streams in flight whose frames that way may have been among the lost
+bytes given up (counted unmatched): a request not yet ended; a response begun, or one whose
+first frame after the loss is not a header block with ``:status``. The direction's HPACK
+table, which the lost blocks may have added to, is known again only from the entries added
+after the loss (the newest: their indexes do not depend on what came before); a field that
+names an older entry is left out of the row, never guessed (``unknown_headers``), until the
+entries added since leave no room for an older one in the table, or a size update empties
+it. A field the peer keeps adding by the name of a lost entry stays unknown.
 
 Rows: ``major_version`` 2, ``minor_version`` 0; ``req_method``/``req_path`` from ``:method``
 and ``:path``; ``resp_status`` from ``:status``; ``resp_message`` empty (HTTP/2 has no
@@ -58,6 +67,7 @@ class Msg:
 class Stream:
     req: Msg = field(default_factory=Msg)
     resp: Msg | None = None
+    after_loss: bool = False  # in flight, its response not begun, when server bytes were lost
 
 
 @dataclass(slots=True)
@@ -83,7 +93,8 @@ class Way:
     resync_sid: int = 0  # the stream whose DATA the lost bytes were
     resync_bytes: int = 0
     resync_ts: int = 0  # when bytes taken for the resync stream were last seen
-    broken: bool = False
+    broken: bool = False  # bytes lost where frames or a header block were: waiting for a chunk
+    # that starts at a frame boundary (frames tiling it) to go on from
 
 
 _HUFFMAN_CACHE = 4096  # Huffman-coded header strings remembered, decoded (the same values recur)
@@ -91,6 +102,10 @@ _HUFFMAN_CACHE = 4096  # Huffman-coded header strings remembered, decoded (the s
 
 class HpackError(ValueError):
     pass
+
+
+class HpackUnknown(HpackError):
+    """A reference to a dynamic table entry added while bytes were lost."""
 
 
 class Hpack:
@@ -105,28 +120,53 @@ class Hpack:
             from hpack.table import HeaderTable
 
             Hpack.STATIC = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in HeaderTable.STATIC_TABLE)
-        self.dynamic: list[tuple[str, str]] = []  # newest first
+        self.dynamic: list[tuple[str | None, str]] = []  # newest first; None: a name lost
         self.size = 0
         self.max_size = 4096  # the protocol's initial size; updates in the blocks change it
         self.limit = max_size
+        # after bytes were lost (desync): entries the peer added then sit, unknown, behind the
+        # ones added since; None once no such entry can be left in the table
+        self.unknown_behind: bool = False
+        self.unknown = 0  # fields that named such an entry: left out of the headers
 
-    def _add(self, name: str, value: str) -> None:
-        n = len(name) + len(value) + 32
+    def desync(self) -> None:
+        """Header blocks may have been lost: what the table held cannot be placed any more. It
+        starts again from the entries added from now on (the newest, so their indexes are
+        right whatever came before), and is whole again once those leave no room for an older
+        one (the smallest entry is 32 bytes) or a size update empties it. Until then an index
+        past them is an unknown entry, not an error."""
+        self.dynamic.clear()
+        self.size = 0
+        self.unknown_behind = self.max_size >= 32
+
+    def _add(self, name: str | None, value: str) -> None:
+        # a nameless entry (its name was a lost entry's) counts its value and overhead only:
+        # sizes are then a lower bound, which is all the whole-again test needs; an entry the
+        # peer evicted and this table kept longer is one no valid block names
         self.dynamic.insert(0, (name, value))
-        self.size += n
+        self.size += len(name or "") + len(value) + 32
+        self._whole_again()
         self._shrink()
+
+    def _whole_again(self) -> None:
+        # an older entry, however small, no longer fits beside the known ones: the peer's
+        # table evicted every one of them
+        if self.unknown_behind and self.size + 32 > self.max_size:
+            self.unknown_behind = False
 
     def _shrink(self) -> None:
         while self.size > self.max_size and self.dynamic:
             k, v = self.dynamic.pop()
-            self.size -= len(k) + len(v) + 32
+            self.size -= len(k or "") + len(v) + 32
 
-    def _entry(self, i: int) -> tuple[str, str]:
+    def _entry(self, i: int) -> tuple[str | None, str]:
         if 0 < i <= len(self.STATIC):
             return self.STATIC[i - 1]
         j = i - len(self.STATIC) - 1
         if 0 <= j < len(self.dynamic):
             return self.dynamic[j]
+        if self.unknown_behind and j >= 0:
+            raise HpackUnknown(f"index {i}: an entry added while bytes were lost")
         raise HpackError(f"index {i} out of the tables")
 
     @staticmethod
@@ -164,27 +204,46 @@ class Hpack:
             c = b[p]
             if c & 0x80:  # indexed field
                 i, p = self._int(b, p, 7)
-                out.append(self._entry(i))
+                try:
+                    field_ = self._entry(i)
+                except HpackUnknown:
+                    field_ = (None, "")
+                if field_[0] is None:
+                    self.unknown += 1
+                else:
+                    out.append(field_)
             elif c & 0x40:  # literal with incremental indexing
                 name, value, p = self._literal(b, p, 6)
-                out.append((name, value))
+                if name is None:
+                    self.unknown += 1  # its name is a lost entry's: the entry is added, nameless
+                else:
+                    out.append((name, value))
                 self._add(name, value)
             elif c & 0x20:  # dynamic table size update
                 size, p = self._int(b, p, 5)
                 if size > self.limit:
                     raise HpackError(f"table size {size} past {self.limit}")
                 self.max_size = size
+                self._whole_again()
                 self._shrink()
             else:  # literal without indexing (0000) or never indexed (0001)
                 name, value, p = self._literal(b, p, 4)
-                out.append((name, value))
+                if name is None:
+                    self.unknown += 1
+                else:
+                    out.append((name, value))
         return out
 
-    def _literal(self, b: bytes, p: int, prefix: int) -> tuple[str, str, int]:
-        """A literal field: its name by index (or a string when the index is 0), its value."""
+    def _literal(self, b: bytes, p: int, prefix: int) -> tuple[str | None, str, int]:
+        """A literal field: its name by index (or a string when the index is 0), its value.
+        The name is None when it was an entry added while bytes were lost."""
         i, p = self._int(b, p, prefix)
+        name: str | None
         if i:
-            name = self._entry(i)[0]
+            try:
+                name = self._entry(i)[0]
+            except HpackUnknown:
+                name = None  # the name of an entry added while bytes were lost
         else:
             name, p = self._str(b, p)
         value, p = self._str(b, p)
@@ -217,6 +276,7 @@ class HTTP2Parser(ConnParser):
         # the client's direction: from the role, else from where the preface shows
         self.req_dir: Direction | None = {Role.SERVER: Direction.INGRESS,
                                           Role.CLIENT: Direction.EGRESS}.get(role)
+        self.gone: set[int] = set()  # streams given up at a loss whose requests go on: ignored
 
     # -- bytes ----------------------------------------------------------------------------
     def _way(self, d: Direction) -> Way:
@@ -228,11 +288,13 @@ class HTTP2Parser(ConnParser):
     def feed(self, chunk: DataChunk) -> list[dict]:
         d = chunk.direction
         w = self._way(d)
-        if w.broken:
-            self.stats.bytes_skipped += len(chunk.data)
-            return []
         data = bytes(chunk.data)
         gap = chunk.gap
+        if w.broken:
+            self.stats.bytes_skipped += gap
+            if not self._resume(w, data):
+                return []
+            gap = 0  # frames from here: the lost bytes are behind us
         if not w.started:
             if self.req_dir is None and not gap and data.startswith(PREFACE[:16]):
                 self.req_dir = d
@@ -240,16 +302,21 @@ class HTTP2Parser(ConnParser):
                 w.preface = len(PREFACE)
             elif gap and self.req_dir is not None and d != self.req_dir:
                 # the server's first frames (its SETTINGS) written before the sensor knew the
-                # protocol from the client's preface: whole frames of no header block, so the
-                # direction starts afresh at this chunk (a frame boundary)
+                # protocol from the client's preface: whole frames, so the direction starts
+                # afresh at this chunk (a frame boundary). They hold no header block, unless
+                # they are a loss after all: the table and the streams' responses are then
+                # taken as possibly lost, at no cost when they are not
                 self.stats.bytes_skipped += gap
                 gap = 0
+                w.decoder.desync()
+                for st in self.streams.values():
+                    st.after_loss = True
         w.started = True
         out: list[dict] = []
         try:
             if gap:
                 out += self._missing(w, gap, chunk.ts_ns)
-                if w.broken:
+                if w.broken and not self._resume(w, data):
                     return out
             out += self._bytes(d, w, data, chunk.ts_ns)
             if chunk.truncated and not w.broken:
@@ -259,9 +326,103 @@ class HTTP2Parser(ConnParser):
         return out
 
     def _break(self, w: Way) -> None:
-        if not w.broken:
-            w.broken = True
-            self.stats.invalid += 1
+        """This direction's bytes cannot be followed from here (lost where frames or a header
+        block were, or not HTTP/2): it waits for a chunk that starts at a frame boundary
+        (_frames_tile), its HPACK table known again only from what the peer adds from then
+        on (Hpack.desync), and every stream in flight is given up, counted unmatched: any of
+        their frames, either way, could have been among the lost bytes."""
+        if w.broken:
+            return
+        w.broken = True
+        self.stats.invalid += 1
+        w.ftype, w.left, w.pad, w.preface = -1, 0, -1, 0
+        w.head.clear()
+        w.payload.clear()
+        w.block = None
+        w.resync = False
+        w.decoder.desync()
+        is_req = self.req_dir is None or self.ways.get(self.req_dir) is w
+        for sid, st in list(self.streams.items()):
+            if (not st.req.end_ts) if is_req else st.resp is not None:
+                self._give_up(sid)  # its frames this way may be among the lost bytes
+            elif not is_req:
+                st.after_loss = True  # its response's first frames may be: see _begun
+
+    def _give_up(self, sid: int) -> None:
+        if self.streams.pop(sid, None) is not None:
+            self.stats.unmatched_requests += 1
+            if len(self.gone) >= MAX_STREAMS:
+                self.gone.pop()
+            self.gone.add(sid)
+
+    def _begun(self, sid: int, headers: list[tuple[str, str]] | None) -> bool:
+        """Whether a response frame (a header block, or DATA: ``headers`` None) of a stream in
+        flight at a loss of server bytes begins its response: a block with ``:status``. Else
+        its beginning was among the lost bytes, and the stream is given up."""
+        st = self.streams.get(sid)
+        if st is None or not st.after_loss or st.resp is not None:
+            return True
+        if headers is not None and any(k == ":status" for k, _ in headers):
+            st.after_loss = False
+            return True
+        self._give_up(sid)
+        return False
+
+    def _resume(self, w: Way, data: bytes) -> bool:
+        """A broken direction goes on at ``data`` if it starts at a frame boundary; else its
+        bytes are skipped, counted."""
+        if self._frames_tile(data):
+            w.broken = False
+            return True
+        self.stats.bytes_skipped += len(data)
+        return False
+
+    @staticmethod
+    def _frame_ok(ftype: int, flags: int, sid: int, length: int) -> bool:
+        """A frame header that RFC 9113 allows (types 0-9 only; a HEADERS frame on a
+        client's stream, odd)."""
+        if length > RESYNC_MAX_FRAME:
+            return False
+        if ftype == DATA:
+            return sid > 0 and not flags & ~(END_STREAM | PADDED)
+        if ftype == HEADERS:
+            return sid % 2 == 1 and not flags & ~(END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG)
+        if ftype == PRIORITY:
+            return sid > 0 and length == 5 and flags == 0
+        if ftype == RST_STREAM:
+            return sid > 0 and length == 4 and flags == 0
+        if ftype == SETTINGS:
+            return sid == 0 and length % 6 == 0 and (flags == 0 or (flags == 1 and length == 0))
+        if ftype == PUSH_PROMISE:
+            return sid % 2 == 1 and not flags & ~(END_HEADERS | PADDED)
+        if ftype == PING:
+            return sid == 0 and length == 8 and flags in (0, 1)
+        if ftype == GOAWAY:
+            return sid == 0 and length >= 8 and flags == 0
+        if ftype == WINDOW_UPDATE:
+            return length == 4 and flags == 0
+        if ftype == CONTINUATION:
+            return sid > 0 and not flags & ~END_HEADERS
+        return False
+
+    def _frames_tile(self, data: bytes) -> bool:
+        """Whether ``data`` (a chunk: one call's bytes) starts at a frame boundary: frame
+        headers that RFC 9113 allows, one after the other, up to its end (the last frame may
+        go on past it); not a CONTINUATION first, whose HEADERS was lost."""
+        i, n, prev = 0, len(data), -1
+        if n < 9:
+            return False
+        while i + 9 <= n:
+            ftype, flags = data[i + 3], data[i + 4]
+            length = int.from_bytes(data[i:i + 3], "big")
+            sid = int.from_bytes(data[i + 5:i + 9], "big")
+            if sid & 0x80000000 or not self._frame_ok(ftype, flags, sid, length):
+                return False
+            if ftype == CONTINUATION and prev not in (HEADERS, PUSH_PROMISE, CONTINUATION):
+                return False
+            prev = ftype if ftype in (HEADERS, PUSH_PROMISE, CONTINUATION) and not flags & END_HEADERS else -1
+            i += 9 + length
+        return True
 
     def _missing(self, w: Way, n: int, ts: int) -> list[dict]:
         """n bytes of this direction were never seen (lost, or not copied). Inside a DATA
@@ -321,24 +482,11 @@ class HTTP2Parser(ConnParser):
             length = int.from_bytes(data[i:i + 3], "big")
             ftype, flags = data[i + 3], data[i + 4]
             sid = int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF
-            if length > RESYNC_MAX_FRAME:
+            if ftype not in (DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, GOAWAY):
                 continue
-            if ftype == DATA:
-                ok = sid in self.streams and not flags & ~(END_STREAM | PADDED)
-            elif ftype == HEADERS:
-                ok = sid > 0 and sid % 2 == 1 and not flags & ~(END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG)
-            elif ftype == RST_STREAM:
-                ok = length == 4 and sid in self.streams and flags == 0
-            elif ftype == SETTINGS:
-                ok = sid == 0 and length % 6 == 0 and flags in (0, 1) and (flags == 0 or length == 0)
-            elif ftype == PING:
-                ok = sid == 0 and length == 8 and flags in (0, 1)
-            elif ftype == WINDOW_UPDATE:
-                ok = length == 4 and flags == 0 and (sid == 0 or sid in self.streams)
-            elif ftype == GOAWAY:
-                ok = sid == 0 and length >= 8 and flags == 0
-            else:
-                ok = False
+            ok = self._frame_ok(ftype, flags, sid, length)
+            if ftype in (DATA, RST_STREAM) or (ftype == WINDOW_UPDATE and sid):
+                ok = ok and sid in self.streams
             if ok:
                 return i
         return -1
@@ -411,6 +559,8 @@ class HTTP2Parser(ConnParser):
             if w.pad < 0:
                 return
             part = part[:max(0, w.length - w.pad - off)]
+        if self.req_dir is not None and self.ways.get(self.req_dir) is not w and not self._begun(w.sid, None):
+            return
         msg = self._msg_of(w.sid, w)
         if msg is None:
             return
@@ -425,6 +575,8 @@ class HTTP2Parser(ConnParser):
         st = self.streams.get(sid)
         if is_req:
             if st is None:
+                if sid in self.gone:
+                    return None  # given up at a loss
                 if len(self.streams) >= MAX_STREAMS:
                     old = next(iter(self.streams))
                     del self.streams[old]
@@ -484,9 +636,13 @@ class HTTP2Parser(ConnParser):
             return []
         block, btype, bsid, bflags = bytes(w.block), w.block_type, w.block_sid, w.block_flags
         w.block = None
-        headers = w.decoder.decode(block)  # type: ignore[attr-defined]
+        unknown = w.decoder.unknown
+        headers = w.decoder.decode(block)
+        self.stats.unknown_headers += w.decoder.unknown - unknown
         if btype == PUSH_PROMISE:
             return []  # decoded to keep the table in step; pushed responses are not rows
+        if self.req_dir is not None and self.ways.get(self.req_dir) is not w and not self._begun(bsid, headers):
+            return []
         msg = self._msg_of(bsid, w)
         if msg is not None and not (msg is not self._req_of(bsid) and headers and headers[0][0] == ":status"
                                     and headers[0][1].startswith("1")):  # an interim 1xx: the final one follows
@@ -505,6 +661,8 @@ class HTTP2Parser(ConnParser):
     def _end(self, w: Way, sid: int, ts: int) -> list[dict]:
         st = self.streams.get(sid)
         if st is None:
+            if self.req_dir is not None and self.ways.get(self.req_dir) is w:
+                self.gone.discard(sid)
             return []
         is_req = self.ways.get(self.req_dir) is w if self.req_dir is not None else False
         if is_req:
