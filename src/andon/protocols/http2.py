@@ -50,6 +50,7 @@ MAX_HEADERS = 512  # header fields kept for one message, trailers included
 MAX_RESYNC = 1 << 22  # bytes looked through for the next frame header after a loss, at most
 RESYNC_MAX_FRAME = 1 << 18  # a frame header found while resynchronising has a length below this
 BLOCK_TYPES = (HEADERS, CONTINUATION, PUSH_PROMISE)  # the frames whose payload is kept
+_FRAME_HEAD = struct.Struct("!HBBBI")  # a frame header: length (16 + 8 bits), type, flags, stream
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class Way:
     """One direction: the frame being read, the header block being gathered, its HPACK table."""
 
     decoder: Hpack
+    d: Direction = Direction.INGRESS
     head: bytearray = field(default_factory=bytearray)  # a frame header still short of 9 bytes
     ftype: int = -1  # the frame in progress (-1: between frames)
     flags: int = 0
@@ -98,6 +100,9 @@ class Way:
 
 
 _HUFFMAN_CACHE = 4096  # Huffman-coded header strings remembered, decoded (the same values recur)
+SEEN_MAX = 256  # header blocks remembered decoded, per direction, while its table stays the same
+SEEN_BLOCK = 1024  # bytes of a block remembered, at most
+_JSON_MAX = 1024  # header lists remembered as their column's JSON
 
 
 class HpackError(ValueError):
@@ -128,6 +133,15 @@ class Hpack:
         # ones added since; None once no such entry can be left in the table
         self.unknown_behind: bool = False
         self.unknown = 0  # fields that named such an entry: left out of the headers
+        # blocks that left the table as it was, decoded: the same block means the same fields
+        # until the table changes (a peer repeating a request or a response sends the same bytes)
+        self._seen: dict[bytes, tuple[list[tuple[str, str]], int]] = {}
+        self.changes = 0  # the table's changes so far
+
+    def _changed(self) -> None:
+        self.changes += 1
+        if self._seen:
+            self._seen.clear()
 
     def desync(self) -> None:
         """Header blocks may have been lost: what the table held cannot be placed any more. It
@@ -138,6 +152,7 @@ class Hpack:
         self.dynamic.clear()
         self.size = 0
         self.unknown_behind = self.max_size >= 32
+        self._changed()
 
     def _add(self, name: str | None, value: str) -> None:
         # a nameless entry (its name was a lost entry's) counts its value and overhead only:
@@ -145,6 +160,7 @@ class Hpack:
         # peer evicted and this table kept longer is one no valid block names
         self.dynamic.insert(0, (name, value))
         self.size += len(name or "") + len(value) + 32
+        self._changed()
         self._whole_again()
         self._shrink()
 
@@ -198,6 +214,20 @@ class Hpack:
         return (_huffman(raw) if huff else raw).decode("utf-8", "replace"), p + n
 
     def decode(self, b: bytes) -> list[tuple[str, str]]:
+        """A header block's fields, in order (the returned list is not to be changed)."""
+        hit = self._seen.get(b)
+        if hit is not None:
+            self.unknown += hit[1]
+            return hit[0]
+        unknown, changes = self.unknown, self.changes
+        out = self._decode(b)
+        if self.changes == changes and len(b) <= SEEN_BLOCK:
+            if len(self._seen) >= SEEN_MAX:
+                self._seen.clear()
+            self._seen[b] = (out, self.unknown - unknown)
+        return out
+
+    def _decode(self, b: bytes) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         p, n = 0, len(b)
         while p < n:
@@ -224,6 +254,7 @@ class Hpack:
                 if size > self.limit:
                     raise HpackError(f"table size {size} past {self.limit}")
                 self.max_size = size
+                self._changed()
                 self._whole_again()
                 self._shrink()
             else:  # literal without indexing (0000) or never indexed (0001)
@@ -261,6 +292,9 @@ def _huffman(raw: bytes) -> bytes:
     return cached(raw)
 
 
+_JSON: dict[tuple, str] = {}  # header lists -> their column (the same lists recur)
+
+
 def _decoder() -> Hpack:
     return Hpack()
 
@@ -282,7 +316,7 @@ class HTTP2Parser(ConnParser):
     def _way(self, d: Direction) -> Way:
         w = self.ways.get(d)
         if w is None:
-            w = self.ways[d] = Way(_decoder())
+            w = self.ways[d] = Way(_decoder(), d)
         return w
 
     def feed(self, chunk: DataChunk) -> list[dict]:
@@ -341,7 +375,7 @@ class HTTP2Parser(ConnParser):
         w.block = None
         w.resync = False
         w.decoder.desync()
-        is_req = self.req_dir is None or self.ways.get(self.req_dir) is w
+        is_req = self.req_dir is None or w.d == self.req_dir
         for sid, st in list(self.streams.items()):
             if (not st.req.end_ts) if is_req else st.resp is not None:
                 self._give_up(sid)  # its frames this way may be among the lost bytes
@@ -470,7 +504,7 @@ class HTTP2Parser(ConnParser):
             self._break(w)
             return
         st = self.streams.get(w.resync_sid)
-        msg = (st.req if self.ways.get(self.req_dir) is w else st.resp) if st is not None else None
+        msg = (st.req if w.d == self.req_dir else st.resp) if st is not None else None
         if msg is not None:
             msg.body_size += n
 
@@ -516,15 +550,19 @@ class HTTP2Parser(ConnParser):
             i = k
         while i < n and not w.broken:
             if w.ftype < 0:  # a frame header
-                take = min(9 - len(w.head), n - i)
-                w.head += data[i:i + take]
-                i += take
-                if len(w.head) < 9:
-                    break
-                length = int.from_bytes(w.head[:3], "big")
-                w.ftype, w.flags = w.head[3], w.head[4]
-                w.sid = struct.unpack_from("!I", w.head, 5)[0] & 0x7FFFFFFF
-                w.head.clear()
+                if not w.head and i + 9 <= n:  # whole in this chunk
+                    hi, lo, w.ftype, w.flags, sid = _FRAME_HEAD.unpack_from(data, i)
+                    i += 9
+                else:
+                    take = min(9 - len(w.head), n - i)
+                    w.head += data[i:i + take]
+                    i += take
+                    if len(w.head) < 9:
+                        break
+                    hi, lo, w.ftype, w.flags, sid = _FRAME_HEAD.unpack_from(w.head)
+                    w.head.clear()
+                length = hi << 8 | lo
+                w.sid = sid & 0x7FFFFFFF
                 w.left, w.length, w.pad = length, length, -1
                 w.payload.clear()
                 self.stats.frames += 1
@@ -545,6 +583,9 @@ class HTTP2Parser(ConnParser):
                 if len(w.payload) + len(part) + (len(w.block) if w.block is not None else 0) > MAX_BLOCK:
                     self._break(w)
                     break
+                if not w.left and not w.payload:  # the whole payload in this chunk
+                    out += self._frame_done(w, ts, part)
+                    continue
                 w.payload += part
             if not w.left:
                 out += self._frame_done(w, ts)
@@ -559,7 +600,7 @@ class HTTP2Parser(ConnParser):
             if w.pad < 0:
                 return
             part = part[:max(0, w.length - w.pad - off)]
-        if self.req_dir is not None and self.ways.get(self.req_dir) is not w and not self._begun(w.sid, None):
+        if w.d != self.req_dir and self.req_dir is not None and not self._begun(w.sid, None):
             return
         msg = self._msg_of(w.sid, w)
         if msg is None:
@@ -571,7 +612,7 @@ class HTTP2Parser(ConnParser):
 
     def _msg_of(self, sid: int, w: Way) -> Msg | None:
         """The message of stream ``sid`` this direction's frames make, creating a request."""
-        is_req = self.ways.get(self.req_dir) is w if self.req_dir is not None else False
+        is_req = w.d == self.req_dir
         st = self.streams.get(sid)
         if is_req:
             if st is None:
@@ -590,10 +631,13 @@ class HTTP2Parser(ConnParser):
         return st.resp
 
     # -- frames ---------------------------------------------------------------------------
-    def _frame_done(self, w: Way, ts: int) -> list[dict]:
-        ftype, flags, sid, payload = w.ftype, w.flags, w.sid, bytes(w.payload)
+    def _frame_done(self, w: Way, ts: int, payload: bytes | None = None) -> list[dict]:
+        """A frame whose payload has all come (``payload``, else the one gathered in w)."""
+        ftype, flags, sid = w.ftype, w.flags, w.sid
+        if payload is None:
+            payload = bytes(w.payload)
+            w.payload.clear()
         w.ftype = -1
-        w.payload.clear()
         if ftype == DATA:
             if flags & END_STREAM:
                 return self._end(w, sid, ts)
@@ -641,7 +685,7 @@ class HTTP2Parser(ConnParser):
         self.stats.unknown_headers += w.decoder.unknown - unknown
         if btype == PUSH_PROMISE:
             return []  # decoded to keep the table in step; pushed responses are not rows
-        if self.req_dir is not None and self.ways.get(self.req_dir) is not w and not self._begun(bsid, headers):
+        if w.d != self.req_dir and self.req_dir is not None and not self._begun(bsid, headers):
             return []
         msg = self._msg_of(bsid, w)
         if msg is not None and not (msg is not self._req_of(bsid) and headers and headers[0][0] == ":status"
@@ -661,10 +705,10 @@ class HTTP2Parser(ConnParser):
     def _end(self, w: Way, sid: int, ts: int) -> list[dict]:
         st = self.streams.get(sid)
         if st is None:
-            if self.req_dir is not None and self.ways.get(self.req_dir) is w:
+            if w.d == self.req_dir:
                 self.gone.discard(sid)
             return []
-        is_req = self.ways.get(self.req_dir) is w if self.req_dir is not None else False
+        is_req = w.d == self.req_dir
         if is_req:
             st.req.end_ts = ts
             return []
@@ -677,6 +721,16 @@ class HTTP2Parser(ConnParser):
             return []
         self.stats.records += 1
         return [self._record(st.req, st.resp)]
+
+    @staticmethod
+    def _json(headers: list[tuple[str, str]]) -> str:
+        key = tuple(headers)
+        text = _JSON.get(key)
+        if text is None:
+            if len(_JSON) >= _JSON_MAX:
+                _JSON.clear()
+            text = _JSON[key] = bound(headers_json(headers), HEADERS_COLUMN)
+        return text
 
     def _record(self, req: Msg, resp: Msg) -> dict:
         status = resp.get(":status")
@@ -695,12 +749,12 @@ class HTTP2Parser(ConnParser):
             "major_version": 2,
             "minor_version": 0,
             "content_type": kind,
-            "req_headers": bound(headers_json(req.headers), HEADERS_COLUMN),
+            "req_headers": self._json(req.headers),
             "req_method": req.get(":method"),
             "req_path": req.get(":path"),
             "req_body": bound(req_body, BODY_COLUMN),
             "req_body_size": req.body_size,
-            "resp_headers": bound(headers_json(resp.headers), HEADERS_COLUMN),
+            "resp_headers": self._json(resp.headers),
             "resp_status": int(status) if status.isdigit() and len(status) <= 3 else 0,
             "resp_message": "",
             "resp_body": bound(resp_body, BODY_COLUMN),
