@@ -435,3 +435,37 @@ def test_after_random_losses_no_field_is_ever_decoded_wrong(seed, lose, table, c
     last = max(lose, default=-1)
     got = {r["resp_status"] - 200 for r in rows}
     assert set(range(last + 1, 60)) <= got
+
+
+def test_remembered_decodes_are_the_decodes():
+    """Blocks remembered decoded (the table unchanged; or no dynamic entry named) give what
+    decoding them again gives, and leave the table as it would: one decoder against one whose
+    memory is emptied before every block, on blocks that recur, with size updates."""
+    from andon.protocols.http2 import Hpack
+
+    rnd = random.Random(11)
+    pool = [[(":status", "200"), ("content-type", "text/plain"), ("server", "nginx")],
+            [(":status", "404"), ("date", "Mon, 23 Nov 2026 07:00:00 GMT")], [(":method", "GET"), (":path", "/a")]]
+    hits = 0
+    for _ in range(20):
+        enc, mem, fresh = hpack.Encoder(), Hpack(), Hpack()
+        for k in range(300):
+            if k % 50 == 25:
+                enc.header_table_size = rnd.choice([0, 128, 256, 4096])
+            hs = rnd.choice(pool) if rnd.random() < 0.7 else [(f"x-{rnd.randrange(20)}", str(rnd.randrange(5)))]
+            if rnd.random() < 0.3:  # nginx's way: every field added, by a literal name, none named by index
+                block = b"".join(b"\x40" + bytes([len(n)]) + n.encode() + bytes([len(v)]) + v.encode() for n, v in hs)
+            else:
+                block = enc.encode(hs, huffman=False)
+            hits += block in mem._seen or block in mem._fixed
+            fresh._seen.clear()
+            fresh._fixed.clear()
+            got = []
+            for dec in (mem, fresh):
+                try:
+                    got.append(dec.decode(block))
+                except ValueError as e:
+                    got.append(type(e))
+            assert got[0] == got[1]
+            assert (mem.dynamic, mem.size, mem.max_size) == (fresh.dynamic, fresh.size, fresh.max_size)
+    assert hits > 1000

@@ -33,6 +33,7 @@ request's end. A stream reset (RST_STREAM) before its response ends is counted u
 from __future__ import annotations
 
 import struct
+from typing import Any
 from dataclasses import dataclass, field
 
 from . import grpc
@@ -136,6 +137,12 @@ class Hpack:
         # blocks that left the table as it was, decoded: the same block means the same fields
         # until the table changes (a peer repeating a request or a response sends the same bytes)
         self._seen: dict[bytes, tuple[list[tuple[str, str]], int]] = {}
+        # blocks that name no dynamic entry, decoded, with what they do to the table (the
+        # entries they add, in order; a size update as (None, size)): the same whatever the
+        # table holds (nginx adds every response header it sends, and names none)
+        self._fixed: dict[bytes, tuple[list[tuple[str, str]], tuple, bool]] = {}
+        self._dyn = False  # the block being decoded named a dynamic entry
+        self._ops: list[tuple[str | None, Any]] = []  # what it did to the table
         self.changes = 0  # the table's changes so far
 
     def _changed(self) -> None:
@@ -179,6 +186,7 @@ class Hpack:
         if 0 < i <= len(self.STATIC):
             return self.STATIC[i - 1]
         j = i - len(self.STATIC) - 1
+        self._dyn = True
         if 0 <= j < len(self.dynamic):
             return self.dynamic[j]
         if self.unknown_behind and j >= 0:
@@ -219,13 +227,46 @@ class Hpack:
         if hit is not None:
             self.unknown += hit[1]
             return hit[0]
+        fixed = self._fixed.get(b)
+        if fixed is not None:
+            out, ops, resizes = fixed
+            if resizes:
+                for name, value in ops:
+                    if name is None:
+                        self._resize(value)
+                    else:
+                        self._add(name, value)
+            else:  # _add's, its checks once for the block (the same table: the size is the same)
+                for name, value in ops:
+                    self.dynamic.insert(0, (name, value))
+                    self.size += len(name) + len(value) + 32
+                self._changed()
+                self._whole_again()
+                self._shrink()
+            return out
         unknown, changes = self.unknown, self.changes
+        self._dyn = False
+        self._ops = []
         out = self._decode(b)
-        if self.changes == changes and len(b) <= SEEN_BLOCK:
+        if len(b) > SEEN_BLOCK:
+            return out
+        if self.changes == changes:
             if len(self._seen) >= SEEN_MAX:
                 self._seen.clear()
             self._seen[b] = (out, self.unknown - unknown)
+        elif not self._dyn and self.unknown == unknown:
+            if len(self._fixed) >= SEEN_MAX:
+                self._fixed.clear()
+            self._fixed[b] = (out, tuple(self._ops), any(name is None for name, _ in self._ops))
         return out
+
+    def _resize(self, size: int) -> None:
+        if size > self.limit:
+            raise HpackError(f"table size {size} past {self.limit}")
+        self.max_size = size
+        self._changed()
+        self._whole_again()
+        self._shrink()
 
     def _decode(self, b: bytes) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -248,15 +289,12 @@ class Hpack:
                     self.unknown += 1  # its name is a lost entry's: the entry is added, nameless
                 else:
                     out.append((name, value))
+                    self._ops.append((name, value))
                 self._add(name, value)
             elif c & 0x20:  # dynamic table size update
                 size, p = self._int(b, p, 5)
-                if size > self.limit:
-                    raise HpackError(f"table size {size} past {self.limit}")
-                self.max_size = size
-                self._changed()
-                self._whole_again()
-                self._shrink()
+                self._ops.append((None, size))
+                self._resize(size)
             else:  # literal without indexing (0000) or never indexed (0001)
                 name, value, p = self._literal(b, p, 4)
                 if name is None:
@@ -733,25 +771,26 @@ class HTTP2Parser(ConnParser):
         return text
 
     def _record(self, req: Msg, resp: Msg) -> dict:
-        status = resp.get(":status")
-        ctype = resp.get("content-type") or None
-        req_ctype = req.get("content-type")
+        rq, rs = dict(reversed(req.headers)), dict(reversed(resp.headers))  # a name's first value
+        status = rs.get(":status", "")
+        ctype = rs.get("content-type") or None
+        req_ctype = rq.get("content-type", "")
         if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
             kind = 2
-            req_body = grpc.body_text(req_ctype, req.get("grpc-encoding"), req.body)
-            resp_body = grpc.body_text(ctype or req_ctype, resp.get("grpc-encoding"), resp.body)
+            req_body = grpc.body_text(req_ctype, rq.get("grpc-encoding", ""), req.body)
+            resp_body = grpc.body_text(ctype or req_ctype, rs.get("grpc-encoding", ""), resp.body)
         else:
             kind = 1 if ctype and "json" in ctype else 0
             req_body = req_body_text(req_ctype or None, req.body)
-            resp_body = resp_body_text(ctype, resp.get("content-encoding") == "gzip", resp.body, resp.body_size)
+            resp_body = resp_body_text(ctype, rs.get("content-encoding") == "gzip", resp.body, resp.body_size)
         return {
             "time_": resp.end_ts,
             "major_version": 2,
             "minor_version": 0,
             "content_type": kind,
             "req_headers": self._json(req.headers),
-            "req_method": req.get(":method"),
-            "req_path": req.get(":path"),
+            "req_method": rq.get(":method", ""),
+            "req_path": rq.get(":path", ""),
             "req_body": bound(req_body, BODY_COLUMN),
             "req_body_size": req.body_size,
             "resp_headers": self._json(resp.headers),
