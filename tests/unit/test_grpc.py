@@ -173,3 +173,26 @@ def test_grpc_calls_become_rows_with_their_messages_decoded():
     assert (json.loads(fail["resp_headers"])["grpc-status"], json.loads(fail["resp_headers"])["grpc-message"]) == \
         ("5", "no such x")
     assert p.stats.records == 2 and p.stats.invalid == 0
+
+
+def test_after_a_loss_a_grpc_connections_bodies_are_still_decoded_when_framed_as_grpc():
+    """After a loss the content-type may name an HPACK entry added before it (left out): on a
+    connection that carried gRPC, bodies framed exactly as gRPC's are still decoded; a body
+    that is not is left as it is."""
+    cli, srv = Peer(), Peer()
+    c0, s0 = grpc_call(cli, srv, 1, "/demo.Greeter/SayHello", ld(1, b"one"), ld(1, b"Hello, one!"), 0)
+    c1, s1 = grpc_call(cli, srv, 3, "/demo.Greeter/SayHello", ld(1, b"lost"), ld(1, b"Hello, lost!"), 0)
+    c2, s2 = grpc_call(cli, srv, 5, "/demo.Greeter/SayHello", ld(1, b"two"), ld(1, b"Hello, two!"), 0)
+    c3, _ = grpc_call(cli, srv, 7, "/demo.Greeter/SayHello", ld(1, b"x"), None, 0)
+    s3 = srv.headers(7, [(":status", "200"), ("content-type", "application/grpc")], end_stream=False)
+    s3 += frame(DATA, END_STREAM, 7, b"not grpc framing")
+    p = HTTP2Parser(Role.SERVER)
+    rows = p.feed(DataChunk(1, I, PREFACE + c0)) + p.feed(DataChunk(2, E, s0))
+    rows += p.feed(DataChunk(3, I, c2, gap=len(c1))) + p.feed(DataChunk(4, E, s2, gap=len(s1)))
+    rows += p.feed(DataChunk(5, I, c3)) + p.feed(DataChunk(6, E, s3))
+    assert p.stats.unknown_headers > 0 and p.stats.invalid == 2
+    assert [(r["req_path"], r["content_type"], r["req_body"], r["resp_body"]) for r in rows] == [
+        ("/demo.Greeter/SayHello", 2, '1: "one"', '1: "Hello, one!"'),
+        ("", 2, '1: "two"', '1: "Hello, two!"'),  # path and content-types named lost entries
+        ("", 0, "\x00\x00\x00\x00\x03\n\x01x", "<removed: unknown content-type>"),  # a response not framed as gRPC
+    ]

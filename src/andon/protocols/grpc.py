@@ -45,6 +45,19 @@ def is_grpc(ctype: str) -> bool:
     return ctype.startswith("application/grpc")
 
 
+def framed(body: bytes | bytearray, body_size: int) -> bool:
+    """Whether a body (its kept prefix ``body``, ``body_size`` bytes in all) is gRPC's
+    framing exactly: length-prefixed messages, flags 0 or 1, ending at its last byte."""
+    p = 0
+    while p + 5 <= len(body):
+        if body[p] > 1:
+            return False
+        p += 5 + int.from_bytes(body[p + 1:p + 5], "big")
+        if p == body_size:
+            return True
+    return False
+
+
 def _varint(b: bytes, p: int, end: int, most: int = 10) -> tuple[int, int]:
     v = shift = 0
     while p < end and shift < 7 * most:
@@ -200,4 +213,4 @@ def body_text(ctype: str, encoding: str, body: bytes | bytearray) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["FAILED", "MAX_STR", "body_text", "is_grpc", "pb_text"]
+__all__ = ["FAILED", "MAX_STR", "body_text", "framed", "is_grpc", "pb_text"]

@@ -349,6 +349,7 @@ class HTTP2Parser(ConnParser):
         self.req_dir: Direction | None = {Role.SERVER: Direction.INGRESS,
                                           Role.CLIENT: Direction.EGRESS}.get(role)
         self.gone: set[int] = set()  # streams given up at a loss whose requests go on: ignored
+        self.grpc = False  # a gRPC call was seen on this connection
 
     # -- bytes ----------------------------------------------------------------------------
     def _way(self, d: Direction) -> Way:
@@ -775,6 +776,13 @@ class HTTP2Parser(ConnParser):
         status = rs.get(":status", "")
         ctype = rs.get("content-type") or None
         req_ctype = rq.get("content-type", "")
+        if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
+            self.grpc = True
+        elif (self.grpc and not req_ctype and ctype is None and grpc.framed(req.body, req.body_size)
+              and (not resp.body_size or grpc.framed(resp.body, resp.body_size))):
+            # both content-types left out (they named HPACK entries lost), on a connection that
+            # carried gRPC, bodies framed as gRPC's exactly: gRPC
+            req_ctype = "application/grpc"
         if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
             kind = 2
             req_body = grpc.body_text(req_ctype, rq.get("grpc-encoding", ""), req.body)
