@@ -656,6 +656,21 @@ def _run_grpc_client(host: str, port: int, name: str) -> None:
     print(json.dumps(out))
 
 
+def _run_grpc_phases(host: str, port: int, name: str, flood: int, after: int) -> None:
+    """A gRPC client on one channel in three phases, each started by a line on stdin and
+    ended by a line on stdout: SayHello {name}-before-i x3; {flood} of SayHello
+    {name}-flood-i; {after} of SayHello {name}-after-i."""
+    import grpc
+
+    with grpc.insecure_channel(f"{host}:{port}") as ch:
+        hello = ch.unary_unary("/demo.Greeter/SayHello")
+        for phase, n in (("before", 3), ("flood", flood), ("after", after)):
+            sys.stdin.readline()
+            for i in range(n):
+                hello(pb_encode([(1, f"{name}-{phase}-{i}")]), timeout=10)
+            print(phase, flush=True)
+
+
 def grpc_calls(srv: Server, name: str) -> list:
     """:func:`_run_grpc_client` against ``srv`` in a process of its own; what it printed."""
     import json
@@ -1198,8 +1213,16 @@ def main(argv: list[str]) -> int:
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--name", required=True)
+    h = sub.add_parser("grpc-phases", help="gRPC calls on one channel in three phases, stepped by stdin")
+    h.add_argument("--host", default="127.0.0.1")
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--name", required=True)
+    h.add_argument("--flood", type=int, default=3000)
+    h.add_argument("--after", type=int, default=5)
     a = ap.parse_args(argv)
-    if a.cmd == "grpc":
+    if a.cmd == "grpc-phases":
+        _run_grpc_phases(a.host, a.port, a.name, a.flood, a.after)
+    elif a.cmd == "grpc":
         _run_grpc(a.host, a.port)
     elif a.cmd == "grpc-client":
         _run_grpc_client(a.host, a.port, a.name)
