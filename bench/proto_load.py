@@ -20,6 +20,8 @@ Cases (servers from tests/servers.py on 127.0.0.1; flat generator / paced genera
                   probed in the executable), wrk -t2 -c16 on /size/1024  / paced.lua
     go-tls        a Go HTTPS server (tests/go/tlsdemo: net/http over Go's own crypto/tls,
                   probed in the executable), wrk -t2 -c16 on /size/1024  / paced.lua
+    nginx-h2c     nginx with HTTP/2 in the clear, h2load -t2 -c16 -m1 on /size/1024 (one stream
+                  at a time a connection)  / h2load --rps (per connection)
     pg-simple     pgbench -S -c4 -j2 -M simple   / pgbench -S -c8 -j2 -R RATE (built-in throttling)
     pg-extended   the same with -M extended      / the same with -M extended
     pg-unix       pg-extended over the server's unix socket (a client on the database's host)
@@ -195,6 +197,28 @@ def wrk(url: str, *, threads: int, conns: int, seconds: int, rate: float | None 
         lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
         p50, p99 = _us(lat.get("50")), _us(lat.get("99"))
     return Load(sent / elapsed, sent, errors, cpu, p50_us=p50, p99_us=p99)
+
+
+def h2load(url: str, *, threads: int, conns: int, seconds: int, rate: float | None = None) -> Load:
+    """h2load (nghttp2) flat out, or paced at ``rate`` requests/s (``--rps``, per connection),
+    one stream at a time on each connection (``-m1``, as wrk's one request at a time). h2load
+    prints latency's mean, not its percentiles: p50/p99 are left empty."""
+    argv = ["h2load", f"-t{threads}", f"-c{conns}", "-m1", "-D", str(seconds)]
+    if rate:
+        argv.append(f"--rps={max(1, round(rate / conns))}")
+    argv.append(url)
+    out, cpu = _run(argv, timeout=seconds + 30)
+    m = re.search(r"finished in ([\d.]+)(ms|s)\b", out)
+    r = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                  r"(\d+) timeout", out)
+    if not m or not r:
+        raise LoadError(f"h2load printed no request count:\n{out[-800:]}")
+    elapsed = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1)
+    sent = int(r.group(1))
+    errors = sum(int(x) for x in r.groups()[1:])
+    if c := re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out):
+        errors += int(c.group(1)) + int(c.group(2))
+    return Load(sent / elapsed, sent, errors, cpu)
 
 
 def pgbench(srv: S.Server, *, mode: str, clients: int, seconds: int, rate: float | None = None,
@@ -444,6 +468,11 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
                     lambda s, r: wrk(s.url(path), threads=threads, conns=conns, seconds=seconds, rate=r),
                     "http_events", match=f"req_path = '{path}'")
 
+    def h2(path: str, threads: int, conns: int, name: str, server: str) -> Case:
+        return Case(name, server, lambda s: h2load(s.url(path), threads=threads, conns=conns, seconds=seconds),
+                    lambda s, r: h2load(s.url(path), threads=threads, conns=conns, seconds=seconds, rate=r),
+                    "http_events", match=f"req_path = '{path}' AND major_version = 2")
+
     def pg(mode: str, rows: int, script: str = "select-only", name: str = "", match: str = PG_MATCH,
            unix: bool = False) -> Case:
         return Case(name or f"pg-{mode}", "postgres",
@@ -469,6 +498,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
         http("/size/1024", 2, 16, "aiohttp-tls", "aiohttp-tls"),
         http("/size/1024", 2, 16, "node-tls", "node-tls"),
         http("/size/1024", 2, 16, "go-tls", "go-tls"),
+        h2("/size/1024", 2, 16, "nginx-h2c", "nginx-h2c"),
         pg("simple", 1),
         pg("extended", 4),
         pg("extended", 4, name="pg-unix", unix=True),
@@ -481,6 +511,7 @@ def cases(seconds: int, redis_n: int) -> list[Case]:
 
 STARTERS = {"nginx": lambda: S.nginx(workers=1), "nginx-tls": lambda: S.nginx(workers=1, tls=True),
             "nginx-sendfile": lambda: S.nginx(workers=1, sendfile=True),
+            "nginx-h2c": lambda: S.nginx(workers=1, http2=True),
             "aiohttp": S.aiohttp_http, "aiohttp-tls": lambda: S.aiohttp_http(tls=True),
             "node-tls": lambda: S.node_http(tls=True), "go-tls": S.go_https,
             "postgres": lambda: S.postgres(settings={"autovacuum": "off"}),  # no background work in the windows
