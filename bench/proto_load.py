@@ -47,6 +47,7 @@ Configurations (``--configs``), run interleaved in an order rotated every repeti
     agent    ``andon run --no-rules --data-dir DIR``: the whole protocol-tracing agent
     agent-server   the same with ``observe.trace_roles`` set to the server end of every
              protocol: the load generator's end is not copied, nor parsed
+    agent-server-ring32   the same with a 32 MiB sensor ring (``observe.ring_buffer_mb``; 8 by default)
     on       ``--tracer CMD``: any command (bpftrace...), with ``--ready-line`` and
              ``--captured-regex`` as before
 
@@ -531,7 +532,9 @@ SENSORS = {"sensor": "full", "sensor-track": "track", "sensor-floor": "floor", "
 # the client end, so that a complete run must capture every request there too)
 AGENTS = {"agent": ("", True),
           "agent-server": ("observe:\n  trace_roles: {http: server, http2: server, pgsql: server, mysql: server, redis: server, "
-                           "dns: server}\n", False)}
+                           "dns: server}\n", False),
+          "agent-server-ring32": ("observe:\n  ring_buffer_mb: 32\n  trace_roles: {http: server, http2: server, pgsql: server, "
+                                  "mysql: server, redis: server, dns: server}\n", False)}
 CONFIGS = ("off", *SENSORS, *AGENTS, "on")
 
 

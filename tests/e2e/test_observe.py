@@ -49,7 +49,7 @@ IMAGE = os.environ.get("ANDON_TEST_IMAGE", "localhost/andon-test:bookworm")
 PODMAN_RUN = ["run", "--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 WAIT_S = 30.0  # the agent parses behind the clients; far behind while other work floods the machine
 
-# a bigger ring than the default 8 MiB: other work on the machine may flood it for a while
+# a bigger ring than the default 32 MiB: other work on the machine may flood it for a while
 CONFIG = """\
 observe:
   ring_buffer_mb: 64

@@ -55,7 +55,7 @@ class ObserveConfig:
     # kernel copies nothing of the other); a protocol not here: both ends, as Pixie does
     trace_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_copy_bytes: int = 4096
-    ring_buffer_mb: int = 8
+    ring_buffer_mb: int = 32  # 8 lost records at saturation when the agent stalled (docs/performance.md)
     # unix stream sockets too: a host's local clients (psql, mysql -h localhost, redis-cli -s)
     unix_sockets: bool = True
     process_stats_interval_ns: int = 10 * 10**9
