@@ -22,16 +22,9 @@ from andon.protocols.http2 import PREFACE, HTTP2Parser
 sys.path.insert(0, str(Path(__file__).parent))
 from test_http2 import DATA, END_STREAM, SETTINGS, Peer, frame  # noqa: E402  (its frame builders)
 
+from servers import pb_varint as varint  # noqa: E402  (tests/servers.py: protobuf's varint)
+
 E, I = Direction.EGRESS, Direction.INGRESS
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        c, n = n & 0x7F, n >> 7
-        out.append(c | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def ld(num: int, v: bytes) -> bytes:
