@@ -402,8 +402,9 @@ class HTTP2Parser(ConnParser):
         """This direction's bytes cannot be followed from here (lost where frames or a header
         block were, or not HTTP/2): it waits for a chunk that starts at a frame boundary
         (_frames_tile), its HPACK table known again only from what the peer adds from then
-        on (Hpack.desync), and every stream in flight is given up, counted unmatched: any of
-        their frames, either way, could have been among the lost bytes."""
+        on (Hpack.desync). The streams whose frames this way may have been among the lost
+        bytes are given up, counted unmatched: a request not ended, a response begun; a
+        response not begun is kept if it begins with its status (_begun)."""
         if w.broken:
             return
         w.broken = True
