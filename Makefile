@@ -68,7 +68,13 @@ $(BUILD)/go/tlsdemo-stripped: tests/go/tlsdemo/main.go tests/go/tlsdemo/go.mod
 	cd tests/go/tlsdemo && GOCACHE=$(CURDIR)/$(BUILD)/go/cache GOFLAGS=-trimpath GOTOOLCHAIN=local \
 		go build -ldflags="-s -w" -o $(CURDIR)/$@ .
 
-test-go: $(BUILD)/go/tlsdemo $(BUILD)/go/tlsdemo-stripped
+# a gRPC server and client on grpc-go, Debian's (golang-google-grpc-dev: GOPATH mode, nothing downloaded)
+$(BUILD)/go/grpcdemo: tests/go/grpcdemo/main.go
+	@mkdir -p $(dir $@)
+	cd tests/go/grpcdemo && GOCACHE=$(CURDIR)/$(BUILD)/go/cache GO111MODULE=off GOPATH=/usr/share/gocode \
+		GOFLAGS=-trimpath GOTOOLCHAIN=local go build -o $(CURDIR)/$@ .
+
+test-go: $(BUILD)/go/tlsdemo $(BUILD)/go/tlsdemo-stripped $(BUILD)/go/grpcdemo
 
 run: setup
 	$(BIN)/andon run

@@ -27,7 +27,7 @@ PKGS=(
 	podman runc debootstrap
 	git netcat-traditional openssh-client
 	nginx-light postgresql postgresql-contrib mariadb-server mariadb-client redis-server redis-tools
-	dnsmasq-base bind9-dnsutils openssl wrk nghttp2-client nodejs golang-go protobuf-compiler
+	dnsmasq-base bind9-dnsutils openssl wrk nghttp2-client nodejs golang-go golang-google-grpc-dev protobuf-compiler
 	iptables linux-perf
 )
 

@@ -739,6 +739,7 @@ def node_http(*, port: int | None = None, tls: bool = False) -> contextlib.Abstr
 
 
 GO_DEMO = Path(__file__).resolve().parents[1] / "build/go/tlsdemo"  # tests/go/tlsdemo, built by `make test-go`
+GO_GRPC = Path(__file__).resolve().parents[1] / "build/go/grpcdemo"  # tests/go/grpcdemo, the same
 
 
 def go_https(*, port: int | None = None, h2: bool = False) -> contextlib.AbstractContextManager[Server]:
@@ -756,6 +757,21 @@ def go_https(*, port: int | None = None, h2: bool = False) -> contextlib.Abstrac
         return _serve("go-https", argv, host=host, port=p, workdir=d, probe=_http_probe,
                       info={"tls": True, "cert": cert, "h2": h2})
     return _with_retry(_prepared("go-https", None, build), port)
+
+
+def go_grpc(*, port: int | None = None) -> contextlib.AbstractContextManager[Server]:
+    """A gRPC server on grpc-go over Go's own crypto/tls (tests/go/grpcdemo; comm ``grpcdemo``)
+    on 127.0.0.1 with a self-signed cert: ``/demo.Greeter/SayHello`` and ``Fail``. ``GO_GRPC
+    call ADDR NAME N`` is its client."""
+    host = "127.0.0.1"
+    if not GO_GRPC.exists():
+        raise ServerError(f"{GO_GRPC} is not built: make test-go (needs golang-google-grpc-dev, scripts/setup.sh)")
+
+    def build(p: int, d: Path):
+        cert, key = self_signed_cert(d, ip=host)
+        return _serve("go-grpc", [str(GO_GRPC), "serve", f"{host}:{p}", str(cert), str(key)], host=host, port=p,
+                      workdir=d, probe=_tcp_probe, info={"tls": True, "cert": cert})
+    return _with_retry(_prepared("go-grpc", None, build), port)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------

@@ -508,6 +508,49 @@ def test_grpc_in_the_clear_messages_decoded_at_both_ends(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+def test_grpc_go_over_tls_both_ends(agent: ObserveAgent):
+    """grpc-go (Debian's, tests/go/grpcdemo) at both ends over Go's own crypto/tls, HTTP/2 by
+    ALPN: three SayHello calls and a failing one on one connection are rows at both ends,
+    `encrypted`, `content_type` 2, the messages decoded and the status in the trailers. The
+    server is probed at its exec (the client runs the same file): the test first calls until
+    a call shows at its end."""
+    if not S.GO_GRPC.exists():
+        pytest.skip(f"{S.GO_GRPC} is not built: make test-go")
+    tag, t0 = secrets.token_hex(4), time.time_ns()
+    name = f"go-{tag}"
+
+    def call(who: str, n: int) -> list:
+        r = subprocess.run([str(S.GO_GRPC), "call", f"{srv.host}:{srv.port}", who, str(n)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def rows_of(who: str) -> str:
+        return (f"SELECT {HTTP_COLS}, req_body, content_type FROM http_events WHERE {_on_port(srv.port, t0)} "
+                f"AND req_body LIKE '%\"{who}%' ORDER BY time_")
+    with S.go_grpc() as srv:
+        deadline = time.monotonic() + WAIT_S
+        while not agent.sql(rows_of(f"go-warm-{tag}") + " LIMIT 1"):
+            assert time.monotonic() < deadline, "the gRPC server was never traced: " + agent.log_tail()
+            call(f"go-warm-{tag}", 1)
+            time.sleep(0.5)
+        got = call(name, 3)
+        assert got == [["OK", f"Hello, {name}-{i}!"] for i in range(3)] + [["NotFound", f"no such name: {name}"]]
+        rows = agent.wait_rows(rows_of(name), 2 * 4, timeout=WAIT_S)
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (4, 4), agent.log_tail()
+    for side in (clients, servers_):
+        assert [(x["req_method"], x["req_path"], x["resp_status"], x["content_type"]) for x in side] == [
+            ("POST", "/demo.Greeter/SayHello", 200, 2)] * 3 + [("POST", "/demo.Greeter/Fail", 200, 2)]
+        assert [x["req_body"] for x in side] == [f'1: "{name}-{i}"' for i in range(3)] + [f'1: "{name}"']
+        assert [x["resp_body"] for x in side] == [
+            f'1: "Hello, {name}-{i}!"\n2: {len(name) + 2}' for i in range(3)] + [""]
+        assert [json.loads(x["resp_headers"])["grpc-status"] for x in side] == ["0", "0", "0", "5"]
+        assert {(x["major_version"], x["encrypted"], x["comm"]) for x in side} == {(2, True, "grpcdemo")}
+    assert len({x["local_port"] for x in clients}) == 1, "one connection"
+    _made("http_events", len(rows))
+
+
 def test_an_http2_connection_goes_on_after_its_records_are_lost(tmp_path: Path):
     """One gRPC channel (HTTP/2 in the clear) carries calls before, during and after a loss:
     the agent (its own, with a 1 MiB ring) is stopped (SIGSTOP) while 3,000 calls flood the
