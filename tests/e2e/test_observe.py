@@ -475,9 +475,10 @@ def test_http2_in_the_clear_with_prior_knowledge(agent: ObserveAgent):
 
 def test_grpc_in_the_clear_messages_decoded_at_both_ends(agent: ObserveAgent):
     """gRPC's C core (grpcio) at both ends, h2c, one channel: a unary call, the same with a
-    bigger request gzip-compressed (its string cut at 64 bytes, as Pixie's), a call that fails, a server-streaming call. Each is a row at both
-    ends: `content_type` 2 (gRPC), the messages decoded from protobuf without a schema as
-    Pixie shows them, the status in the trailers. The sensor infers HTTP/2 from the preface."""
+    bigger request gzip-compressed (its string cut at 64 bytes, as Pixie's), a call that
+    fails, a server-streaming call. Each is a row at both ends: `content_type` 2 (gRPC), the
+    messages decoded from protobuf without a schema as Pixie shows them, the status in the
+    trailers. The sensor infers HTTP/2 from the preface."""
     tag, t0 = secrets.token_hex(4), time.time_ns()
     name = f"go-{tag}"  # 'g' is no protobuf tag (wire type 7): printed as a string, not a message
     with S.grpc_server() as srv:
