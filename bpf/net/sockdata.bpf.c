@@ -704,6 +704,66 @@ static __always_inline int sd__is_http2(const __u8 *b, __u32 n, int *req)
 	       b[14] == '\r' && b[15] == '\n';
 }
 
+/* HTTP/2 from a connection's middle (it began before the sensor looked, so no preface):
+ * the whole chunk copied, frame headers that RFC 9113 allows tiling it exactly (up to 8
+ * frames), one of them HEADERS. A request unless that block starts with :status (HPACK's
+ * static entries 8-14 indexed, or a literal named by entry 8). b is s->buf, n <= SD_COPY_MAX. */
+static __always_inline int sd__is_http2_frames(const __u8 *b, __u32 n, __u32 size, int *req)
+{
+	if (n != size || n < 9 || n > SD_COPY_MAX)
+		return 0;
+	__u32 o = 0;
+	int headers = 0, status = 0;
+	for (int k = 0; k < 8 && o < n; k++) {
+		if (o + 9 > n)
+			return 0;
+		__u32 i = BOUND(o, SD_COPY_MAX - 1);
+		__u32 len = B(i) << 16 | B(i + 1) << 8 | B(i + 2);
+		__u8 t = b[i + 3], f = b[i + 4];
+		__u32 sid = (B(i + 5) & 0x7f) << 24 | B(i + 6) << 16 | B(i + 7) << 8 | B(i + 8);
+		if (b[i + 5] & 0x80)
+			return 0;
+		switch (t) {
+		case 0: /* DATA */
+			if (!sid || (f & ~0x09))
+				return 0;
+			break;
+		case 1: /* HEADERS */
+			if (!(sid & 1) || (f & ~0x2d))
+				return 0;
+			if (!headers) {
+				__u32 p = i + 9 + ((f & 0x08) ? 1 : 0) + ((f & 0x20) ? 5 : 0);
+				if (p < n) {
+					__u8 c = b[BOUND(p, 2 * SD_COPY_MAX - 1)];
+					status = (c >= 0x88 && c <= 0x8e) || c == 0x48 || c == 0x08 || c == 0x18;
+				}
+			}
+			headers = 1;
+			break;
+		case 3: /* RST_STREAM */
+		case 8: /* WINDOW_UPDATE */
+			if (len != 4 || f)
+				return 0;
+			break;
+		case 4: /* SETTINGS */
+			if (sid || len % 6 || (f & ~1) || (f && len))
+				return 0;
+			break;
+		case 6: /* PING */
+			if (sid || len != 8 || (f & ~1))
+				return 0;
+			break;
+		default:
+			return 0;
+		}
+		o += 9 + len;
+	}
+	if (o != n || !headers)
+		return 0;
+	*req = !status;
+	return 1;
+}
+
 /* PostgreSQL (protocol 3.0, "Message Formats"): the startup message and SSLRequest are
  * int32 length + int32 code; then typed messages: a byte tag + int32 length that
  * counts itself but not the tag. */
@@ -907,6 +967,8 @@ __noinline int sd__infer_chunk(struct sdc_scratch *s, __u32 joined, __u32 n, __u
 	if (!p && !joined && l4 == IPPROTO_TCP && n >= 5 && s->buf[0] >= 0x14 && s->buf[0] <= 0x17 && s->buf[1] == 3 &&
 	    s->buf[2] <= 4)
 		return SDI_TLS; /* a TLS record header (RFC 8446 5.1): content type 20..23, version 3.x */
+	if (!p && !joined && l4 == IPPROTO_TCP && sd__is_http2_frames(s->buf, n, size, &req))
+		p = SD_PROTO_HTTP2; /* last: every other protocol's own start comes first */
 	return p | (req ? SDI_REQ : 0);
 }
 

@@ -713,6 +713,60 @@ def test_connection_seen_first_by_its_data_gets_role_from_the_protocol(sockdata)
     }
 
 
+# HTTP/2 frames: a request (HEADERS :method POST, :scheme http, :path /, then DATA) and its
+# response (HEADERS :status 200, then DATA), each one write
+H2_REQ = (b"\x00\x00\x03\x01\x04\x00\x00\x00\x01\x83\x86\x84"
+          b"\x00\x00\x02\x00\x01\x00\x00\x00\x01hi")
+H2_RESP = (b"\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88"
+           b"\x00\x00\x02\x00\x01\x00\x00\x00\x01ok")
+
+
+def test_an_http2_connection_begun_before_the_sensor_is_known_by_its_frames(sockdata):
+    """A connection (its preface long gone) carries HTTP/2 frames only after the sensor
+    starts: frame headers that tile a whole chunk, one a HEADERS, make it HTTP/2; a block
+    that starts with :status makes the writer the server. A chunk that does not tile (a
+    length past its end) is not taken for HTTP/2."""
+    # TRIGGER: the child connects (and speaks) before the sensor; after it, one odd chunk,
+    # then a request and its response in frames
+    code = H2_CHILD.format(odd=ODD, req=H2_REQ, resp=H2_RESP)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        src = sockdata()
+        src.add_pid(p.pid)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 0, err
+    finally:
+        p.kill()
+    recs = collect(src, {p.pid}, lambda rs: sum(isinstance(r, Data) for r in rs) >= 4)
+    # ASSERT
+    data = [(r.direction, r.data, r.role, r.protocol) for r in recs if isinstance(r, Data)]
+    assert data == [
+        (Direction.EGRESS, H2_REQ, Role.CLIENT, Protocol.HTTP2), (Direction.INGRESS, H2_REQ, Role.SERVER, Protocol.HTTP2),
+        (Direction.EGRESS, H2_RESP, Role.SERVER, Protocol.HTTP2), (Direction.INGRESS, H2_RESP, Role.CLIENT, Protocol.HTTP2),
+    ], data
+
+
+ODD = b"\x00\x00\x64\x01\x04\x00\x00\x00\x01\x83\x86"  # a HEADERS header whose 100 bytes are not there
+H2_CHILD = r"""
+import socket, sys
+ODD, REQ, RESP = {odd!r}, {req!r}, {resp!r}
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+k = socket.create_connection(srv.getsockname()); c, _ = srv.accept()
+k.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"); c.recv(100)
+print("ready", flush=True); sys.stdin.readline()
+def over(a, b, m):
+    a.sendall(m)
+    got = b""
+    while len(got) < len(m): got += b.recv(65536)
+over(k, c, ODD); over(k, c, REQ); over(c, k, RESP)
+for x in (k, c, srv): x.close()
+"""
+
+
 # An fd that comes to name another socket without a close(2) we see: dup2 over it.
 DUP2_CHILD = r"""
 import json, os, socket
