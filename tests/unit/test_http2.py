@@ -469,3 +469,25 @@ def test_remembered_decodes_are_the_decodes():
             assert got[0] == got[1]
             assert (mem.dynamic, mem.size, mem.max_size) == (fresh.dynamic, fresh.size, fresh.max_size)
     assert hits > 1000
+
+
+@pytest.mark.parametrize("role", [Role.SERVER, Role.CLIENT])
+def test_a_connection_joined_in_its_middle_gives_rows_never_wrong(role):
+    """A connection that began before the agent looked: the sensor infers HTTP/2 from frames
+    (no preface), so the parser starts at call 10, both tables as after a loss. Every later
+    call is a row, its fields a subset of the truth; a first chunk that is not at a frame
+    boundary is waited past."""
+    calls = _calls(40)
+    req_d, resp_d = (I, E) if role == Role.SERVER else (E, I)
+    p = HTTP2Parser(role)
+    rows = p.feed(DataChunk(1, resp_d, calls[9][3][5:]))  # the middle of a frame: waited past
+    assert rows == [] and p.ways[resp_d].broken
+    for k, (sid, hs, c, s) in enumerate(calls[10:], 10):
+        rows += p.feed(DataChunk(10 * k, req_d, c))
+        rows += p.feed(DataChunk(10 * k + 5, resp_d, s))
+    truth = {sid: hs for sid, hs, _, _ in calls}
+    assert [r["resp_status"] - 200 for r in rows] == list(range(10, 40))
+    for r in rows:
+        assert set(_pairs(r)) <= set(truth[2 * (r["resp_status"] - 200) + 1])
+        assert r["req_method"] == "GET" and r["req_path"] in ("", f"/r/{(r['resp_status'] - 200) % 7}")
+    assert p.stats.unknown_headers > 0 and p.stats.invalid == 0 and not p.from_start

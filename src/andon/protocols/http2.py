@@ -350,6 +350,7 @@ class HTTP2Parser(ConnParser):
                                           Role.CLIENT: Direction.EGRESS}.get(role)
         self.gone: set[int] = set()  # streams given up at a loss whose requests go on: ignored
         self.grpc = False  # a gRPC call was seen on this connection
+        self.from_start = False  # the client's preface was seen
 
     # -- bytes ----------------------------------------------------------------------------
     def _way(self, d: Direction) -> Way:
@@ -384,6 +385,18 @@ class HTTP2Parser(ConnParser):
                 w.decoder.desync()
                 for st in self.streams.values():
                     st.after_loss = True
+            if w.preface:
+                self.from_start = True
+            elif not self.from_start:
+                # the connection's middle (it began before the agent looked; the sensor knew it
+                # from frames, not the preface): the tables are as after a loss, and this
+                # direction starts at a frame boundary
+                w.decoder.desync()
+                if not self._frames_tile(data):
+                    w.started = w.broken = True
+                    self.stats.bytes_skipped += len(data) + gap
+                    return []
+                gap = 0
         w.started = True
         out: list[dict] = []
         try:
