@@ -552,6 +552,42 @@ def test_grpc_go_over_tls_both_ends(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+def test_a_grpc_channel_begun_before_the_agent_is_traced(tmp_path: Path):
+    """A gRPC channel (HTTP/2 in the clear) opened, and used, before the agent starts: no
+    preface to infer HTTP/2 from. The sensor knows it by its frames, and its 20 calls after
+    the agent started are rows at both ends (POST, status 200, the messages' bytes), the
+    roles from the frames: a block that starts with :status is the server's. Fields naming
+    HPACK entries the agent never saw added are left out, never guessed."""
+    tag = secrets.token_hex(4)
+    name = f"go-{tag}"
+    with S.grpc_server() as srv:
+        cli = subprocess.Popen([sys.executable, str(Path(S.__file__).resolve()), "grpc-phases", "--port", str(srv.port),
+                                "--name", name, "--flood", "0", "--after", "20"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            def phase(expect: str) -> None:
+                cli.stdin.write("go\n")
+                cli.stdin.flush()
+                assert cli.stdout.readline().strip() == expect
+
+            phase("before")  # the channel is up and used: preface, settings, three calls
+            with ObserveAgent(tmp_path / "data") as ag:
+                phase("flood")  # none
+                phase("after")
+                rows = ag.wait_rows(f"SELECT trace_role, req_method, req_path, resp_status, req_body, major_version "
+                                    f"FROM http_events WHERE {_on_port(srv.port, 0)} AND req_body LIKE '%{name}-after-%' "
+                                    f"ORDER BY time_", 40, timeout=WAIT_S)
+        finally:
+            cli.kill()
+            cli.wait()
+    clients, servers_ = _sides(rows)
+    assert (len(clients), len(servers_)) == (20, 20), rows[:2]
+    for side in (clients, servers_):
+        assert {(x["req_method"], x["resp_status"], x["major_version"]) for x in side} == {("POST", 200, 2)}
+        assert {x["req_path"] for x in side} <= {"", "/demo.Greeter/SayHello"}
+        assert all(f"{name}-after-{i}" in x["req_body"] for i, x in enumerate(side))
+
+
 def test_an_http2_connection_goes_on_after_its_records_are_lost(tmp_path: Path):
     """One gRPC channel (HTTP/2 in the clear) carries calls before, during and after a loss:
     the agent (its own, with a 1 MiB ring) is stopped (SIGSTOP) while 3,000 calls flood the
