@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -552,6 +552,25 @@ def test_grpc_go_over_tls_both_ends(agent: ObserveAgent):
     _made("http_events", len(rows))
 
 
+@contextlib.contextmanager
+def _grpc_phases(srv: S.Server, name: str, *, flood: int, after: int) -> Iterator[Callable[[str], None]]:
+    """tests/servers.py's grpc-phases client against ``srv``, on one channel: yields
+    ``phase(expect)``, which starts its next phase and waits for its end."""
+    cli = subprocess.Popen([sys.executable, str(Path(S.__file__).resolve()), "grpc-phases", "--port", str(srv.port),
+                            "--name", name, "--flood", str(flood), "--after", str(after)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def phase(expect: str) -> None:
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        assert cli.stdout.readline().strip() == expect
+    try:
+        yield phase
+    finally:
+        cli.kill()
+        cli.wait()
+
+
 def test_a_grpc_channel_begun_before_the_agent_is_traced(tmp_path: Path):
     """A gRPC channel (HTTP/2 in the clear) opened, and used, before the agent starts: no
     preface to infer HTTP/2 from. The sensor knows it by its frames, and its 20 calls after
@@ -560,26 +579,14 @@ def test_a_grpc_channel_begun_before_the_agent_is_traced(tmp_path: Path):
     HPACK entries the agent never saw added are left out, never guessed."""
     tag = secrets.token_hex(4)
     name = f"go-{tag}"
-    with S.grpc_server() as srv:
-        cli = subprocess.Popen([sys.executable, str(Path(S.__file__).resolve()), "grpc-phases", "--port", str(srv.port),
-                                "--name", name, "--flood", "0", "--after", "20"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            def phase(expect: str) -> None:
-                cli.stdin.write("go\n")
-                cli.stdin.flush()
-                assert cli.stdout.readline().strip() == expect
-
-            phase("before")  # the channel is up and used: preface, settings, three calls
-            with ObserveAgent(tmp_path / "data") as ag:
-                phase("flood")  # none
-                phase("after")
-                rows = ag.wait_rows(f"SELECT trace_role, req_method, req_path, resp_status, req_body, major_version "
-                                    f"FROM http_events WHERE {_on_port(srv.port, 0)} AND req_body LIKE '%{name}-after-%' "
-                                    f"ORDER BY time_", 40, timeout=WAIT_S)
-        finally:
-            cli.kill()
-            cli.wait()
+    with S.grpc_server() as srv, _grpc_phases(srv, name, flood=0, after=20) as phase:
+        phase("before")  # the channel is up and used: preface, settings, three calls
+        with ObserveAgent(tmp_path / "data") as ag:
+            phase("flood")  # none
+            phase("after")
+            rows = ag.wait_rows(f"SELECT trace_role, req_method, req_path, resp_status, req_body, major_version "
+                                f"FROM http_events WHERE {_on_port(srv.port, 0)} AND req_body LIKE '%{name}-after-%' "
+                                f"ORDER BY time_", 40, timeout=WAIT_S)
     clients, servers_ = _sides(rows)
     assert (len(clients), len(servers_)) == (20, 20), rows[:2]
     for side in (clients, servers_):
@@ -599,39 +606,28 @@ def test_an_http2_connection_goes_on_after_its_records_are_lost(tmp_path: Path):
     connection."""
     tag = secrets.token_hex(4)
     name, after_n = f"go-{tag}", 200
-    with ObserveAgent(tmp_path / "data", config="observe:\n  ring_buffer_mb: 1\n") as ag, S.grpc_server() as srv:
-        cli = subprocess.Popen([sys.executable, str(Path(S.__file__).resolve()), "grpc-phases", "--port", str(srv.port),
-                                "--name", name, "--after", str(after_n)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with (ObserveAgent(tmp_path / "data", config="observe:\n  ring_buffer_mb: 1\n") as ag, S.grpc_server() as srv,
+          _grpc_phases(srv, name, flood=3000, after=after_n) as phase):
+        def rows_of(ph: str) -> str:
+            return (f"SELECT trace_role, req_method, req_path, resp_status, req_body, resp_body FROM http_events "
+                    f"WHERE {_on_port(srv.port, 0)} AND req_body LIKE '%{name}-{ph}-%' ORDER BY time_")
+        phase("before")
+        assert len(ag.wait_rows(rows_of("before"), 6, timeout=WAIT_S)) == 6, ag.log_tail()
+        os.kill(ag.pid, signal.SIGSTOP)
         try:
-            def phase(expect: str) -> None:
-                cli.stdin.write("go\n")
-                cli.stdin.flush()
-                assert cli.stdout.readline().strip() == expect
-
-            def rows_of(ph: str) -> str:
-                return (f"SELECT trace_role, req_method, req_path, resp_status, req_body, resp_body FROM http_events "
-                        f"WHERE {_on_port(srv.port, 0)} AND req_body LIKE '%{name}-{ph}-%' ORDER BY time_")
-            phase("before")
-            assert len(ag.wait_rows(rows_of("before"), 6, timeout=WAIT_S)) == 6, ag.log_tail()
-            os.kill(ag.pid, signal.SIGSTOP)
-            try:
-                phase("flood")
-            finally:
-                os.kill(ag.pid, signal.SIGCONT)
-            # the agent catches up with the ring (else the calls after would find it still full)
-            flood, deadline = -1, time.monotonic() + WAIT_S
-            while time.monotonic() < deadline:
-                time.sleep(1.0)
-                n = len(ag.sql(rows_of("flood")))
-                if n == flood:
-                    break
-                flood = n
-            phase("after")
-            after = ag.wait_rows(rows_of("after"), 2 * after_n, timeout=WAIT_S)
+            phase("flood")
         finally:
-            cli.kill()
-            cli.wait()
+            os.kill(ag.pid, signal.SIGCONT)
+        # the agent catches up with the ring (else the calls after would find it still full)
+        flood, deadline = -1, time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            n = len(ag.sql(rows_of("flood")))
+            if n == flood:
+                break
+            flood = n
+        phase("after")
+        after = ag.wait_rows(rows_of("after"), 2 * after_n, timeout=WAIT_S)
         ag.stop()
         lost = re.search(r"(\d+) records lost", ag.closing_line())
     assert lost and int(lost.group(1)) > 0, ag.log_tail()
