@@ -16,8 +16,9 @@ fi
 #        netcat and an ssh client for the network rules)
 # observability tests and benchmarks: real servers and clients on loopback (nginx, PostgreSQL,
 #        MariaDB, Redis, dnsmasq; curl, psql, mysql, redis-cli, dig, openssl, node; Go, which
-#        builds a Go HTTPS program with its own crypto/tls) and load generators (wrk; pgbench
-#        and redis-benchmark come with the server packages)
+#        builds a Go HTTPS program with its own crypto/tls, and Debian's grpc-go for a Go gRPC
+#        one; protoc, whose --decode_raw checks the gRPC body decoder) and load generators (wrk,
+#        h2load from nghttp2-client; pgbench and redis-benchmark come with the server packages)
 # network policy benchmark: iptables, the baseline andon's datapath is measured against
 # profiles in benchmarks and docs/performance.md: perf (bench/cost.py --perf, perf record -a)
 PKGS=(
