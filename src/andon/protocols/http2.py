@@ -101,9 +101,13 @@ class Way:
 
 
 _HUFFMAN_CACHE = 4096  # Huffman-coded header strings remembered, decoded (the same values recur)
-SEEN_MAX = 256  # header blocks remembered decoded, per direction, while its table stays the same
+SEEN_MAX = 16  # header blocks remembered decoded, per direction, while its table stays the same
+FIXED_MAX = 1024  # blocks naming no dynamic entry remembered decoded, for all connections
 SEEN_BLOCK = 1024  # bytes of a block remembered, at most
 _JSON_MAX = 1024  # header lists remembered as their column's JSON
+
+
+_FIXED: dict[bytes, tuple[list[tuple[str, str]], tuple, bool]] = {}  # see Hpack._fixed
 
 
 class HpackError(ValueError):
@@ -139,8 +143,9 @@ class Hpack:
         self._seen: dict[bytes, tuple[list[tuple[str, str]], int]] = {}
         # blocks that name no dynamic entry, decoded, with what they do to the table (the
         # entries they add, in order; a size update as (None, size)): the same whatever the
-        # table holds (nginx adds every response header it sends, and names none)
-        self._fixed: dict[bytes, tuple[list[tuple[str, str]], tuple, bool]] = {}
+        # table holds (nginx adds every response header it sends, and names none), so one
+        # memory serves every connection
+        self._fixed = _FIXED
         self._dyn = False  # the block being decoded named a dynamic entry
         self._ops: list[tuple[str | None, Any]] = []  # what it did to the table
         self.changes = 0  # the table's changes so far
@@ -255,7 +260,7 @@ class Hpack:
                 self._seen.clear()
             self._seen[b] = (out, self.unknown - unknown)
         elif not self._dyn and self.unknown == unknown:
-            if len(self._fixed) >= SEEN_MAX:
+            if len(self._fixed) >= FIXED_MAX:
                 self._fixed.clear()
             self._fixed[b] = (out, tuple(self._ops), any(name is None for name, _ in self._ops))
         return out
@@ -790,14 +795,15 @@ class HTTP2Parser(ConnParser):
         status = rs.get(":status", "")
         ctype = rs.get("content-type") or None
         req_ctype = rq.get("content-type", "")
-        if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
+        is_grpc = grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or "")
+        if is_grpc:
             self.grpc = True
         elif (self.grpc and not req_ctype and ctype is None and grpc.framed(req.body, req.body_size)
               and (not resp.body_size or grpc.framed(resp.body, resp.body_size))):
             # both content-types left out (they named HPACK entries lost), on a connection that
             # carried gRPC, bodies framed as gRPC's exactly: gRPC
-            req_ctype = "application/grpc"
-        if grpc.is_grpc(req_ctype) or grpc.is_grpc(ctype or ""):
+            is_grpc, req_ctype = True, "application/grpc"
+        if is_grpc:
             kind = 2
             req_body = grpc.body_text(req_ctype, rq.get("grpc-encoding", ""), req.body)
             resp_body = grpc.body_text(ctype or req_ctype, rs.get("grpc-encoding", ""), resp.body)
