@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from andon.protocols import grpc
 from andon.protocols.base import DataChunk, Direction, Role
+from andon.protocols.http import BODY_KEEP
 from andon.protocols.http2 import PREFACE, HTTP2Parser
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -116,6 +117,13 @@ def test_compressed_messages_are_inflated_with_gzip_and_marked_otherwise():
     assert grpc.body_text("application/grpc", "gzip", msg(b"\x1f\x8bnot gzip", flag=1)) == "<Failed to gunzip data>"
     bomb = msg(gzip.compress(ld(1, b"x" * 1_000_000)), flag=1)
     assert len(grpc.body_text("application/grpc", "gzip", bomb)) < 200  # inflated up to INFLATE_MAX only
+    # many small bombs in one kept body, each 90 KB of 3-byte fields: inflated to INFLATE_MAX in
+    # all (a line a field), not 64 KiB each as before
+    small = msg(gzip.compress(ld(1, b"g") * 30000), flag=1)
+    many = small * (BODY_KEEP // len(small))
+    assert len(many) // len(small) >= 7
+    text = grpc.body_text("application/grpc", "gzip", many)
+    assert text.count("\n") + 1 == grpc.INFLATE_MAX // 3 and set(text.split("\n")) == {'1: "g"'}
 
 
 def test_grpc_json_messages_are_shown_as_text():

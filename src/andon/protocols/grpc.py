@@ -19,7 +19,8 @@ a body with no bytes (a trailers-only error response) is an empty string, not
 this is off by default); ``application/grpc+json`` messages are shown as their text.
 
 Pure functions of bytes: they never raise on hostile input and never allocate more than a
-bounded multiple of it (inflating is capped at :data:`INFLATE_MAX`).
+bounded multiple of it: a body's messages are inflated to :data:`INFLATE_MAX` bytes in all
+(many small gzip bombs in one body cost no more than one).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import zlib
 MAX_STR = 64  # bytes of a string field printed (Pixie's kMaxPBStringLen)
 NEST = 10  # levels of length-delimited fields tried as messages (protobuf's printer's budget)
 GROUP_DEPTH = 100  # groups nested in groups, at most (protobuf's parser's recursion limit)
-INFLATE_MAX = 1 << 16  # bytes one compressed message is inflated to, at most
+INFLATE_MAX = 1 << 14  # bytes a body's compressed messages are inflated to, in all, at most
 FAILED = "<Failed to parse protobuf>"
 TRUNCATED = "...<truncated>..."
 
@@ -170,9 +171,9 @@ def pb_text(b: bytes) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def _inflate(data: bytes) -> bytes | None:
+def _inflate(data: bytes, most: int) -> bytes | None:
     try:
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, INFLATE_MAX)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, most)
     except zlib.error:
         return None
 
@@ -186,6 +187,7 @@ def body_text(ctype: str, encoding: str, body: bytes | bytearray) -> str:
     parts: list[str] = []
     ok = True
     p = 0
+    budget = INFLATE_MAX
     while p < len(body):
         if p + 5 > len(body):
             ok = False
@@ -197,10 +199,11 @@ def body_text(ctype: str, encoding: str, body: bytes | bytearray) -> str:
             if encoding != "gzip":
                 parts.append(f"<Non-gzip decompression not supported: {encoding[:32] or 'none'}>")
                 continue
-            inflated = _inflate(data)
+            inflated = _inflate(data, budget) if budget > 0 else b""
             if inflated is None:
                 parts.append("<Failed to gunzip data>")
                 continue
+            budget -= len(inflated)
             data = inflated
         if as_text:
             parts.append(data.decode("utf-8", "replace"))
