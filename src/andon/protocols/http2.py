@@ -520,8 +520,8 @@ class HTTP2Parser(ConnParser):
         """n bytes of this direction were never seen (lost, or not copied). Inside a DATA
         payload they only shorten the body. Past its end, where that stream is the only one
         open (so no other stream's header block can be among them), the direction looks for
-        the next frame header in what comes next (``resync``); anywhere else the direction
-        stops."""
+        the next frame header in what comes next (``resync``), and that stream's row is kept;
+        anywhere else the direction breaks (_break) and goes on at a frame boundary."""
         if w.preface:
             k = min(n, w.preface)
             w.preface -= k
