@@ -300,6 +300,31 @@ def test_a_response_bigger_than_the_copy_bound_resynchronises_on_the_next_frame(
     assert p.stats.bytes_skipped == len(w1) - 4096
 
 
+def test_records_lost_past_a_data_frame_break_even_with_one_stream_open():
+    """Records lost (a gap), unlike a write's tail not copied, can hold whole calls begun and
+    ended among them, with header blocks that added to the table: past a DATA frame they break
+    the direction (table desynced) even with one stream open, and no later field is wrong.
+    Before, they were taken as that stream's body and the stale table decoded on."""
+    calls = _calls(12)
+    cli, srv = Peer(), Peer()
+    p = HTTP2Parser(Role.SERVER)
+    rows = p.feed(DataChunk(1, I, PREFACE + calls[0][2]))
+    big = _big_response(srv, 1, 16384)
+    rows += p.feed(DataChunk(2, E, big[:4096]))  # stream 1's response, its DATA going on
+    lost = len(big) - 4096 + sum(len(s) for _, _, _, s in calls[1:6])  # and whole calls after it
+    lost_req = sum(len(c) for _, _, c, _ in calls[1:6])  # their requests' records lost too
+    for k, (sid, hs, c, s) in enumerate(calls[6:], 6):
+        rows += p.feed(DataChunk(10 * k, I, c, gap=lost_req if k == 6 else 0))
+        rows += p.feed(DataChunk(10 * k + 1, E, s, gap=lost if k == 6 else 0))
+        if k == 6:  # the gap broke the response direction at once
+            assert p.ways[E].decoder.unknown_behind and not p.ways[E].resync
+    assert p.stats.invalid == 2  # each direction's gap
+    truth = {sid: hs for sid, hs, _, _ in calls}
+    for r in rows:
+        assert set(_pairs(r)) <= set(truth[2 * (r["resp_status"] - 200) + 1])
+    assert {r["resp_status"] - 200 for r in rows} == set(range(6, 12))  # every call after the loss
+
+
 def test_a_loss_past_a_data_frame_with_other_streams_open_gives_up_what_it_may_have_held():
     """With another request outstanding, its response's beginning could be among the lost
     bytes too: the response that was going on is given up, counted; the other stream is kept

@@ -406,7 +406,7 @@ class HTTP2Parser(ConnParser):
         out: list[dict] = []
         try:
             if gap:
-                out += self._missing(w, gap, chunk.ts_ns)
+                out += self._missing(w, gap, chunk.ts_ns, records=True)
                 if w.broken and not self._resume(w, data):
                     return out
             out += self._bytes(d, w, data, chunk.ts_ns)
@@ -516,12 +516,14 @@ class HTTP2Parser(ConnParser):
             i += 9 + length
         return True
 
-    def _missing(self, w: Way, n: int, ts: int) -> list[dict]:
+    def _missing(self, w: Way, n: int, ts: int, records: bool = False) -> list[dict]:
         """n bytes of this direction were never seen (lost, or not copied). Inside a DATA
-        payload they only shorten the body. Past its end, where that stream is the only one
-        open (so no other stream's header block can be among them), the direction looks for
-        the next frame header in what comes next (``resync``), and that stream's row is kept;
-        anywhere else the direction breaks (_break) and goes on at a frame boundary."""
+        payload they only shorten the body. Past its end, when they are a write's tail not
+        copied and that stream is the only one open, the direction looks for the next frame
+        header in what comes next (``resync``), and that stream's row is kept. Anywhere else,
+        and always for ``records`` lost (a gap: whole calls, begun and ended, and their header
+        blocks can be among them), the direction breaks (_break) and goes on at a frame
+        boundary."""
         if w.preface:
             k = min(n, w.preface)
             w.preface -= k
@@ -529,7 +531,7 @@ class HTTP2Parser(ConnParser):
         if not n:
             return []
         self.stats.bytes_skipped += n
-        if w.resync:
+        if w.resync and not records:
             self._resync_body(w, n, ts)
             return []
         if w.ftype == DATA and not w.flags & PADDED:
@@ -539,7 +541,9 @@ class HTTP2Parser(ConnParser):
                     msg.body_size += n
                 w.left -= n
                 return self._frame_done(w, ts) if not w.left else []
-            if list(self.streams) == [w.sid]:
+            # one write's tail not copied; records lost (a gap) can hold whole calls begun
+            # and ended among them, their header blocks with them: those always break
+            if list(self.streams) == [w.sid] and not records:
                 msg = self._msg_of(w.sid, w)
                 if msg is not None:
                     msg.body_size += w.left
