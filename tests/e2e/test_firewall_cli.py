@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,19 @@ def xdp_prog_on(ifname: str) -> int | None:
                          check=True).stdout
     xdp = json.loads(out)[0].get("xdp")
     return xdp["prog"]["id"] if xdp and "prog" in xdp else None
+
+
+def wait_detached(ifname: str, seconds: float = 5.0) -> bool:
+    """Whether ``ifname`` has no XDP program within ``seconds``.
+
+    A link whose last pin is unlinked is freed after an RCU grace period, from a workqueue: the program stays on
+    the interface for a moment after ``rmtree`` returns."""
+    end = time.monotonic() + seconds
+    while xdp_prog_on(ifname) is not None:
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @pytest.fixture
@@ -268,7 +282,7 @@ def test_andon_run_restores_rules_whose_pins_are_gone(env, tmp_path):
     rid = env.add("--proto", "icmp")
     # TRIGGER: the pins go (as after a reboot): the link goes with them, traffic passes
     shutil.rmtree(env.pin_dir / env.ns.host_if)
-    assert env.ping(True) and xdp_prog_on(env.ns.host_if) is None
+    assert wait_detached(env.ns.host_if) and env.ping(True)
     assert env.iface()["status"] == "not attached (no pins)"
     cfg = tmp_path / "andon.yaml"
     cfg.write_text(f"firewall:\n  state_file: {env.state_file}\n  pin_dir: {env.pin_dir}\n  rules: []\n"
