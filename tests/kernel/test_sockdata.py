@@ -81,14 +81,19 @@ print(json.dumps({{"port": port}}))
 
 
 GATE = "import sys; sys.stdin.readline()\n"  # the child waits until its pid is traced
+# run_child's: the child says it is up first. Popen returns when the exec closes its
+# close-on-exec pipe, before execve(2) returns: a pid traced then can see its execve return,
+# the sensor's record of a new executable (woken at once, by design) among the child's
+UP_GATE = "import sys; print('up', flush=True); sys.stdin.readline()\n"
 
 
 def run_child(src: SockSource, code: str, *prefix: str, timeout: float = 15.0) -> tuple[int, dict]:
-    """Run code in a child Python traced by src (its pid added to the filter before it
-    starts its work); returns its pid and the JSON it printed last."""
-    p = subprocess.Popen([*prefix, sys.executable, "-c", GATE + code], stdin=subprocess.PIPE,
+    """Run code in a child Python traced by src (its pid added to the filter once it runs
+    Python, before it starts its work); returns its pid and the JSON it printed last."""
+    p = subprocess.Popen([*prefix, sys.executable, "-c", UP_GATE + code], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert p.stdout.readline() == "up\n", "child did not start"
         src.add_pid(p.pid)
         out, err = p.communicate("go\n", timeout=timeout)
     finally:
