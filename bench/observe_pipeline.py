@@ -13,6 +13,7 @@ the ring, and not a warm-up replay of ``WARM_ROWS`` rows on other connections be
 * ``http-client``  the same traffic seen by the client (wrk)
 * ``http-varied``  server side, every request path and response head different
 * ``h2-server``    the same GET over HTTP/2, server side (a HEADERS frame in; HEADERS and DATA out)
+* ``h2-client``    the same traffic seen by the client (h2load)
 * ``redis-p16``    redis-benchmark -P 16 GET/SET, server side (one read of 16 commands, one write of 16 replies)
 * ``redis-p1``     redis-benchmark GET/SET one at a time, server side
 * ``pg-extended``  pgbench -S -M extended, server side (Parse/Bind/Describe/Execute/Sync, one row back)
@@ -113,6 +114,9 @@ def _pairs(name: str) -> tuple[Protocol, Role, list[tuple[Direction, bytes]], in
             (":status", "200"), ("content-type", "application/octet-stream"), ("content-length", "1024"),
             ("date", "Sat, 22 Nov 2026 00:00:00 GMT")])) + frame(0, 0x1, b"x" * 1024)
         return Protocol.HTTP2, Role.SERVER, [(I, req), (E, resp)], 1
+    if name == "h2-client":
+        proto, _, chunks, rows = _pairs("h2-server")
+        return proto, Role.CLIENT, [(E if d == I else I, data) for d, data in chunks], rows
     if name == "pg-extended":
         q = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
         req = (_pg(b"P", b"\0" + q + b"\0\0\0") + _pg(b"B", b"\0\0\0\0\0\1\0\0\0\x0512345\0\0")
@@ -130,7 +134,7 @@ def _pairs(name: str) -> tuple[Protocol, Role, list[tuple[Direction, bytes]], in
     raise SystemExit(f"unknown replay {name}")
 
 
-NAMES = ["http-server", "http-client", "http-varied", "h2-server", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
+NAMES = ["http-server", "http-client", "http-varied", "h2-server", "h2-client", "redis-p16", "redis-p1", "pg-extended", "mysql-query"]
 TABLES = {Protocol.HTTP: "http_events", Protocol.HTTP2: "http_events", Protocol.REDIS: "redis_events", Protocol.PGSQL: "pgsql_events",
           Protocol.MYSQL: "mysql_events"}
 PID = 3_999_999  # no such process: ProcessInfo falls back to the record's comm
@@ -141,7 +145,7 @@ WARM_ROWS = FLUSH_ROWS  # rows of the warm-up replay: one full-size flush before
 
 def _exchanges(name: str, n: int, first: int = 0) -> Iterator[tuple[int, list[tuple[Direction, bytes]]]]:
     """(connection, chunks of one exchange) n times, round robin over CONNS connections."""
-    if name == "h2-server":  # each connection's header blocks from its own encoders, as a real peer's
+    if name in ("h2-server", "h2-client"):  # each connection's header blocks from its own encoders, as a real peer's
         import hpack
 
         def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
@@ -157,7 +161,8 @@ def _exchanges(name: str, n: int, first: int = 0) -> Iterator[tuple[int, list[tu
             resp = frame(1, 0x4, sid, encs[c][1].encode([
                 (":status", "200"), ("content-type", "application/octet-stream"), ("content-length", "1024"),
                 ("date", "Sat, 22 Nov 2026 00:%02d:%02d GMT" % (i // 60000 % 60, i // 1000 % 60))]))
-            yield c, [(I, req), (E, resp + frame(0, 0x1, sid, b"x" * 1024))]
+            out, back = (E, I) if name == "h2-client" else (I, E)
+            yield c, [(out, req), (back, resp + frame(0, 0x1, sid, b"x" * 1024))]
         return
     if name != "http-varied":
         _, _, chunks, _ = _pairs(name)
