@@ -628,12 +628,16 @@ def test_an_http2_connection_goes_on_after_its_records_are_lost(tmp_path: Path):
             flood = n
         phase("after")
         after = ag.wait_rows(rows_of("after"), 2 * after_n, timeout=WAIT_S)
+        # for a failure's message: the calls' rows by end and ports, whatever the connection
+        seen = ag.sql(f"SELECT trace_role, local_port, remote_port, count(*) AS n, min(req_path) AS path, "
+                      f"min(substr(req_body, 1, 30)) AS body FROM http_events WHERE req_body LIKE '%{name}-after-%' "
+                      f"GROUP BY ALL ORDER BY ALL")
         ag.stop()
         lost = re.search(r"(\d+) records lost", ag.closing_line())
     assert lost and int(lost.group(1)) > 0, ag.log_tail()
     assert 0 < flood < 2 * 3000  # this connection's records were among those lost
     clients, servers_ = _sides(after)
-    assert (len(clients), len(servers_)) == (after_n, after_n), ag.log_tail()
+    assert (len(clients), len(servers_)) == (after_n, after_n), f"{seen}\n{ag.log_tail()}"
     hello = [f'1: "Hello, {name}-after-{i}!"\n2: {len(f"{name}-after-{i}")}' for i in range(after_n)]
     for side in (clients, servers_):
         assert {(x["req_method"], x["resp_status"]) for x in side} == {("POST", 200)}  # static entries
