@@ -705,23 +705,29 @@ static __always_inline int sd__is_http2(const __u8 *b, __u32 n, int *req)
 }
 
 /* HTTP/2 from a connection's middle (it began before the sensor looked, so no preface):
- * the whole chunk copied, frame headers that RFC 9113 allows tiling it exactly (up to 8
- * frames), one of them HEADERS. A request unless that block starts with :status (HPACK's
- * static entries 8-14 indexed, or a literal named by entry 8). b is s->buf, n <= SD_COPY_MAX. */
+ * frame headers that RFC 9113 allows (up to 8 frames, none longer than 256 KiB), one of
+ * them HEADERS, tiling the chunk exactly; or, for a chunk cut by the copy bound (n < size),
+ * tiling what was copied, the last frame (or the next frame's header) going on past the
+ * copy. A request unless that block starts with :status (HPACK's static entries 8-14
+ * indexed, or a literal named by entry 8). b is s->buf, n <= SD_COPY_MAX. */
 static __always_inline int sd__is_http2_frames(const __u8 *b, __u32 n, __u32 size, int *req)
 {
-	if (n != size || n < 9 || n > SD_COPY_MAX)
+	if (n > size || n < 9 || n > SD_COPY_MAX)
 		return 0;
+	int cut = n < size;
 	__u32 o = 0;
 	int headers = 0, status = 0;
 	for (int k = 0; k < 8 && o < n; k++) {
-		if (o + 9 > n)
-			return 0;
+		if (o + 9 > n) {
+			if (!cut)
+				return 0;
+			break; /* the next frame's header is past the copy: not seen */
+		}
 		__u32 i = BOUND(o, SD_COPY_MAX - 1);
 		__u32 len = B(i) << 16 | B(i + 1) << 8 | B(i + 2);
 		__u8 t = b[i + 3], f = b[i + 4];
 		__u32 sid = (B(i + 5) & 0x7f) << 24 | B(i + 6) << 16 | B(i + 7) << 8 | B(i + 8);
-		if (b[i + 5] & 0x80)
+		if ((b[i + 5] & 0x80) || len > (1 << 18))
 			return 0;
 		switch (t) {
 		case 0: /* DATA */
@@ -758,8 +764,8 @@ static __always_inline int sd__is_http2_frames(const __u8 *b, __u32 n, __u32 siz
 		}
 		o += 9 + len;
 	}
-	if (o != n || !headers)
-		return 0;
+	if (!headers || (cut ? o < n && o + 9 <= n : o != n))
+		return 0; /* no block; or frames left unchecked (8 seen), or not tiling exactly */
 	*req = !status;
 	return 1;
 }

@@ -755,6 +755,48 @@ def test_an_http2_connection_begun_before_the_sensor_is_known_by_its_frames(sock
     ], data
 
 
+def _h2_frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def test_an_http2_chunk_cut_by_the_copy_bound_is_known_by_the_frames_copied(sockdata):
+    """A connection begun before the sensor whose calls are larger than the copy bound (a
+    request of 6,000 bytes, 4,096 copied): the frames that tile the copied bytes, one a
+    HEADERS, the last going on past the copy, make it HTTP/2. A chunk as large whose frames
+    hold no header block (DATA only) is not taken."""
+    bound = 4096
+    data_only = _h2_frame(0, 0, 1, b"d" * 5000)
+    req = _h2_frame(1, 0x04, 3, b"\x83\x86\x84") + _h2_frame(0, 0x01, 3, b"r" * 6000)
+    resp = _h2_frame(1, 0x04, 3, b"\x88") + _h2_frame(0, 0x01, 3, b"ok")
+    # TRIGGER: the child connects (and speaks) before the sensor; after it, the DATA-only
+    # chunk, then the large request and its response
+    code = H2_CHILD.format(odd=data_only, req=req, resp=resp)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        src = sockdata(max_copy=bound)
+        src.add_pid(p.pid)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 0, err
+    finally:
+        p.kill()
+    recs = collect(src, {p.pid}, lambda rs: sum(isinstance(r, Data) and r.direction == Direction.INGRESS
+                                                and r.role == Role.CLIENT for r in rs) >= 1)
+    # ASSERT: the request from its first byte, cut at the bound, at both ends; the response
+    data = [r for r in recs if isinstance(r, Data)]
+    assert {r.protocol for r in data} == {Protocol.HTTP2}
+    out = [r for r in data if r.direction == Direction.EGRESS and r.role == Role.CLIENT]
+    assert [(r.data, r.size) for r in out] == [(req[:bound], len(req))]
+    into = [r for r in data if r.direction == Direction.INGRESS and r.role == Role.SERVER]
+    assert into[0].data == req[:len(into[0].data)] and sum(r.size for r in into) == len(req)
+    assert [r.data for r in data if r.role == Role.SERVER and r.direction == Direction.EGRESS] == [resp]
+    assert b"".join(r.data for r in data if r.role == Role.CLIENT and r.direction == Direction.INGRESS) == resp
+    assert src.stats()["skipped_bytes"] >= 2 * len(data_only)  # the DATA-only chunk, each end
+
+
 ODD = b"\x00\x00\x64\x01\x04\x00\x00\x00\x01\x83\x86"  # a HEADERS header whose 100 bytes are not there
 H2_CHILD = r"""
 import socket, sys

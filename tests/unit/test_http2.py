@@ -497,6 +497,25 @@ def test_remembered_decodes_are_the_decodes():
     assert hits > 1000
 
 
+def test_a_connection_joined_at_a_chunk_cut_by_the_copy_bound():
+    """The sensor takes a connection's middle for HTTP/2 on a chunk cut by its copy bound
+    (4,096 of a 6,021-byte request copied): the parser starts there, its row has the static
+    fields and the whole body's size, and the next call is a row too."""
+    def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+    p = HTTP2Parser(Role.SERVER)
+    rows = []
+    for k, sid in enumerate((3, 5)):
+        req = frame(1, 0x04, sid, b"\x83\x86\x84") + frame(0, 0x01, sid, b"r" * 6000)
+        resp = frame(1, 0x04, sid, b"\x88") + frame(0, 0x01, sid, b"ok")
+        rows += p.feed(DataChunk(10 * k + 1, I, req[:4096], len(req)))
+        rows += p.feed(DataChunk(10 * k + 2, E, resp))
+    assert [(r["req_method"], r["req_path"], r["resp_status"], r["req_body_size"], r["resp_body_size"]) for r in rows] \
+        == [("POST", "/", 200, 6000, 2)] * 2
+    assert p.stats.invalid == 0 and not p.from_start
+
+
 @pytest.mark.parametrize("role", [Role.SERVER, Role.CLIENT])
 def test_a_connection_joined_in_its_middle_gives_rows_never_wrong(role):
     """A connection that began before the agent looked: the sensor infers HTTP/2 from frames
