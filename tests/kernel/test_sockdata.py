@@ -726,19 +726,14 @@ H2_RESP = (b"\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88"
            b"\x00\x00\x02\x00\x01\x00\x00\x00\x01ok")
 
 
-def test_an_http2_connection_begun_before_the_sensor_is_known_by_its_frames(sockdata):
-    """A connection (its preface long gone) carries HTTP/2 frames only after the sensor
-    starts: frame headers that tile a whole chunk, one a HEADERS, make it HTTP/2; a block
-    that starts with :status makes the writer the server. A chunk that does not tile (a
-    length past its end) is not taken for HTTP/2."""
-    # TRIGGER: the child connects (and speaks) before the sensor; after it, one odd chunk,
-    # then a request and its response in frames
-    code = H2_CHILD.format(odd=ODD, req=H2_REQ, resp=H2_RESP)
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+def _h2_child_traced(sockdata, odd: bytes, req: bytes, resp: bytes, **settings) -> tuple[SockSource, int]:
+    """H2_CHILD connected (its preface sent) before a sensor of ``settings`` starts, then
+    traced while it sends ``odd``, ``req`` and ``resp``: the sensor and the child's pid."""
+    p = subprocess.Popen([sys.executable, "-c", H2_CHILD.format(odd=odd, req=req, resp=resp)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        src = sockdata()
+        src = sockdata(**settings)
         src.add_pid(p.pid)
         p.stdin.write("go\n")
         p.stdin.flush()
@@ -746,7 +741,18 @@ def test_an_http2_connection_begun_before_the_sensor_is_known_by_its_frames(sock
         assert p.returncode == 0, err
     finally:
         p.kill()
-    recs = collect(src, {p.pid}, lambda rs: sum(isinstance(r, Data) for r in rs) >= 4)
+    return src, p.pid
+
+
+def test_an_http2_connection_begun_before_the_sensor_is_known_by_its_frames(sockdata):
+    """A connection (its preface long gone) carries HTTP/2 frames only after the sensor
+    starts: frame headers that tile a whole chunk, one a HEADERS, make it HTTP/2; a block
+    that starts with :status makes the writer the server. A chunk that does not tile (a
+    length past its end) is not taken for HTTP/2."""
+    # TRIGGER: the child connects (and speaks) before the sensor; after it, one odd chunk,
+    # then a request and its response in frames
+    src, pid = _h2_child_traced(sockdata, ODD, H2_REQ, H2_RESP)
+    recs = collect(src, {pid}, lambda rs: sum(isinstance(r, Data) for r in rs) >= 4)
     # ASSERT
     data = [(r.direction, r.data, r.role, r.protocol) for r in recs if isinstance(r, Data)]
     assert data == [
@@ -770,20 +776,8 @@ def test_an_http2_chunk_cut_by_the_copy_bound_is_known_by_the_frames_copied(sock
     resp = _h2_frame(1, 0x04, 3, b"\x88") + _h2_frame(0, 0x01, 3, b"ok")
     # TRIGGER: the child connects (and speaks) before the sensor; after it, the DATA-only
     # chunk, then the large request and its response
-    code = H2_CHILD.format(odd=data_only, req=req, resp=resp)
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        src = sockdata(max_copy=bound)
-        src.add_pid(p.pid)
-        p.stdin.write("go\n")
-        p.stdin.flush()
-        _, err = p.communicate(timeout=10)
-        assert p.returncode == 0, err
-    finally:
-        p.kill()
-    recs = collect(src, {p.pid}, lambda rs: sum(isinstance(r, Data) and r.direction == Direction.INGRESS
+    src, pid = _h2_child_traced(sockdata, data_only, req, resp, max_copy=bound)
+    recs = collect(src, {pid}, lambda rs: sum(isinstance(r, Data) and r.direction == Direction.INGRESS
                                                 and r.role == Role.CLIENT for r in rs) >= 1)
     # ASSERT: the request from its first byte, cut at the bound, at both ends; the response
     data = [r for r in recs if isinstance(r, Data)]
