@@ -69,6 +69,24 @@ def test_top_counts_rates_errors_and_quantiles(data_dir):
     assert ("http", "GET /old") not in got
 
 
+def test_a_failed_grpc_call_is_an_error_though_its_status_is_200(tmp_path):
+    """gRPC fails a call with HTTP status 200 and grpc-status in its trailers (resp_headers)."""
+    def call(grpc_status, ctype=2, headers=None):
+        trailers = headers if headers is not None else (
+            '{":status":"200","content-type":"application/grpc","grpc-status":"%s"}' % grpc_status)
+        return {**http(T0 + S, "/demo.Greeter/SayHello", 200, 1), "req_method": "POST", "content_type": ctype,
+                "resp_headers": trailers}
+    rows = [call("0")] * 5 + [call("5")] * 2 + [call("14")]
+    rows += [call("", headers='{":status":"200"}')]  # its trailers named entries lost: not known to fail
+    rows += [call("", headers='{":status":"200","grpc-message":"x","grpc-st')]  # cut at the column's bound
+    rows += [call("7", ctype=0)]  # not gRPC: its headers are not gRPC's word
+    rows += [call("", headers='{":status":"200","x-note":"\\"grpc-status\\":\\"9\\""}')]  # a value's quotes
+    with Store(StoreSettings(data_dir=tmp_path, control_socket=False)) as st:
+        st.append("http_events", rows)
+    ep = by_endpoint(top(Catalog(tmp_path), T0, T0 + 10 * S))[("http", "POST /demo.Greeter/SayHello")]
+    assert (ep.requests, ep.errors) == (12, 3)
+
+
 def test_top_client_side_and_limit(data_dir):
     cat = Catalog(data_dir)
     rows = top(cat, T0, T0 + 10 * S, client=True)

@@ -10,8 +10,10 @@ serves on) and what was asked of it:
     redis_events   the command (GET, SET, ...)
     dns_events     the queried name
 
-An error is what each protocol calls one: HTTP status >= 400 (as Pixie's service_stats),
-a PostgreSQL ErrorResponse, a MySQL ERR packet (Pixie's resp_status 3), a Redis error
+An error is what each protocol calls one: HTTP status >= 400 (as Pixie's service_stats), or
+a gRPC call (``content_type`` 2) whose ``grpc-status`` is not 0, OK (gRPC fails calls with
+HTTP status 200 and the status in its trailers, which Pixie's status test misses), a
+PostgreSQL ErrorResponse, a MySQL ERR packet (Pixie's resp_status 3), a Redis error
 reply, a DNS rcode other than 0. Latency quantiles are DuckDB's exact ``quantile_cont``.
 
 Rows are the server side's (``trace_role = 2``) unless ``client=True``: with both ends
@@ -27,10 +29,14 @@ from ..store.catalog import Catalog
 
 _SERVICE = "CASE WHEN container_name <> '' THEN container_name ELSE comm END"
 _WORD = "upper(split_part(trim({col}), ' ', 1))"
+# resp_headers is a JSON object (cut at its column's bound, so not always valid JSON): the
+# member as written, "grpc-status":"N"; a value's own quotes are escaped, never match
+_GRPC_FAILED = "(content_type = 2 AND regexp_extract(resp_headers, '\"grpc-status\":\"([0-9]+)\"', 1) NOT IN ('', '0'))"
 
 # table -> (protocol label, endpoint expression, error predicate, which rows)
 ENDPOINTS: dict[str, tuple[str, str, str, str]] = {
-    "http_events": ("http", "req_method || ' ' || split_part(req_path, '?', 1)", "resp_status >= 400", "true"),
+    "http_events": ("http", "req_method || ' ' || split_part(req_path, '?', 1)", "resp_status >= 400 OR " + _GRPC_FAILED,
+                    "true"),
     "pgsql_events": ("pgsql",
                      _WORD.format(col="CASE WHEN starts_with(req, 'query=[') THEN substr(req, 8) ELSE req END"),
                      "starts_with(resp, 'ERROR RESPONSE')", "req_cmd IN ('Query', 'Execute')"),
