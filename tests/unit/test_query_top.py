@@ -70,7 +70,8 @@ def test_top_counts_rates_errors_and_quantiles(data_dir):
 
 
 def test_a_failed_grpc_call_is_an_error_though_its_status_is_200(tmp_path):
-    """gRPC fails a call with HTTP status 200 and grpc-status in its trailers (resp_headers)."""
+    """gRPC fails a call with HTTP status 200 and grpc-status in its trailers (resp_headers).
+    A gRPC call is protocol grpc and its path; a path never seen says so."""
     def call(grpc_status, ctype=2, headers=None):
         trailers = headers if headers is not None else (
             '{":status":"200","content-type":"application/grpc","grpc-status":"%s"}' % grpc_status)
@@ -81,10 +82,12 @@ def test_a_failed_grpc_call_is_an_error_though_its_status_is_200(tmp_path):
     rows += [call("", headers='{":status":"200","grpc-message":"x","grpc-st')]  # cut at the column's bound
     rows += [call("7", ctype=0)]  # not gRPC: its headers are not gRPC's word
     rows += [call("", headers='{":status":"200","x-note":"\\"grpc-status\\":\\"9\\""}')]  # a value's quotes
+    rows += [{**call("2"), "req_path": ""}] * 4  # its path named an HPACK entry lost
     with Store(StoreSettings(data_dir=tmp_path, control_socket=False)) as st:
         st.append("http_events", rows)
-    ep = by_endpoint(top(Catalog(tmp_path), T0, T0 + 10 * S))[("http", "POST /demo.Greeter/SayHello")]
-    assert (ep.requests, ep.errors) == (12, 3)
+    got = {(e.protocol, e.endpoint): (e.requests, e.errors) for e in top(Catalog(tmp_path), T0, T0 + 10 * S)}
+    assert got == {("grpc", "/demo.Greeter/SayHello"): (11, 3), ("grpc", "POST (path not seen)"): (4, 4),
+                   ("http", "POST /demo.Greeter/SayHello"): (1, 0)}
 
 
 def test_top_client_side_and_limit(data_dir):

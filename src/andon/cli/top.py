@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "top",
         help="live view of the busiest endpoints: request rate, error rate, p50/p99 latency",
-        description="The busiest HTTP, PostgreSQL, MySQL, Redis and DNS endpoints over the last window, "
+        description="The busiest HTTP, gRPC, PostgreSQL, MySQL, Redis and DNS endpoints over the last window, "
         "from the tables the agent stores, refreshed until Ctrl-C.",
     )
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"(default: {DEFAULT_DATA_DIR})")

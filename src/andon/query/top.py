@@ -3,7 +3,10 @@
 An endpoint is a service (the container's name, else the process name, and the port it
 serves on) and what was asked of it:
 
-    http_events    method and path, without the query string
+    http_events    method and path, without the query string; a gRPC call (``content_type``
+                   2) is protocol ``grpc`` and its path (/package.Service/Method); a path
+                   the agent never saw (an HTTP/2 field naming an HPACK entry lost) is
+                   "(path not seen)"
     pgsql_events   the statement's first word (SELECT, INSERT, ...), for simple queries and
                    Executes only (Parse, Bind and Describe are rows of their own, as in Pixie)
     mysql_events   the statement's first word
@@ -33,16 +36,20 @@ _WORD = "upper(split_part(trim({col}), ' ', 1))"
 # member as written, "grpc-status":"N"; a value's own quotes are escaped, never match
 _GRPC_FAILED = "(content_type = 2 AND regexp_extract(resp_headers, '\"grpc-status\":\"([0-9]+)\"', 1) NOT IN ('', '0'))"
 
-# table -> (protocol label, endpoint expression, error predicate, which rows)
+_HTTP_ENDPOINT = ("CASE WHEN req_path = '' THEN req_method || ' (path not seen)' WHEN content_type = 2 THEN req_path "
+                  "ELSE req_method || ' ' || split_part(req_path, '?', 1) END")
+
+# table -> (protocol label, endpoint expression, error predicate, which rows); the label is
+# SQL too
 ENDPOINTS: dict[str, tuple[str, str, str, str]] = {
-    "http_events": ("http", "req_method || ' ' || split_part(req_path, '?', 1)", "resp_status >= 400 OR " + _GRPC_FAILED,
-                    "true"),
-    "pgsql_events": ("pgsql",
+    "http_events": ("CASE WHEN content_type = 2 THEN 'grpc' ELSE 'http' END", _HTTP_ENDPOINT,
+                    "resp_status >= 400 OR " + _GRPC_FAILED, "true"),
+    "pgsql_events": ("'pgsql'",
                      _WORD.format(col="CASE WHEN starts_with(req, 'query=[') THEN substr(req, 8) ELSE req END"),
                      "starts_with(resp, 'ERROR RESPONSE')", "req_cmd IN ('Query', 'Execute')"),
-    "mysql_events": ("mysql", _WORD.format(col="req_body"), "resp_status = 3", "true"),
-    "redis_events": ("redis", "upper(req_cmd)", "(starts_with(resp, '-') OR starts_with(resp, '!'))", "true"),
-    "dns_events": ("dns", "coalesce(json_extract_string(req_body, '$.queries[0].name'), '')",
+    "mysql_events": ("'mysql'", _WORD.format(col="req_body"), "resp_status = 3", "true"),
+    "redis_events": ("'redis'", "upper(req_cmd)", "(starts_with(resp, '-') OR starts_with(resp, '!'))", "true"),
+    "dns_events": ("'dns'", "coalesce(json_extract_string(req_body, '$.queries[0].name'), '')",
                    "coalesce(TRY_CAST(json_extract(resp_header, '$.rcode') AS BIGINT), 0) <> 0", "true"),
 }
 
@@ -73,7 +80,7 @@ def top_sql(catalog: Catalog, since_ns: int, until_ns: int, *, client: bool = Fa
             continue
         src = catalog.rows_sql(table, since_ns, until_ns)
         parts.append(
-            f"SELECT '{proto}' AS protocol, {_SERVICE} AS service, {port} AS port, {endpoint} AS endpoint, "
+            f"SELECT {proto} AS protocol, {_SERVICE} AS service, {port} AS port, {endpoint} AS endpoint, "
             f"({error}) AS is_error, latency FROM ({src}) AS rows WHERE {role} AND {which}"
         )
     union = " UNION ALL ".join(parts)
